@@ -1,0 +1,311 @@
+"""One frozen configuration for a node, and the one place where flags and env vars map onto it.
+
+Every timing the protocol uses lives here, so tests pass a config instead of patching modules.
+The defaults are the LAN preset; `Config.local()` is the fast preset for tests and the demo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed. The message says which flag or env var to fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    # --- operator settings ---------------------------------------------------------------
+    docker_host: str = "unix:///var/run/docker.sock"
+    """Engine API endpoint of the local Docker Engine (unix:// or tcp://)."""
+    listen: str = "0.0.0.0:7611"
+    """host:port for the peer API (gossip and transfers)."""
+    advertise: str = ""
+    """host:port peers dial. Empty: derived from the host's addresses (see mesh.addresses)."""
+    status_listen: str = "127.0.0.1:7612"
+    """host:port for the status page, JSON API and metrics. Localhost unless told otherwise."""
+    seeds: tuple[str, ...] = ()
+    """host:port of peers to join through; DNS names are re-resolved, so a seed can be a DNS round robin."""
+    mdns: bool = True
+    """Find peers on the local link by multicast DNS."""
+    cluster: str = "default"
+    """Cluster name. Nodes only talk within one cluster; the name is mixed into the signing key."""
+    secret: bytes = field(default=b"", repr=False)
+    """Cluster secret every request is signed with. Required unless `insecure`."""
+    insecure: bool = False
+    """Run without a secret (a fixed, publicly known key). For throwaway local experiments only."""
+    data_dir: str = "/var/lib/cachemesh"
+    """Directory for the node ID, its incarnation and its eviction list."""
+    node_name: str = field(default_factory=socket.gethostname)
+    """Human-readable name shown on status pages."""
+    include: tuple[str, ...] = ()
+    """Only share tags matching one of these globs (empty: all tags)."""
+    exclude: tuple[str, ...] = ()
+    """Never share tags matching these globs (wins over include)."""
+
+    # --- failure detection (SWIM, Das et al. 2002; Lifeguard, HashiCorp 2018) ----------
+    probe_interval: float = 1.0
+    """Seconds between probes of one random peer. Lower detects faster, costs more messages."""
+    probe_timeout: float = 0.5
+    """Seconds to wait for a direct ack before asking others to probe indirectly. Above the p99 RTT."""
+    indirect_checks: int = 3
+    """Peers asked to probe a silent node. More means fewer false suspicions under loss."""
+    suspicion_mult: int = 4
+    """Suspicion timeout floor = suspicion_mult * log10(n) * probe_interval (memberlist's SuspicionMult)."""
+    suspicion_max_timeout_mult: int = 3
+    """Timeout with no confirmations = this * floor; independent confirmations shrink it towards the floor."""
+    dead_reap_time: float = 600.0
+    """Seconds a dead or left peer is remembered (and retried for reconnection) before it is forgotten."""
+
+    # --- dissemination -----------------------------------------------------------------
+    gossip_interval: float = 0.2
+    """Seconds between gossip rounds. A round sends pending rumours to `gossip_nodes` random peers."""
+    gossip_nodes: int = 3
+    """Fan-out of a gossip round."""
+    gossip_to_dead_time: float = 30.0
+    """Keep gossiping to a dead peer this long, so a falsely-declared node hears it and refutes."""
+    retransmit_mult: int = 4
+    """Each rumour is sent retransmit_mult * ceil(log10(n + 1)) times by every node that holds it."""
+    push_pull_interval: float = 10.0
+    """Seconds between full-state syncs with one random peer (scaled up past 32 nodes)."""
+    reconnect_interval: float = 5.0
+    """Seconds between syncs with one random dead peer, so partitions heal without a seed."""
+    tombstone_ttl: float = 600.0
+    """Seconds a removed image's tombstone is kept; syncs from older versions become full syncs."""
+    gossip_message_bytes: int = 8 * 1024
+    """Budget for rumours in one gossip message."""
+    rumour_inline_bytes: int = 1024
+    """Manifest changes up to this size travel inside rumours; larger ones as a version notice that
+    each node answers by pulling the delta once."""
+    max_message_bytes: int = 1024 * 1024
+    """Hard cap on one peer message; larger state is split across messages. Larger bodies get 413."""
+
+    # --- engine and transfers ----------------------------------------------------------
+    rescan_interval: float = 30.0
+    """Seconds between full rescans of the engine's images, a safety net behind engine events."""
+    event_debounce: float = 0.2
+    """Wait this long after an engine event for more before rescanning (a build emits bursts)."""
+    max_transfers_in: int = 2
+    """Concurrent pulls into the local engine. `docker load` is the bottleneck; more only thrash disk."""
+    max_transfers_out: int = 4
+    """Concurrent saves served to peers."""
+    transfer_chunk_bytes: int = 1024 * 1024
+    """Chunk size of transfer streams (1 MiB matched a direct pipe in measurements)."""
+    transfer_idle_timeout: float = 60.0
+    """A transfer with no bytes for this long is aborted (peer died or engine hung)."""
+    retry_backoff: float = 2.0
+    """First retry delay after a failed transfer; doubles per failure up to retry_backoff_max."""
+    retry_backoff_max: float = 120.0
+    """Longest retry delay."""
+    max_attempts: int = 5
+    """After this many failures of one image, readiness stops waiting for it (it is still retried)."""
+
+    # --- HTTP and auth -----------------------------------------------------------------
+    auth_window: float = 120.0
+    """Seconds of clock skew a signed request may carry. Requests outside the window get 401."""
+    request_timeout: float = 10.0
+    """Seconds a peer may take to send a whole gossip request body; slower clients get 408."""
+    peer_timeout: float = 5.0
+    """Seconds this node waits for a peer's gossip response before treating the message as lost."""
+    join_grace: float = 5.0
+    """With no seeds configured, a node that found no peer after this long is ready on its own."""
+
+    # ---------------------------------------------------------------------------------
+    @classmethod
+    def lan(cls, **overrides: Any) -> Config:
+        """Defaults for a build fleet on one LAN or VPC: 1,000 nodes, a few ms RTT."""
+        return cls(**overrides)
+
+    @classmethod
+    def local(cls, **overrides: Any) -> Config:
+        """Fast timings for tests and the demo: one machine, sub-millisecond RTT."""
+        fast: dict[str, Any] = dict(
+            probe_interval=0.5,
+            probe_timeout=0.25,
+            gossip_interval=0.1,
+            push_pull_interval=2.0,
+            reconnect_interval=1.0,
+            dead_reap_time=60.0,
+            gossip_to_dead_time=10.0,
+            rescan_interval=5.0,
+            event_debounce=0.1,
+            retry_backoff=0.5,
+            retry_backoff_max=5.0,
+            join_grace=2.0,
+        )
+        fast.update(overrides)
+        return cls(**fast)
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def signing_secret(self) -> bytes:
+        if self.secret:
+            return self.secret
+        if self.insecure:
+            return b"cachemesh-insecure-publicly-known-key"
+        raise ConfigError(
+            "no cluster secret: set CACHEMESH_SECRET or --secret-file PATH "
+            "(or --insecure for a throwaway local experiment)"
+        )
+
+
+# --- flags and env vars: the one mapping -------------------------------------------------
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _parse_list(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def parse_hostport(raw: str, *, default_port: int | None = None) -> tuple[str, int]:
+    """'host:port', '[v6]:port' or, with a default port, 'host' → (host, port)."""
+    raw = raw.strip()
+    if raw.startswith("["):
+        host, _, rest = raw[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    elif raw.count(":") == 1:
+        host, port_text = raw.split(":")
+    elif ":" not in raw:
+        host, port_text = raw, ""
+    else:
+        raise ValueError(f"{raw!r}: IPv6 addresses need brackets, as in [::1]:7611")
+    if not port_text:
+        if default_port is None:
+            raise ValueError(f"{raw!r}: expected host:port")
+        return host, default_port
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{raw!r}: port out of range")
+    return host, port
+
+
+def _parse_hostport_text(raw: str) -> str:
+    parse_hostport(raw)
+    return raw.strip()
+
+
+def _parse_seeds(raw: str) -> tuple[str, ...]:
+    seeds = _parse_list(raw)
+    for seed in seeds:
+        parse_hostport(seed, default_port=7611)
+    return seeds
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One operator setting: its flag, its env var, and how to parse it."""
+
+    field: str
+    flag: str
+    env: str
+    parse: Callable[[str], Any]
+    help: str
+    metavar: str = ""
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("docker_host", "--docker-host", "CACHEMESH_DOCKER_HOST", str,
+           "Docker Engine endpoint (else $DOCKER_HOST, else unix:///var/run/docker.sock)", "URL"),
+    Option("listen", "--listen", "CACHEMESH_LISTEN", _parse_hostport_text,
+           "peer API address (default 0.0.0.0:7611)", "HOST:PORT"),
+    Option("advertise", "--advertise", "CACHEMESH_ADVERTISE", _parse_hostport_text,
+           "address peers dial (default: derived from this host's addresses)", "HOST:PORT"),
+    Option("status_listen", "--status-listen", "CACHEMESH_STATUS_LISTEN", _parse_hostport_text,
+           "status page address (default 127.0.0.1:7612)", "HOST:PORT"),
+    Option("seeds", "--seeds", "CACHEMESH_SEEDS", _parse_seeds,
+           "comma-separated host:port of peers to join; DNS names allowed", "LIST"),
+    Option("mdns", "--mdns", "CACHEMESH_MDNS", _parse_bool, "find peers by multicast DNS (default on)"),
+    Option("cluster", "--cluster", "CACHEMESH_CLUSTER", str, "cluster name (default 'default')", "NAME"),
+    Option("insecure", "--insecure", "CACHEMESH_INSECURE", _parse_bool,
+           "run without a cluster secret (throwaway experiments only)"),
+    Option("data_dir", "--data-dir", "CACHEMESH_DATA_DIR", str,
+           "state directory (default /var/lib/cachemesh)", "DIR"),
+    Option("node_name", "--node-name", "CACHEMESH_NODE_NAME", str, "name shown to people (default: hostname)",
+           "NAME"),
+    Option("include", "--include", "CACHEMESH_INCLUDE", _parse_list,
+           "only share tags matching these comma-separated globs", "GLOBS"),
+    Option("exclude", "--exclude", "CACHEMESH_EXCLUDE", _parse_list,
+           "never share tags matching these comma-separated globs", "GLOBS"),
+)
+
+
+def resolve(
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    *,
+    preset: str = "lan",
+    secret_file: str | None = None,
+) -> Config:
+    """Build a Config from parsed flags (field -> value, None when not given) and the environment.
+
+    Precedence: flag, then CACHEMESH_* env var, then the preset's default. The secret comes from
+    --secret-file, else CACHEMESH_SECRET_FILE, else CACHEMESH_SECRET.
+    """
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        given = flags.get(option.field)
+        if given is not None:
+            values[option.field] = given
+            continue
+        raw = env.get(option.env)
+        if raw is None:
+            continue
+        try:
+            values[option.field] = option.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{option.env}={raw!r}: {exc}") from None
+    if "docker_host" not in values and env.get("DOCKER_HOST"):
+        values["docker_host"] = env["DOCKER_HOST"]
+    values["secret"] = _read_secret(secret_file or env.get("CACHEMESH_SECRET_FILE"), env)
+    config = Config.local(**values) if preset == "local" else Config.lan(**values)
+    validate(config)
+    return config
+
+
+def _read_secret(path: str | None, env: Mapping[str, str]) -> bytes:
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                secret = fh.read().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read secret file {path}: {exc.strerror}") from None
+        if not secret:
+            raise ConfigError(f"secret file {path} is empty")
+        return secret
+    return env.get("CACHEMESH_SECRET", "").strip().encode()
+
+
+def validate(config: Config) -> None:
+    """Refuse settings that cannot work, with the reason."""
+    if not config.secret and not config.insecure:
+        raise ConfigError(
+            "refusing to start without a cluster secret: set CACHEMESH_SECRET or --secret-file PATH "
+            "(every node of the cluster needs the same one), or pass --insecure for a throwaway experiment"
+        )
+    if config.secret and len(config.secret) < 16:
+        raise ConfigError("the cluster secret is shorter than 16 bytes; use e.g. `openssl rand -hex 32`")
+    if not config.cluster or len(config.cluster) > 64:
+        raise ConfigError("--cluster must be 1 to 64 characters")
+    if config.probe_timeout >= config.probe_interval:
+        raise ConfigError("probe_timeout must be shorter than probe_interval")
+    if config.max_transfers_in < 1 or config.max_transfers_out < 1:
+        raise ConfigError("transfer concurrency must be at least 1")
+
+
+def environment() -> Mapping[str, str]:
+    return os.environ

@@ -1,0 +1,280 @@
+"""The protocol state machine of one node: membership, manifests and anti-entropy. Pure.
+
+Like aioquic's QuicConnection: the owner feeds it envelopes (`receive`) and the time (`tick`),
+asks when to call again (`next_deadline`), and drains envelopes to send (`drain`) and events
+(`drain_events`). It never touches a socket, a clock or the engine, so the asyncio node and the
+simulator drive exactly the same code.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from mesh.broadcast import BroadcastQueue
+from mesh.config import Config
+from mesh.events import Event, PeerForgotten, State
+from mesh.formulas import push_pull_scale, retransmit_limit
+from mesh.gossip import Manifests
+from mesh.membership import Member, Membership
+from mesh.outbox import Outbox, Outgoing
+from mesh.sync import compute_digest, differing, split_by_size, summary_entries
+from mesh.wire import (
+    Ack,
+    Alive,
+    Dead,
+    Envelope,
+    ImageMeta,
+    ManifestDelta,
+    ManifestUpdate,
+    Message,
+    Metas,
+    MetaWant,
+    Ping,
+    PingReq,
+    Suspect,
+    SyncDigest,
+    SyncSummary,
+    SyncWant,
+    Tags,
+)
+
+
+class MeshCore:
+    def __init__(
+        self,
+        config: Config,
+        node_id: str,
+        name: str,
+        addr: str,
+        *,
+        now: float,
+        incarnation: int = 1,
+        manifest_version: int = 1,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.rng = rng or random.Random()
+        self.events: list[Event] = []
+        self.rumours = BroadcastQueue()
+        self.out = Outbox(node_id, addr, config.max_message_bytes)
+        me = Member(node_id, name, addr, incarnation, State.ALIVE, now)
+        self.membership = Membership(config, me, self.rng, self.out, self.rumours, self.events)
+        self.manifests = Manifests(config, node_id, manifest_version, self.out, self.rumours, self.events)
+        self.synced_with_peer = False
+        jitter = self.rng.random
+        self._next_gossip = now + jitter() * config.gossip_interval
+        self._next_push_pull = now + config.probe_interval * (1 + jitter())
+        self._next_reconnect = now + config.reconnect_interval * (1 + jitter())
+        self._next_maintenance = now + 1.0
+        self._joins: dict[str, float] = {}
+        # A node that just started syncs a few times in quick succession: peers that started at the
+        # same moment (a fleet booting) are not in the first summary it gets, and rumours about them
+        # die out at nodes that already know them.
+        self._bootstrap_syncs = 3
+        self._events_seen = 0
+        self._handlers: dict[type, Callable[[str, str, Any, float], None]] = {
+            Ping: lambda src, sender, m, now: self.membership.on_ping(src, m),
+            Ack: lambda src, sender, m, now: self.membership.on_ack(src, m, now),
+            PingReq: lambda src, sender, m, now: self.membership.on_ping_req(src, m, now),
+            Alive: lambda src, sender, m, now: self.membership.on_alive(m, now),
+            Suspect: lambda src, sender, m, now: self.membership.on_suspect(m, now),
+            Dead: lambda src, sender, m, now: self.membership.on_dead(m, now),
+            ManifestUpdate: lambda src, sender, m, now: self.manifests.on_update(src, m, now),
+            SyncDigest: self._on_sync_digest,
+            SyncSummary: self._on_sync_summary,
+            SyncWant: self._on_sync_want,
+            ManifestDelta: lambda src, sender, m, now: self.manifests.on_delta(src, m, now),
+            MetaWant: self._on_meta_want,
+            Metas: lambda src, sender, m, now: self.manifests.on_metas(m.metas),
+        }
+
+    # --- identity ----------------------------------------------------------------------------
+
+    @property
+    def node_id(self) -> str:
+        return self.membership.me.id
+
+    @property
+    def incarnation(self) -> int:
+        return self.membership.me.incarnation
+
+    # --- inputs ----------------------------------------------------------------------------
+
+    def receive(self, envelope: Envelope, now: float) -> None:
+        src, sender = envelope.addr, envelope.sender
+        if sender == self.node_id:
+            return
+        self.membership.on_contact(sender, src, envelope.incarnation, now)
+        for message in envelope.messages:
+            self._handlers[type(message)](src, sender, message, now)
+        self._after_events()
+
+    def join(self, addrs: Iterable[str], now: float) -> None:
+        """Contact candidate addresses (seeds, mDNS) that are not live members yet."""
+        retry_before = now - self.config.reconnect_interval
+        for addr in addrs:
+            if addr == self.membership.me.addr or self.membership.is_live_addr(addr):
+                continue
+            if self._joins.get(addr, -1e18) > retry_before:
+                continue
+            self._joins[addr] = now
+            self.out.send(addr, self.membership.alive_message())
+            self.out.send(addr, SyncDigest(self._digest()))
+
+    def leave(self, now: float) -> None:
+        self.membership.leave(now)
+
+    def set_local_images(self, images: Mapping[str, Tags], metas: Iterable[ImageMeta], now: float) -> bool:
+        return self.manifests.set_local(images, metas, now)
+
+    # --- time ---------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        self.membership.tick(now)
+        if now >= self._next_gossip:
+            self._gossip()
+            self._next_gossip = max(self._next_gossip + self.config.gossip_interval, now)
+        if now >= self._next_push_pull:
+            target = self.membership.random_live(1)
+            if target and not self.membership.leaving:
+                self.out.send(target[0].addr, SyncDigest(self._digest()))
+            if target and self._bootstrap_syncs > 0:
+                self._bootstrap_syncs -= 1
+                self._next_push_pull = now + self.config.probe_interval
+            else:
+                interval = push_pull_scale(self.config.push_pull_interval, self.membership.size)
+                self._next_push_pull = now + interval * (0.5 + self.rng.random())
+        if now >= self._next_reconnect:
+            dead = self.membership.dead_ids()
+            if dead and not self.membership.leaving:
+                # Sync with a node we think is dead: if a partition has healed, the summaries that
+                # follow tell each side it was declared dead, and both refute.
+                self.out.send(self.membership.members[self.rng.choice(dead)].addr, SyncDigest(self._digest()))
+            self._next_reconnect = now + self.config.reconnect_interval * (0.5 + self.rng.random())
+        if now >= self._next_maintenance:
+            self._maintenance(now)
+            self._next_maintenance = now + 1.0
+        self._after_events()
+
+    def next_deadline(self) -> float:
+        return min(
+            self.membership.next_deadline(),
+            self._next_gossip,
+            self._next_push_pull,
+            self._next_reconnect,
+            self._next_maintenance,
+        )
+
+    def _gossip(self) -> None:
+        if not len(self.rumours):
+            return
+        limit = retransmit_limit(self.config.retransmit_mult, self.membership.size)
+        first: list[Message] = []
+        for target in self.membership.gossip_targets(self.config.gossip_nodes):
+            messages = self.rumours.take(self.config.gossip_message_bytes, limit)
+            if not messages:
+                break
+            first = first or messages
+            for message in messages:
+                self.out.send(target.addr, message)
+        dead = self.membership.recently_dead_target()
+        if dead is not None:
+            for message in first:
+                self.out.send(dead.addr, message)
+
+    def _maintenance(self, now: float) -> None:
+        self.manifests.expire(now)
+        m = self.membership
+        for source, node, since in self.manifests.gaps_to_repair(now, self.config.probe_interval):
+            # Ask whoever told us; if it is gone, the origin itself; else anyone live.
+            if not m.is_live_addr(source):
+                origin = m.members.get(node)
+                if origin is not None and origin.state in (State.ALIVE, State.SUSPECT):
+                    source = origin.addr
+                else:
+                    anyone = m.random_live(1)
+                    if not anyone:
+                        continue
+                    source = anyone[0].addr
+            self.out.send(source, SyncWant(((node, since),)))
+        self.rumours.prune(retransmit_limit(self.config.retransmit_mult, self.membership.size))
+
+    def _after_events(self) -> None:
+        new = self.events[self._events_seen :]
+        self._events_seen = len(self.events)
+        for event in new:
+            if isinstance(event, PeerForgotten):
+                self.manifests.forget(event.node)
+
+    # --- outputs ----------------------------------------------------------------------------
+
+    def drain(self) -> list[Outgoing]:
+        self.out.incarnation = self.membership.me.incarnation
+        return self.out.drain()
+
+    def drain_events(self) -> list[Event]:
+        events = self.events[:]
+        self.events.clear()
+        self._events_seen = 0
+        return events
+
+    # --- anti-entropy ----------------------------------------------------------------------
+
+    def _digest(self) -> tuple[int, ...]:
+        return compute_digest(self.membership.members.values(), self.manifests.version_of)
+
+    def _summaries(self, buckets: list[int], reply: bool) -> list[SyncSummary]:
+        entries = summary_entries(self.membership.members.values(), buckets, self.manifests.version_of)
+        chunks = split_by_size(entries, max(16, self.config.max_message_bytes // 1024))
+        return [SyncSummary(tuple(buckets), tuple(chunk), reply and i == 0) for i, chunk in enumerate(chunks)]
+
+    def _on_sync_digest(self, src: str, sender: str, msg: SyncDigest, now: float) -> None:
+        buckets = differing(self._digest(), msg.buckets)
+        if buckets:
+            for summary in self._summaries(buckets, reply=True):
+                self.out.send(src, summary)
+
+    def _on_sync_summary(self, src: str, sender: str, msg: SyncSummary, now: float) -> None:
+        m = self.membership
+        for e in msg.entries:
+            if e.state == State.ALIVE:
+                m.on_alive(Alive(e.node, e.name, e.addr, e.incarnation), now, rumour_new=False)
+            elif e.state == State.LEFT:
+                m.on_dead(Dead(e.node, e.incarnation, e.node), now)
+            else:
+                # A remote "dead" only makes us suspect: the node gets its chance to refute
+                # (memberlist mergeState).
+                m.on_suspect(Suspect(e.node, e.incarnation, sender), now)
+        wants = []
+        for e in msg.entries:
+            member = m.members.get(e.node)
+            if member is None or member is m.me or member.state not in (State.ALIVE, State.SUSPECT):
+                continue
+            known = self.manifests.version_of(e.node)
+            if e.mversion > known:
+                wants.append((e.node, known))
+        if wants:
+            self.out.send(src, SyncWant(tuple(wants)))
+        if msg.reply:
+            for summary in self._summaries(list(msg.buckets), reply=False):
+                self.out.send(src, summary)
+        self.synced_with_peer = True
+
+    def _on_sync_want(self, src: str, sender: str, msg: SyncWant, now: float) -> None:
+        for node, since in msg.wants:
+            delta = self.manifests.delta_for(node, since)
+            if delta is not None:
+                self.out.send(src, delta)
+
+    def _on_meta_want(self, src: str, sender: str, msg: MetaWant, now: float) -> None:
+        metas = self.manifests.metas_for(msg.images)
+        for i in range(0, len(metas), 256):
+            self.out.send(src, Metas(tuple(metas[i : i + 256])))
+
+
+def handled_types() -> set[type[Message]]:
+    """Every message type the core dispatches on (a test checks it covers the wire enum)."""
+    core = MeshCore(Config(secret=b"x" * 16), "probe", "probe", "probe:1", now=0.0)
+    return set(core._handlers)

@@ -1,0 +1,273 @@
+"""Manifests: what every node holds, as this node knows it. Pure.
+
+Each node's manifest maps image ID -> tags. Every change the origin makes bumps its version, and
+each entry remembers the version (stamp) it last changed at; a removal leaves a tombstone with
+its stamp. So "everything after version v" is a small delta, and any copy can serve it.
+
+- Fresh changes spread as rumours (`ManifestUpdate`, origin version `prev` -> `version`).
+  A copy that is at `prev` applies it and advances; one that is behind applies the entries by
+  stamp (newer stamp wins) but keeps its version, so the gap is filled from a peer later.
+- Anti-entropy (`sync`) compares versions and asks for `ManifestDelta`s since the known version.
+- Tombstones expire after `tombstone_ttl`; the copy's `floor` rises past them, and a delta asked
+  for from below the floor is sent as a full manifest instead.
+- Image metadata (layers, parent, size) is content-addressed: one `ImageMeta` per image ID, held
+  once however many nodes hold the image, fetched from a peer only when this node lacks it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from mesh.broadcast import BroadcastQueue
+from mesh.config import Config
+from mesh.events import Event, ManifestChanged, MetaLearned
+from mesh.outbox import Outbox
+from mesh.wire import Entry, ImageMeta, ManifestDelta, ManifestUpdate, MetaWant, SyncWant, Tags, encoded_size
+
+MAX_IMAGES_PER_NODE = 5000
+"""One node's manifest must fit one message; past this the newest images are announced."""
+
+
+@dataclass(slots=True)
+class Replica:
+    """One node's manifest as known here. Complete up to `version`; entries may run ahead of it."""
+
+    version: int = 0
+    floor: int = 0
+    entries: dict[str, tuple[Tags, int]] = field(default_factory=dict)
+    tombs: dict[str, int] = field(default_factory=dict)
+    heard: set[int] = field(default_factory=set)  # rumoured versions above `version`
+    gap_since: float | None = None
+    gap_source: str = ""
+
+    def stamp_of(self, image: str) -> int:
+        entry = self.entries.get(image)
+        if entry is not None:
+            return entry[1]
+        return self.tombs.get(image, -1)
+
+    def apply(self, entry: Entry, now: float, expiry: deque[tuple[float, Replica, str, int]], ttl: float) -> bool:
+        if entry.stamp <= self.stamp_of(entry.image):
+            return False
+        if entry.tags is None:
+            self.entries.pop(entry.image, None)
+            self.tombs[entry.image] = entry.stamp
+            expiry.append((now + ttl, self, entry.image, entry.stamp))
+        else:
+            self.tombs.pop(entry.image, None)
+            self.entries[entry.image] = (entry.tags, entry.stamp)
+        return True
+
+
+class Manifests:
+    def __init__(
+        self,
+        config: Config,
+        self_id: str,
+        initial_version: int,
+        outbox: Outbox,
+        rumours: BroadcastQueue,
+        events: list[Event],
+    ) -> None:
+        self.config = config
+        self.self_id = self_id
+        self.replicas: dict[str, Replica] = {self_id: Replica(initial_version, initial_version)}
+        self.metas: dict[str, ImageMeta] = {}
+        self._out = outbox
+        self._rumours = rumours
+        self._events = events
+        self._expiry: deque[tuple[float, Replica, str, int]] = deque()
+        self._meta_asked: dict[str, float] = {}
+
+    @property
+    def own(self) -> Replica:
+        return self.replicas[self.self_id]
+
+    def version_of(self, node: str) -> int:
+        replica = self.replicas.get(node)
+        return replica.version if replica is not None else 0
+
+    def holders(self) -> dict[str, list[str]]:
+        """image ID -> nodes holding it (by this node's view)."""
+        out: dict[str, list[str]] = {}
+        for node, replica in self.replicas.items():
+            for image in replica.entries:
+                out.setdefault(image, []).append(node)
+        return out
+
+    # --- the local manifest ------------------------------------------------------------
+
+    def set_local(self, images: Mapping[str, Tags], metas: Iterable[ImageMeta], now: float) -> bool:
+        """Make the local manifest equal `images` (ID -> tags); rumour the difference. True if changed."""
+        for meta in metas:
+            self.metas.setdefault(meta.id, meta)
+        if len(images) > MAX_IMAGES_PER_NODE:
+            newest = sorted(images, key=lambda i: self.metas[i].created if i in self.metas else 0, reverse=True)
+            images = {i: images[i] for i in newest[:MAX_IMAGES_PER_NODE]}
+        own = self.own
+        changes: list[tuple[str, Tags | None]] = []
+        for image, tags in images.items():
+            current = own.entries.get(image)
+            if current is None or current[0] != tags:
+                changes.append((image, tuple(tags)))
+        changes.extend((image, None) for image in own.entries if image not in images)
+        if not changes:
+            return False
+        own = self.own
+        prev = own.version
+        own.version += 1
+        entries = [Entry(image, tags, own.version) for image, tags in changes]
+        for entry in entries:
+            own.apply(entry, now, self._expiry, self.config.tombstone_ttl)
+        # A small change (an image built or tagged) rides in the rumour itself. A bulk change (a
+        # node starting with hundreds of images) is rumoured as a bare version notice: every node
+        # then pulls the delta once, instead of every node forwarding kilobytes a dozen times.
+        update = ManifestUpdate(self.self_id, prev, own.version, tuple(entries))
+        if encoded_size(update) > self.config.rumour_inline_bytes:
+            update = ManifestUpdate(self.self_id, prev, own.version, ())
+        self._rumours.push(("u", self.self_id, own.version), update)
+        self._events.append(ManifestChanged(self.self_id))
+        return True
+
+    # --- rumours -----------------------------------------------------------------------------
+
+    def on_update(self, src: str, msg: ManifestUpdate, now: float) -> None:
+        if msg.node == self.self_id:
+            return
+        replica = self.replicas.setdefault(msg.node, Replica())
+        if msg.version <= replica.version:
+            return
+        first_time = msg.version not in replica.heard
+        changed = False
+        for entry in msg.changes:
+            changed |= replica.apply(entry, now, self._expiry, self.config.tombstone_ttl)
+        if msg.changes and msg.prev == replica.version:
+            replica.version = msg.version
+            self._advance_heard(replica)
+        elif first_time:
+            replica.heard.add(msg.version)
+            if not msg.changes:
+                # A bare notice: pull the delta now from whoever told us.
+                self._out.send(src, SyncWant(((msg.node, replica.version),)))
+                replica.gap_since, replica.gap_source = now, src
+            elif replica.gap_since is None:
+                replica.gap_since, replica.gap_source = now, src
+        key = ("u", msg.node, msg.version)
+        if first_time:
+            self._rumours.push(key, msg)
+        elif msg.changes:
+            queued = self._rumours.get(key)
+            if queued is not None and not queued.changes:  # type: ignore[union-attr]
+                self._rumours.push(key, msg)  # the full rumour supersedes a notice of the same version
+        if changed:
+            self._events.append(ManifestChanged(msg.node))
+            self._want_metas(src, (e.image for e in msg.changes if e.tags is not None), now)
+
+    @staticmethod
+    def _advance_heard(replica: Replica) -> None:
+        replica.heard = {v for v in replica.heard if v > replica.version}
+        if not replica.heard:
+            replica.gap_since = None
+
+    def gaps_to_repair(self, now: float, delay: float) -> list[tuple[str, str, int]]:
+        """(peer to ask, node, known version) for copies that have been behind a rumour too long.
+        The caller may redirect the ask when that peer is gone."""
+        out = []
+        for node, replica in self.replicas.items():
+            if replica.gap_since is not None and now - replica.gap_since >= delay:
+                out.append((replica.gap_source, node, replica.version))
+                replica.gap_since = now  # ask again only after another `delay`
+        return out
+
+    # --- deltas --------------------------------------------------------------------------
+
+    def delta_for(self, node: str, since: int) -> ManifestDelta | None:
+        replica = self.replicas.get(node)
+        if replica is None or since >= replica.version:
+            return None
+        if since < replica.floor:
+            entries = tuple(Entry(i, tags, stamp) for i, (tags, stamp) in replica.entries.items())
+            return ManifestDelta(node, since, replica.version, True, replica.floor, entries)
+        changed = [Entry(i, tags, stamp) for i, (tags, stamp) in replica.entries.items() if stamp > since]
+        changed.extend(Entry(i, None, stamp) for i, stamp in replica.tombs.items() if stamp > since)
+        return ManifestDelta(node, since, replica.version, False, replica.floor, tuple(changed))
+
+    def on_delta(self, src: str, msg: ManifestDelta, now: float) -> None:
+        if msg.node == self.self_id:
+            return
+        replica = self.replicas.setdefault(msg.node, Replica())
+        if msg.version <= replica.version:
+            return
+        changed = False
+        if msg.full:
+            keep = {e.image for e in msg.entries}
+            for image in [i for i in replica.entries if i not in keep]:
+                changed |= replica.apply(Entry(image, None, msg.version), now, self._expiry, self.config.tombstone_ttl)
+        for entry in msg.entries:
+            changed |= replica.apply(entry, now, self._expiry, self.config.tombstone_ttl)
+        if msg.full or msg.since <= replica.version:
+            # A copy that was behind missed an update, so others may have too: pass on a bare notice
+            # so they pull it now rather than at their next sync. A new copy (a node joining) stays
+            # quiet, or every join would rumour the whole cluster's versions.
+            missed = replica.version > 0 and msg.version not in replica.heard
+            replica.version = msg.version
+            if msg.full:
+                replica.floor = max(replica.floor, msg.floor)
+            self._advance_heard(replica)
+            if missed:
+                self._rumours.push(("u", msg.node, msg.version), ManifestUpdate(msg.node, msg.since, msg.version, ()))
+        if changed:
+            self._events.append(ManifestChanged(msg.node))
+            self._want_metas(src, (e.image for e in msg.entries if e.tags is not None), now)
+
+    # --- metas ---------------------------------------------------------------------------
+
+    def _want_metas(self, src: str, images: Iterable[str], now: float) -> None:
+        retry_after = now - 4 * self.config.probe_interval
+        missing = []
+        for image in images:
+            if image in self.metas:
+                continue
+            asked = self._meta_asked.get(image)
+            if asked is not None and asked > retry_after:
+                continue
+            self._meta_asked[image] = now
+            missing.append(image)
+        if missing:
+            self._out.send(src, MetaWant(tuple(missing)))
+
+    def metas_for(self, images: Iterable[str]) -> list[ImageMeta]:
+        return [self.metas[i] for i in images if i in self.metas]
+
+    def on_metas(self, metas: Iterable[ImageMeta]) -> None:
+        for meta in metas:
+            if meta.id not in self.metas and self._meta_asked.pop(meta.id, None) is not None:
+                self.metas[meta.id] = meta
+                self._events.append(MetaLearned(meta.id))
+
+    def missing_metas(self) -> list[str]:
+        """Images some node holds whose metadata has not arrived (to re-ask after a lost reply)."""
+        return [i for r in self.replicas.values() for i in r.entries if i not in self.metas]
+
+    # --- time ----------------------------------------------------------------------------
+
+    def expire(self, now: float) -> None:
+        """Drop tombstones past their time; the copy's floor rises so old deltas become full ones."""
+        while self._expiry and self._expiry[0][0] <= now:
+            _, replica, image, stamp = self._expiry.popleft()
+            if replica.tombs.get(image) == stamp:
+                del replica.tombs[image]
+                replica.floor = max(replica.floor, stamp)
+
+    def forget(self, node: str) -> None:
+        """A member was reaped: drop its manifest and metas no one else references."""
+        replica = self.replicas.pop(node, None)
+        if replica is None:
+            return
+        referenced = {i for r in self.replicas.values() for i in r.entries}
+        for image in [i for i in replica.entries if i not in referenced]:
+            self.metas.pop(image, None)
+        if replica.entries:
+            self._events.append(ManifestChanged(node))

@@ -1,0 +1,65 @@
+"""Anti-entropy digests. Pure.
+
+A push-pull opens with a digest of the sender's view: members are hashed into 64 buckets by ID,
+and each bucket's value is the XOR of its live members' (ID, incarnation, state, manifest
+version) hashes. Equal views cost one 64-number message to confirm. Where buckets differ, the
+two sides swap the members of those buckets only (`SyncSummary`), merge them, and ask each other
+for the manifest versions they lack. Dead and left members are left out of the digest, so views
+that only differ in what they have already forgotten do not trigger exchanges; they still travel
+in summaries, which is how a partition's two sides learn that the other declared them dead and
+refute it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from functools import lru_cache
+
+from mesh.events import State
+from mesh.membership import Member
+from mesh.wire import DIGEST_BUCKETS, SummaryEntry
+
+_LIVE = (State.ALIVE, State.SUSPECT)
+
+
+@lru_cache(maxsize=65536)
+def bucket_of(node: str) -> int:
+    return hashlib.blake2b(node.encode(), digest_size=2).digest()[0] % DIGEST_BUCKETS
+
+
+def _member_hash(m: Member, mversion: int) -> int:
+    key = (m.incarnation, int(m.state), mversion)
+    if m.digest_key != key:
+        m.digest_key = key
+        text = f"{m.id}\0{m.incarnation}\0{int(m.state)}\0{mversion}".encode()
+        m.digest_hash = int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
+    return m.digest_hash
+
+
+def compute_digest(members: Iterable[Member], mversion_of: Callable[[str], int]) -> tuple[int, ...]:
+    buckets = [0] * DIGEST_BUCKETS
+    for m in members:
+        if m.state in _LIVE:
+            buckets[bucket_of(m.id)] ^= _member_hash(m, mversion_of(m.id))
+    return tuple(buckets)
+
+
+def differing(mine: tuple[int, ...], theirs: tuple[int, ...]) -> list[int]:
+    return [i for i in range(DIGEST_BUCKETS) if mine[i] != theirs[i]]
+
+
+def summary_entries(
+    members: Iterable[Member], buckets: Iterable[int], mversion_of: Callable[[str], int]
+) -> list[SummaryEntry]:
+    wanted = set(buckets)
+    return [
+        SummaryEntry(m.id, m.name, m.addr, m.incarnation, int(m.state), mversion_of(m.id))
+        for m in members
+        if bucket_of(m.id) in wanted
+    ]
+
+
+def split_by_size(entries: list[SummaryEntry], max_entries: int) -> list[list[SummaryEntry]]:
+    """Summaries of very large clusters go out in several messages."""
+    return [entries[i : i + max_entries] for i in range(0, len(entries), max_entries)] or [[]]
