@@ -50,16 +50,15 @@ class BroadcastQueue:
         """Rumours for one gossip message, within `budget` encoded bytes; counts them as sent."""
         chosen: list[_Rumour] = []
         used = 0
+        full = budget - 16  # nothing useful fits in the last few bytes
         for transmits in sorted(self._levels):
-            level = self._levels[transmits]
-            for rumour in reversed(level.values()):
-                if used + rumour.size > budget:
-                    continue
-                chosen.append(rumour)
-                used += rumour.size
-                if used >= budget:
-                    break
-            if used >= budget:
+            for rumour in reversed(self._levels[transmits].values()):
+                if used + rumour.size <= budget:
+                    chosen.append(rumour)
+                    used += rumour.size
+                    if used >= full:
+                        break
+            if used >= full:
                 break
         for rumour in chosen:
             del self._levels[rumour.transmits][rumour.key]

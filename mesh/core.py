@@ -63,6 +63,7 @@ class MeshCore:
         self.membership = Membership(config, me, self.rng, self.out, self.rumours, self.events)
         self.manifests = Manifests(config, node_id, manifest_version, self.out, self.rumours, self.events)
         self.synced_with_peer = False
+        self.stats = {"gossip_rounds": 0, "push_pulls": 0, "probes": 0}
         jitter = self.rng.random
         self._next_gossip = now + jitter() * config.gossip_interval
         self._next_push_pull = now + config.probe_interval * (1 + jitter())
@@ -140,6 +141,7 @@ class MeshCore:
             target = self.membership.random_live(1)
             if target and not self.membership.leaving:
                 self.out.send(target[0].addr, SyncDigest(self._digest()))
+                self.stats["push_pulls"] += 1
             if target and self._bootstrap_syncs > 0:
                 self._bootstrap_syncs -= 1
                 self._next_push_pull = now + self.config.probe_interval
@@ -170,6 +172,7 @@ class MeshCore:
     def _gossip(self) -> None:
         if not len(self.rumours):
             return
+        self.stats["gossip_rounds"] += 1
         limit = retransmit_limit(self.config.retransmit_mult, self.membership.size)
         first: list[Message] = []
         for target in self.membership.gossip_targets(self.config.gossip_nodes):
@@ -185,6 +188,7 @@ class MeshCore:
                 self.out.send(dead.addr, message)
 
     def _maintenance(self, now: float) -> None:
+        self.stats["probes"] = self.membership.probes_sent
         self.manifests.expire(now)
         m = self.membership
         for source, node, since in self.manifests.gaps_to_repair(now, self.config.probe_interval):
@@ -232,7 +236,9 @@ class MeshCore:
 
     def _on_sync_digest(self, src: str, sender: str, msg: SyncDigest, now: float) -> None:
         buckets = differing(self._digest(), msg.buckets)
-        if buckets:
+        if not buckets:
+            self.synced_with_peer = True  # our views already agree
+        else:
             for summary in self._summaries(buckets, reply=True):
                 self.out.send(src, summary)
 

@@ -41,6 +41,9 @@ class Replica:
     heard: set[int] = field(default_factory=set)  # rumoured versions above `version`
     gap_since: float | None = None
     gap_source: str = ""
+    revision: int = 0  # bumped on every entry change; keys the delta cache
+    deltas: dict[int, ManifestDelta] = field(default_factory=dict)  # since -> delta, for `deltas_state`
+    deltas_state: tuple[int, int, int] = (-1, -1, -1)
 
     def stamp_of(self, image: str) -> int:
         entry = self.entries.get(image)
@@ -51,6 +54,7 @@ class Replica:
     def apply(self, entry: Entry, now: float, expiry: deque[tuple[float, Replica, str, int]], ttl: float) -> bool:
         if entry.stamp <= self.stamp_of(entry.image):
             return False
+        self.revision += 1
         if entry.tags is None:
             self.entries.pop(entry.image, None)
             self.tombs[entry.image] = entry.stamp
@@ -187,6 +191,17 @@ class Manifests:
         replica = self.replicas.get(node)
         if replica is None or since >= replica.version:
             return None
+        # After a rumoured notice, many peers ask for the same delta: build and pack it once.
+        state = (replica.version, replica.floor, replica.revision)
+        if replica.deltas_state != state:
+            replica.deltas, replica.deltas_state = {}, state
+        cached = replica.deltas.get(since)
+        if cached is None:
+            cached = replica.deltas[since] = self._build_delta(node, replica, since)
+        return cached
+
+    @staticmethod
+    def _build_delta(node: str, replica: Replica, since: int) -> ManifestDelta:
         if since < replica.floor:
             entries = tuple(Entry(i, tags, stamp) for i, (tags, stamp) in replica.entries.items())
             return ManifestDelta(node, since, replica.version, True, replica.floor, entries)
@@ -260,6 +275,7 @@ class Manifests:
             if replica.tombs.get(image) == stamp:
                 del replica.tombs[image]
                 replica.floor = max(replica.floor, stamp)
+                replica.revision += 1
 
     def forget(self, node: str) -> None:
         """A member was reaped: drop its manifest and metas no one else references."""

@@ -90,6 +90,7 @@ class Membership:
         self._rumours = rumours
         self._events = events
         self._seq = 0
+        self.probes_sent = 0
         self._probes: dict[int, _Probe] = {}
         self._relays: dict[int, _Relay] = {}
         self._live: list[str] = []  # alive or suspect, not me: gossip and probe candidates
@@ -99,6 +100,7 @@ class Membership:
         self._gone: dict[str, None] = {}  # dead or left, until reaped
         self._recent_dead: list[str] = []  # dead within gossip_to_dead_time
         self._suspects: dict[str, None] = {}
+        self._suspicion_due = float("inf")  # earliest suspicion deadline (may be stale-early, never late)
         self._probe_order: list[str] = []
         self._probe_index = 0
         self._next_probe = me.since + rng.random() * config.probe_interval
@@ -159,6 +161,8 @@ class Membership:
             self._gone[m.id] = None
             if new is State.DEAD:
                 self._recent_dead.append(m.id)
+        elif new is State.LEFT and m.id in self._recent_dead:
+            self._recent_dead.remove(m.id)
         elif live_after and not live_before:
             self._gone.pop(m.id, None)
             if m.id in self._recent_dead:
@@ -245,11 +249,13 @@ class Membership:
             if msg.incarnation > m.incarnation:
                 m.incarnation = msg.incarnation
             s = m.suspicion
-            if msg.by not in s.accusers:
+            # Only the first k confirmations count and are passed on (Lifeguard; memberlist's
+            # suspicion.Confirm): past k the timeout is at its floor, and re-rumouring every prober's
+            # accusation of a dead node would flood a large cluster.
+            if msg.by not in s.accusers and s.confirmations < s.k:
                 s.accusers.add(msg.by)
-                s.deadline = now + remaining_suspicion(
-                    s.confirmations, s.k, now - s.started, s.min_timeout, s.max_timeout
-                )
+                s.deadline = s.started + remaining_suspicion(s.confirmations, s.k, 0.0, s.min_timeout, s.max_timeout)
+                self._suspicion_due = min(self._suspicion_due, s.deadline)
                 self._rumour(m.id, msg)
             return
         if m.state is not State.ALIVE:
@@ -262,11 +268,19 @@ class Membership:
         high = self.config.suspicion_max_timeout_mult * low
         m.suspicion = Suspicion(now, k, low, high, {msg.by}, now + remaining_suspicion(0, k, 0.0, low, high))
         self._suspects[m.id] = None
+        self._suspicion_due = min(self._suspicion_due, m.suspicion.deadline)
         self._rumour(m.id, msg)
 
     def on_dead(self, msg: Dead, now: float) -> None:
         m = self.members.get(msg.node)
-        if m is None or msg.incarnation < m.incarnation or m.state in (State.DEAD, State.LEFT):
+        if m is None or msg.incarnation < m.incarnation or m.state is State.LEFT:
+            return
+        if m.state is State.DEAD:
+            # Declared dead here (say, across a partition), but it actually left: stop trying to
+            # reconnect to it.
+            if msg.by == msg.node:
+                m.incarnation = msg.incarnation
+                self._set_state(m, State.LEFT, now)
             return
         if m is self.me and not self.leaving:
             self._refute(msg.incarnation)
@@ -324,6 +338,7 @@ class Membership:
         if m is None:
             return
         seq = self._next_seq()
+        self.probes_sent += 1
         self._probes[seq] = _Probe(
             m.id, m.addr, now, now + self.config.probe_timeout, now + self.config.probe_interval
         )
@@ -346,12 +361,14 @@ class Membership:
     def tick(self, now: float) -> None:
         if self._probes:
             self._check_probes(now)
-        if self._relays:
-            for seq in [s for s, r in self._relays.items() if now >= r.deadline]:
-                del self._relays[seq]
-        for node in [s for s in self._suspects if now >= self.members[s].suspicion.deadline]:  # type: ignore[union-attr]
-            m = self.members[node]
-            self.on_dead(Dead(node, m.incarnation, self.me.id), now)
+        if now >= self._suspicion_due:
+            self._suspicion_due = float("inf")
+            for node in list(self._suspects):
+                m = self.members[node]
+                if now >= m.suspicion.deadline:  # type: ignore[union-attr]
+                    self.on_dead(Dead(node, m.incarnation, self.me.id), now)
+                else:
+                    self._suspicion_due = min(self._suspicion_due, m.suspicion.deadline)  # type: ignore[union-attr]
         if now >= self._next_probe:
             if not self.leaving:
                 self._start_probe(now)
@@ -361,6 +378,9 @@ class Membership:
             self._next_housekeeping = now + 1.0
 
     def _housekeeping(self, now: float) -> None:
+        if self._relays:  # indirect probes nobody answered; precision does not matter here
+            for seq in [s for s, r in self._relays.items() if now >= r.deadline]:
+                del self._relays[seq]
         horizon = now - self.config.gossip_to_dead_time
         if self._recent_dead:
             self._recent_dead = [
@@ -375,11 +395,7 @@ class Membership:
             self._events.append(PeerForgotten(node))
 
     def next_deadline(self) -> float:
-        deadline = min(self._next_probe, self._next_housekeeping)
+        deadline = min(self._next_probe, self._next_housekeeping, self._suspicion_due)
         for probe in self._probes.values():
             deadline = min(deadline, probe.deadline if probe.indirect_sent else probe.indirect_at)
-        for relay in self._relays.values():
-            deadline = min(deadline, relay.deadline)
-        for node in self._suspects:
-            deadline = min(deadline, self.members[node].suspicion.deadline)  # type: ignore[union-attr]
         return deadline

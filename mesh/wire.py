@@ -17,6 +17,7 @@ Image digests travel as 32 raw bytes and are "sha256:<hex>" strings in Python.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, ClassVar, TypeAlias
@@ -162,8 +163,25 @@ def _entries(value: Any) -> tuple[Entry, ...]:
 # --- messages ---------------------------------------------------------------------------------
 
 
+class _Packable:
+    """Packs once: a rumour is sent a dozen times and a manifest delta to many peers, and an
+    envelope is assembled from its messages' cached bytes (a msgpack array is a header followed by
+    its items, so no re-encoding is needed)."""
+
+    __slots__ = ("_packed",)
+
+    def packed(self) -> bytes:
+        try:
+            return self._packed  # type: ignore[no-any-return]
+        except AttributeError:
+            data: bytes = msgpack.packb(message_to_wire(self), use_bin_type=True)  # type: ignore[arg-type]
+            object.__setattr__(self, "_packed", data)
+            return data
+
+
+
 @dataclass(frozen=True, slots=True)
-class Ping:
+class Ping(_Packable):
     """SWIM probe. `target` is the node ID the sender believes answers at this address."""
 
     TYPE: ClassVar[MsgType] = MsgType.PING
@@ -179,7 +197,7 @@ class Ping:
 
 
 @dataclass(frozen=True, slots=True)
-class Ack:
+class Ack(_Packable):
     TYPE: ClassVar[MsgType] = MsgType.ACK
     seq: int
 
@@ -192,7 +210,7 @@ class Ack:
 
 
 @dataclass(frozen=True, slots=True)
-class PingReq:
+class PingReq(_Packable):
     """Ask the receiver to probe `target` and forward the ack (SWIM indirect probe)."""
 
     TYPE: ClassVar[MsgType] = MsgType.PING_REQ
@@ -209,7 +227,7 @@ class PingReq:
 
 
 @dataclass(frozen=True, slots=True)
-class Alive:
+class Alive(_Packable):
     TYPE: ClassVar[MsgType] = MsgType.ALIVE
     node: str
     name: str
@@ -228,7 +246,7 @@ class Alive:
 
 
 @dataclass(frozen=True, slots=True)
-class Suspect:
+class Suspect(_Packable):
     TYPE: ClassVar[MsgType] = MsgType.SUSPECT
     node: str
     incarnation: int
@@ -243,7 +261,7 @@ class Suspect:
 
 
 @dataclass(frozen=True, slots=True)
-class Dead:
+class Dead(_Packable):
     """A node is dead; `by == node` means it left gracefully."""
 
     TYPE: ClassVar[MsgType] = MsgType.DEAD
@@ -260,7 +278,7 @@ class Dead:
 
 
 @dataclass(frozen=True, slots=True)
-class ManifestUpdate:
+class ManifestUpdate(_Packable):
     """Rumour: the origin `node` moved its manifest from version `prev` to `version` by `changes`."""
 
     TYPE: ClassVar[MsgType] = MsgType.MANIFEST_UPDATE
@@ -284,7 +302,7 @@ DIGEST_BUCKETS = 64
 
 
 @dataclass(frozen=True, slots=True)
-class SyncDigest:
+class SyncDigest(_Packable):
     """Push-pull opener: one 64-bit hash per bucket of the sender's view of live members."""
 
     TYPE: ClassVar[MsgType] = MsgType.SYNC_DIGEST
@@ -328,7 +346,7 @@ class SummaryEntry:
 
 
 @dataclass(frozen=True, slots=True)
-class SyncSummary:
+class SyncSummary(_Packable):
     """The members in the buckets whose digests differed. `reply` asks for the receiver's own."""
 
     TYPE: ClassVar[MsgType] = MsgType.SYNC_SUMMARY
@@ -352,7 +370,7 @@ class SyncSummary:
 
 
 @dataclass(frozen=True, slots=True)
-class SyncWant:
+class SyncWant(_Packable):
     """Ask for manifest changes: (node, known version) pairs."""
 
     TYPE: ClassVar[MsgType] = MsgType.SYNC_WANT
@@ -371,7 +389,7 @@ class SyncWant:
 
 
 @dataclass(frozen=True, slots=True)
-class ManifestDelta:
+class ManifestDelta(_Packable):
     """Everything in `node`'s manifest that changed after `since`, up to `version`.
 
     `full` replaces the receiver's copy (asked-for history was compacted away); `floor` is the
@@ -400,7 +418,7 @@ class ManifestDelta:
 
 
 @dataclass(frozen=True, slots=True)
-class MetaWant:
+class MetaWant(_Packable):
     TYPE: ClassVar[MsgType] = MsgType.META_WANT
     images: tuple[str, ...]
 
@@ -413,7 +431,7 @@ class MetaWant:
 
 
 @dataclass(frozen=True, slots=True)
-class Metas:
+class Metas(_Packable):
     TYPE: ClassVar[MsgType] = MsgType.METAS
     metas: tuple[ImageMeta, ...]
 
@@ -435,7 +453,7 @@ _PARSERS: dict[int, Any] = {
     for cls in (Ping, Ack, PingReq, Alive, Suspect, Dead, ManifestUpdate, SyncDigest, SyncSummary,
                 SyncWant, ManifestDelta, MetaWant, Metas)
 }
-_ARITY: dict[int, int] = {t: len(cls.__slots__) for t, cls in _PARSERS.items()}
+_ARITY: dict[int, int] = {t: len(dataclasses.fields(cls)) for t, cls in _PARSERS.items()}
 
 
 def message_to_wire(message: Message) -> list[Any]:
@@ -457,7 +475,7 @@ def message_from_wire(items: Any) -> Message:
 
 
 def encoded_size(message: Message) -> int:
-    return len(msgpack.packb(message_to_wire(message), use_bin_type=True))
+    return len(message.packed())
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,13 +489,16 @@ class Envelope:
     incarnation: int = 0
 
 
+_PACKER = msgpack.Packer(use_bin_type=True)
+
+
 def encode(envelope: Envelope) -> bytes:
-    payload = [
-        PROTOCOL_VERSION, envelope.sender, envelope.addr,
-        [message_to_wire(m) for m in envelope.messages], envelope.incarnation,
-    ]
-    data: bytes = msgpack.packb(payload, use_bin_type=True)
-    return data
+    pack = _PACKER.pack
+    return b"".join((
+        _PACKER.pack_array_header(5), pack(PROTOCOL_VERSION), pack(envelope.sender), pack(envelope.addr),
+        _PACKER.pack_array_header(len(envelope.messages)), *(m.packed() for m in envelope.messages),
+        pack(envelope.incarnation),
+    ))
 
 
 def decode(data: bytes, *, max_bytes: int) -> Envelope:

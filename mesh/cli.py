@@ -1,0 +1,159 @@
+"""`cachemesh run | status | wait-ready | version`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from mesh import __version__
+from mesh.config import OPTIONS, ConfigError, resolve
+
+
+def _run_parser(sub: Any) -> None:
+    run = sub.add_parser("run", help="run a node (every flag also reads a CACHEMESH_* env var)")
+    for option in OPTIONS:
+        help_text = f"{option.help} [{option.env}]"
+        if option.parse is bool or option.field in ("mdns", "insecure"):
+            if option.field == "mdns":
+                run.add_argument(option.flag, dest=option.field, action=argparse.BooleanOptionalAction,
+                                 default=None, help=help_text)
+            else:
+                run.add_argument(option.flag, dest=option.field, action="store_true", default=None, help=help_text)
+        else:
+            run.add_argument(option.flag, dest=option.field, default=None, metavar=option.metavar or None,
+                             type=option.parse, help=help_text)
+    run.add_argument("--secret-file", metavar="PATH", help="file holding the cluster secret [CACHEMESH_SECRET_FILE]; "
+                     "or set CACHEMESH_SECRET")
+    run.add_argument("--preset", choices=("lan", "local"), default=os.environ.get("CACHEMESH_PRESET", "lan"),
+                     help="timing preset: lan (default) or local (fast, for tests and demos) [CACHEMESH_PRESET]")
+    run.add_argument("--log-level", default=os.environ.get("CACHEMESH_LOG_LEVEL", "info"),
+                     help="debug, info, warning [CACHEMESH_LOG_LEVEL]")
+
+
+def _status_addr(args: argparse.Namespace) -> str:
+    return str(args.status_addr or os.environ.get("CACHEMESH_STATUS_LISTEN") or "127.0.0.1:7612")
+
+
+def _get(addr: str, path: str, timeout: float = 3.0) -> tuple[int, Any]:
+    host = addr.replace("0.0.0.0", "127.0.0.1", 1)
+    try:
+        with urllib.request.urlopen(f"http://{host}{path}", timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cachemesh", description="Spread Docker build cache across build hosts.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _run_parser(sub)
+    status = sub.add_parser("status", help="show this host's node: peers, images, transfers")
+    status.add_argument("--status-addr", metavar="HOST:PORT", help="the node's status address [CACHEMESH_STATUS_LISTEN]")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    wait = sub.add_parser("wait-ready", help="exit 0 once the node is ready (warm), 1 on timeout")
+    wait.add_argument("--timeout", type=float, default=300.0, metavar="S")
+    wait.add_argument("--status-addr", metavar="HOST:PORT", help="the node's status address [CACHEMESH_STATUS_LISTEN]")
+    sub.add_parser("version", help="print the version")
+    args = parser.parse_args(argv)
+
+    if args.command == "version":
+        print(f"cachemesh {__version__}")
+        return 0
+    if args.command == "status":
+        return _status(args)
+    if args.command == "wait-ready":
+        return _wait_ready(args)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    flags = {option.field: getattr(args, option.field) for option in OPTIONS}
+    try:
+        config = resolve(flags, os.environ, preset=args.preset, secret_file=args.secret_file)
+    except ConfigError as exc:
+        print(f"cachemesh: {exc}", file=sys.stderr)
+        return 2
+    if config.mdns:
+        logging.getLogger("cachemesh").debug("mDNS discovery requested")
+    return asyncio.run(_serve(config))
+
+
+async def _serve(config: Any) -> int:
+    from mesh.node import Node
+    from mesh.state import StateError
+
+    try:
+        node = Node(config)
+    except (StateError, ValueError) as exc:
+        print(f"cachemesh: {exc}", file=sys.stderr)
+        return 2
+    try:
+        await node.start()
+    except OSError as exc:
+        print(f"cachemesh: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        await node.stop(leave=False)
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    stopping = asyncio.create_task(node.stop(leave=True))
+    done, _ = await asyncio.wait({stopping}, timeout=15.0)
+    if not done:
+        # Never hang a host's shutdown: say what is stuck, then exit anyway.
+        log = logging.getLogger("cachemesh")
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                log.error("shutdown stuck on task %s: %s", task.get_name(), task.get_stack(limit=8))
+        return 1
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    addr = _status_addr(args)
+    try:
+        _, data = _get(addr, "/api/status")
+    except OSError as exc:
+        print(f"cachemesh: no node answers at {addr}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    from mesh.status_cli import print_status
+
+    print_status(data)
+    return 0
+
+
+def _wait_ready(args: argparse.Namespace) -> int:
+    addr = _status_addr(args)
+    deadline = time.monotonic() + args.timeout
+    reason = "no answer yet"
+    while True:
+        try:
+            code, data = _get(addr, "/readyz", timeout=2.0)
+            if code == 200:
+                print(f"ready: {data.get('reason', '')}")
+                return 0
+            reason = str(data.get("reason", code))
+        except (OSError, ValueError) as exc:
+            reason = f"no node answers at {addr} ({exc})"
+        if time.monotonic() >= deadline:
+            print(f"cachemesh: not ready after {args.timeout:g}s: {reason}", file=sys.stderr)
+            return 1
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))

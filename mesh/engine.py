@@ -1,0 +1,255 @@
+"""The local Docker Engine, behind a small interface with a real and an in-memory implementation.
+
+`DockerEngine` speaks the Engine API (https://docs.docker.com/engine/api/v1.41/). Request/response
+calls (version, list, inspect, tag, remove) go through docker-py's APIClient, which negotiates the
+API version and understands DOCKER_HOST, in worker threads. The three streaming endpoints (save,
+load, events) go through aiohttp on the same endpoint: a transfer streams the peer's HTTP body
+into `POST /images/load` chunk by chunk, never holding an image in memory or on disk.
+
+`FakeEngine` (mesh.fake_engine) implements the same interface in memory; tests/test_engine_conformance.py
+runs one suite against both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import aiohttp
+import docker
+import docker.errors
+
+from mesh.wire import ImageMeta
+
+
+class EngineError(Exception):
+    """The engine refused or failed a call. The message is the engine's own."""
+
+
+class EngineUnavailable(EngineError):
+    """The engine cannot be reached (socket missing, daemon restarting)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalImage:
+    meta: ImageMeta
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    loaded: tuple[str, ...]
+    """Image IDs the engine reported loading."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineInfo:
+    version: str
+    api_version: str
+    storage: str
+
+
+class Engine(Protocol):
+    async def info(self) -> EngineInfo: ...
+
+    async def images(self) -> list[LocalImage]:
+        """Every image, tagged or not, with its parent and layers."""
+        ...
+
+    def save(self, image_ids: Iterable[str]) -> AsyncIterator[bytes]:
+        """A `docker save` tar of these images (by ID, so it carries no tags), streamed."""
+        ...
+
+    async def load(self, chunks: AsyncIterator[bytes]) -> LoadResult:
+        """Stream a tar into `docker load`. Raises EngineError if the engine refuses it."""
+        ...
+
+    async def tag(self, image_id: str, ref: str) -> None: ...
+
+    async def remove(self, image_id: str) -> None:
+        """Remove an untagged image (only used to clean up what a failed transfer loaded)."""
+        ...
+
+    def events(self) -> AsyncIterator[dict[str, Any]]:
+        """Image events (tag, untag, delete, load, import, pull) as the engine reports them."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """'repo:tag' -> ('repo', 'tag'); the colon of a registry port is not a tag separator."""
+    repo, sep, tag = ref.rpartition(":")
+    if not sep or "/" in tag:
+        return ref, "latest"
+    return repo, tag
+
+
+def chain_of(image_id: str, metas: dict[str, ImageMeta]) -> list[str]:
+    """The image and its locally known parent chain, child first (what `docker history -q` lists)."""
+    chain = []
+    seen = set()
+    current = image_id
+    while current and current in metas and current not in seen:
+        seen.add(current)
+        chain.append(current)
+        current = metas[current].parent
+    return chain
+
+
+class DockerEngine:
+    def __init__(self, docker_host: str) -> None:
+        self._host = docker_host
+        self._client: docker.APIClient | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._base = ""
+        self._inspected: dict[str, ImageMeta] = {}  # image content never changes for an ID
+
+    # --- connections -------------------------------------------------------------------------
+
+    async def _api(self) -> docker.APIClient:
+        if self._client is None:
+            try:
+                self._client = await asyncio.to_thread(docker.APIClient, base_url=self._host, version="auto")
+            except docker.errors.DockerException as exc:
+                raise EngineUnavailable(f"cannot reach the Docker Engine at {self._host}: {exc}") from None
+        return self._client
+
+    async def _http(self) -> tuple[aiohttp.ClientSession, str]:
+        if self._session is None:
+            api = await self._api()
+            if self._host.startswith("unix://"):
+                connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=self._host[len("unix://"):])
+                origin = "http://docker"
+            elif self._host.startswith(("tcp://", "http://")):
+                connector = aiohttp.TCPConnector()
+                origin = "http://" + self._host.split("://", 1)[1].rstrip("/")
+            else:
+                raise EngineUnavailable(f"unsupported Docker host {self._host!r}: use unix:// or tcp://")
+            self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
+            self._base = f"{origin}/v{api.api_version}"
+        return self._session, self._base
+
+    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        api = await self._api()
+        try:
+            return await asyncio.to_thread(getattr(api, fn), *args, **kwargs)
+        except docker.errors.APIError as exc:
+            raise EngineError(str(exc.explanation or exc)) from None
+        except (docker.errors.DockerException, OSError) as exc:
+            raise EngineUnavailable(f"Docker Engine at {self._host}: {exc}") from None
+        except Exception as exc:  # requests' ConnectionError and friends when the daemon restarts
+            raise EngineUnavailable(f"Docker Engine at {self._host}: {exc}") from None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # --- calls ---------------------------------------------------------------------------------
+
+    async def info(self) -> EngineInfo:
+        version = await self._call("version")
+        info = await self._call("info")
+        return EngineInfo(version.get("Version", "?"), version.get("ApiVersion", "?"), info.get("Driver", "?"))
+
+    async def images(self) -> list[LocalImage]:
+        listed = await self._call("images", all=True)
+        out = []
+        for item in listed:
+            image_id = item["Id"]
+            meta = self._inspected.get(image_id)
+            if meta is None:
+                try:
+                    detail = await self._call("inspect_image", image_id)
+                except EngineError:
+                    continue  # removed between list and inspect
+                meta = ImageMeta(
+                    id=image_id,
+                    parent=detail.get("Parent") or "",
+                    layers=tuple(detail.get("RootFS", {}).get("Layers") or ()),
+                    size=int(item.get("Size") or 0),
+                    created=int(item.get("Created") or 0),
+                )
+                self._inspected[image_id] = meta
+            tags = tuple(sorted(t for t in item.get("RepoTags") or () if t != "<none>:<none>"))
+            out.append(LocalImage(meta, tags))
+        live = {i["Id"] for i in listed}
+        for stale in [i for i in self._inspected if i not in live]:
+            del self._inspected[stale]
+        return out
+
+    async def tag(self, image_id: str, ref: str) -> None:
+        repo, tag = split_ref(ref)
+        await self._call("tag", image_id, repo, tag, force=True)
+
+    async def remove(self, image_id: str) -> None:
+        await self._call("remove_image", image_id, noprune=True)
+
+    # --- streams --------------------------------------------------------------------------------
+
+    async def save(self, image_ids: Iterable[str], chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:  # type: ignore[override]
+        session, base = await self._http()
+        names = "&".join("names=" + quote(i) for i in image_ids)
+        try:
+            async with session.get(f"{base}/images/get?{names}") as response:
+                if response.status != 200:
+                    raise EngineError(f"save refused: {_engine_message(await response.read())}")
+                async for chunk in response.content.iter_chunked(chunk_size):
+                    yield chunk
+        except aiohttp.ClientError as exc:
+            raise EngineUnavailable(f"save interrupted: {exc}") from None
+
+    async def load(self, chunks: AsyncIterator[bytes]) -> LoadResult:
+        session, base = await self._http()
+        headers = {"Content-Type": "application/x-tar"}
+        try:
+            async with session.post(f"{base}/images/load?quiet=1", data=chunks, headers=headers) as response:
+                body = await response.read()
+        except aiohttp.ClientError as exc:
+            raise EngineUnavailable(f"load interrupted: {exc}") from None
+        if response.status != 200:
+            raise EngineError(f"load refused: {_engine_message(body)}")
+        # The engine answers 200 and reports failure inside its JSON stream.
+        loaded = []
+        for line in body.splitlines():
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except ValueError:
+                continue
+            if "error" in item or "errorDetail" in item:
+                raise EngineError(f"load refused: {item.get('error') or item['errorDetail'].get('message')}")
+            for text in str(item.get("stream", "")).splitlines():
+                if text.startswith("Loaded image ID: "):
+                    loaded.append(text.removeprefix("Loaded image ID: ").strip())
+        return LoadResult(tuple(loaded))
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:  # type: ignore[override]
+        session, base = await self._http()
+        filters = quote(json.dumps({"type": ["image"]}))
+        try:
+            async with session.get(f"{base}/events?filters={filters}") as response:
+                if response.status != 200:
+                    raise EngineError(f"events refused: {_engine_message(await response.read())}")
+                async for line in response.content:
+                    with contextlib.suppress(ValueError):
+                        yield json.loads(line)
+        except aiohttp.ClientError as exc:
+            raise EngineUnavailable(f"event stream broken: {exc}") from None
+
+
+def _engine_message(body: bytes) -> str:
+    try:
+        return str(json.loads(body).get("message", body[:200]))
+    except ValueError:
+        return body[:200].decode(errors="replace")

@@ -1,0 +1,78 @@
+"""Prometheus metrics of one node (`cachemesh_*`), on a registry of its own so several nodes can
+run in one process (tests). Counters are bumped as things happen; gauges are read from the node
+when scraped, so they are never stale."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+
+class _Snapshot(Collector):
+    def __init__(self, read: Callable[[], dict[str, Any]]) -> None:
+        self._read = read
+
+    def describe(self) -> list[Metric]:
+        return []  # read lazily: the node is still being built when this registers
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._read()
+        peers = GaugeMetricFamily("cachemesh_peers", "Peers by state, as this node sees them", labels=["state"])
+        for state, count in snap["peers"].items():
+            peers.add_metric([state], count)
+        yield peers
+        images = GaugeMetricFamily("cachemesh_images", "Images held here (local) and known in the mesh", labels=["scope"])
+        images.add_metric(["local"], snap["images_local"])
+        images.add_metric(["mesh"], snap["images_mesh"])
+        yield images
+        yield GaugeMetricFamily("cachemesh_ready", "1 once this node holds what it should", value=snap["ready"])
+        yield GaugeMetricFamily("cachemesh_images_missing", "Images this node should hold and does not yet",
+                                value=snap["missing"])
+        yield GaugeMetricFamily("cachemesh_transfers_in_flight", "Pulls under way", value=snap["in_flight"])
+        yield GaugeMetricFamily("cachemesh_incarnation", "This node's SWIM incarnation", value=snap["incarnation"])
+        core = snap["core"]
+        for name, help_text in (
+            ("gossip_rounds", "Gossip rounds that sent rumours"),
+            ("push_pulls", "Full-state syncs started"),
+            ("probes", "Failure-detector probes sent"),
+        ):
+            yield CounterMetricFamily(f"cachemesh_{name}", help_text, value=core.get(name, 0))
+
+
+class Metrics:
+    def __init__(self, read_snapshot: Callable[[], dict[str, Any]]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.transfer_bytes = Counter(
+            "cachemesh_transfer_bytes", "Image bytes moved between peers", ["direction"], registry=self.registry
+        )
+        self.transfers = Counter(
+            "cachemesh_transfers", "Image transfers by direction and outcome", ["direction", "outcome"],
+            registry=self.registry,
+        )
+        self.transfer_seconds = Histogram(
+            "cachemesh_transfer_seconds", "Duration of successful pulls", registry=self.registry,
+            buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800),
+        )
+        self.peer_requests = Counter(
+            "cachemesh_peer_requests", "Peer API requests served, by endpoint and HTTP status", ["endpoint", "status"],
+            registry=self.registry,
+        )
+        self.gossip_errors = Counter(
+            "cachemesh_gossip_send_errors", "Gossip messages this node could not deliver", registry=self.registry
+        )
+        self.engine_errors = Counter(
+            "cachemesh_engine_errors", "Failed calls to the local Docker Engine", registry=self.registry
+        )
+        for direction in ("in", "out"):
+            self.transfer_bytes.labels(direction)
+            for outcome in ("ok", "failed"):
+                self.transfers.labels(direction, outcome)
+        self.registry.register(_Snapshot(read_snapshot))
+
+    def render(self) -> bytes:
+        data: bytes = generate_latest(self.registry)
+        return data

@@ -1,0 +1,325 @@
+"""One cachemesh node: the pure core driven by an asyncio loop, with I/O at the edges.
+
+The core loop ticks the core at its next deadline (or when woken), sends what it drained over
+HTTP, and feeds replies back in. Around it: the local engine watcher, the puller, seed discovery,
+the peer API and the status page. SIGTERM leaves gracefully: peers are told directly, so they
+drop this node at once instead of timing it out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections import Counter
+from typing import Any
+
+from aiohttp import web
+
+from mesh import __version__, wire
+from mesh.addresses import derive_advertise
+from mesh.auth import Signer, derive_key
+from mesh.config import Config, parse_hostport
+from mesh.core import MeshCore
+from mesh.discovery import resolve_seeds
+from mesh.engine import DockerEngine, Engine, EngineError, chain_of
+from mesh.events import ManifestChanged, MetaLearned, PeerJoined, PeerStateChanged, State
+from mesh.local_images import LocalImages
+from mesh.metrics import Metrics
+from mesh.peer_client import PeerClient, PeerError
+from mesh.peer_server import PeerServer, SaveRefused, Served
+from mesh.puller import Puller
+from mesh.readiness import Readiness
+from mesh.state import NodeState
+from mesh.status import status_app
+from mesh.transfer import Transfer
+from mesh.wire import ImageMeta, Tags
+
+log = logging.getLogger("cachemesh.node")
+
+MAX_SENDS_PER_PEER = 4  # more in flight to one peer means it is not answering; drop (SWIM copes)
+
+
+class Node:
+    def __init__(self, config: Config, engine: Engine | None = None) -> None:
+        self.config = config
+        self.state = NodeState(config.data_dir)
+        self.node_id = self.state.node_id()
+        self.incarnation = self.state.next_incarnation()
+        self.engine: Engine = engine or DockerEngine(config.docker_host)
+        self.started = time.time()
+        self.signer = Signer(derive_key(config.signing_secret, config.cluster), config.cluster, self.node_id)
+        self.client = PeerClient(self.signer, max_message_bytes=config.max_message_bytes, timeout=config.peer_timeout)
+        self.metrics = Metrics(self._snapshot)
+        self.local = LocalImages(config, self.engine, self.state, self._on_local_change, self._on_engine_error)
+        self.readiness = Readiness(self)
+        # Bound in start(): the advertised address needs the listening port, which may be 0.
+        self.advertise = ""
+        self.core: MeshCore
+        self.puller: Puller
+        self.serving: dict[int, Transfer] = {}
+        self.peer_addr = ""
+        self.status_addr = ""
+        self._wake = asyncio.Event()
+        self._sends: Counter[str] = Counter()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._send_tasks: set[asyncio.Task[None]] = set()
+        self._runners: list[web.AppRunner] = []
+        self._stopping = False
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        peer_sock = bind_socket(self.config.listen)
+        status_sock = bind_socket(self.config.status_listen)
+        host, _ = parse_hostport(self.config.listen)
+        port = peer_sock.getsockname()[1]
+        self.advertise = self.config.advertise or derive_advertise(
+            f"[{host}]:{port}" if ":" in host else f"{host}:{port}", self.config.seeds
+        )
+        self.core = MeshCore(
+            self.config, self.node_id, self.config.node_name, self.advertise, now=time.monotonic(),
+            incarnation=self.incarnation, manifest_version=int(time.time() * 1000),
+        )
+        self.puller = Puller(
+            self.config, self.core, self.engine, self.local, self.client, self.metrics, self._on_pull_done
+        )
+        peer = PeerServer(
+            self, self.signer, max_body=self.config.max_message_bytes, request_timeout=self.config.request_timeout,
+            auth_window=self.config.auth_window, max_saves=self.config.max_transfers_out,
+        )
+        self.peer_server = peer
+        self.peer_addr = await self._serve(peer.app, peer_sock)
+        self.status_addr = await self._serve(status_app(self), status_sock)
+        server = self._runners[0].server
+        assert server is not None
+        self._tasks.append(asyncio.create_task(peer.sweep(server)))
+        for coro in (self._core_loop(), self.local.run(), self.puller.run(), self._discovery_loop()):
+            self._tasks.append(asyncio.create_task(coro))
+        log.info(
+            "node %s (%s) up: peers dial %s, status http://%s/, cluster %r%s",
+            self.config.node_name, self.node_id, self.advertise, self.status_addr, self.config.cluster,
+            "" if self.config.secret else " (INSECURE: no cluster secret)",
+        )
+
+    async def _serve(self, app: web.Application, sock: socket.socket) -> str:
+        # lingering_time=0: after a 408 or 413 the rest of an unread body is not waited for; the
+        # connection is closed at once (a peer never leaves a body unread).
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, keepalive_timeout=30.0, lingering_time=0)
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        self._runners.append(runner)
+        host, port = sock.getsockname()[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    async def stop(self, *, leave: bool = True) -> None:
+        """Leave the cluster (telling every live peer directly), then shut everything down."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if not hasattr(self, "core"):
+            await self.client.close()
+            await self.engine.close()
+            return
+        if leave:
+            self.core.leave(time.monotonic())
+            departure = self.core.membership.me
+            notice = wire.Envelope(self.node_id, self.advertise, (wire.Dead(departure.id, departure.incarnation,
+                                                                             departure.id),), departure.incarnation)
+            peers = [self.core.membership.members[i].addr for i in self.core.membership.live_ids()]
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await asyncio.gather(*(self._send(addr, notice) for addr in peers), return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.puller.stop()
+        for task in list(self._send_tasks):
+            task.cancel()
+        await asyncio.gather(*self._send_tasks, return_exceptions=True)
+        for runner in self._runners:
+            await runner.cleanup()
+        await self.client.close()
+        await self.engine.close()
+        log.info("node %s stopped", self.config.node_name)
+
+    # --- the core loop ------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _core_loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            self.core.tick(now)
+            self._flush()
+            self._handle_events()
+            delay = max(0.0, self.core.next_deadline() - time.monotonic())
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that lands just as
+            # the wait completes, and the loop would then outlive stop().
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    def _flush(self) -> None:
+        for out in self.core.drain():
+            if self._sends[out.addr] >= MAX_SENDS_PER_PEER:
+                self.metrics.gossip_errors.inc()
+                continue
+            self._sends[out.addr] += 1
+            task = asyncio.create_task(self._send(out.addr, out.envelope))
+            self._send_tasks.add(task)
+            task.add_done_callback(self._send_tasks.discard)
+
+    async def _send(self, addr: str, envelope: wire.Envelope) -> None:
+        try:
+            reply = await self.client.exchange(addr, envelope)
+        except (PeerError, OSError, TimeoutError, Exception) as exc:  # a lost message, as far as SWIM is concerned
+            self.metrics.gossip_errors.inc()
+            log.debug("gossip to %s lost: %s", addr, exc)
+            return
+        finally:
+            self._sends[addr] -= 1
+            if self._sends[addr] <= 0:
+                del self._sends[addr]
+        if reply is not None and not self._stopping:
+            self.core.receive(reply, time.monotonic())
+            self.wake()
+
+    def _handle_events(self) -> None:
+        replan = False
+        for event in self.core.drain_events():
+            if isinstance(event, ManifestChanged | MetaLearned):
+                replan = True
+            elif isinstance(event, PeerJoined):
+                member = self.core.membership.members.get(event.node)
+                log.info("peer joined: %s (%s)", member.name if member else event.node, member.addr if member else "?")
+                replan = True
+            elif isinstance(event, PeerStateChanged):
+                if event.node == self.node_id:
+                    continue
+                member = self.core.membership.members.get(event.node)
+                name = member.name if member else event.node
+                log.info("peer %s: %s -> %s", name, event.old.label, event.new.label)
+                replan = True
+        if self.core.incarnation != self.incarnation:
+            self.incarnation = self.core.incarnation
+            self.state.save_incarnation(self.incarnation)
+        if replan:
+            self.puller.poke()
+
+    # --- the peer API (PeerHandler) ------------------------------------------------------------
+
+    def on_envelope(self, envelope: wire.Envelope) -> wire.Envelope | None:
+        self.core.receive(envelope, time.monotonic())
+        reply: list[wire.Message] = []
+        for out in self.core.drain():
+            if out.addr == envelope.addr and not reply:
+                reply.extend(out.envelope.messages)
+            else:
+                self._send_later(out)
+        self.wake()
+        if not reply:
+            return None
+        me = self.core.membership.me
+        return wire.Envelope(self.node_id, self.advertise, tuple(reply), me.incarnation)
+
+    def _send_later(self, out: Any) -> None:
+        task = asyncio.create_task(self._send(out.addr, out.envelope))
+        self._sends[out.addr] += 1
+        self._send_tasks.add(task)
+        task.add_done_callback(self._send_tasks.discard)
+
+    async def open_save(self, image: str, requester: str) -> Served:
+        if image not in self.local.shared:
+            raise SaveRefused(404, f"{image[:19]} is not shared by this node")
+        chain = chain_of(image, self.local.metas())
+        member = self.core.membership.members.get(requester)
+        record = Transfer(image, self.local.shared.get(image, ()), member.addr if member else "?",
+                          member.name if member else requester, "out", self.local.images[image].meta.size)
+        self.serving[id(record)] = record
+
+        async def chunks() -> Any:
+            try:
+                async for chunk in self.engine.save(chain):
+                    record.done += len(chunk)
+                    yield chunk
+            except EngineError as exc:
+                record.error = str(exc)
+                raise
+            finally:
+                record.finished = time.time()
+                self.serving.pop(id(record), None)
+
+        return Served(chain, chunks())
+
+    def count_request(self, endpoint: str, status: int) -> None:
+        self.metrics.peer_requests.labels(endpoint, str(status)).inc()
+
+    def count_bytes_out(self, n: int) -> None:
+        self.metrics.transfer_bytes.labels("out").inc(n)
+
+    def save_finished(self, image: str, ok: bool) -> None:
+        self.metrics.transfers.labels("out", "ok" if ok else "failed").inc()
+
+    # --- the rest ------------------------------------------------------------------------------
+
+    def _on_local_change(self, shared: dict[str, Tags], metas: dict[str, ImageMeta]) -> None:
+        if self.core.set_local_images(shared, metas.values(), time.monotonic()):
+            self.wake()
+        self.puller.poke()
+
+    def _on_engine_error(self) -> None:
+        self.metrics.engine_errors.inc()
+
+    def _on_pull_done(self) -> None:
+        self.puller.poke()
+
+    async def _discovery_loop(self) -> None:
+        while True:
+            if self.config.seeds:
+                addrs = await resolve_seeds(self.config.seeds)
+                self.core.join([a for a in addrs if a != self.advertise], time.monotonic())
+                self.wake()
+            await asyncio.sleep(self.config.reconnect_interval)
+
+    def _snapshot(self) -> dict[str, Any]:
+        members = self.core.membership.members
+        states = Counter(m.state.label for i, m in members.items() if i != self.node_id)
+        mesh_images = {i for r in self.core.manifests.replicas.values() for i in r.entries}
+        plan = self.puller.plan
+        return {
+            "peers": {s.label: states.get(s.label, 0) for s in State},
+            "images_local": len(self.local.images),
+            "images_mesh": len(mesh_images),
+            "ready": 1 if self.readiness.ready else 0,
+            "missing": len(plan.missing) if plan else 0,
+            "in_flight": len(self.puller.active),
+            "incarnation": self.core.incarnation,
+            "core": self.core.stats,
+        }
+
+    @property
+    def version(self) -> str:
+        return __version__
+
+
+def bind_socket(listen: str) -> socket.socket:
+    """A listening TCP socket for host:port (port 0 picks a free one)."""
+    host, port = parse_hostport(listen)
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock

@@ -1,0 +1,99 @@
+"""The client half of the peer API: signed gossip exchanges and image save streams."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+import msgpack
+
+from mesh import wire
+from mesh.auth import HEADER_NONCE, AuthError, Signer
+
+GOSSIP_PATH = "/v1/gossip"
+SAVE_PATH = "/v1/save"
+CHAIN_HEADER = "X-Cachemesh-Chain"
+
+
+class PeerError(Exception):
+    """A peer refused a request or broke the protocol. The message says which and why."""
+
+
+def peer_url(addr: str, path: str) -> str:
+    return f"http://{addr}{path}"
+
+
+@dataclass
+class SaveStream:
+    chain: list[str]
+    chunks: AsyncIterator[bytes]
+
+
+class PeerClient:
+    def __init__(self, signer: Signer, *, max_message_bytes: int, timeout: float) -> None:
+        self._signer = signer
+        self._max = max_message_bytes
+        self._timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # Keep-alive connections per peer: a probe then costs one round trip, not a handshake.
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=8, keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def exchange(self, addr: str, envelope: wire.Envelope) -> wire.Envelope | None:
+        """POST one envelope; return the peer's reply envelope (None when it has nothing to say)."""
+        body = wire.encode(envelope)
+        headers = self._signer.sign_request("POST", GOSSIP_PATH, body, time.time())
+        headers["Content-Type"] = "application/msgpack"
+        timeout = aiohttp.ClientTimeout(total=self._timeout)
+        async with self._http().post(peer_url(addr, GOSSIP_PATH), data=body, headers=headers, timeout=timeout) as r:
+            payload = await r.content.read(self._max + 1)
+            if r.status == 204:
+                return None
+            if r.status != 200:
+                raise PeerError(f"{addr}: {r.status} {_error_text(payload)}")
+            if len(payload) > self._max:
+                raise PeerError(f"{addr}: reply larger than {self._max} bytes")
+            try:
+                self._signer.verify_response(headers[HEADER_NONCE], r.status, r.headers, payload)
+            except AuthError as exc:
+                raise PeerError(f"{addr}: {exc}") from None
+            try:
+                return wire.decode(payload, max_bytes=self._max)
+            except wire.WireError as exc:
+                raise PeerError(f"{addr}: malformed reply: {exc}") from None
+
+    @asynccontextmanager
+    async def save(self, addr: str, image: str, *, chunk_bytes: int, idle_timeout: float) -> AsyncIterator[SaveStream]:
+        """Open a `docker save` stream of `image` and its parent chain from a peer."""
+        body: bytes = msgpack.packb({"image": image})
+        headers = self._signer.sign_request("POST", SAVE_PATH, body, time.time())
+        headers["Content-Type"] = "application/msgpack"
+        # No total timeout (a large image takes minutes); a stalled stream is cut by the idle timeout.
+        timeout = aiohttp.ClientTimeout(total=None, connect=self._timeout, sock_read=idle_timeout)
+        async with self._http().post(peer_url(addr, SAVE_PATH), data=body, headers=headers, timeout=timeout) as r:
+            if r.status != 200:
+                raise PeerError(f"{addr}: save of {image[:19]} refused: {r.status} {_error_text(await r.content.read(4096))}")
+            chain = [c for c in r.headers.get(CHAIN_HEADER, "").split(",") if c]
+            yield SaveStream(chain, r.content.iter_chunked(chunk_bytes))
+
+
+def _error_text(payload: bytes) -> str:
+    try:
+        doc = msgpack.unpackb(payload, raw=False)
+        if isinstance(doc, dict) and "error" in doc:
+            return str(doc["error"])
+    except Exception:
+        pass
+    return payload[:200].decode(errors="replace")

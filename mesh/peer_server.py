@@ -1,0 +1,188 @@
+"""The server half of the peer API (`/v1/`), with its defences.
+
+Every request is read under a size cap and a time limit, then authenticated, then decoded:
+- body larger than the cap: 413, refused from Content-Length before reading, or as soon as a
+  chunked body passes the cap;
+- body not complete within `request_timeout`: 408 (a slow client holds one coroutine, nothing more);
+- unsigned, forged, stale or replayed: 401;
+- signed but malformed: 400 with the reason;
+- `POST /v1/save` when `max_transfers_out` saves are running: 503, so the puller tries another peer;
+- a connection that has not delivered its first request's headers within `request_timeout` is
+  closed by a sweeper (aiohttp times out idle keep-alive connections, but not a client stuck in its
+  first request line, so half-open connections would otherwise pile up until file descriptors run out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import msgpack
+from aiohttp import web
+
+from mesh import wire
+from mesh.auth import HEADER_NONCE, AuthError, ReplayGuard, Signer, verify_request
+from mesh.peer_client import CHAIN_HEADER, GOSSIP_PATH, SAVE_PATH
+
+
+class SaveRefused(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+@dataclass
+class Served:
+    chain: list[str]
+    chunks: AsyncIterator[bytes]
+
+
+class PeerHandler(Protocol):
+    def on_envelope(self, envelope: wire.Envelope) -> wire.Envelope | None: ...
+
+    async def open_save(self, image: str, requester: str) -> Served: ...
+
+    def count_request(self, endpoint: str, status: int) -> None: ...
+
+    def count_bytes_out(self, n: int) -> None: ...
+
+    def save_finished(self, image: str, ok: bool) -> None: ...
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.Response(status=status, body=msgpack.packb({"error": message}), content_type="application/msgpack")
+
+
+class PeerServer:
+    def __init__(
+        self,
+        handler: PeerHandler,
+        signer: Signer,
+        *,
+        max_body: int,
+        request_timeout: float,
+        auth_window: float,
+        max_saves: int,
+    ) -> None:
+        self._handler = handler
+        self._signer = signer
+        self._max_body = max_body
+        self._request_timeout = request_timeout
+        self._auth_window = auth_window
+        self._replay = ReplayGuard(auth_window)
+        self._saves = asyncio.Semaphore(max_saves)
+        self.closed_half_open = 0
+        self.app = web.Application(client_max_size=max_body)
+        self.app.router.add_post(GOSSIP_PATH, self._gossip)
+        self.app.router.add_post(SAVE_PATH, self._save)
+        self.app.router.add_route("*", "/v1/{tail:.*}", self._unknown)
+
+    async def sweep(self, server: web.Server) -> None:
+        """Close connections stuck before their first request's headers (slowloris, half-open)."""
+        first_seen: dict[object, float] = {}
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, self._request_timeout / 4))
+            now = loop.time()
+            connections = server.connections
+            # aiohttp's handlers have __slots__ without __weakref__: keep a plain dict, pruned each pass.
+            first_seen = {h: first_seen.get(h, now) for h in connections}
+            for handler in connections:
+                seen = first_seen[handler]
+                # _request_count is aiohttp's count of requests parsed on this connection; without it
+                # (a future aiohttp), fall back to treating every connection as past its headers.
+                if getattr(handler, "_request_count", 1) == 0 and now - seen > self._request_timeout:
+                    handler.force_close()
+                    self.closed_half_open += 1
+
+    async def _read_signed(self, request: web.Request, limit: int) -> tuple[bytes, str] | web.Response:
+        length = request.content_length
+        if length is not None and length > limit:
+            return _error(413, f"body of {length} bytes exceeds the {limit}-byte limit")
+        try:
+            async with asyncio.timeout(self._request_timeout):
+                body = await request.content.read(limit + 1)
+                while len(body) <= limit and not request.content.at_eof():
+                    more = await request.content.read(limit + 1 - len(body))
+                    if not more:
+                        break
+                    body += more
+        except TimeoutError:
+            return _error(408, f"request body not received within {self._request_timeout:.0f}s")
+        if len(body) > limit:
+            return _error(413, f"body exceeds the {limit}-byte limit")
+        try:
+            sender = verify_request(
+                self._signer.key, self._signer.cluster, request.method, request.path_qs, request.headers,
+                body, time.time(), self._auth_window, self._replay,
+            )
+        except AuthError as exc:
+            return _error(401, str(exc))
+        return body, sender
+
+    async def _gossip(self, request: web.Request) -> web.StreamResponse:
+        signed = await self._read_signed(request, self._max_body)
+        if isinstance(signed, web.Response):
+            self._handler.count_request("gossip", signed.status)
+            return signed
+        body, _ = signed
+        try:
+            envelope = wire.decode(body, max_bytes=self._max_body)
+        except wire.WireError as exc:
+            self._handler.count_request("gossip", 400)
+            return _error(400, f"malformed gossip: {exc}")
+        reply = self._handler.on_envelope(envelope)
+        self._handler.count_request("gossip", 200)
+        payload = wire.encode(reply) if reply is not None else b""
+        status = 200 if reply is not None else 204
+        headers = self._signer.sign_response(request.headers[HEADER_NONCE], status, payload)
+        return web.Response(status=status, body=payload or None, headers=headers, content_type="application/msgpack")
+
+    async def _save(self, request: web.Request) -> web.StreamResponse:
+        signed = await self._read_signed(request, 4096)
+        if isinstance(signed, web.Response):
+            self._handler.count_request("save", signed.status)
+            return signed
+        body, requester = signed
+        try:
+            doc = msgpack.unpackb(body, raw=False)
+            image = doc["image"]
+            if not isinstance(image, str) or not image.startswith("sha256:") or len(image) != 71:
+                raise ValueError("image must be a sha256 digest")
+            int(image[7:], 16)
+        except Exception as exc:
+            self._handler.count_request("save", 400)
+            return _error(400, f"malformed save request: {exc}")
+        if self._saves.locked():
+            self._handler.count_request("save", 503)
+            return _error(503, "busy: too many transfers out, try another peer")
+        async with self._saves:
+            try:
+                served = await self._handler.open_save(image, requester)
+            except SaveRefused as exc:
+                self._handler.count_request("save", exc.status)
+                return _error(exc.status, str(exc))
+            response = web.StreamResponse(headers={CHAIN_HEADER: ",".join(served.chain)})
+            response.content_type = "application/x-tar"
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            ok = False
+            try:
+                async for chunk in served.chunks:
+                    await response.write(chunk)
+                    self._handler.count_bytes_out(len(chunk))
+                await response.write_eof()
+                ok = True
+            finally:
+                # A failure mid-stream aborts the connection: the receiver's load sees a truncated
+                # tar and loads nothing.
+                self._handler.save_finished(image, ok)
+                self._handler.count_request("save", 200 if ok else 500)
+            return response
+
+    async def _unknown(self, request: web.Request) -> web.Response:
+        self._handler.count_request("unknown", 404)
+        return _error(404, f"no such endpoint: {request.method} {request.path}")

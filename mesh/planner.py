@@ -1,0 +1,185 @@
+"""What this node should hold, from whom to pull it, and in what order. Pure.
+
+Policy (the default; a disk budget comes later):
+- Every tag shared in the mesh (subject to the include/exclude globs) resolves to one image: the
+  newest by creation time, ties broken by image ID, so every node picks the same one.
+- This node should hold that image with that tag. Pulling an image brings its parent chain, so a
+  classic-builder rebuild here finds every intermediate step; base images are tags like any other,
+  because a rebuild needs its FROM image by name.
+- Images the operator removed here are not pulled back (they are remembered as evicted) until a
+  newer image takes their tag.
+- The source is the live holder with the lowest measured RTT, skipping peers that just failed.
+- An image whose parent chain already brings another wanted image is pulled first, and the other
+  waits for it instead of crossing the network twice.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from mesh.wire import ImageMeta, Tags
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    id: str
+    alive: bool
+    rtt: float | None
+
+
+@dataclass(slots=True)
+class Failure:
+    attempts: int
+    retry_at: float
+    bad_sources: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class Pull:
+    image: str
+    source: str
+    tags: tuple[str, ...]
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class TagAction:
+    image: str
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    pulls: list[Pull]
+    tags: list[TagAction]
+    missing: list[str]
+    """Images this node should hold and does not yet (in flight, waiting or failing)."""
+    given_up: list[str]
+    """Images that failed `max_attempts` times: still retried, but readiness stops waiting."""
+
+    @property
+    def warm(self) -> bool:
+        return not self.tags and all(i in self.given_up for i in self.missing)
+
+
+def tag_allowed(tag: str, include: Iterable[str], exclude: Iterable[str]) -> bool:
+    if any(fnmatch.fnmatchcase(tag, pattern) for pattern in exclude):
+        return False
+    patterns = list(include)
+    return not patterns or any(fnmatch.fnmatchcase(tag, pattern) for pattern in patterns)
+
+
+def winners(
+    holdings: Iterable[Mapping[str, Tags]], metas: Mapping[str, ImageMeta], include: Iterable[str], exclude: Iterable[str]
+) -> dict[str, str]:
+    """tag -> the image every node agrees should carry it (newest created, then highest ID)."""
+    best: dict[str, tuple[int, str]] = {}
+    include, exclude = list(include), list(exclude)
+    for manifest in holdings:
+        for image, tags in manifest.items():
+            meta = metas.get(image)
+            if meta is None:
+                continue  # its metadata has not arrived yet: decide when it has
+            key = (meta.created, image)
+            for tag in tags:
+                if (current := best.get(tag)) is None or key > current:
+                    if tag_allowed(tag, include, exclude):
+                        best[tag] = key
+    return {tag: image for tag, (_, image) in best.items()}
+
+
+def ancestors(image: str, metas: Mapping[str, ImageMeta]) -> list[str]:
+    chain, seen = [], {image}
+    current = metas[image].parent if image in metas else ""
+    while current and current not in seen:
+        chain.append(current)
+        seen.add(current)
+        current = metas[current].parent if current in metas else ""
+    return chain
+
+
+def plan(
+    *,
+    local: Mapping[str, Tags],
+    remote: Mapping[str, Mapping[str, Tags]],
+    metas: Mapping[str, ImageMeta],
+    peers: Mapping[str, Peer],
+    in_flight: Mapping[str, str],
+    failures: Mapping[str, Failure],
+    evicted: Mapping[str, str],
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    max_pulls: int,
+    max_attempts: int,
+    now: float,
+) -> Plan:
+    """Decide pulls and local tag moves.
+
+    local: image -> tags held here. remote: peer ID -> its manifest (image -> tags), live peers only.
+    in_flight: image -> source of pulls under way. evicted: image -> tag it carried when the
+    operator removed it here.
+    """
+    live_remote = {p: m for p, m in remote.items() if p in peers and peers[p].alive}
+    want_tags: dict[str, set[str]] = {}
+    for tag, image in winners([local, *live_remote.values()], metas, include, exclude).items():
+        want_tags.setdefault(image, set()).add(tag)
+
+    tags: list[TagAction] = []
+    missing: list[str] = []
+    for image, wanted in sorted(want_tags.items()):
+        if image in local:
+            tags.extend(TagAction(image, tag) for tag in sorted(wanted - set(local[image])))
+        elif image not in evicted:
+            missing.append(image)
+
+    holders: dict[str, list[str]] = {}
+    for peer, manifest in live_remote.items():
+        for image in manifest:
+            holders.setdefault(image, []).append(peer)
+
+    given_up = [i for i in missing if i in failures and failures[i].attempts >= max_attempts]
+    # A wanted image that another wanted image's chain brings along waits for that pull.
+    covered: set[str] = set()
+    for image in missing:
+        if image in in_flight or (image in holders and image not in failures):
+            covered.update(ancestors(image, metas))
+    candidates = [
+        i for i in missing
+        if i not in in_flight and i not in covered and i in holders
+        and (i not in failures or failures[i].retry_at <= now)
+    ]
+    # Oldest first: base images before what is built on them, so chains arrive in order.
+    candidates.sort(key=lambda i: (metas[i].created if i in metas else 0, i))
+
+    pulls: list[Pull] = []
+    budget = max(0, max_pulls - len(in_flight))
+    for image in candidates[:budget]:
+        bad = failures[image].bad_sources if image in failures else set()
+        sources = sorted(
+            holders[image],
+            key=lambda p: (p in bad, peers[p].rtt if peers[p].rtt is not None else float("inf"), p),
+        )
+        size = metas[image].size if image in metas else 0
+        pulls.append(Pull(image, sources[0], tuple(sorted(want_tags[image])), size))
+    return Plan(pulls, tags, missing, given_up)
+
+
+def local_manifest(
+    images: Iterable[tuple[ImageMeta, Tags]], include: Iterable[str] = (), exclude: Iterable[str] = ()
+) -> tuple[dict[str, Tags], dict[str, ImageMeta]]:
+    """What this node announces: every image with a shareable tag, and its parent chain (untagged
+    entries), so peers know who can serve a chain. Dangling untagged images stay private."""
+    include, exclude = list(include), list(exclude)
+    metas: dict[str, ImageMeta] = {}
+    shared: dict[str, Tags] = {}
+    for meta, tags in images:
+        metas[meta.id] = meta
+        allowed = tuple(sorted(t for t in tags if tag_allowed(t, include, exclude)))
+        if allowed:
+            shared[meta.id] = allowed
+    for image in list(shared):
+        for parent in ancestors(image, metas):
+            shared.setdefault(parent, ())
+    return shared, {i: metas[i] for i in shared}

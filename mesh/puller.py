@@ -1,0 +1,139 @@
+"""Runs the planner against the live state and carries out its decisions: pulls and tag moves."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+from mesh import planner
+from mesh.config import Config
+from mesh.core import MeshCore
+from mesh.engine import Engine, EngineError
+from mesh.events import State
+from mesh.formulas import backoff
+from mesh.local_images import LocalImages
+from mesh.metrics import Metrics
+from mesh.peer_client import PeerClient
+from mesh.planner import Failure, Plan, Pull
+from mesh.transfer import Transfer, TransferFailed, pull_image
+
+log = logging.getLogger("cachemesh.pull")
+
+
+class Puller:
+    def __init__(
+        self, config: Config, core: MeshCore, engine: Engine, local: LocalImages, client: PeerClient,
+        metrics: Metrics, on_done: Callable[[], None],
+    ) -> None:
+        self.config = config
+        self.core = core
+        self.engine = engine
+        self.local = local
+        self.client = client
+        self.metrics = metrics
+        self.active: dict[str, Transfer] = {}
+        self.recent: deque[Transfer] = deque(maxlen=50)
+        self.failures: dict[str, Failure] = {}
+        self.plan: Plan | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._on_done = on_done
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def _peers(self) -> dict[str, planner.Peer]:
+        members = self.core.membership.members
+        me = self.core.node_id
+        return {
+            i: planner.Peer(i, m.state is State.ALIVE, m.rtt)
+            for i, m in members.items() if i != me
+        }
+
+    def compute(self) -> Plan:
+        peers = self._peers()
+        replicas = self.core.manifests.replicas
+        remote = {
+            node: {image: tags for image, (tags, _) in replica.entries.items()}
+            for node, replica in replicas.items()
+            if node in peers and peers[node].alive
+        }
+        metas = {**self.core.manifests.metas, **self.local.metas()}
+        return planner.plan(
+            local=self.local.tags(), remote=remote, metas=metas, peers=peers,
+            in_flight={i: t.peer for i, t in self.active.items()}, failures=self.failures,
+            evicted=self.local.evicted, include=self.config.include, exclude=self.config.exclude,
+            max_pulls=self.config.max_transfers_in, max_attempts=self.config.max_attempts, now=time.monotonic(),
+        )
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._wake.wait()
+            self._wake.clear()
+            if not self.local.scanned or not self.local.available:
+                continue
+            self.plan = self.compute()
+            for action in self.plan.tags:
+                try:
+                    await self.engine.tag(action.image, action.tag)
+                    log.info("tagged %s as %s (the mesh's newest for that tag)", action.image[:19], action.tag)
+                except EngineError as exc:
+                    self.metrics.engine_errors.inc()
+                    log.warning("cannot tag %s as %s: %s", action.image[:19], action.tag, exc)
+            for pull in self.plan.pulls:
+                task = asyncio.create_task(self._pull(pull))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _pull(self, pull: Pull) -> None:
+        member = self.core.membership.members.get(pull.source)
+        if member is None:
+            return
+        record = Transfer(pull.image, pull.tags, member.addr, member.name, "in", pull.size)
+        self.active[pull.image] = record
+        log.info("pulling %s %s from %s (%s)", pull.image[:19], ",".join(pull.tags) or "", member.name, member.addr)
+        try:
+            chain = await pull_image(
+                self.engine, self.client, pull, member.addr, record,
+                chunk_bytes=self.config.transfer_chunk_bytes, idle_timeout=self.config.transfer_idle_timeout,
+                on_bytes=self.metrics.transfer_bytes.labels("in").inc,
+            )
+        except TransferFailed as exc:
+            record.outcome, record.error = "failed", str(exc)
+            failure = self.failures.setdefault(pull.image, Failure(0, 0.0))
+            failure.attempts += 1
+            failure.bad_sources.add(pull.source)
+            failure.retry_at = time.monotonic() + backoff(
+                failure.attempts, self.config.retry_backoff, self.config.retry_backoff_max
+            )
+            self.metrics.transfers.labels("in", "failed").inc()
+            log.warning("pull of %s from %s failed (attempt %d): %s", pull.image[:19], member.name, failure.attempts, exc)
+        else:
+            record.outcome = "ok"
+            self.failures.pop(pull.image, None)
+            try:
+                await self.local.rescan()  # so the next plan sees the image here, not as missing
+            except EngineError as exc:
+                log.warning("rescan after pull failed: %s", exc)
+            self.metrics.transfers.labels("in", "ok").inc()
+            self.metrics.transfer_seconds.observe(time.time() - record.started)
+            log.info(
+                "pulled %s (%d images in chain, %.1f MB, %.1f MB/s) from %s",
+                pull.image[:19], len(chain), record.done / 1e6, record.rate / 1e6, member.name,
+            )
+        finally:
+            record.finished = time.time()
+            self.active.pop(pull.image, None)
+            self.recent.appendleft(record)
+            self._on_done()
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

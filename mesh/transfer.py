@@ -1,0 +1,117 @@
+"""Pulling one image from a peer into the local engine, safely.
+
+peer save stream -> tag-stripping filter -> `docker load`, chunk by chunk, then:
+1. the engine has verified each layer against the config's diff IDs and derived the image ID
+   from the config's digest (it refuses a tampered tar and loads nothing from a truncated one);
+2. we check the image we asked for is now present under the ID the mesh announced;
+3. only then do we apply its tags.
+If anything fails, images this transfer created that are not the verified image or its chain are
+removed again; nothing that existed before is touched, and no tag moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from mesh.engine import Engine, EngineError, chain_of
+from mesh.peer_client import PeerClient, PeerError
+from mesh.planner import Pull
+from mesh.tarstream import TarReport, TarStreamError, untagged
+
+log = logging.getLogger("cachemesh.transfer")
+
+
+class TransferFailed(Exception):
+    pass
+
+
+@dataclass
+class Transfer:
+    """A transfer in flight or finished, as the status page shows it."""
+
+    image: str
+    tags: tuple[str, ...]
+    peer: str
+    peer_name: str
+    direction: str
+    total: int
+    started: float = field(default_factory=time.time)
+    done: int = 0
+    finished: float | None = None
+    outcome: str = "running"
+    error: str = ""
+
+    @property
+    def rate(self) -> float:
+        elapsed = (self.finished or time.time()) - self.started
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+
+async def _counted(chunks: AsyncIterator[bytes], record: Transfer, on_bytes: Callable[[int], None]) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        record.done += len(chunk)
+        on_bytes(len(chunk))
+        yield chunk
+
+
+async def pull_image(
+    engine: Engine,
+    client: PeerClient,
+    pull: Pull,
+    addr: str,
+    record: Transfer,
+    *,
+    chunk_bytes: int,
+    idle_timeout: float,
+    on_bytes: Callable[[int], None],
+) -> list[str]:
+    """Run one pull; return the IDs of the verified chain. Raises TransferFailed."""
+    before = {i.meta.id for i in await engine.images()}
+    report = TarReport()
+    try:
+        async with client.save(addr, pull.image, chunk_bytes=chunk_bytes, idle_timeout=idle_timeout) as stream:
+            if pull.image not in stream.chain[:1]:
+                raise TransferFailed(f"peer offered {stream.chain[:1]} instead of {pull.image[:19]}")
+            await engine.load(untagged(_counted(stream.chunks, record, on_bytes), report))
+    except (PeerError, EngineError, TarStreamError, TransferFailed) as exc:
+        await _clean_up(engine, before, report, keep=set())
+        raise TransferFailed(str(exc)) from None
+    except (OSError, TimeoutError, asyncio.TimeoutError) as exc:
+        await _clean_up(engine, before, report, keep=set())
+        raise TransferFailed(f"connection to {addr} failed: {exc or type(exc).__name__}") from None
+    except Exception as exc:  # aiohttp payload errors when the peer dies mid-stream, and similar
+        await _clean_up(engine, before, report, keep=set())
+        raise TransferFailed(f"transfer from {addr} broke: {type(exc).__name__}: {exc}") from None
+
+    images = {i.meta.id: i.meta for i in await engine.images()}
+    if pull.image not in images or pull.image not in report.configs:
+        await _clean_up(engine, before, report, keep=set())
+        raise TransferFailed(f"after load, image {pull.image[:19]} is not present: the stream carried something else")
+    chain = chain_of(pull.image, images)
+    await _clean_up(engine, before, report, keep=set(chain))
+    for tag in pull.tags:
+        await engine.tag(pull.image, tag)
+    return chain
+
+
+async def _clean_up(engine: Engine, before: set[str], report: TarReport, keep: set[str]) -> None:
+    """Remove images a failed or partly wrong transfer created. Only images the stream itself named
+    are candidates: never anything that was here before, and never what a concurrent local build
+    is creating."""
+    candidates = set(report.configs) - before - keep
+    if not candidates:
+        return
+    with contextlib.suppress(EngineError):
+        current = await engine.images()
+        created = [i for i in current if i.meta.id in candidates and not i.tags]
+        parents = {i.meta.parent for i in current}
+        # Children before parents: the engine refuses to remove an image that has children.
+        for image in sorted(created, key=lambda i: i.meta.id in parents):
+            with contextlib.suppress(EngineError):
+                await engine.remove(image.meta.id)
+                log.warning("removed %s left behind by a failed transfer", image.meta.id[:19])

@@ -1,0 +1,1 @@
+"""Real parts for integration tests: private dockerds, network-namespace hosts, node processes."""

@@ -1,0 +1,140 @@
+"""A private Docker Engine per simulated host (DESIGN.md: Running real engines in tests)."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+from tests.harness.poll import wait_until
+
+DOCKER_CLI = "/usr/bin/docker"  # Debian's 20.10 CLI: BuildKit under DOCKER_BUILDKIT=1 without buildx
+
+
+def available() -> str | None:
+    """None if real engines can run here, else why not."""
+    if os.geteuid() != 0:
+        return "needs root (private dockerds and network namespaces)"
+    for tool in ("dockerd", DOCKER_CLI, "nsenter", "ip"):
+        if not shutil.which(tool):
+            return f"{tool} not installed (scripts/test installs docker.io and iproute2)"
+    return None
+
+
+class Dockerd:
+    def __init__(self, root: Path, netns: str | None = None, name: str = "engine") -> None:
+        self.root = root
+        self.netns = netns
+        self.name = name
+        self.sock = root / "docker.sock"
+        self.host = f"unix://{self.sock}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = root / "dockerd.log"
+
+    def start(self, timeout: float = 60.0) -> Dockerd:
+        self.root.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            "dockerd", "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
+            "-H", self.host, "--pidfile", str(self.root / "pid"), "--bridge=none", "--iptables=false",
+            "--ip6tables=false" if _supports_ip6tables() else "--ipv6=false",
+        ]
+        if self.netns:
+            # nsenter, not `ip netns exec`: the latter remounts /sys and dockerd loses its cgroups.
+            cmd = ["nsenter", f"--net=/var/run/netns/{self.netns}", *cmd]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(self._answers, timeout, 0.1, what=f"dockerd {self.name} answering")
+        return self
+
+    def _answers(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"dockerd {self.name} exited: {self.log.read_text()[-2000:]}")
+        return self.sock.exists() and self.cli("version", check=False).returncode == 0
+
+    def cli(self, *args: str, check: bool = True, env: dict[str, str] | None = None, input: bytes | None = None,
+            timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
+        full_env = {**os.environ, "DOCKER_HOST": self.host, **(env or {})}
+        full_env.pop("DOCKER_CONTEXT", None)
+        result = subprocess.run(
+            [DOCKER_CLI, *args], env=full_env, input=input.decode("latin-1") if input is not None else None,
+            capture_output=True, text=True, timeout=timeout, encoding="latin-1",
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(f"docker {' '.join(args)} failed: {result.stdout[-2000:]}{result.stderr[-2000:]}")
+        return result
+
+    def image_id(self, ref: str) -> str | None:
+        result = self.cli("image", "inspect", "--format", "{{.Id}}", ref, check=False)
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    def tags(self) -> set[str]:
+        out = self.cli("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+        return {t for t in out if "<none>" not in t}
+
+    def image_ids(self) -> set[str]:
+        return set(self.cli("images", "-a", "-q", "--no-trunc").stdout.split())
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def destroy(self) -> None:
+        self.stop()
+        subprocess.run(["umount", "-R", str(self.root / "exec")], capture_output=True)
+        deadline = time.monotonic() + 10
+        while self.root.exists() and time.monotonic() < deadline:
+            shutil.rmtree(self.root, ignore_errors=True)
+            if self.root.exists():
+                time.sleep(0.2)
+
+
+_IP6: bool | None = None
+
+
+def _supports_ip6tables() -> bool:
+    global _IP6
+    if _IP6 is None:
+        help_text = subprocess.run(["dockerd", "--help"], capture_output=True, text=True).stdout
+        _IP6 = "--ip6tables" in help_text
+    return _IP6
+
+
+def busybox_rootfs() -> bytes:
+    """A tiny root filesystem: busybox-static and its applet links (no registry here)."""
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for directory in ("bin", "tmp", "etc"):
+            info = tarfile.TarInfo(directory)
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o755 if directory != "tmp" else 0o1777
+            tar.addfile(info)
+        tar.add(busybox, arcname="bin/busybox")
+        for applet in ("sh", "ls", "cat", "echo", "mkdir", "touch", "sleep", "true", "head", "dd", "rm"):
+            link = tarfile.TarInfo(f"bin/{applet}")
+            link.type = tarfile.SYMTYPE
+            link.linkname = "busybox"
+            tar.addfile(link)
+    return buffer.getvalue()
+
+
+def import_base(engine: Dockerd, tag: str = "base:1") -> str:
+    engine.cli("import", "-", tag, input=busybox_rootfs())
+    image = engine.image_id(tag)
+    assert image
+    return image

@@ -1,0 +1,28 @@
+"""In-process nodes on loopback with the in-memory engine, for fast tests of the node's I/O edges."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mesh.config import Config
+from mesh.fake_engine import FakeEngine
+from mesh.node import Node
+
+SECRET = b"inproc-test-secret-0123456789"
+
+
+async def start_node(workdir: Path, name: str, *, engine: FakeEngine | None = None, seeds: tuple[str, ...] = (),
+                     **overrides: Any) -> Node:
+    config = Config.local(
+        secret=SECRET, listen="127.0.0.1:0", status_listen="127.0.0.1:0", data_dir=str(workdir / name),
+        node_name=name, mdns=False, seeds=seeds, **overrides,
+    )
+    node = Node(config, engine or FakeEngine())
+    await node.start()
+    return node
+
+
+def has_image(node: Node, image: str, tag: str | None = None) -> bool:
+    local = node.local.images.get(image)
+    return local is not None and (tag is None or tag in local.tags)

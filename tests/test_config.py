@@ -1,0 +1,58 @@
+import pytest
+
+from mesh.config import Config, ConfigError, parse_hostport, resolve
+
+SECRET = "0123456789abcdef0123456789abcdef"
+
+
+def test_env_vars_configure_everything_and_flags_win():
+    env = {
+        "CACHEMESH_SECRET": SECRET, "CACHEMESH_LISTEN": "0.0.0.0:9000", "CACHEMESH_SEEDS": "a:1, b.example:2 ,c",
+        "CACHEMESH_MDNS": "false", "CACHEMESH_CLUSTER": "ci", "CACHEMESH_DATA_DIR": "/d", "CACHEMESH_NODE_NAME": "n",
+        "CACHEMESH_STATUS_LISTEN": "0.0.0.0:9001", "CACHEMESH_ADVERTISE": "10.0.0.5:9000", "DOCKER_HOST": "tcp://x:2375",
+        "CACHEMESH_EXCLUDE": "cachemesh:*",
+    }
+    config = resolve({"cluster": "from-flag"}, env)
+    assert config.listen == "0.0.0.0:9000" and config.seeds == ("a:1", "b.example:2", "c")
+    assert config.mdns is False and config.cluster == "from-flag" and config.data_dir == "/d"
+    assert config.docker_host == "tcp://x:2375" and config.secret == SECRET.encode()
+    assert config.exclude == ("cachemesh:*",)
+    assert resolve({}, {**env, "CACHEMESH_DOCKER_HOST": "unix:///s"}).docker_host == "unix:///s"
+
+
+def test_defaults():
+    config = resolve({}, {"CACHEMESH_SECRET": SECRET})
+    assert config.listen == "0.0.0.0:7611" and config.status_listen == "127.0.0.1:7612"
+    assert config.docker_host == "unix:///var/run/docker.sock" and config.mdns and config.cluster == "default"
+
+
+def test_no_secret_is_refused_unless_insecure(tmp_path):
+    with pytest.raises(ConfigError, match="refusing to start without a cluster secret"):
+        resolve({}, {})
+    assert resolve({"insecure": True}, {}).signing_secret
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "\n")
+    assert resolve({}, {}, secret_file=str(secret_file)).secret == SECRET.encode()
+    with pytest.raises(ConfigError, match="shorter than 16"):
+        resolve({}, {"CACHEMESH_SECRET": "short"})
+    with pytest.raises(ConfigError, match="cannot read secret file"):
+        resolve({}, {}, secret_file=str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("env", [{"CACHEMESH_MDNS": "maybe"}, {"CACHEMESH_LISTEN": "nohost"},
+                                 {"CACHEMESH_SEEDS": "a:99999"}])
+def test_malformed_settings_name_the_variable(env):
+    with pytest.raises(ConfigError, match=next(iter(env))):
+        resolve({}, {"CACHEMESH_SECRET": SECRET, **env})
+
+
+def test_hostport_parsing():
+    assert parse_hostport("[::1]:7611") == ("::1", 7611)
+    assert parse_hostport("seed.internal", default_port=7611) == ("seed.internal", 7611)
+    with pytest.raises(ValueError, match="brackets"):
+        parse_hostport("::1:7611")
+
+
+def test_local_preset_is_faster_and_the_secret_is_not_printed():
+    assert Config.local().probe_interval < Config.lan().probe_interval
+    assert SECRET not in repr(Config(secret=SECRET.encode()))

@@ -1,0 +1,146 @@
+"""One suite, two engines: the in-memory FakeEngine and a real private dockerd must agree."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from mesh.engine import DockerEngine, EngineError, chain_of
+from mesh.fake_engine import FakeEngine
+from mesh.tarstream import TarReport, untagged
+from tests.harness.dockerd import import_base
+
+
+class FakeKind:
+    def __init__(self) -> None:
+        self.a, self.b = FakeEngine(), FakeEngine()
+        self._base = self.a.build("base:1", [b"base layer"], created=1000)
+
+    async def build(self, tag: str, steps: int) -> str:
+        parent = self._base
+        for i in range(steps):
+            parent = self.a.build(tag if i == steps - 1 else None, [f"{tag} step {i}".encode()], parent=parent,
+                                  created=1001 + i)
+        return parent
+
+    def close(self) -> None:
+        pass
+
+
+class RealKind:
+    def __init__(self, engines) -> None:  # type: ignore[no-untyped-def]
+        self.da, self.db = engines("a"), engines("b")
+        import_base(self.da)
+        self.a, self.b = DockerEngine(self.da.host), DockerEngine(self.db.host)
+
+    async def build(self, tag: str, steps: int) -> str:
+        lines = ["FROM base:1"] + [f"RUN echo '{tag} step {i}' > /step{i}" for i in range(steps)]
+        dockerfile = "\n".join(lines).encode()
+        await asyncio.to_thread(self.da.cli, "build", "--network", "none", "-t", tag, "-", input=dockerfile)
+        image = self.da.image_id(tag)
+        assert image
+        return image
+
+
+@pytest.fixture(params=["fake", pytest.param("real", marks=pytest.mark.docker)])
+async def kind(request):  # type: ignore[no-untyped-def]
+    if request.param == "fake":
+        k = FakeKind()
+    else:
+        engines = request.getfixturevalue("engines")
+        k = await asyncio.to_thread(RealKind, engines)  # starting dockerds blocks; keep it off the loop
+    yield k
+    await k.a.close()
+    await k.b.close()
+
+
+async def collect(chunks: AsyncIterator[bytes]) -> bytes:
+    out = bytearray()
+    async for chunk in chunks:
+        out += chunk
+    return bytes(out)
+
+
+async def replay(data: bytes, size: int = 65536) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+async def test_listing_shows_tags_parent_chain_and_layers(kind):
+    image = await kind.build("app:1", 2)
+    images = {i.meta.id: i for i in await kind.a.images()}
+    assert images[image].tags == ("app:1",)
+    chain = chain_of(image, {i: x.meta for i, x in images.items()})
+    assert len(chain) == 3  # the image, one intermediate step, the base
+    assert images[chain[-1]].tags == ("base:1",)
+    assert len(images[image].meta.layers) >= 1 and images[image].meta.size > 0 and images[image].meta.created > 0
+
+
+async def test_save_by_id_then_load_restores_the_chain_without_tags(kind):
+    image = await kind.build("app:2", 2)
+    metas = {i.meta.id: i.meta for i in await kind.a.images()}
+    chain = chain_of(image, metas)
+    result = await kind.b.load(untagged(kind.a.save(chain), TarReport()))
+    assert set(chain) <= set(result.loaded)
+    loaded = {i.meta.id: i for i in await kind.b.images()}
+    assert set(chain) <= set(loaded)
+    assert all(not loaded[i].tags for i in chain)
+    assert loaded[image].meta.layers == metas[image].layers
+    assert chain_of(image, {i: x.meta for i, x in loaded.items()}) == chain  # parent links survive
+    await kind.b.tag(image, "app:2")
+    assert {i.meta.id: i.tags for i in await kind.b.images()}[image] == ("app:2",)
+
+
+async def test_a_truncated_stream_loads_nothing(kind):
+    image = await kind.build("app:3", 1)
+    data = await collect(kind.a.save(chain_of(image, {i.meta.id: i.meta for i in await kind.a.images()})))
+    before = {i.meta.id for i in await kind.b.images()}
+    with pytest.raises(EngineError):
+        await kind.b.load(replay(data[: len(data) // 2]))
+    assert {i.meta.id for i in await kind.b.images()} == before
+
+
+async def test_a_tampered_layer_is_refused_and_loads_nothing(kind):
+    image = await kind.build("app:4", 1)
+    data = bytearray(await collect(kind.a.save([image])))
+    layer_marker = data.find(b"layer.tar")
+    assert layer_marker > 0
+    # Flip a byte in the first file body after the first layer.tar header.
+    body = layer_marker - (layer_marker % 512) + 512
+    data[body + 5] ^= 0xFF
+    before = {i.meta.id for i in await kind.b.images()}
+    with pytest.raises(EngineError):
+        await kind.b.load(replay(bytes(data)))
+    assert {i.meta.id for i in await kind.b.images()} == before
+
+
+async def test_tag_events_are_reported(kind):
+    image = await kind.build("app:5", 1)
+    events = kind.a.events()
+    waiter = asyncio.ensure_future(anext(events))
+    await asyncio.sleep(0.3)  # let the event subscription reach the engine before tagging
+    await kind.a.tag(image, "app:5-again")
+    event = await asyncio.wait_for(waiter, 10)
+    assert event["Action"] == "tag"
+    await events.aclose()
+
+
+async def test_remove_only_takes_untagged_images_without_children(kind):
+    image = await kind.build("app:6", 2)
+    metas = {i.meta.id: i.meta for i in await kind.a.images()}
+    intermediate = metas[image].parent
+    with pytest.raises(EngineError):
+        await kind.a.remove(intermediate)  # has a child
+    await kind.b.load(kind.a.save([intermediate]))
+    await kind.b.remove(intermediate)
+    assert intermediate not in {i.meta.id for i in await kind.b.images()}
+
+
+async def test_save_of_an_unknown_image_is_an_engine_error(kind):
+    with pytest.raises(EngineError):
+        await collect(kind.a.save(["sha256:" + "0" * 64]))
+    with contextlib.suppress(Exception):
+        pass

@@ -1,0 +1,71 @@
+import io
+import json
+import tarfile
+
+import pytest
+
+from mesh.tarstream import TarReport, TarStreamError, untagged
+
+
+def make_tar(entries, *, fmt=tarfile.USTAR_FORMAT):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=fmt) as tar:
+        for name, data in entries:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+MANIFEST = json.dumps([{"Config": "ab" * 32 + ".json", "RepoTags": ["app:1"], "Layers": ["l/layer.tar"]}]).encode()
+REPOS = json.dumps({"app": {"1": "ab" * 32}}).encode()
+INDEX = json.dumps({"manifests": [{"digest": "x", "annotations": {
+    "io.containerd.image.name": "docker.io/library/app:1", "org.opencontainers.image.ref.name": "1", "keep": "y"}}]}).encode()
+
+
+async def run(data, chunk):
+    async def source():
+        for i in range(0, len(data), chunk):
+            yield data[i : i + chunk]
+
+    report = TarReport()
+    out = bytearray()
+    async for piece in untagged(source(), report):
+        out += piece
+    return bytes(out), report
+
+
+@pytest.mark.parametrize("chunk", [1, 100, 512, 4096, 1 << 20])
+async def test_tags_are_stripped_and_layers_pass_through_byte_for_byte(chunk):
+    layer = bytes(range(256)) * 4000
+    data = make_tar([("l/layer.tar", layer), ("repositories", REPOS), ("manifest.json", MANIFEST), ("index.json", INDEX)])
+    out, report = await run(data, chunk)
+    tar = tarfile.open(fileobj=io.BytesIO(out))
+    assert tar.extractfile("l/layer.tar").read() == layer
+    assert json.loads(tar.extractfile("manifest.json").read())[0]["RepoTags"] is None
+    assert "repositories" not in tar.getnames()
+    annotations = json.loads(tar.extractfile("index.json").read())["manifests"][0]["annotations"]
+    assert annotations == {"keep": "y"}
+    assert report.configs == ["sha256:" + "ab" * 32]
+
+
+async def test_long_names_through_pax_headers_pass_through():
+    long_name = "d" * 150 + "/layer.tar"
+    data = make_tar([(long_name, b"x" * 1000), ("manifest.json", MANIFEST)], fmt=tarfile.PAX_FORMAT)
+    out, _ = await run(data, 333)
+    assert tarfile.open(fileobj=io.BytesIO(out)).extractfile(long_name).read() == b"x" * 1000
+
+
+@pytest.mark.parametrize("cut", [100, 600, 3000])
+async def test_truncated_streams_are_an_error(cut):
+    data = make_tar([("l/layer.tar", b"y" * 5000), ("manifest.json", MANIFEST)])
+    with pytest.raises(TarStreamError, match="truncated"):
+        await run(data[:cut], 64)
+
+
+async def test_garbage_is_an_error():
+    with pytest.raises(TarStreamError):
+        await run(b"this is not a tar archive at all" * 40, 64)
+    bad_manifest = make_tar([("manifest.json", b"{not json")])
+    with pytest.raises(TarStreamError, match="not JSON"):
+        await run(bad_manifest, 64)

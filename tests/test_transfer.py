@@ -1,0 +1,105 @@
+"""A failed or refused transfer leaves no tag behind and touches no other image."""
+
+import asyncio
+
+import pytest
+
+from mesh.engine import EngineUnavailable
+from mesh.fake_engine import FakeEngine
+from tests.harness.poll import async_wait_until
+from tests.inproc import has_image, start_node
+
+
+class EvilEngine(FakeEngine):
+    """A source whose save streams misbehave in one chosen way."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.decoy = ""
+
+    async def save(self, image_ids, chunk_size=4096):  # type: ignore[override]
+        ids = list(image_ids)
+        if self.mode == "swap":
+            ids = [self.decoy]  # serve another image under the requested ID
+        data = bytearray()
+        async for chunk in super().save(ids, chunk_size=4096):
+            data += chunk
+        if self.mode == "flip":
+            data[1536 + 3] ^= 0xFF  # inside the first layer's body
+        if self.mode == "truncate":
+            data = data[: len(data) // 2]
+        for offset in range(0, len(data), 4096):
+            if self.mode == "die" and offset >= len(data) // 2:
+                raise EngineUnavailable("source engine went away")
+            await asyncio.sleep(0)
+            yield bytes(data[offset : offset + 4096])
+
+
+@pytest.mark.parametrize("mode", ["die", "flip", "swap", "truncate"])
+async def test_bad_sources_never_tag_or_remove_anything(workdir, mode):
+    evil = EvilEngine(mode)
+    image = evil.build("app:1", [b"layer one " * 500, b"layer two " * 500])
+    evil.decoy = evil.build(None, [b"something else entirely " * 100])
+    receiver = FakeEngine()
+    keep = receiver.build("app:1", [b"the receiver's own older app:1"], created=1)  # same tag, older image
+    mine = receiver.build("mine:1", [b"unrelated local image"])
+    source = await start_node(workdir, "evil", engine=evil)
+    node = await start_node(workdir, "victim", engine=receiver, seeds=(source.peer_addr,), max_attempts=2)
+    try:
+        await async_wait_until(lambda: node.puller.failures.get(image) and node.puller.failures[image].attempts >= 2,
+                               20, what="two failed attempts")
+        tags = {i.meta.id: i.tags for i in await receiver.images()}
+        assert image not in tags
+        assert tags[keep] == ("app:1",) and tags[mine] == ("mine:1",)  # untouched, tag not moved
+        assert evil.decoy not in tags  # whatever a bad stream loaded was cleaned up again
+        assert all(t.outcome == "failed" for t in node.puller.recent)
+        assert node.metrics.transfers.labels("in", "failed")._value.get() >= 2
+        await async_wait_until(lambda: node.readiness.ready, 10, what="ready once given up")  # stops blocking
+    finally:
+        await node.stop()
+        await source.stop()
+
+
+async def test_a_failed_source_is_avoided_and_an_honest_one_is_used(workdir):
+    evil = EvilEngine("die")
+    honest = FakeEngine()
+    image = evil.build("app:1", [b"shared layer " * 400], created=5)
+    assert honest.build("app:1", [b"shared layer " * 400], created=5) == image
+    source_bad = await start_node(workdir, "bad", engine=evil)
+    source_good = await start_node(workdir, "good", engine=honest, seeds=(source_bad.peer_addr,))
+    receiver = FakeEngine()
+    node = await start_node(workdir, "r", engine=receiver, seeds=(source_bad.peer_addr,))
+    try:
+        await async_wait_until(lambda: has_image(node, image, "app:1"), 20, what="pulled from the honest peer")
+        good = [t for t in node.puller.recent if t.outcome == "ok"]
+        assert good and good[0].peer_name == "good"
+    finally:
+        for n in (node, source_good, source_bad):
+            await n.stop()
+
+
+async def test_the_engine_going_away_mid_load_fails_cleanly_and_is_retried(workdir):
+    source_engine = FakeEngine()
+    image = source_engine.build("app:1", [b"x" * 20000])
+    flaky = FakeEngine()
+    real_load = flaky.load
+    calls = 0
+
+    async def load(chunks):
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            async for _ in chunks:
+                raise EngineUnavailable("dockerd restarting")
+        return await real_load(chunks)
+
+    flaky.load = load  # type: ignore[method-assign]
+    source = await start_node(workdir, "s", engine=source_engine)
+    node = await start_node(workdir, "r", engine=flaky, seeds=(source.peer_addr,))
+    try:
+        await async_wait_until(lambda: has_image(node, image, "app:1"), 20, what="retried and pulled")
+        assert calls >= 2 and node.puller.recent[-1].outcome == "failed"
+    finally:
+        await node.stop()
+        await source.stop()
