@@ -30,9 +30,26 @@ def _usable(address: str | None) -> bool:
     return not (ip.is_loopback or ip.is_unspecified or ip.is_link_local)
 
 
+def interface_addresses() -> list[str]:
+    """IPv4 addresses of this host's interfaces, in interface order (Linux: SIOCGIFADDR)."""
+    import fcntl
+    import struct
+
+    found = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _, name in socket.if_nameindex():
+            try:
+                packed = fcntl.ioctl(sock.fileno(), 0x8915, struct.pack("256s", name[:15].encode()))
+            except OSError:
+                continue  # no IPv4 address on this interface
+            found.append(socket.inet_ntoa(packed[20:24]))
+    return found
+
+
 def derive_advertise(listen: str, seeds: tuple[str, ...]) -> str:
     """Pick host:port for peers: the listen host if it is specific; else the address this host
-    uses to reach its first seed; else the default-route address; else the hostname's address."""
+    uses to reach its first seed; else the default-route address; else the first interface
+    address that is not loopback; else the hostname's address."""
     host, port = parse_hostport(listen)
     if host not in ("", "0.0.0.0", "::"):
         return listen
@@ -45,6 +62,10 @@ def derive_advertise(listen: str, seeds: tuple[str, ...]) -> str:
             continue
         candidates.append(_source_address_towards(str(resolved)))
     candidates.append(_source_address_towards(_PROBE_ADDRESS))
+    try:
+        candidates.extend(interface_addresses())
+    except OSError:
+        pass
     try:
         candidates.append(socket.gethostbyname(socket.gethostname()))
     except OSError:

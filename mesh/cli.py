@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     wait = sub.add_parser("wait-ready", help="exit 0 once the node is ready (warm), 1 on timeout")
     wait.add_argument("--timeout", type=float, default=300.0, metavar="S")
     wait.add_argument("--status-addr", metavar="HOST:PORT", help="the node's status address [CACHEMESH_STATUS_LISTEN]")
+    health = sub.add_parser("healthcheck", help="exit 0 if the local node answers /healthz (for HEALTHCHECK)")
+    health.add_argument("--status-addr", metavar="HOST:PORT", help="the node's status address [CACHEMESH_STATUS_LISTEN]")
     sub.add_parser("version", help="print the version")
     args = parser.parse_args(argv)
 
@@ -72,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         return _status(args)
     if args.command == "wait-ready":
         return _wait_ready(args)
+    if args.command == "healthcheck":
+        try:
+            code, _ = _get(_status_addr(args), "/healthz", timeout=3.0)
+        except (OSError, ValueError) as exc:
+            print(f"unhealthy: {exc}", file=sys.stderr)
+            return 1
+        return 0 if code == 200 else 1
     return _run(args)
 
 

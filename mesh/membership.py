@@ -48,6 +48,7 @@ class Member:
     state: State
     since: float
     rtt: float | None = None
+    heard: float = float("-inf")  # when it last reached us directly
     suspicion: Suspicion | None = None
     digest_key: tuple[int, int, int] | None = field(default=None, repr=False)
     digest_hash: int = field(default=0, repr=False)
@@ -129,6 +130,22 @@ class Membership:
             return []
         picks = self._rng.sample(pool, min(len(pool), k + 1))
         return [self.members[i] for i in picks if i != exclude][:k]
+
+    def probe_helpers(self, k: int, exclude: str, now: float) -> list[Member]:
+        """k members to ask for an indirect probe, preferring ones that reached us recently.
+
+        Random helpers (plain SWIM) are often unreachable when the network is split: for the tens of
+        seconds before the far side is declared dead, half of them are over there, and a node on our
+        own side gets falsely suspected. Members heard from in the last few probe intervals are
+        almost certainly reachable; fall back to any live member when there are not enough.
+        """
+        horizon = now - 5 * self.config.probe_interval
+        pool = self._live
+        picks = self._rng.sample(pool, min(len(pool), 4 * k + 1))
+        fresh = [self.members[i] for i in picks if i != exclude and self.members[i].heard >= horizon]
+        if len(fresh) < k:
+            fresh += [self.members[i] for i in picks if i != exclude and self.members[i].heard < horizon]
+        return fresh[:k]
 
     def gossip_targets(self, k: int) -> list[Member]:
         """k random live members to gossip to."""
@@ -234,7 +251,10 @@ class Membership:
         its refutation, whether or not its Alive rumour has reached us yet. During a partition half
         of all gossip is lost, and this keeps a suspect's own traffic from being wasted."""
         m = self.members.get(node)
-        if m is not None and incarnation > m.incarnation and m is not self.me:
+        if m is None or m is self.me:
+            return
+        m.heard = now
+        if incarnation > m.incarnation:
             self.on_alive(Alive(node, m.name, addr, incarnation), now)
 
     def on_suspect(self, msg: Suspect, now: float) -> None:
@@ -348,7 +368,7 @@ class Membership:
         for seq, probe in list(self._probes.items()):
             if not probe.indirect_sent and now >= probe.indirect_at:
                 probe.indirect_sent = True
-                for helper in self.random_live(self.config.indirect_checks, exclude=probe.target):
+                for helper in self.probe_helpers(self.config.indirect_checks, probe.target, now):
                     self._out.send(helper.addr, PingReq(seq, probe.target, probe.addr))
             if now >= probe.deadline:
                 del self._probes[seq]

@@ -15,6 +15,7 @@ Every request is read under a size cap and a time limit, then authenticated, the
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,7 +26,10 @@ from aiohttp import web
 
 from mesh import wire
 from mesh.auth import HEADER_NONCE, AuthError, ReplayGuard, Signer, verify_request
+from mesh.engine import EngineError
 from mesh.peer_client import CHAIN_HEADER, GOSSIP_PATH, SAVE_PATH
+
+log = logging.getLogger("cachemesh.peer")
 
 
 class SaveRefused(Exception):
@@ -176,9 +180,13 @@ class PeerServer:
                     self._handler.count_bytes_out(len(chunk))
                 await response.write_eof()
                 ok = True
+            except (EngineError, OSError, ConnectionError) as exc:
+                # Abort the connection rather than end the chunked body: the receiver sees a broken
+                # transfer at once, its load sees a truncated tar, and nothing is loaded.
+                log.warning("save of %s to %s aborted: %s", image[:19], requester, exc)
+                if request.transport is not None:
+                    request.transport.abort()
             finally:
-                # A failure mid-stream aborts the connection: the receiver's load sees a truncated
-                # tar and loads nothing.
                 self._handler.save_finished(image, ok)
                 self._handler.count_request("save", 200 if ok else 500)
             return response

@@ -52,11 +52,18 @@ class Transfer:
         return self.done / elapsed if elapsed > 0 else 0.0
 
 
-async def _counted(chunks: AsyncIterator[bytes], record: Transfer, on_bytes: Callable[[int], None]) -> AsyncIterator[bytes]:
-    async for chunk in chunks:
-        record.done += len(chunk)
-        on_bytes(len(chunk))
-        yield chunk
+async def _counted(
+    chunks: AsyncIterator[bytes], record: Transfer, on_bytes: Callable[[int], None], broke: list[str]
+) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks:
+            record.done += len(chunk)
+            on_bytes(len(chunk))
+            yield chunk
+    except Exception as exc:
+        # Remember what broke on the peer's side: the engine only sees its upload cut short.
+        broke.append(f"the peer's stream broke after {record.done} bytes ({type(exc).__name__}: {exc})")
+        raise
 
 
 async def pull_image(
@@ -73,20 +80,21 @@ async def pull_image(
     """Run one pull; return the IDs of the verified chain. Raises TransferFailed."""
     before = {i.meta.id for i in await engine.images()}
     report = TarReport()
+    broke: list[str] = []
     try:
         async with client.save(addr, pull.image, chunk_bytes=chunk_bytes, idle_timeout=idle_timeout) as stream:
             if pull.image not in stream.chain[:1]:
                 raise TransferFailed(f"peer offered {stream.chain[:1]} instead of {pull.image[:19]}")
-            await engine.load(untagged(_counted(stream.chunks, record, on_bytes), report))
+            await engine.load(untagged(_counted(stream.chunks, record, on_bytes, broke), report))
     except (PeerError, EngineError, TarStreamError, TransferFailed) as exc:
         await _clean_up(engine, before, report, keep=set())
-        raise TransferFailed(str(exc)) from None
-    except (OSError, TimeoutError, asyncio.TimeoutError) as exc:
+        raise TransferFailed(broke[0] if broke else str(exc)) from None
+    except (OSError, TimeoutError) as exc:
         await _clean_up(engine, before, report, keep=set())
-        raise TransferFailed(f"connection to {addr} failed: {exc or type(exc).__name__}") from None
+        raise TransferFailed(broke[0] if broke else f"connection to {addr} failed: {exc or type(exc).__name__}") from None
     except Exception as exc:  # aiohttp payload errors when the peer dies mid-stream, and similar
         await _clean_up(engine, before, report, keep=set())
-        raise TransferFailed(f"transfer from {addr} broke: {type(exc).__name__}: {exc}") from None
+        raise TransferFailed(broke[0] if broke else f"transfer from {addr} broke: {type(exc).__name__}: {exc}") from None
 
     images = {i.meta.id: i.meta for i in await engine.images()}
     if pull.image not in images or pull.image not in report.configs:

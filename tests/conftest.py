@@ -2,7 +2,7 @@
 
 - Async tests fail if a callback blocks the event loop for more than 0.25 s, or if they leave
   tasks running.
-- Real engines and network namespaces come from tests/harness; tests that need them are marked
+- Real engines and network namespaces come from mesh.lab; tests that need them are marked
   `docker` / `netns` and skip with the reason on a machine that cannot run them. scripts/test
   installs everything they need and runs them all.
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import dockerd as dockerd_mod
-from tests.harness.netns import Network
+from mesh.lab import dockerd as dockerd_mod
+from mesh.lab.netns import Network
 
 ROOT = Path(os.environ.get("CACHEMESH_TEST_ROOT", "/tmp/cachemesh-tests"))
 

@@ -11,7 +11,7 @@ import pytest
 from mesh.engine import DockerEngine, EngineError, chain_of
 from mesh.fake_engine import FakeEngine
 from mesh.tarstream import TarReport, untagged
-from tests.harness.dockerd import import_base
+from mesh.lab.dockerd import import_base
 
 
 class FakeKind:

@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mesh.events import State
 from mesh.fake_engine import FakeEngine
-from tests.harness.poll import async_wait_until
+from mesh.lab.poll import async_wait_until
 from tests.inproc import has_image, start_node
 
 

@@ -10,7 +10,7 @@ import pytest
 from mesh import wire
 from mesh.auth import Signer, derive_key
 from mesh.fake_engine import FakeEngine
-from tests.harness.poll import async_wait_until
+from mesh.lab.poll import async_wait_until
 from tests.inproc import SECRET, has_image, start_node
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from mesh.engine import EngineUnavailable
 from mesh.fake_engine import FakeEngine
-from tests.harness.poll import async_wait_until
+from mesh.lab.poll import async_wait_until
 from tests.inproc import has_image, start_node
 
 

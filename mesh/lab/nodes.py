@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.harness.poll import wait_until
+from mesh.lab.poll import wait_until
 
 SECRET = "test-cluster-secret-0123456789abcdef"
 REPO = Path(__file__).resolve().parents[2]

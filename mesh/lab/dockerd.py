@@ -11,7 +11,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from tests.harness.poll import wait_until
+from mesh.lab.poll import wait_until
 
 DOCKER_CLI = "/usr/bin/docker"  # Debian's 20.10 CLI: BuildKit under DOCKER_BUILDKIT=1 without buildx
 

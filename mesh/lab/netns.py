@@ -1,6 +1,7 @@
 """Hosts on one machine: a network namespace each, veths on one bridge, private addresses inside.
 
-Only addresses in 10.77.0.0/24 inside these namespaces are used; nothing leaves the machine.
+Only addresses in one private /24 (10.77.0.0/24 by default) are used, inside these namespaces and
+on the bridge; nothing is routed off the machine.
 """
 
 from __future__ import annotations
@@ -30,14 +31,15 @@ class Host:
 
 
 class Network:
-    """A bridge in the root namespace (10.77.0.1) and hosts at 10.77.0.10, .11, ..."""
+    """A bridge in the root namespace (<subnet>.1) and hosts at <subnet>.10, .11, ..."""
 
-    def __init__(self, tag: str | None = None) -> None:
+    def __init__(self, tag: str | None = None, subnet: str = "10.77.0") -> None:
         self.tag = tag or f"{os.getpid() % 10000:04d}"
+        self.subnet = subnet
         self.bridge = f"cmbr{self.tag}"
         self.hosts: list[Host] = []
         ip("link", "add", self.bridge, "type", "bridge")
-        ip("addr", "add", "10.77.0.1/24", "dev", self.bridge)
+        ip("addr", "add", f"{subnet}.1/24", "dev", self.bridge)
         ip("link", "set", self.bridge, "up")
         # A dockerd with iptables on elsewhere may have set FORWARD to DROP; let the bridge pass.
         subprocess.run(["iptables", "-I", "FORWARD", "-i", self.bridge, "-j", "ACCEPT"], capture_output=True)
@@ -46,7 +48,7 @@ class Network:
         index = len(self.hosts)
         netns = f"cm{self.tag}{name}"
         veth = f"cmv{self.tag}{index}"
-        address = f"10.77.0.{10 + index}"
+        address = f"{self.subnet}.{10 + index}"
         ip("netns", "add", netns)
         ip("link", "add", veth, "type", "veth", "peer", "name", f"{veth}p")
         ip("link", "set", f"{veth}p", "netns", netns)
@@ -57,7 +59,6 @@ class Network:
         ip("link", "set", veth, "master", self.bridge)
         ip("link", "set", veth, "up")
         ip("route", "add", "224.0.0.0/4", "dev", "eth0", netns=netns)  # mDNS across the bridge
-        ip("route", "add", "default", "via", "10.77.0.1", netns=netns)
         host = Host(name, netns, address, veth)
         self.hosts.append(host)
         return host

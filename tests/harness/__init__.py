@@ -1,1 +1,0 @@
-"""Real parts for integration tests: private dockerds, network-namespace hosts, node processes."""
