@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 
@@ -62,14 +63,10 @@ def derive_advertise(listen: str, seeds: tuple[str, ...]) -> str:
             continue
         candidates.append(_source_address_towards(str(resolved)))
     candidates.append(_source_address_towards(_PROBE_ADDRESS))
-    try:
+    with contextlib.suppress(OSError):
         candidates.extend(interface_addresses())
-    except OSError:
-        pass
-    try:
+    with contextlib.suppress(OSError):
         candidates.append(socket.gethostbyname(socket.gethostname()))
-    except OSError:
-        pass
     for address in candidates:
         if _usable(address):
             return f"[{address}]:{port}" if ":" in str(address) else f"{address}:{port}"

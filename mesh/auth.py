@@ -64,10 +64,14 @@ class Signer:
     def sign_response(self, request_nonce: str, status: int, body: bytes) -> dict[str, str]:
         return {HEADER_SIGNATURE: _mac(self.key, "response", request_nonce, str(status), body_digest(body))}
 
-    def verify_response(self, request_nonce: str, status: int, headers: Mapping[str, str], body: bytes) -> None:
+    def verify_response(
+        self, request_nonce: str, status: int, headers: Mapping[str, str], body: bytes
+    ) -> None:
         expected = _mac(self.key, "response", request_nonce, str(status), body_digest(body))
         if not hmac.compare_digest(headers.get(HEADER_SIGNATURE, ""), expected):
-            raise AuthError("response signature does not match: peer has a different secret or the reply was altered")
+            raise AuthError(
+                "response signature does not match: peer has a different secret or the reply was altered"
+            )
 
 
 class ReplayGuard:
@@ -107,7 +111,9 @@ def verify_request(
     if their_cluster is None or HEADER_SIGNATURE not in headers:
         raise AuthError("unauthenticated: request is not signed with the cluster secret")
     if their_cluster != cluster:
-        raise AuthError(f"cluster mismatch: request is for {their_cluster[:64]!r}, this node is in {cluster!r}")
+        raise AuthError(
+            f"cluster mismatch: request is for {their_cluster[:64]!r}, this node is in {cluster!r}"
+        )
     node = headers.get(HEADER_NODE, "")
     timestamp = headers.get(HEADER_TIME, "")
     nonce = headers.get(HEADER_NONCE, "")
@@ -121,7 +127,9 @@ def verify_request(
     if not hmac.compare_digest(headers[HEADER_SIGNATURE], expected):
         raise AuthError("bad signature: the peer has a different cluster secret, or the request was altered")
     if abs(now - sent_at) > window:
-        raise AuthError(f"request timestamp is {now - sent_at:+.0f}s off this node's clock (window {window:.0f}s)")
+        raise AuthError(
+            f"request timestamp is {now - sent_at:+.0f}s off this node's clock (window {window:.0f}s)"
+        )
     if not replay.check_and_remember(nonce, now):
         raise AuthError("replayed request")
     return node

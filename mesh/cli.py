@@ -24,19 +24,42 @@ def _run_parser(sub: Any) -> None:
         help_text = f"{option.help} [{option.env}]"
         if option.parse is bool or option.field in ("mdns", "insecure"):
             if option.field == "mdns":
-                run.add_argument(option.flag, dest=option.field, action=argparse.BooleanOptionalAction,
-                                 default=None, help=help_text)
+                run.add_argument(
+                    option.flag,
+                    dest=option.field,
+                    action=argparse.BooleanOptionalAction,
+                    default=None,
+                    help=help_text,
+                )
             else:
-                run.add_argument(option.flag, dest=option.field, action="store_true", default=None, help=help_text)
+                run.add_argument(
+                    option.flag, dest=option.field, action="store_true", default=None, help=help_text
+                )
         else:
-            run.add_argument(option.flag, dest=option.field, default=None, metavar=option.metavar or None,
-                             type=option.parse, help=help_text)
-    run.add_argument("--secret-file", metavar="PATH", help="file holding the cluster secret [CACHEMESH_SECRET_FILE]; "
-                     "or set CACHEMESH_SECRET")
-    run.add_argument("--preset", choices=("lan", "local"), default=os.environ.get("CACHEMESH_PRESET", "lan"),
-                     help="timing preset: lan (default) or local (fast, for tests and demos) [CACHEMESH_PRESET]")
-    run.add_argument("--log-level", default=os.environ.get("CACHEMESH_LOG_LEVEL", "info"),
-                     help="debug, info, warning [CACHEMESH_LOG_LEVEL]")
+            run.add_argument(
+                option.flag,
+                dest=option.field,
+                default=None,
+                metavar=option.metavar or None,
+                type=option.parse,
+                help=help_text,
+            )
+    run.add_argument(
+        "--secret-file",
+        metavar="PATH",
+        help="file holding the cluster secret [CACHEMESH_SECRET_FILE]; or set CACHEMESH_SECRET",
+    )
+    run.add_argument(
+        "--preset",
+        choices=("lan", "local"),
+        default=os.environ.get("CACHEMESH_PRESET", "lan"),
+        help="timing preset: lan (default) or local (fast, for tests and demos) [CACHEMESH_PRESET]",
+    )
+    run.add_argument(
+        "--log-level",
+        default=os.environ.get("CACHEMESH_LOG_LEVEL", "info"),
+        help="debug, info, warning [CACHEMESH_LOG_LEVEL]",
+    )
 
 
 def _status_addr(args: argparse.Namespace) -> str:
@@ -53,17 +76,25 @@ def _get(addr: str, path: str, timeout: float = 3.0) -> tuple[int, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cachemesh", description="Spread Docker build cache across build hosts.")
+    parser = argparse.ArgumentParser(
+        prog="cachemesh", description="Spread Docker build cache across build hosts."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     status = sub.add_parser("status", help="show this host's node: peers, images, transfers")
-    status.add_argument("--status-addr", metavar="HOST:PORT", help="the node's status address [CACHEMESH_STATUS_LISTEN]")
+    status.add_argument(
+        "--status-addr", metavar="HOST:PORT", help="the node's status address [CACHEMESH_STATUS_LISTEN]"
+    )
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     wait = sub.add_parser("wait-ready", help="exit 0 once the node is ready (warm), 1 on timeout")
     wait.add_argument("--timeout", type=float, default=300.0, metavar="S")
-    wait.add_argument("--status-addr", metavar="HOST:PORT", help="the node's status address [CACHEMESH_STATUS_LISTEN]")
+    wait.add_argument(
+        "--status-addr", metavar="HOST:PORT", help="the node's status address [CACHEMESH_STATUS_LISTEN]"
+    )
     health = sub.add_parser("healthcheck", help="exit 0 if the local node answers /healthz (for HEALTHCHECK)")
-    health.add_argument("--status-addr", metavar="HOST:PORT", help="the node's status address [CACHEMESH_STATUS_LISTEN]")
+    health.add_argument(
+        "--status-addr", metavar="HOST:PORT", help="the node's status address [CACHEMESH_STATUS_LISTEN]"
+    )
     sub.add_parser("version", help="print the version")
     args = parser.parse_args(argv)
 

@@ -124,14 +124,16 @@ class DockerEngine:
         if self._session is None:
             api = await self._api()
             if self._host.startswith("unix://"):
-                connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=self._host[len("unix://"):])
+                connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=self._host[len("unix://") :])
                 origin = "http://docker"
             elif self._host.startswith(("tcp://", "http://")):
                 connector = aiohttp.TCPConnector()
                 origin = "http://" + self._host.split("://", 1)[1].rstrip("/")
             else:
                 raise EngineUnavailable(f"unsupported Docker host {self._host!r}: use unix:// or tcp://")
-            self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=None)
+            )
             self._base = f"{origin}/v{api.api_version}"
         return self._session, self._base
 
@@ -159,7 +161,9 @@ class DockerEngine:
     async def info(self) -> EngineInfo:
         version = await self._call("version")
         info = await self._call("info")
-        return EngineInfo(version.get("Version", "?"), version.get("ApiVersion", "?"), info.get("Driver", "?"))
+        return EngineInfo(
+            version.get("Version", "?"), version.get("ApiVersion", "?"), info.get("Driver", "?")
+        )
 
     async def images(self) -> list[LocalImage]:
         listed = await self._call("images", all=True)
@@ -196,7 +200,7 @@ class DockerEngine:
 
     # --- streams --------------------------------------------------------------------------------
 
-    async def save(self, image_ids: Iterable[str], chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:  # type: ignore[override]
+    async def save(self, image_ids: Iterable[str], chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
         session, base = await self._http()
         names = "&".join("names=" + quote(i) for i in image_ids)
         try:
@@ -234,7 +238,7 @@ class DockerEngine:
                     loaded.append(text.removeprefix("Loaded image ID: ").strip())
         return LoadResult(tuple(loaded))
 
-    async def events(self) -> AsyncIterator[dict[str, Any]]:  # type: ignore[override]
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
         session, base = await self._http()
         filters = quote(json.dumps({"type": ["image"]}))
         try:

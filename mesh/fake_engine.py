@@ -57,7 +57,9 @@ class FakeEngine:
 
     # --- test helpers ------------------------------------------------------------------------
 
-    def build(self, tag: str | None, layers: Iterable[bytes], *, parent: str = "", created: int | None = None) -> str:
+    def build(
+        self, tag: str | None, layers: Iterable[bytes], *, parent: str = "", created: int | None = None
+    ) -> str:
         """Create an image the way a build would: config over the parent's layers plus new ones."""
         base = self._images[parent].layers if parent else []
         all_layers = [*base, *layers]
@@ -86,7 +88,12 @@ class FakeEngine:
         self._emit("tag", image_id, ref)
 
     def _emit(self, action: str, image_id: str, name: str = "") -> None:
-        event = {"Type": "image", "Action": action, "id": image_id, "Actor": {"ID": image_id, "Attributes": {"name": name}}}
+        event = {
+            "Type": "image",
+            "Action": action,
+            "id": image_id,
+            "Actor": {"ID": image_id, "Attributes": {"name": name}},
+        }
         for queue in self._subscribers:
             queue.put_nowait(event)
 
@@ -99,7 +106,7 @@ class FakeEngine:
         await asyncio.sleep(0)
         return [LocalImage(i.meta(), tuple(sorted(i.tags))) for i in self._images.values()]
 
-    async def save(self, image_ids: Iterable[str], chunk_size: int = 1 << 16) -> AsyncIterator[bytes]:  # type: ignore[override]
+    async def save(self, image_ids: Iterable[str], chunk_size: int = 1 << 16) -> AsyncIterator[bytes]:
         ids = list(image_ids)
         for image_id in ids:
             if image_id not in self._images:
@@ -135,8 +142,8 @@ class FakeEngine:
             data += chunk
         self.loads += 1
         try:
-            tar = tarfile.open(fileobj=io.BytesIO(bytes(data)), mode="r:")
-            files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+            with tarfile.open(fileobj=io.BytesIO(bytes(data)), mode="r:") as tar:
+                files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
         except (tarfile.TarError, EOFError) as exc:
             raise EngineError(f"Error processing tar file: unexpected EOF ({exc})") from None
         if "manifest.json" not in files:
@@ -153,7 +160,9 @@ class FakeEngine:
                 if layer is None or index >= len(diff_ids) or _sha(layer) != diff_ids[index]:
                     raise EngineError(f"invalid diffID for layer {index}")
                 layers.append(layer)
-            staged.append((_Image(config, layers, entry.get("Parent", "")), list(entry.get("RepoTags") or ())))
+            staged.append(
+                (_Image(config, layers, entry.get("Parent", "")), list(entry.get("RepoTags") or ()))
+            )
         loaded = []
         for image, tags in staged:  # all verified: commit, as the real engine does per image
             self._images.setdefault(image.id, image)
@@ -191,7 +200,7 @@ class FakeEngine:
                 return
         raise EngineError(f"No such image: {ref_or_id}")
 
-    async def events(self) -> AsyncIterator[dict[str, Any]]:  # type: ignore[override]
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._subscribers.append(queue)
         try:

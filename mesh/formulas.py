@@ -28,7 +28,9 @@ def confirmations_expected(suspicion_mult: int, n: int) -> int:
     return 0 if n - 2 < k else k
 
 
-def remaining_suspicion(confirmations: int, k: int, elapsed: float, min_timeout: float, max_timeout: float) -> float:
+def remaining_suspicion(
+    confirmations: int, k: int, elapsed: float, min_timeout: float, max_timeout: float
+) -> float:
     """Seconds left before a suspect is declared dead (Lifeguard: log-decay from max to min).
 
     Each independent confirmation is evidence the suspect really is down, so the timeout shrinks:

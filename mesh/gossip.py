@@ -51,7 +51,9 @@ class Replica:
             return entry[1]
         return self.tombs.get(image, -1)
 
-    def apply(self, entry: Entry, now: float, expiry: deque[tuple[float, Replica, str, int]], ttl: float) -> bool:
+    def apply(
+        self, entry: Entry, now: float, expiry: deque[tuple[float, Replica, str, int]], ttl: float
+    ) -> bool:
         if entry.stamp <= self.stamp_of(entry.image):
             return False
         self.revision += 1
@@ -108,7 +110,9 @@ class Manifests:
         for meta in metas:
             self.metas.setdefault(meta.id, meta)
         if len(images) > MAX_IMAGES_PER_NODE:
-            newest = sorted(images, key=lambda i: self.metas[i].created if i in self.metas else 0, reverse=True)
+            newest = sorted(
+                images, key=lambda i: self.metas[i].created if i in self.metas else 0, reverse=True
+            )
             images = {i: images[i] for i in newest[:MAX_IMAGES_PER_NODE]}
         own = self.own
         changes: list[tuple[str, Tags | None]] = []
@@ -219,7 +223,9 @@ class Manifests:
         if msg.full:
             keep = {e.image for e in msg.entries}
             for image in [i for i in replica.entries if i not in keep]:
-                changed |= replica.apply(Entry(image, None, msg.version), now, self._expiry, self.config.tombstone_ttl)
+                changed |= replica.apply(
+                    Entry(image, None, msg.version), now, self._expiry, self.config.tombstone_ttl
+                )
         for entry in msg.entries:
             changed |= replica.apply(entry, now, self._expiry, self.config.tombstone_ttl)
         if msg.full or msg.since <= replica.version:
@@ -232,7 +238,9 @@ class Manifests:
                 replica.floor = max(replica.floor, msg.floor)
             self._advance_heard(replica)
             if missed:
-                self._rumours.push(("u", msg.node, msg.version), ManifestUpdate(msg.node, msg.since, msg.version, ()))
+                self._rumours.push(
+                    ("u", msg.node, msg.version), ManifestUpdate(msg.node, msg.since, msg.version, ())
+                )
         if changed:
             self._events.append(ManifestChanged(msg.node))
             self._want_metas(src, (e.image for e in msg.entries if e.tags is not None), now)

@@ -53,7 +53,9 @@ class LocalImages:
     async def rescan(self) -> None:
         images = await self.engine.images()
         self.images = {i.meta.id: i for i in images}
-        shared, metas = local_manifest(((i.meta, i.tags) for i in images), self.config.include, self.config.exclude)
+        shared, metas = local_manifest(
+            ((i.meta, i.tags) for i in images), self.config.include, self.config.exclude
+        )
         self.shared = shared
         back = [i for i in self.evicted if i in self.images]
         if back:  # rebuilt or pulled here again: no longer evicted
@@ -71,7 +73,9 @@ class LocalImages:
             # The operator removed an image the mesh gave or shares: remember, so it is not pulled back.
             self.evicted[image] = self.shared[image][0]
             self.state.save_evicted(self.evicted)
-            log.info("%s (%s) was removed here; it will not be pulled back", image[:19], self.shared[image][0])
+            log.info(
+                "%s (%s) was removed here; it will not be pulled back", image[:19], self.shared[image][0]
+            )
 
     async def run(self) -> None:
         backoff = 0.5

@@ -216,11 +216,11 @@ class Membership:
 
     def on_alive(self, msg: Alive, now: float, *, rumour_new: bool = True) -> None:
         if msg.node == self.me.id:
-            if msg.incarnation > self.me.incarnation or (
+            stale_view = msg.incarnation > self.me.incarnation or (
                 msg.incarnation == self.me.incarnation and msg.addr != self.me.addr
-            ):
-                if not self.leaving:
-                    self._refute(msg.incarnation)
+            )
+            if stale_view and not self.leaving:
+                self._refute(msg.incarnation)
             return
         if not msg.addr:
             return
@@ -274,7 +274,9 @@ class Membership:
             # accusation of a dead node would flood a large cluster.
             if msg.by not in s.accusers and s.confirmations < s.k:
                 s.accusers.add(msg.by)
-                s.deadline = s.started + remaining_suspicion(s.confirmations, s.k, 0.0, s.min_timeout, s.max_timeout)
+                s.deadline = s.started + remaining_suspicion(
+                    s.confirmations, s.k, 0.0, s.min_timeout, s.max_timeout
+                )
                 self._suspicion_due = min(self._suspicion_due, s.deadline)
                 self._rumour(m.id, msg)
             return
@@ -328,8 +330,8 @@ class Membership:
         probe = self._probes.pop(msg.seq, None)
         if probe is not None:
             m = self.members.get(probe.target)
-            if m is not None and src == probe.addr:
-                m.rtt = smooth_rtt(m.rtt, now - probe.started)
+            if m is not None and src == probe.addr and not probe.indirect_sent:
+                m.rtt = smooth_rtt(m.rtt, now - probe.started)  # a retried probe's time is not an RTT
             return
         relay = self._relays.pop(msg.seq, None)
         if relay is not None:
@@ -370,6 +372,9 @@ class Membership:
                 probe.indirect_sent = True
                 for helper in self.probe_helpers(self.config.indirect_checks, probe.target, now):
                     self._out.send(helper.addr, PingReq(seq, probe.target, probe.addr))
+                # And a second direct ping, like memberlist's TCP fallback: one lost packet on the
+                # direct path should not be enough to start a suspicion.
+                self._out.send(probe.addr, Ping(seq, probe.target))
             if now >= probe.deadline:
                 del self._probes[seq]
                 m = self.members.get(probe.target)
@@ -404,7 +409,9 @@ class Membership:
         horizon = now - self.config.gossip_to_dead_time
         if self._recent_dead:
             self._recent_dead = [
-                n for n in self._recent_dead if self.members[n].state is State.DEAD and self.members[n].since > horizon
+                n
+                for n in self._recent_dead
+                if self.members[n].state is State.DEAD and self.members[n].since > horizon
             ]
         reap_before = now - self.config.dead_reap_time
         for node in [n for n in self._gone if self.members[n].since < reap_before]:

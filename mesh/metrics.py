@@ -21,19 +21,28 @@ class _Snapshot(Collector):
 
     def collect(self) -> Iterator[Metric]:
         snap = self._read()
-        peers = GaugeMetricFamily("cachemesh_peers", "Peers by state, as this node sees them", labels=["state"])
+        peers = GaugeMetricFamily(
+            "cachemesh_peers", "Peers by state, as this node sees them", labels=["state"]
+        )
         for state, count in snap["peers"].items():
             peers.add_metric([state], count)
         yield peers
-        images = GaugeMetricFamily("cachemesh_images", "Images held here (local) and known in the mesh", labels=["scope"])
+        images = GaugeMetricFamily(
+            "cachemesh_images", "Images held here (local) and known in the mesh", labels=["scope"]
+        )
         images.add_metric(["local"], snap["images_local"])
         images.add_metric(["mesh"], snap["images_mesh"])
         yield images
-        yield GaugeMetricFamily("cachemesh_ready", "1 once this node holds what it should", value=snap["ready"])
-        yield GaugeMetricFamily("cachemesh_images_missing", "Images this node should hold and does not yet",
-                                value=snap["missing"])
+        yield GaugeMetricFamily(
+            "cachemesh_ready", "1 once this node holds what it should", value=snap["ready"]
+        )
+        yield GaugeMetricFamily(
+            "cachemesh_images_missing", "Images this node should hold and does not yet", value=snap["missing"]
+        )
         yield GaugeMetricFamily("cachemesh_transfers_in_flight", "Pulls under way", value=snap["in_flight"])
-        yield GaugeMetricFamily("cachemesh_incarnation", "This node's SWIM incarnation", value=snap["incarnation"])
+        yield GaugeMetricFamily(
+            "cachemesh_incarnation", "This node's SWIM incarnation", value=snap["incarnation"]
+        )
         core = snap["core"]
         for name, help_text in (
             ("gossip_rounds", "Gossip rounds that sent rumours"),
@@ -47,22 +56,33 @@ class Metrics:
     def __init__(self, read_snapshot: Callable[[], dict[str, Any]]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.transfer_bytes = Counter(
-            "cachemesh_transfer_bytes", "Image bytes moved between peers", ["direction"], registry=self.registry
+            "cachemesh_transfer_bytes",
+            "Image bytes moved between peers",
+            ["direction"],
+            registry=self.registry,
         )
         self.transfers = Counter(
-            "cachemesh_transfers", "Image transfers by direction and outcome", ["direction", "outcome"],
+            "cachemesh_transfers",
+            "Image transfers by direction and outcome",
+            ["direction", "outcome"],
             registry=self.registry,
         )
         self.transfer_seconds = Histogram(
-            "cachemesh_transfer_seconds", "Duration of successful pulls", registry=self.registry,
+            "cachemesh_transfer_seconds",
+            "Duration of successful pulls",
+            registry=self.registry,
             buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800),
         )
         self.peer_requests = Counter(
-            "cachemesh_peer_requests", "Peer API requests served, by endpoint and HTTP status", ["endpoint", "status"],
+            "cachemesh_peer_requests",
+            "Peer API requests served, by endpoint and HTTP status",
+            ["endpoint", "status"],
             registry=self.registry,
         )
         self.gossip_errors = Counter(
-            "cachemesh_gossip_send_errors", "Gossip messages this node could not deliver", registry=self.registry
+            "cachemesh_gossip_send_errors",
+            "Gossip messages this node could not deliver",
+            registry=self.registry,
         )
         self.engine_errors = Counter(
             "cachemesh_engine_errors", "Failed calls to the local Docker Engine", registry=self.registry

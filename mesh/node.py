@@ -48,12 +48,16 @@ class Node:
         self.state = NodeState(config.data_dir)
         self.node_id = self.state.node_id()
         self.incarnation = self.state.next_incarnation()
-        self.engine: Engine = engine or DockerEngine(config.docker_host)
+        self.engine: Engine = engine or make_engine(config.docker_host)
         self.started = time.time()
         self.signer = Signer(derive_key(config.signing_secret, config.cluster), config.cluster, self.node_id)
-        self.client = PeerClient(self.signer, max_message_bytes=config.max_message_bytes, timeout=config.peer_timeout)
+        self.client = PeerClient(
+            self.signer, max_message_bytes=config.max_message_bytes, timeout=config.peer_timeout
+        )
         self.metrics = Metrics(self._snapshot)
-        self.local = LocalImages(config, self.engine, self.state, self._on_local_change, self._on_engine_error)
+        self.local = LocalImages(
+            config, self.engine, self.state, self._on_local_change, self._on_engine_error
+        )
         self.readiness = Readiness(self)
         # Bound in start(): the advertised address needs the listening port, which may be 0.
         self.advertise = ""
@@ -80,15 +84,24 @@ class Node:
             f"[{host}]:{port}" if ":" in host else f"{host}:{port}", self.config.seeds
         )
         self.core = MeshCore(
-            self.config, self.node_id, self.config.node_name, self.advertise, now=time.monotonic(),
-            incarnation=self.incarnation, manifest_version=int(time.time() * 1000),
+            self.config,
+            self.node_id,
+            self.config.node_name,
+            self.advertise,
+            now=time.monotonic(),
+            incarnation=self.incarnation,
+            manifest_version=int(time.time() * 1000),
         )
         self.puller = Puller(
             self.config, self.core, self.engine, self.local, self.client, self.metrics, self._on_pull_done
         )
         peer = PeerServer(
-            self, self.signer, max_body=self.config.max_message_bytes, request_timeout=self.config.request_timeout,
-            auth_window=self.config.auth_window, max_saves=self.config.max_transfers_out,
+            self,
+            self.signer,
+            max_body=self.config.max_message_bytes,
+            request_timeout=self.config.request_timeout,
+            auth_window=self.config.auth_window,
+            max_saves=self.config.max_transfers_out,
         )
         self.peer_server = peer
         self.peer_addr = await self._serve(peer.app, peer_sock)
@@ -100,14 +113,20 @@ class Node:
             self._tasks.append(asyncio.create_task(coro))
         log.info(
             "node %s (%s) up: peers dial %s, status http://%s/, cluster %r%s",
-            self.config.node_name, self.node_id, self.advertise, self.status_addr, self.config.cluster,
+            self.config.node_name,
+            self.node_id,
+            self.advertise,
+            self.status_addr,
+            self.config.cluster,
             "" if self.config.secret else " (INSECURE: no cluster secret)",
         )
 
     async def _serve(self, app: web.Application, sock: socket.socket) -> str:
         # lingering_time=0: after a 408 or 413 the rest of an unread body is not waited for; the
         # connection is closed at once (a peer never leaves a body unread).
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, keepalive_timeout=30.0, lingering_time=0)
+        runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=2.0, keepalive_timeout=30.0, lingering_time=0
+        )
         await runner.setup()
         await web.SockSite(runner, sock).start()
         self._runners.append(runner)
@@ -126,12 +145,18 @@ class Node:
         if leave:
             self.core.leave(time.monotonic())
             departure = self.core.membership.me
-            notice = wire.Envelope(self.node_id, self.advertise, (wire.Dead(departure.id, departure.incarnation,
-                                                                             departure.id),), departure.incarnation)
+            notice = wire.Envelope(
+                self.node_id,
+                self.advertise,
+                (wire.Dead(departure.id, departure.incarnation, departure.id),),
+                departure.incarnation,
+            )
             peers = [self.core.membership.members[i].addr for i in self.core.membership.live_ids()]
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2.0):
-                    await asyncio.gather(*(self._send(addr, notice) for addr in peers), return_exceptions=True)
+                    await asyncio.gather(
+                        *(self._send(addr, notice) for addr in peers), return_exceptions=True
+                    )
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -177,7 +202,12 @@ class Node:
     async def _send(self, addr: str, envelope: wire.Envelope) -> None:
         try:
             reply = await self.client.exchange(addr, envelope)
-        except (PeerError, OSError, TimeoutError, Exception) as exc:  # a lost message, as far as SWIM is concerned
+        except (
+            PeerError,
+            OSError,
+            TimeoutError,
+            Exception,
+        ) as exc:  # a lost message, as far as SWIM is concerned
             self.metrics.gossip_errors.inc()
             log.debug("gossip to %s lost: %s", addr, exc)
             return
@@ -196,7 +226,11 @@ class Node:
                 replan = True
             elif isinstance(event, PeerJoined):
                 member = self.core.membership.members.get(event.node)
-                log.info("peer joined: %s (%s)", member.name if member else event.node, member.addr if member else "?")
+                log.info(
+                    "peer joined: %s (%s)",
+                    member.name if member else event.node,
+                    member.addr if member else "?",
+                )
                 replan = True
             elif isinstance(event, PeerStateChanged):
                 if event.node == self.node_id:
@@ -238,8 +272,14 @@ class Node:
             raise SaveRefused(404, f"{image[:19]} is not shared by this node")
         chain = chain_of(image, self.local.metas())
         member = self.core.membership.members.get(requester)
-        record = Transfer(image, self.local.shared.get(image, ()), member.addr if member else "?",
-                          member.name if member else requester, "out", self.local.images[image].meta.size)
+        record = Transfer(
+            image,
+            self.local.shared.get(image, ()),
+            member.addr if member else "?",
+            member.name if member else requester,
+            "out",
+            self.local.images[image].meta.size,
+        )
         self.serving[id(record)] = record
 
         async def chunks() -> Any:
@@ -323,3 +363,12 @@ def bind_socket(listen: str) -> socket.socket:
     sock.listen(512)
     sock.setblocking(False)
     return sock
+
+
+def make_engine(docker_host: str) -> Engine:
+    """The Docker Engine at docker_host; `memory://` is the in-memory engine (simulation and tests)."""
+    if docker_host == "memory://":
+        from mesh.fake_engine import FakeEngine
+
+        return FakeEngine()
+    return DockerEngine(docker_host)

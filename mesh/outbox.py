@@ -35,14 +35,18 @@ class Outbox:
         pending, self._pending = self._pending, {}
         for addr, messages in pending.items():
             if len(messages) <= 4 and all(_small(m) for m in messages):
-                out.append(Outgoing(addr, Envelope(self.sender, self.addr, tuple(messages), self.incarnation)))
+                out.append(
+                    Outgoing(addr, Envelope(self.sender, self.addr, tuple(messages), self.incarnation))
+                )
                 continue
             batch: list[Message] = []
             used = ENVELOPE_OVERHEAD
             for message in messages:
                 size = encoded_size(message)
                 if batch and used + size > self.max_bytes:
-                    out.append(Outgoing(addr, Envelope(self.sender, self.addr, tuple(batch), self.incarnation)))
+                    out.append(
+                        Outgoing(addr, Envelope(self.sender, self.addr, tuple(batch), self.incarnation))
+                    )
                     batch, used = [], ENVELOPE_OVERHEAD
                 batch.append(message)
                 used += size

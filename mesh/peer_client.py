@@ -57,7 +57,9 @@ class PeerClient:
         headers = self._signer.sign_request("POST", GOSSIP_PATH, body, time.time())
         headers["Content-Type"] = "application/msgpack"
         timeout = aiohttp.ClientTimeout(total=self._timeout)
-        async with self._http().post(peer_url(addr, GOSSIP_PATH), data=body, headers=headers, timeout=timeout) as r:
+        async with self._http().post(
+            peer_url(addr, GOSSIP_PATH), data=body, headers=headers, timeout=timeout
+        ) as r:
             payload = await r.content.read(self._max + 1)
             if r.status == 204:
                 return None
@@ -75,16 +77,21 @@ class PeerClient:
                 raise PeerError(f"{addr}: malformed reply: {exc}") from None
 
     @asynccontextmanager
-    async def save(self, addr: str, image: str, *, chunk_bytes: int, idle_timeout: float) -> AsyncIterator[SaveStream]:
+    async def save(
+        self, addr: str, image: str, *, chunk_bytes: int, idle_timeout: float
+    ) -> AsyncIterator[SaveStream]:
         """Open a `docker save` stream of `image` and its parent chain from a peer."""
         body: bytes = msgpack.packb({"image": image})
         headers = self._signer.sign_request("POST", SAVE_PATH, body, time.time())
         headers["Content-Type"] = "application/msgpack"
         # No total timeout (a large image takes minutes); a stalled stream is cut by the idle timeout.
         timeout = aiohttp.ClientTimeout(total=None, connect=self._timeout, sock_read=idle_timeout)
-        async with self._http().post(peer_url(addr, SAVE_PATH), data=body, headers=headers, timeout=timeout) as r:
+        async with self._http().post(
+            peer_url(addr, SAVE_PATH), data=body, headers=headers, timeout=timeout
+        ) as r:
             if r.status != 200:
-                raise PeerError(f"{addr}: save of {image[:19]} refused: {r.status} {_error_text(await r.content.read(4096))}")
+                reason = _error_text(await r.content.read(4096))
+                raise PeerError(f"{addr}: save of {image[:19]} refused: {r.status} {reason}")
             chain = [c for c in r.headers.get(CHAIN_HEADER, "").split(",") if c]
             yield SaveStream(chain, r.content.iter_chunked(chunk_bytes))
 

@@ -57,7 +57,9 @@ class PeerHandler(Protocol):
 
 
 def _error(status: int, message: str) -> web.Response:
-    return web.Response(status=status, body=msgpack.packb({"error": message}), content_type="application/msgpack")
+    return web.Response(
+        status=status, body=msgpack.packb({"error": message}), content_type="application/msgpack"
+    )
 
 
 class PeerServer:
@@ -120,8 +122,15 @@ class PeerServer:
             return _error(413, f"body exceeds the {limit}-byte limit")
         try:
             sender = verify_request(
-                self._signer.key, self._signer.cluster, request.method, request.path_qs, request.headers,
-                body, time.time(), self._auth_window, self._replay,
+                self._signer.key,
+                self._signer.cluster,
+                request.method,
+                request.path_qs,
+                request.headers,
+                body,
+                time.time(),
+                self._auth_window,
+                self._replay,
             )
         except AuthError as exc:
             return _error(401, str(exc))
@@ -143,7 +152,9 @@ class PeerServer:
         payload = wire.encode(reply) if reply is not None else b""
         status = 200 if reply is not None else 204
         headers = self._signer.sign_response(request.headers[HEADER_NONCE], status, payload)
-        return web.Response(status=status, body=payload or None, headers=headers, content_type="application/msgpack")
+        return web.Response(
+            status=status, body=payload or None, headers=headers, content_type="application/msgpack"
+        )
 
     async def _save(self, request: web.Request) -> web.StreamResponse:
         signed = await self._read_signed(request, 4096)

@@ -72,7 +72,10 @@ def tag_allowed(tag: str, include: Iterable[str], exclude: Iterable[str]) -> boo
 
 
 def winners(
-    holdings: Iterable[Mapping[str, Tags]], metas: Mapping[str, ImageMeta], include: Iterable[str], exclude: Iterable[str]
+    holdings: Iterable[Mapping[str, Tags]],
+    metas: Mapping[str, ImageMeta],
+    include: Iterable[str],
+    exclude: Iterable[str],
 ) -> dict[str, str]:
     """tag -> the image every node agrees should carry it (newest created, then highest ID)."""
     best: dict[str, tuple[int, str]] = {}
@@ -84,9 +87,9 @@ def winners(
                 continue  # its metadata has not arrived yet: decide when it has
             key = (meta.created, image)
             for tag in tags:
-                if (current := best.get(tag)) is None or key > current:
-                    if tag_allowed(tag, include, exclude):
-                        best[tag] = key
+                current = best.get(tag)
+                if (current is None or key > current) and tag_allowed(tag, include, exclude):
+                    best[tag] = key
     return {tag: image for tag, (_, image) in best.items()}
 
 
@@ -146,8 +149,11 @@ def plan(
         if image in in_flight or (image in holders and image not in failures):
             covered.update(ancestors(image, metas))
     candidates = [
-        i for i in missing
-        if i not in in_flight and i not in covered and i in holders
+        i
+        for i in missing
+        if i not in in_flight
+        and i not in covered
+        and i in holders
         and (i not in failures or failures[i].retry_at <= now)
     ]
     # Oldest first: base images before what is built on them, so chains arrive in order.

@@ -26,8 +26,14 @@ log = logging.getLogger("cachemesh.pull")
 
 class Puller:
     def __init__(
-        self, config: Config, core: MeshCore, engine: Engine, local: LocalImages, client: PeerClient,
-        metrics: Metrics, on_done: Callable[[], None],
+        self,
+        config: Config,
+        core: MeshCore,
+        engine: Engine,
+        local: LocalImages,
+        client: PeerClient,
+        metrics: Metrics,
+        on_done: Callable[[], None],
     ) -> None:
         self.config = config
         self.core = core
@@ -49,10 +55,7 @@ class Puller:
     def _peers(self) -> dict[str, planner.Peer]:
         members = self.core.membership.members
         me = self.core.node_id
-        return {
-            i: planner.Peer(i, m.state is State.ALIVE, m.rtt)
-            for i, m in members.items() if i != me
-        }
+        return {i: planner.Peer(i, m.state is State.ALIVE, m.rtt) for i, m in members.items() if i != me}
 
     def compute(self) -> Plan:
         peers = self._peers()
@@ -64,10 +67,18 @@ class Puller:
         }
         metas = {**self.core.manifests.metas, **self.local.metas()}
         return planner.plan(
-            local=self.local.tags(), remote=remote, metas=metas, peers=peers,
-            in_flight={i: t.peer for i, t in self.active.items()}, failures=self.failures,
-            evicted=self.local.evicted, include=self.config.include, exclude=self.config.exclude,
-            max_pulls=self.config.max_transfers_in, max_attempts=self.config.max_attempts, now=time.monotonic(),
+            local=self.local.tags(),
+            remote=remote,
+            metas=metas,
+            peers=peers,
+            in_flight={i: t.peer for i, t in self.active.items()},
+            failures=self.failures,
+            evicted=self.local.evicted,
+            include=self.config.include,
+            exclude=self.config.exclude,
+            max_pulls=self.config.max_transfers_in,
+            max_attempts=self.config.max_attempts,
+            now=time.monotonic(),
         )
 
     async def run(self) -> None:
@@ -82,7 +93,9 @@ class Puller:
             for action in self.plan.tags:
                 try:
                     await self.engine.tag(action.image, action.tag)
-                    log.info("tagged %s as %s (the mesh's newest for that tag)", action.image[:19], action.tag)
+                    log.info(
+                        "tagged %s as %s (the mesh's newest for that tag)", action.image[:19], action.tag
+                    )
                 except EngineError as exc:
                     self.metrics.engine_errors.inc()
                     log.warning("cannot tag %s as %s: %s", action.image[:19], action.tag, exc)
@@ -97,11 +110,18 @@ class Puller:
             return
         record = Transfer(pull.image, pull.tags, member.addr, member.name, "in", pull.size)
         self.active[pull.image] = record
-        log.info("pulling %s %s from %s (%s)", pull.image[:19], ",".join(pull.tags) or "", member.name, member.addr)
+        log.info(
+            "pulling %s %s from %s (%s)", pull.image[:19], ",".join(pull.tags) or "", member.name, member.addr
+        )
         try:
             chain = await pull_image(
-                self.engine, self.client, pull, member.addr, record,
-                chunk_bytes=self.config.transfer_chunk_bytes, idle_timeout=self.config.transfer_idle_timeout,
+                self.engine,
+                self.client,
+                pull,
+                member.addr,
+                record,
+                chunk_bytes=self.config.transfer_chunk_bytes,
+                idle_timeout=self.config.transfer_idle_timeout,
                 on_bytes=self.metrics.transfer_bytes.labels("in").inc,
             )
         except TransferFailed as exc:
@@ -113,7 +133,13 @@ class Puller:
                 failure.attempts, self.config.retry_backoff, self.config.retry_backoff_max
             )
             self.metrics.transfers.labels("in", "failed").inc()
-            log.warning("pull of %s from %s failed (attempt %d): %s", pull.image[:19], member.name, failure.attempts, exc)
+            log.warning(
+                "pull of %s from %s failed (attempt %d): %s",
+                pull.image[:19],
+                member.name,
+                failure.attempts,
+                exc,
+            )
         else:
             record.outcome = "ok"
             self.failures.pop(pull.image, None)
@@ -125,7 +151,11 @@ class Puller:
             self.metrics.transfer_seconds.observe(time.time() - record.started)
             log.info(
                 "pulled %s (%d images in chain, %.1f MB, %.1f MB/s) from %s",
-                pull.image[:19], len(chain), record.done / 1e6, record.rate / 1e6, member.name,
+                pull.image[:19],
+                len(chain),
+                record.done / 1e6,
+                record.rate / 1e6,
+                member.name,
             )
         finally:
             record.finished = time.time()

@@ -6,7 +6,8 @@ Timeline for `minutes` simulated minutes (T = 60 * minutes; shown for T = 600):
   30 -  90  each node announces 50 images from a shared catalog, then the mesh settles
   90 - 150  steady state: bytes each node sends per second
  150 - 450  a new image every 2 s at a random node (rounds until every live node knows);
-            a crash every 15 s (seconds until every live node marks it dead), restarted 60 s later
+            a crash every 15 s (seconds until every live node marks it dead), restarted 60 s later,
+            with at most 5% of the fleet down at once
  450 - 510  a 50/50 partition
  510 - 600  healed: seconds until all live nodes agree on members and manifest versions
 Shorter runs scale the phases down (`minutes` >= 2).
@@ -17,7 +18,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from mesh.config import Config
 from mesh.events import PeerStateChanged, State
@@ -45,10 +46,14 @@ class Results:
         return {
             "nodes": self.nodes,
             "rounds_to_converge_p99": _pct(self.rounds_to_converge, 99),
-            "seconds_to_detect_failure_max": round(max(self.detect_seconds), 2) if self.detect_seconds else None,
+            "seconds_to_detect_failure_max": round(max(self.detect_seconds), 2)
+            if self.detect_seconds
+            else None,
             "false_dead": len(self.false_dead),
             "bytes_per_node_per_second_p99": _pct(self.steady_bytes, 99),
-            "seconds_to_converge_after_heal": None if self.heal_seconds is None else round(self.heal_seconds, 2),
+            "seconds_to_converge_after_heal": None
+            if self.heal_seconds is None
+            else round(self.heal_seconds, 2),
             "injections": len(self.rounds_to_converge),
             "injections_not_converged": self.undelivered_injections,
             "crashes": len(self.detect_seconds),
@@ -70,17 +75,22 @@ def _pct(values: list[Any], p: float) -> Any:
 
 
 class FleetScenario:
-    def __init__(self, nodes: int, *, loss: float, seed: int, minutes: float, config: Config | None = None) -> None:
+    def __init__(
+        self, nodes: int, *, loss: float, seed: int, minutes: float, config: Config | None = None
+    ) -> None:
         if minutes < 2:
             raise ValueError("the scenario needs at least 2 simulated minutes")
         self.config = config or Config.lan(secret=b"simulated-cluster-secret")
         self.n = nodes
         self.rng = random.Random(seed)
-        self.net = SimNetwork(self.config, seed=seed, loss=loss)
+        # Bytes are counted (envelopes encoded) only in the steady-state window that reports them.
+        self.net = SimNetwork(self.config, seed=seed, loss=loss, count_bytes=False)
         self.scale = minutes / 10.0
         self.results = Results(nodes)
-        self.catalog = [ImageMeta(_digest(i + 1), "", (_digest(10_000 + i),), 50_000_000, 1_700_000_000 + i)
-                        for i in range(200)]
+        self.catalog = [
+            ImageMeta(_digest(i + 1), "", (_digest(10_000 + i),), 50_000_000, 1_700_000_000 + i)
+            for i in range(200)
+        ]
         self.images: dict[str, dict[str, tuple[str, ...]]] = {}
         self._next_image = 1_000_000
         self._sides: dict[str, int] | None = None  # node ID -> side, from partition until views agree
@@ -138,7 +148,9 @@ class FleetScenario:
 
     def _steady_phase(self) -> None:
         start, end = self.t(90), self.t(150)
+        self.net.count_bytes = True
         self.net.run_until(end)
+        self.net.count_bytes = False
         first, last = math.ceil(start), math.floor(end)
         per_second = self.net.traffic.per_second
         for addr in self.net.nodes:
@@ -158,7 +170,9 @@ class FleetScenario:
             if net.now >= next_inject and not quiet:
                 pending_inj.append(self._inject())
                 next_inject += 2 * max(self.scale, 0.25)
-            if net.now >= next_crash and not quiet:
+            # At most 5% of the fleet is down at once (at least one node), whatever the size.
+            room = len(self._crashed) < max(1, self.n // 20)
+            if net.now >= next_crash and not quiet and room:
                 victim = self.rng.choice([n for n in net.live() if n.addr not in self._crashed])
                 net.crash(victim.addr)
                 self._crashed[victim.addr] = net.now
@@ -178,7 +192,7 @@ class FleetScenario:
         net = self.net
         for addr in list(self._crashed):
             self._restart(addr)
-        start, heal = net.now, net.now + 60
+        heal = net.now + 60
         addrs = list(net.nodes)
         self.rng.shuffle(addrs)
         half = len(addrs) // 2
@@ -216,12 +230,13 @@ class FleetScenario:
         still = []
         for at, origin, image in pending:
             if all(
-                n.core.node_id == origin
-                or image in n.core.manifests.replicas.get(origin, _EMPTY).entries
+                n.core.node_id == origin or image in n.core.manifests.replicas.get(origin, _EMPTY).entries
                 for n in live
             ):
                 elapsed = self.net.now - at
-                self.results.rounds_to_converge.append(math.ceil(elapsed / self.config.gossip_interval - 1e-9))
+                self.results.rounds_to_converge.append(
+                    math.ceil(elapsed / self.config.gossip_interval - 1e-9)
+                )
             elif self.net.now - at < 120:
                 still.append((at, origin, image))
             else:
@@ -289,13 +304,15 @@ class FleetScenario:
                 m = members.get(node_id)
                 if m is None or m.state is not State.ALIVE:
                     return False
-                if node_id != n.core.node_id and (node_id not in replicas or replicas[node_id].version != version):
+                if node_id != n.core.node_id and (
+                    node_id not in replicas or replicas[node_id].version != version
+                ):
                     return False
         return True
 
 
 class _Empty:
-    entries: dict[str, Any] = {}
+    entries: ClassVar[dict[str, Any]] = {}
 
 
 _EMPTY = _Empty()

@@ -12,6 +12,7 @@ import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from mesh import wire
 from mesh.config import Config
@@ -64,19 +65,28 @@ class SimNetwork:
         self.partitioned = False
         self.drop_hook: Callable[[str, str, wire.Envelope], bool] | None = None
         self.on_deliver: Callable[[SimNode], None] | None = None
-        self._queue: list[tuple[float, int, int, object]] = []
+        # (time, sequence, kind, node, payload): kind 0 is a tick (payload: token), 1 a delivery (envelope)
+        self._queue: list[tuple[float, int, int, SimNode, Any]] = []
         self._seq = 0
         self._next_id = 0
 
     # --- nodes ---------------------------------------------------------------------------
 
-    def add_node(self, *, addr: str | None = None, incarnation: int = 1, manifest_version: int = 1) -> SimNode:
+    def add_node(
+        self, *, addr: str | None = None, incarnation: int = 1, manifest_version: int = 1
+    ) -> SimNode:
         self._next_id += 1
         addr = addr or f"10.0.{self._next_id // 250}.{self._next_id % 250 + 1}:7611"
         node_id = f"{self.rng.getrandbits(64):016x}"
         core = MeshCore(
-            self.config, node_id, f"n{self._next_id}", addr, now=self.now, incarnation=incarnation,
-            manifest_version=manifest_version, rng=random.Random(self.rng.getrandbits(64)),
+            self.config,
+            node_id,
+            f"n{self._next_id}",
+            addr,
+            now=self.now,
+            incarnation=incarnation,
+            manifest_version=manifest_version,
+            rng=random.Random(self.rng.getrandbits(64)),
         )
         node = SimNode(addr, core, self.rng.random())
         self.nodes[addr] = node
@@ -92,8 +102,13 @@ class SimNetwork:
         old = self.nodes.pop(addr)
         node_id = old.core.node_id
         core = MeshCore(
-            self.config, node_id, old.core.membership.me.name, addr, now=self.now,
-            incarnation=incarnation, manifest_version=manifest_version,
+            self.config,
+            node_id,
+            old.core.membership.me.name,
+            addr,
+            now=self.now,
+            incarnation=incarnation,
+            manifest_version=manifest_version,
             rng=random.Random(self.rng.getrandbits(64)),
         )
         node = SimNode(addr, core, old.position, group=old.group)
@@ -117,16 +132,16 @@ class SimNetwork:
 
     # --- the event loop ----------------------------------------------------------------------
 
-    def _push(self, at: float, kind: int, payload: object) -> None:
+    def _push(self, at: float, kind: int, node: SimNode, payload: Any) -> None:
         self._seq += 1
-        heapq.heappush(self._queue, (at, self._seq, kind, payload))
+        heapq.heappush(self._queue, (at, self._seq, kind, node, payload))
 
     def _schedule_tick(self, node: SimNode) -> None:
         at = max(node.core.next_deadline(), self.now)
         if at < node.scheduled:
             node.scheduled = at
             node.tick_token += 1
-            self._push(at, 0, (node, node.tick_token))
+            self._push(at, 0, node, node.tick_token)
 
     def _flush(self, node: SimNode) -> None:
         for out in node.core.drain():
@@ -139,7 +154,11 @@ class SimNetwork:
         if self.count_bytes or self.strict_wire:
             data = wire.encode(out.envelope)
             traffic.per_second[(node.addr, int(self.now))] += len(data)
-            envelope = wire.decode(data, max_bytes=self.config.max_message_bytes) if self.strict_wire else out.envelope
+            envelope = (
+                wire.decode(data, max_bytes=self.config.max_message_bytes)
+                if self.strict_wire
+                else out.envelope
+            )
         else:
             envelope = out.envelope
         dest = self.nodes.get(out.addr)
@@ -153,28 +172,25 @@ class SimNetwork:
             traffic.dropped += 1
             return
         latency = self.base_latency + abs(node.position - dest.position) * self.spread_latency
-        self._push(self.now + latency, 1, (dest, envelope))
+        self._push(self.now + latency, 1, dest, envelope)
 
     def run_until(self, until: float) -> None:
         queue = self._queue
         while queue and queue[0][0] <= until:
-            at, _, kind, payload = heapq.heappop(queue)
+            at, _, kind, node, payload = heapq.heappop(queue)
             self.now = at
+            if not node.up or self.nodes.get(node.addr) is not node:
+                continue
             if kind == 0:
-                node, token = payload  # type: ignore[misc]
-                if token != node.tick_token or not node.up or self.nodes.get(node.addr) is not node:
+                if payload != node.tick_token:
                     continue
                 node.scheduled = float("inf")
                 node.core.tick(at)
-                self._flush(node)
             else:
-                dest, envelope = payload  # type: ignore[misc]
-                if not dest.up or self.nodes.get(dest.addr) is not dest:
-                    continue
-                dest.core.receive(envelope, at)
-                self._flush(dest)
-                if self.on_deliver is not None:
-                    self.on_deliver(dest)
+                node.core.receive(payload, at)
+            self._flush(node)
+            if kind == 1 and self.on_deliver is not None:
+                self.on_deliver(node)
         self.now = until
 
     def kick(self, node: SimNode) -> None:

@@ -24,9 +24,18 @@ def _short(image: str) -> str:
 
 def _transfer(t: Any) -> dict[str, Any]:
     return {
-        "image": t.image, "tags": list(t.tags), "peer": t.peer_name, "address": t.peer, "direction": t.direction,
-        "bytes": t.done, "total": t.total, "rate": round(t.rate), "started": t.started, "finished": t.finished,
-        "outcome": t.outcome, "error": t.error,
+        "image": t.image,
+        "tags": list(t.tags),
+        "peer": t.peer_name,
+        "address": t.peer,
+        "direction": t.direction,
+        "bytes": t.done,
+        "total": t.total,
+        "rate": round(t.rate),
+        "started": t.started,
+        "finished": t.finished,
+        "outcome": t.outcome,
+        "error": t.error,
     }
 
 
@@ -40,11 +49,18 @@ def build_status(node: Node) -> dict[str, Any]:
         if member_id == node.node_id:
             continue
         replica = replicas.get(member_id)
-        peers.append({
-            "id": member_id, "name": m.name, "address": m.addr, "state": m.state.label,
-            "incarnation": m.incarnation, "rtt_ms": None if m.rtt is None else round(m.rtt * 1000, 2),
-            "images": len(replica.entries) if replica else 0, "since": round(time.monotonic() - m.since, 1),
-        })
+        peers.append(
+            {
+                "id": member_id,
+                "name": m.name,
+                "address": m.addr,
+                "state": m.state.label,
+                "incarnation": m.incarnation,
+                "rtt_ms": None if m.rtt is None else round(m.rtt * 1000, 2),
+                "images": len(replica.entries) if replica else 0,
+                "since": round(time.monotonic() - m.since, 1),
+            }
+        )
     holders: dict[str, list[str]] = {}
     tags: dict[str, set[str]] = {}
     for holder, replica in replicas.items():
@@ -63,17 +79,27 @@ def build_status(node: Node) -> dict[str, Any]:
         if not tags[image] and local_image is None and image not in node.local.shared:
             continue
         meta = metas.get(image)
-        images.append({
-            "id": image, "tags": sorted(tags[image]), "size": meta.size if meta else None,
-            "created": meta.created if meta else None, "local": local_image is not None,
-            "holders": sorted(holders.get(image, [])),
-        })
+        images.append(
+            {
+                "id": image,
+                "tags": sorted(tags[image]),
+                "size": meta.size if meta else None,
+                "created": meta.created if meta else None,
+                "local": local_image is not None,
+                "holders": sorted(holders.get(image, [])),
+            }
+        )
     plan = node.puller.plan
     return {
         "node": {
-            "id": node.node_id, "name": node.config.node_name, "address": node.advertise,
-            "cluster": node.config.cluster, "incarnation": core.incarnation, "version": node.version,
-            "uptime": round(time.time() - node.started, 1), "engine": node.config.docker_host,
+            "id": node.node_id,
+            "name": node.config.node_name,
+            "address": node.advertise,
+            "cluster": node.config.cluster,
+            "incarnation": core.incarnation,
+            "version": node.version,
+            "uptime": round(time.time() - node.started, 1),
+            "engine": node.config.docker_host,
             "engine_available": node.local.available,
         },
         "ready": ready,
@@ -81,7 +107,8 @@ def build_status(node: Node) -> dict[str, Any]:
         "missing": [] if plan is None else plan.missing,
         "peers": peers,
         "images": images,
-        "transfers": [_transfer(t) for t in node.puller.active.values()] + [_transfer(t) for t in node.serving.values()],
+        "transfers": [_transfer(t) for t in node.puller.active.values()]
+        + [_transfer(t) for t in node.serving.values()],
         "recent_transfers": [_transfer(t) for t in node.puller.recent],
     }
 
@@ -108,6 +135,19 @@ def status_app(node: Node) -> web.Application:
 
     async def page(request: web.Request) -> web.Response:
         return web.Response(text=render_html(build_status(node)), content_type="text/html")
+
+    if node.config.docker_host == "memory://":
+        # Lab only (the in-memory engine): let a test "build" an image on this node.
+        from mesh.fake_engine import FakeEngine
+
+        async def lab_build(request: web.Request) -> web.Response:
+            engine = node.engine
+            assert isinstance(engine, FakeEngine)
+            tag = request.query.get("tag", "lab:latest")
+            image = engine.build(tag, [f"{tag} {time.time_ns()}".encode()])
+            return web.json_response({"id": image, "tag": tag})
+
+        app.router.add_post("/lab/build", lab_build)
 
     app.router.add_get("/", page)
     app.router.add_get("/api/status", api)
@@ -140,35 +180,66 @@ def render_html(s: dict[str, Any]) -> str:
     badge = "ready" if s["ready"] else "not-ready"
     peers = _table(
         ["name", "address", "state", "RTT", "images", "incarnation"],
-        [[escape(p["name"]), escape(p["address"]), f"<span class={p['state']}>{p['state']}</span>",
-          "–" if p["rtt_ms"] is None else f"{p['rtt_ms']:.1f} ms", str(p["images"]), str(p["incarnation"])]
-         for p in s["peers"]],
+        [
+            [
+                escape(p["name"]),
+                escape(p["address"]),
+                f"<span class={p['state']}>{p['state']}</span>",
+                "–" if p["rtt_ms"] is None else f"{p['rtt_ms']:.1f} ms",
+                str(p["images"]),
+                str(p["incarnation"]),
+            ]
+            for p in s["peers"]
+        ],
         "No peers yet.",
     )
     images = _table(
         ["image", "tags", "size", "here", "held by"],
-        [[f"<code>{_short(i['id'])}</code>", escape(", ".join(i["tags"])) or "<i>untagged (parent)</i>",
-          _size(i["size"]), "yes" if i["local"] else "no", escape(", ".join(i["holders"]))]
-         for i in s["images"]],
+        [
+            [
+                f"<code>{_short(i['id'])}</code>",
+                escape(", ".join(i["tags"])) or "<i>untagged (parent)</i>",
+                _size(i["size"]),
+                "yes" if i["local"] else "no",
+                escape(", ".join(i["holders"])),
+            ]
+            for i in s["images"]
+        ],
         "No images shared yet.",
     )
     transfers = _table(
         ["image", "tags", "peer", "direction", "progress", "rate"],
-        [[f"<code>{_short(t['image'])}</code>", escape(", ".join(t["tags"])), escape(t["peer"]), t["direction"],
-          f"<progress max={max(t['total'], t['bytes'], 1)} value={t['bytes']}></progress> {_size(t['bytes'])}",
-          f"{_size(t['rate'])}/s"] for t in s["transfers"]],
+        [
+            [
+                f"<code>{_short(t['image'])}</code>",
+                escape(", ".join(t["tags"])),
+                escape(t["peer"]),
+                t["direction"],
+                f"<progress max={max(t['total'], t['bytes'], 1)} value={t['bytes']}></progress> {_size(t['bytes'])}",
+                f"{_size(t['rate'])}/s",
+            ]
+            for t in s["transfers"]
+        ],
         "No transfers in flight.",
     )
     recent = _table(
         ["image", "peer", "direction", "outcome", "bytes", "error"],
-        [[f"<code>{_short(t['image'])}</code>", escape(t["peer"]), t["direction"],
-          f"<span class={t['outcome']}>{t['outcome']}</span>", _size(t["bytes"]), escape(t["error"][:160])]
-         for t in s["recent_transfers"][:15]],
+        [
+            [
+                f"<code>{_short(t['image'])}</code>",
+                escape(t["peer"]),
+                t["direction"],
+                f"<span class={t['outcome']}>{t['outcome']}</span>",
+                _size(t["bytes"]),
+                escape(t["error"][:160]),
+            ]
+            for t in s["recent_transfers"][:15]
+        ],
         "None yet.",
     )
     return f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><meta http-equiv=refresh content=2>
-<title>cachemesh · {escape(node['name'])}</title>
+<title>cachemesh · {escape(node["name"])}</title>
 <style>
 body{{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:70em;color:#222}}
 h1{{font-size:1.4em}} h2{{font-size:1.1em;margin-top:1.6em}}
@@ -177,12 +248,12 @@ th{{background:#f4f4f4}} code{{font-size:.95em}} .empty{{color:#777}}
 .badge{{padding:.15em .6em;border-radius:1em;color:#fff}} .ready{{background:#2a7}} .not-ready{{background:#c63}}
 .alive,.ok{{color:#2a7}} .suspect{{color:#c80}} .dead,.failed{{color:#c33}} .left{{color:#777}}
 </style></head><body>
-<h1>cachemesh · {escape(node['name'])} <span class="badge {badge}">{'ready' if s['ready'] else 'not ready'}</span></h1>
-<p>{escape(s['ready_reason'])} · node <code>{escape(node['id'])}</code> at {escape(node['address'])} ·
-cluster <b>{escape(node['cluster'])}</b> · incarnation {node['incarnation']} · up {node['uptime']:.0f}s ·
-engine {escape(node['engine'])} ({'reachable' if node['engine_available'] else 'UNREACHABLE'}) · v{escape(node['version'])}</p>
-<h2>Peers ({len(s['peers'])})</h2>{peers}
-<h2>Images ({len(s['images'])})</h2>{images}
+<h1>cachemesh · {escape(node["name"])} <span class="badge {badge}">{"ready" if s["ready"] else "not ready"}</span></h1>
+<p>{escape(s["ready_reason"])} · node <code>{escape(node["id"])}</code> at {escape(node["address"])} ·
+cluster <b>{escape(node["cluster"])}</b> · incarnation {node["incarnation"]} · up {node["uptime"]:.0f}s ·
+engine {escape(node["engine"])} ({"reachable" if node["engine_available"] else "UNREACHABLE"}) · v{escape(node["version"])}</p>
+<h2>Peers ({len(s["peers"])})</h2>{peers}
+<h2>Images ({len(s["images"])})</h2>{images}
 <h2>Transfers in flight</h2>{transfers}
 <h2>Recent transfers</h2>{recent}
 <p class=empty>JSON: <a href=/api/status>/api/status</a> · <a href=/metrics>/metrics</a> ·

@@ -23,28 +23,43 @@ def print_status(s: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console()
     node = s["node"]
     state = "[green]ready[/]" if s["ready"] else "[yellow]not ready[/]"
-    console.print(f"[bold]{node['name']}[/] ({node['id']}) at {node['address']}, cluster {node['cluster']}: "
-                  f"{state} ({s['ready_reason']})")
+    console.print(
+        f"[bold]{node['name']}[/] ({node['id']}) at {node['address']}, cluster {node['cluster']}: "
+        f"{state} ({s['ready_reason']})"
+    )
     peers = Table(title=f"Peers ({len(s['peers'])})", title_justify="left")
     for column in ("name", "address", "state", "RTT", "images", "incarnation"):
         peers.add_column(column)
     colours = {"alive": "green", "suspect": "yellow", "dead": "red", "left": "dim"}
     for p in s["peers"]:
         rtt = "–" if p["rtt_ms"] is None else f"{p['rtt_ms']:.1f} ms"
-        peers.add_row(p["name"], p["address"], f"[{colours[p['state']]}]{p['state']}[/]", rtt, str(p["images"]),
-                      str(p["incarnation"]))
+        peers.add_row(
+            p["name"],
+            p["address"],
+            f"[{colours[p['state']]}]{p['state']}[/]",
+            rtt,
+            str(p["images"]),
+            str(p["incarnation"]),
+        )
     console.print(peers)
     images = Table(title=f"Images ({len(s['images'])})", title_justify="left")
     for column in ("image", "tags", "size", "here", "held by"):
         images.add_column(column)
     for i in s["images"]:
-        images.add_row(i["id"][7:19], ", ".join(i["tags"]) or "(parent)", _size(i["size"]),
-                       "yes" if i["local"] else "no", ", ".join(i["holders"]))
+        images.add_row(
+            i["id"][7:19],
+            ", ".join(i["tags"]) or "(parent)",
+            _size(i["size"]),
+            "yes" if i["local"] else "no",
+            ", ".join(i["holders"]),
+        )
     console.print(images)
     if s["transfers"]:
         transfers = Table(title="Transfers in flight", title_justify="left")
         for column in ("image", "peer", "direction", "bytes", "rate"):
             transfers.add_column(column)
         for t in s["transfers"]:
-            transfers.add_row(t["image"][7:19], t["peer"], t["direction"], _size(t["bytes"]), _size(t["rate"]) + "/s")
+            transfers.add_row(
+                t["image"][7:19], t["peer"], t["direction"], _size(t["bytes"]), _size(t["rate"]) + "/s"
+            )
         console.print(transfers)

@@ -11,7 +11,6 @@ removed again; nothing that existed before is touched, and no tag moves.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -82,7 +81,9 @@ async def pull_image(
     report = TarReport()
     broke: list[str] = []
     try:
-        async with client.save(addr, pull.image, chunk_bytes=chunk_bytes, idle_timeout=idle_timeout) as stream:
+        async with client.save(
+            addr, pull.image, chunk_bytes=chunk_bytes, idle_timeout=idle_timeout
+        ) as stream:
             if pull.image not in stream.chain[:1]:
                 raise TransferFailed(f"peer offered {stream.chain[:1]} instead of {pull.image[:19]}")
             await engine.load(untagged(_counted(stream.chunks, record, on_bytes, broke), report))
@@ -91,15 +92,21 @@ async def pull_image(
         raise TransferFailed(broke[0] if broke else str(exc)) from None
     except (OSError, TimeoutError) as exc:
         await _clean_up(engine, before, report, keep=set())
-        raise TransferFailed(broke[0] if broke else f"connection to {addr} failed: {exc or type(exc).__name__}") from None
+        raise TransferFailed(
+            broke[0] if broke else f"connection to {addr} failed: {exc or type(exc).__name__}"
+        ) from None
     except Exception as exc:  # aiohttp payload errors when the peer dies mid-stream, and similar
         await _clean_up(engine, before, report, keep=set())
-        raise TransferFailed(broke[0] if broke else f"transfer from {addr} broke: {type(exc).__name__}: {exc}") from None
+        raise TransferFailed(
+            broke[0] if broke else f"transfer from {addr} broke: {type(exc).__name__}: {exc}"
+        ) from None
 
     images = {i.meta.id: i.meta for i in await engine.images()}
     if pull.image not in images or pull.image not in report.configs:
         await _clean_up(engine, before, report, keep=set())
-        raise TransferFailed(f"after load, image {pull.image[:19]} is not present: the stream carried something else")
+        raise TransferFailed(
+            f"after load, image {pull.image[:19]} is not present: the stream carried something else"
+        )
     chain = chain_of(pull.image, images)
     await _clean_up(engine, before, report, keep=set(chain))
     for tag in pull.tags:

@@ -169,15 +169,15 @@ class _Packable:
     its items, so no re-encoding is needed)."""
 
     __slots__ = ("_packed",)
+    _packed: bytes
 
     def packed(self) -> bytes:
         try:
-            return self._packed  # type: ignore[no-any-return]
+            return self._packed
         except AttributeError:
             data: bytes = msgpack.packb(message_to_wire(self), use_bin_type=True)  # type: ignore[arg-type]
             object.__setattr__(self, "_packed", data)
             return data
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +240,9 @@ class Alive(_Packable):
     @classmethod
     def parse(cls, f: list[Any]) -> Alive:
         return cls(
-            _str(f[0], "alive node"), _str(f[1], "alive name"), _str(f[2], "alive addr"),
+            _str(f[0], "alive node"),
+            _str(f[1], "alive name"),
+            _str(f[2], "alive addr"),
             _int(f[3], "alive incarnation"),
         )
 
@@ -293,7 +295,9 @@ class ManifestUpdate(_Packable):
     @classmethod
     def parse(cls, f: list[Any]) -> ManifestUpdate:
         return cls(
-            _str(f[0], "update node"), _int(f[1], "update prev"), _int(f[2], "update version"),
+            _str(f[0], "update node"),
+            _int(f[1], "update prev"),
+            _int(f[2], "update version"),
             _entries(f[3]),
         )
 
@@ -340,8 +344,12 @@ class SummaryEntry:
         if state > 3:
             raise WireError("summary state: unknown member state")
         return cls(
-            _str(f[0], "summary node"), _str(f[1], "summary name"), _str(f[2], "summary addr"),
-            _int(f[3], "summary incarnation"), state, _int(f[5], "summary mversion"),
+            _str(f[0], "summary node"),
+            _str(f[1], "summary name"),
+            _str(f[2], "summary addr"),
+            _int(f[3], "summary incarnation"),
+            state,
+            _int(f[5], "summary mversion"),
         )
 
 
@@ -406,14 +414,23 @@ class ManifestDelta(_Packable):
 
     def fields(self) -> list[Any]:
         return [
-            self.node, self.since, self.version, self.full, self.floor, [e.to_wire() for e in self.entries],
+            self.node,
+            self.since,
+            self.version,
+            self.full,
+            self.floor,
+            [e.to_wire() for e in self.entries],
         ]
 
     @classmethod
     def parse(cls, f: list[Any]) -> ManifestDelta:
         return cls(
-            _str(f[0], "delta node"), _int(f[1], "delta since"), _int(f[2], "delta version"),
-            _bool(f[3], "delta full"), _int(f[4], "delta floor"), _entries(f[5]),
+            _str(f[0], "delta node"),
+            _int(f[1], "delta since"),
+            _int(f[2], "delta version"),
+            _bool(f[3], "delta full"),
+            _int(f[4], "delta floor"),
+            _entries(f[5]),
         )
 
 
@@ -444,14 +461,38 @@ class Metas(_Packable):
 
 
 Message: TypeAlias = (
-    Ping | Ack | PingReq | Alive | Suspect | Dead | ManifestUpdate | SyncDigest | SyncSummary
-    | SyncWant | ManifestDelta | MetaWant | Metas
+    Ping
+    | Ack
+    | PingReq
+    | Alive
+    | Suspect
+    | Dead
+    | ManifestUpdate
+    | SyncDigest
+    | SyncSummary
+    | SyncWant
+    | ManifestDelta
+    | MetaWant
+    | Metas
 )
 
 _PARSERS: dict[int, Any] = {
     cls.TYPE: cls
-    for cls in (Ping, Ack, PingReq, Alive, Suspect, Dead, ManifestUpdate, SyncDigest, SyncSummary,
-                SyncWant, ManifestDelta, MetaWant, Metas)
+    for cls in (
+        Ping,
+        Ack,
+        PingReq,
+        Alive,
+        Suspect,
+        Dead,
+        ManifestUpdate,
+        SyncDigest,
+        SyncSummary,
+        SyncWant,
+        ManifestDelta,
+        MetaWant,
+        Metas,
+    )
 }
 _ARITY: dict[int, int] = {t: len(dataclasses.fields(cls)) for t, cls in _PARSERS.items()}
 
@@ -494,11 +535,17 @@ _PACKER = msgpack.Packer(use_bin_type=True)
 
 def encode(envelope: Envelope) -> bytes:
     pack = _PACKER.pack
-    return b"".join((
-        _PACKER.pack_array_header(5), pack(PROTOCOL_VERSION), pack(envelope.sender), pack(envelope.addr),
-        _PACKER.pack_array_header(len(envelope.messages)), *(m.packed() for m in envelope.messages),
-        pack(envelope.incarnation),
-    ))
+    return b"".join(
+        (
+            _PACKER.pack_array_header(5),
+            pack(PROTOCOL_VERSION),
+            pack(envelope.sender),
+            pack(envelope.addr),
+            _PACKER.pack_array_header(len(envelope.messages)),
+            *(m.packed() for m in envelope.messages),
+            pack(envelope.incarnation),
+        )
+    )
 
 
 def decode(data: bytes, *, max_bytes: int) -> Envelope:
@@ -526,8 +573,13 @@ def decode(data: bytes, *, max_bytes: int) -> Envelope:
     if type(version) is not int:
         raise WireError("envelope: missing protocol version")
     if version != PROTOCOL_VERSION:
-        raise WireError(f"envelope: protocol version {version} not supported (this node speaks {PROTOCOL_VERSION})")
+        raise WireError(
+            f"envelope: protocol version {version} not supported (this node speaks {PROTOCOL_VERSION})"
+        )
     messages = tuple(message_from_wire(m) for m in _list(f[3], "messages"))
     return Envelope(
-        _str(f[1], "envelope sender"), _str(f[2], "envelope addr"), messages, _int(f[4], "envelope incarnation")
+        _str(f[1], "envelope sender"),
+        _str(f[2], "envelope addr"),
+        messages,
+        _int(f[4], "envelope incarnation"),
     )

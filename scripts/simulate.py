@@ -18,8 +18,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from mesh.config import Config  # noqa: E402
-from mesh.scenario import FleetScenario  # noqa: E402
+from mesh.config import Config
+from mesh.scenario import FleetScenario
 
 TARGETS = {
     "rounds_to_converge_p99": 12,
@@ -40,13 +40,21 @@ def main() -> int:
     args = parser.parse_args()
 
     started = time.monotonic()
-    scenario = FleetScenario(args.nodes, loss=args.loss, seed=args.seed, minutes=args.minutes,
-                             config=Config.lan(secret=b"simulated-cluster-secret"))
+    scenario = FleetScenario(
+        args.nodes,
+        loss=args.loss,
+        seed=args.seed,
+        minutes=args.minutes,
+        config=Config.lan(secret=b"simulated-cluster-secret"),
+    )
     summary = scenario.run().summary()
     summary["wall_seconds"] = round(time.monotonic() - started, 1)
 
-    print(f"cachemesh simulation: {args.nodes} nodes, {args.loss:.0%} loss, {args.minutes:g} simulated minutes, "
-          f"seed {args.seed}, LAN config", file=sys.stderr)
+    print(
+        f"cachemesh simulation: {args.nodes} nodes, {args.loss:.0%} loss, "
+        f"{args.minutes:g} simulated minutes, seed {args.seed}, LAN config",
+        file=sys.stderr,
+    )
     for key, value in summary.items():
         target = TARGETS.get(key)
         verdict = ""

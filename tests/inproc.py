@@ -12,11 +12,23 @@ from mesh.node import Node
 SECRET = b"inproc-test-secret-0123456789"
 
 
-async def start_node(workdir: Path, name: str, *, engine: FakeEngine | None = None, seeds: tuple[str, ...] = (),
-                     **overrides: Any) -> Node:
+async def start_node(
+    workdir: Path,
+    name: str,
+    *,
+    engine: FakeEngine | None = None,
+    seeds: tuple[str, ...] = (),
+    **overrides: Any,
+) -> Node:
     config = Config.local(
-        secret=SECRET, listen="127.0.0.1:0", status_listen="127.0.0.1:0", data_dir=str(workdir / name),
-        node_name=name, mdns=False, seeds=seeds, **overrides,
+        secret=SECRET,
+        listen="127.0.0.1:0",
+        status_listen="127.0.0.1:0",
+        data_dir=str(workdir / name),
+        node_name=name,
+        mdns=False,
+        seeds=seeds,
+        **overrides,
     )
     node = Node(config, engine or FakeEngine())
     await node.start()

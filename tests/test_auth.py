@@ -1,6 +1,14 @@
 import pytest
 
-from mesh.auth import HEADER_SIGNATURE, HEADER_TIME, AuthError, ReplayGuard, Signer, derive_key, verify_request
+from mesh.auth import (
+    HEADER_SIGNATURE,
+    HEADER_TIME,
+    AuthError,
+    ReplayGuard,
+    Signer,
+    derive_key,
+    verify_request,
+)
 
 KEY = derive_key(b"s" * 32, "prod")
 SIGNER = Signer(KEY, "prod", "node-a")
@@ -70,5 +78,7 @@ def test_responses_are_bound_to_the_request_nonce():
 def test_replay_guard_forgets_old_nonces_but_stays_bounded():
     guard = ReplayGuard(10.0, capacity=3)
     assert all(guard.check_and_remember(f"n{i}", 0.0) for i in range(5))
-    assert guard.check_and_remember("n0", 100.0)  # long expired: accepted (its timestamp is checked elsewhere)
+    assert guard.check_and_remember(
+        "n0", 100.0
+    )  # long expired: accepted (its timestamp is checked elsewhere)
     assert len(guard._seen) <= 3

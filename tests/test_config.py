@@ -7,9 +7,16 @@ SECRET = "0123456789abcdef0123456789abcdef"
 
 def test_env_vars_configure_everything_and_flags_win():
     env = {
-        "CACHEMESH_SECRET": SECRET, "CACHEMESH_LISTEN": "0.0.0.0:9000", "CACHEMESH_SEEDS": "a:1, b.example:2 ,c",
-        "CACHEMESH_MDNS": "false", "CACHEMESH_CLUSTER": "ci", "CACHEMESH_DATA_DIR": "/d", "CACHEMESH_NODE_NAME": "n",
-        "CACHEMESH_STATUS_LISTEN": "0.0.0.0:9001", "CACHEMESH_ADVERTISE": "10.0.0.5:9000", "DOCKER_HOST": "tcp://x:2375",
+        "CACHEMESH_SECRET": SECRET,
+        "CACHEMESH_LISTEN": "0.0.0.0:9000",
+        "CACHEMESH_SEEDS": "a:1, b.example:2 ,c",
+        "CACHEMESH_MDNS": "false",
+        "CACHEMESH_CLUSTER": "ci",
+        "CACHEMESH_DATA_DIR": "/d",
+        "CACHEMESH_NODE_NAME": "n",
+        "CACHEMESH_STATUS_LISTEN": "0.0.0.0:9001",
+        "CACHEMESH_ADVERTISE": "10.0.0.5:9000",
+        "DOCKER_HOST": "tcp://x:2375",
         "CACHEMESH_EXCLUDE": "cachemesh:*",
     }
     config = resolve({"cluster": "from-flag"}, env)
@@ -39,8 +46,9 @@ def test_no_secret_is_refused_unless_insecure(tmp_path):
         resolve({}, {}, secret_file=str(tmp_path / "missing"))
 
 
-@pytest.mark.parametrize("env", [{"CACHEMESH_MDNS": "maybe"}, {"CACHEMESH_LISTEN": "nohost"},
-                                 {"CACHEMESH_SEEDS": "a:99999"}])
+@pytest.mark.parametrize(
+    "env", [{"CACHEMESH_MDNS": "maybe"}, {"CACHEMESH_LISTEN": "nohost"}, {"CACHEMESH_SEEDS": "a:99999"}]
+)
 def test_malformed_settings_name_the_variable(env):
     with pytest.raises(ConfigError, match=next(iter(env))):
         resolve({}, {"CACHEMESH_SECRET": SECRET, **env})

@@ -35,9 +35,17 @@ def python_base_tar() -> Path:
     root = CACHE / "rootfs"
     shutil.rmtree(root, ignore_errors=True)
     subprocess.run(
-        ["debootstrap", "--variant=minbase", "--include=python3,python3-pip,python3-venv,ca-certificates",
-         "bookworm", str(root), "http://deb.debian.org/debian"],
-        check=True, capture_output=True, timeout=900,
+        [
+            "debootstrap",
+            "--variant=minbase",
+            "--include=python3,python3-pip,python3-venv,ca-certificates",
+            "bookworm",
+            str(root),
+            "http://deb.debian.org/debian",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=900,
     )
     shutil.copy(HOST_CA, root / "etc/ssl/certs/ca-certificates.crt")
     partial = target.with_suffix(".partial")
@@ -51,12 +59,28 @@ def python_base_tar() -> Path:
 def build_image(builder: Dockerd) -> None:
     with open(python_base_tar(), "rb") as fh:
         builder.cli(
-            "import", "--change", f"ENV PIP_CERT={HOST_CA}",
-            "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "-", BASE_TAG, input=fh.read(), timeout=600,
+            "import",
+            "--change",
+            f"ENV PIP_CERT={HOST_CA}",
+            "--change",
+            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "-",
+            BASE_TAG,
+            input=fh.read(),
+            timeout=600,
         )
-    builder.cli("build", "--network", "host", "--build-arg", f"BASE_IMAGE={BASE_TAG}", "-t", "cachemesh:test",
-                str(REPO), timeout=900, env={"DOCKER_BUILDKIT": "0"})
+    builder.cli(
+        "build",
+        "--network",
+        "host",
+        "--build-arg",
+        f"BASE_IMAGE={BASE_TAG}",
+        "-t",
+        "cachemesh:test",
+        str(REPO),
+        timeout=900,
+        env={"DOCKER_BUILDKIT": "0"},
+    )
 
 
 def test_container_joins_a_mesh_and_shares_cache(network, engines, workdir):
@@ -64,40 +88,88 @@ def test_container_joins_a_mesh_and_shares_cache(network, engines, workdir):
     build_image(builder)
     b_host = network.add_host("b")
     b_engine = engines("b", netns=b_host.netns)
-    b = NodeProcess("b", workdir, prefix=b_host.nsenter(), status=f"{b_host.address}:7612",
-                    env={"CACHEMESH_DOCKER_HOST": b_engine.host, "CACHEMESH_PRESET": "lan",
-                         "CACHEMESH_SEEDS": f"{network.subnet}.1:7611"}).wait_up()
+    b = NodeProcess(
+        "b",
+        workdir,
+        prefix=b_host.nsenter(),
+        status=f"{b_host.address}:7612",
+        env={
+            "CACHEMESH_DOCKER_HOST": b_engine.host,
+            "CACHEMESH_PRESET": "lan",
+            "CACHEMESH_SEEDS": f"{network.subnet}.1:7611",
+        },
+    ).wait_up()
     run = [
-        "run", "-d", "--name", "cachemesh", "--network", "host",
-        "-v", f"{builder.sock}:/var/run/docker.sock", "-v", "cachemesh-data:/var/lib/cachemesh",
-        "-e", f"CACHEMESH_SECRET={SECRET}", "-e", f"CACHEMESH_SEEDS={b_host.address}:7611",
-        "-e", "CACHEMESH_NODE_NAME=container", "-e", "CACHEMESH_EXCLUDE=cachemesh*",
-        "-e", "CACHEMESH_MDNS=false", "cachemesh:test",
+        "run",
+        "-d",
+        "--name",
+        "cachemesh",
+        "--network",
+        "host",
+        "-v",
+        f"{builder.sock}:/var/run/docker.sock",
+        "-v",
+        "cachemesh-data:/var/lib/cachemesh",
+        "-e",
+        f"CACHEMESH_SECRET={SECRET}",
+        "-e",
+        f"CACHEMESH_SEEDS={b_host.address}:7611",
+        "-e",
+        "CACHEMESH_NODE_NAME=container",
+        "-e",
+        "CACHEMESH_EXCLUDE=cachemesh*",
+        "-e",
+        "CACHEMESH_MDNS=false",
+        "cachemesh:test",
     ]
     try:
         builder.cli(*run)
-        wait_until(lambda: "container" in [p["name"] for p in b.api()["peers"] if p["state"] == "alive"], 30,
-                   what="b sees the container")
+        wait_until(
+            lambda: "container" in [p["name"] for p in b.api()["peers"] if p["state"] == "alive"],
+            30,
+            what="b sees the container",
+        )
 
         import_base(builder, "base:1")
-        builder.cli("build", "--network", "none", "-t", "from-container-host:1", "-",
-                    input=b"FROM base:1\nRUN echo built on the container host > /x\n")
+        builder.cli(
+            "build",
+            "--network",
+            "none",
+            "-t",
+            "from-container-host:1",
+            "-",
+            input=b"FROM base:1\nRUN echo built on the container host > /x\n",
+        )
         image = builder.image_id("from-container-host:1")
         wait_until(lambda: b_engine.image_id("from-container-host:1") == image, 15, what="image reaches b")
 
-        b_engine.cli("build", "--network", "none", "-t", "from-b:1", "-", input=b"FROM base:1\nRUN echo on b > /y\n")
+        b_engine.cli(
+            "build", "--network", "none", "-t", "from-b:1", "-", input=b"FROM base:1\nRUN echo on b > /y\n"
+        )
         image_b = b_engine.image_id("from-b:1")
-        wait_until(lambda: builder.image_id("from-b:1") == image_b, 15, what="image reaches the container's host")
+        wait_until(
+            lambda: builder.image_id("from-b:1") == image_b, 15, what="image reaches the container's host"
+        )
         assert b_engine.image_id("cachemesh:test") is None  # excluded by CACHEMESH_EXCLUDE
 
-        wait_until(lambda: builder.cli("inspect", "--format", "{{.State.Health.Status}}", "cachemesh")
-                   .stdout.strip() == "healthy", 60, 1.0, what="HEALTHCHECK healthy")
+        wait_until(
+            lambda: (
+                builder.cli("inspect", "--format", "{{.State.Health.Status}}", "cachemesh").stdout.strip()
+                == "healthy"
+            ),
+            60,
+            1.0,
+            what="HEALTHCHECK healthy",
+        )
         status = builder.cli("exec", "cachemesh", "cachemesh", "status", "--json").stdout
         assert '"ready": true' in status
 
         builder.cli("stop", "-t", "20", "cachemesh")
-        wait_until(lambda: [p["state"] for p in b.api()["peers"] if p["name"] == "container"] == ["left"], 10,
-                   what="b sees the container leave")
+        wait_until(
+            lambda: [p["state"] for p in b.api()["peers"] if p["name"] == "container"] == ["left"],
+            10,
+            what="b sees the container leave",
+        )
         assert "stopped" in builder.cli("logs", "cachemesh").stderr
     finally:
         builder.cli("rm", "-f", "cachemesh", check=False)

@@ -10,8 +10,8 @@ import pytest
 
 from mesh.engine import DockerEngine, EngineError, chain_of
 from mesh.fake_engine import FakeEngine
-from mesh.tarstream import TarReport, untagged
 from mesh.lab.dockerd import import_base
+from mesh.tarstream import TarReport, untagged
 
 
 class FakeKind:
@@ -22,8 +22,9 @@ class FakeKind:
     async def build(self, tag: str, steps: int) -> str:
         parent = self._base
         for i in range(steps):
-            parent = self.a.build(tag if i == steps - 1 else None, [f"{tag} step {i}".encode()], parent=parent,
-                                  created=1001 + i)
+            parent = self.a.build(
+                tag if i == steps - 1 else None, [f"{tag} step {i}".encode()], parent=parent, created=1001 + i
+            )
         return parent
 
     def close(self) -> None:
@@ -76,7 +77,9 @@ async def test_listing_shows_tags_parent_chain_and_layers(kind):
     chain = chain_of(image, {i: x.meta for i, x in images.items()})
     assert len(chain) == 3  # the image, one intermediate step, the base
     assert images[chain[-1]].tags == ("base:1",)
-    assert len(images[image].meta.layers) >= 1 and images[image].meta.size > 0 and images[image].meta.created > 0
+    assert (
+        len(images[image].meta.layers) >= 1 and images[image].meta.size > 0 and images[image].meta.created > 0
+    )
 
 
 async def test_save_by_id_then_load_restores_the_chain_without_tags(kind):

@@ -1,15 +1,26 @@
 import pytest
 
 from mesh.formulas import (
-    backoff, confirmations_expected, push_pull_scale, remaining_suspicion, retransmit_limit, smooth_rtt,
+    backoff,
+    confirmations_expected,
+    push_pull_scale,
+    remaining_suspicion,
+    retransmit_limit,
+    smooth_rtt,
     suspicion_timeout,
 )
 
 
 @pytest.mark.parametrize(
     "mult, n, interval, expected",
-    [(4, 1, 1.0, 4.0), (4, 10, 1.0, 4.0), (4, 100, 1.0, 8.0), (4, 1000, 1.0, 12.0), (4, 1000, 0.5, 6.0),
-     (5, 10_000, 1.0, 20.0)],
+    [
+        (4, 1, 1.0, 4.0),
+        (4, 10, 1.0, 4.0),
+        (4, 100, 1.0, 8.0),
+        (4, 1000, 1.0, 12.0),
+        (4, 1000, 0.5, 6.0),
+        (5, 10_000, 1.0, 20.0),
+    ],
 )
 def test_suspicion_timeout_grows_with_log_n(mult, n, interval, expected):
     assert suspicion_timeout(mult, n, interval) == pytest.approx(expected)
@@ -44,7 +55,9 @@ def test_retransmit_limit_never_drops_much_when_one_node_leaves():
     assert all(retransmit_limit(4, n) - retransmit_limit(4, n - 1) <= 1 for n in range(2, 5000))
 
 
-@pytest.mark.parametrize("n, expected", [(5, 10.0), (32, 10.0), (33, 20.0), (64, 20.0), (100, 30.0), (1000, 60.0)])
+@pytest.mark.parametrize(
+    "n, expected", [(5, 10.0), (32, 10.0), (33, 20.0), (64, 20.0), (100, 30.0), (1000, 60.0)]
+)
 def test_push_pull_interval_scales_past_32(n, expected):
     assert push_pull_scale(10.0, n) == expected
 

@@ -28,8 +28,11 @@ class MeshHost:
 def start_host(network, engines, workdir, name: str, seeds: str = "") -> MeshHost:
     host = network.add_host(name)
     engine = engines(name, netns=host.netns)
-    env = {"CACHEMESH_DOCKER_HOST": engine.host, "CACHEMESH_STATUS_LISTEN": f"{host.address}:7612",
-           "CACHEMESH_PRESET": "lan"}
+    env = {
+        "CACHEMESH_DOCKER_HOST": engine.host,
+        "CACHEMESH_STATUS_LISTEN": f"{host.address}:7612",
+        "CACHEMESH_PRESET": "lan",
+    }
     if seeds:
         env["CACHEMESH_SEEDS"] = seeds
     node = NodeProcess(name, workdir, env=env, prefix=host.nsenter(), status=f"{host.address}:7612").wait_up()
@@ -103,8 +106,12 @@ def test_buildkit_inline_cache_on_a_gives_cached_steps_on_b(two_hosts):
     build(a.engine, BUILDKIT, "bk:1", "--build-arg", "BUILDKIT_INLINE_CACHE=1", buildkit=True)
     built_at = time.monotonic()
     image = a.engine.image_id("bk:1")
-    wait_until(lambda: b.engine.image_id("bk:1") == image and b.engine.image_id("base:1"), 10, 0.05,
-               what="bk:1 and base:1 on B")
+    wait_until(
+        lambda: b.engine.image_id("bk:1") == image and b.engine.image_id("base:1"),
+        10,
+        0.05,
+        what="bk:1 and base:1 on B",
+    )
     print(f"buildkit: bk:1 reached B {time.monotonic() - built_at:.2f}s after the build on A finished")
 
     output = build(b.engine, BUILDKIT, "bk:1", "--cache-from", "bk:1", buildkit=True)

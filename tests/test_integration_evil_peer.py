@@ -22,14 +22,20 @@ async def test_a_real_engine_never_tags_a_bad_stream(workdir, engines, mode):
     own = real.image_id("app:1")
     before = await asyncio.to_thread(real.image_ids)
     evil = EvilEngine(mode)
-    wanted = evil.build("app:1", [b"layer " * 300], created=int(time.time()) + 3600)  # newer: the mesh wants it
+    wanted = evil.build(
+        "app:1", [b"layer " * 300], created=int(time.time()) + 3600
+    )  # newer: the mesh wants it
     evil.decoy = evil.build(None, [b"decoy " * 300])
     source = await start_node(workdir, "evil", engine=evil)
-    node = await start_node(workdir, "victim", engine=DockerEngine(real.host), seeds=(source.peer_addr,),
-                            max_attempts=2)
+    node = await start_node(
+        workdir, "victim", engine=DockerEngine(real.host), seeds=(source.peer_addr,), max_attempts=2
+    )
     try:
-        await async_wait_until(lambda: node.puller.failures.get(wanted) and node.puller.failures[wanted].attempts >= 2,
-                               30, what="two refused transfers")
+        await async_wait_until(
+            lambda: node.puller.failures.get(wanted) and node.puller.failures[wanted].attempts >= 2,
+            30,
+            what="two refused transfers",
+        )
         assert await asyncio.to_thread(real.image_id, "app:1") == own
         assert await asyncio.to_thread(real.image_ids) == before
         errors = " ".join(t.error for t in node.puller.recent)

@@ -28,7 +28,9 @@ async def test_an_image_built_on_one_node_reaches_the_other_with_its_chain_and_t
     base = ea.build("base:1", [b"rootfs"])
     mid = ea.build(None, [b"step 1"], parent=base)
     app = ea.build("app:1", [b"step 2"], parent=mid)
-    await async_wait_until(lambda: has_image(b, app, "app:1") and has_image(b, base, "base:1"), 10, what="app on b")
+    await async_wait_until(
+        lambda: has_image(b, app, "app:1") and has_image(b, base, "base:1"), 10, what="app on b"
+    )
     assert has_image(b, mid)  # the untagged intermediate came with the chain
     await async_wait_until(lambda: b.readiness.ready, 10, what="b ready")
     assert app in a.local.images  # nothing was taken away from the source
@@ -58,9 +60,17 @@ async def test_status_page_json_and_metrics(pair):
     assert "tool:1" in html and "<table>" in html and ">a<" in html
     assert content_type.startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(metrics)}  # parses: valid exposition format
-    assert {"cachemesh_transfer_bytes", "cachemesh_transfers", "cachemesh_peers", "cachemesh_gossip_rounds",
-            "cachemesh_ready", "cachemesh_images"} <= set(families)
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    assert {
+        "cachemesh_transfer_bytes",
+        "cachemesh_transfers",
+        "cachemesh_peers",
+        "cachemesh_gossip_rounds",
+        "cachemesh_ready",
+        "cachemesh_images",
+    } <= set(families)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples
+    }
     assert samples[("cachemesh_transfers_total", (("direction", "in"), ("outcome", "ok")))] == 1.0
     assert samples[("cachemesh_transfer_bytes_total", (("direction", "in"),))] > 0
     assert samples[("cachemesh_peers", (("state", "alive"),))] == 1.0
@@ -128,3 +138,27 @@ async def test_start_refuses_without_secret(tmp_path):
     from mesh.cli import main
 
     assert main(["run", "--data-dir", str(tmp_path)]) == 2
+
+
+async def test_wait_ready_and_healthcheck_exit_codes(workdir):
+    import subprocess
+    import sys
+
+    a = await start_node(workdir, "a", engine=FakeEngine())
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "mesh", *args], capture_output=True, text=True, timeout=30)
+
+    try:
+        await async_wait_until(lambda: a.readiness.ready, 10, what="a ready")
+        ok = await asyncio.to_thread(cli, "wait-ready", "--timeout", "5", "--status-addr", a.status_addr)
+        assert ok.returncode == 0 and "ready" in ok.stdout
+        health = await asyncio.to_thread(cli, "healthcheck", "--status-addr", a.status_addr)
+        assert health.returncode == 0
+        status = await asyncio.to_thread(cli, "status", "--status-addr", a.status_addr)
+        assert status.returncode == 0 and "Peers (0)" in status.stdout
+    finally:
+        await a.stop()
+    gone = await asyncio.to_thread(cli, "wait-ready", "--timeout", "1", "--status-addr", a.status_addr)
+    assert gone.returncode == 1 and "not ready after 1s" in gone.stderr
+    assert (await asyncio.to_thread(cli, "healthcheck", "--status-addr", a.status_addr)).returncode == 1

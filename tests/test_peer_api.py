@@ -25,8 +25,14 @@ async def mesh(workdir):
     await a.stop()
 
 
-def signed(body: bytes, *, secret: bytes = SECRET, cluster: str = "default", path: str = "/v1/gossip",
-           now: float | None = None) -> dict[str, str]:
+def signed(
+    body: bytes,
+    *,
+    secret: bytes = SECRET,
+    cluster: str = "default",
+    path: str = "/v1/gossip",
+    now: float | None = None,
+) -> dict[str, str]:
     signer = Signer(derive_key(secret, cluster), cluster, "attacker")
     headers = signer.sign_request("POST", path, body, time.time() if now is None else now)
     headers["Content-Type"] = "application/msgpack"
@@ -34,7 +40,10 @@ def signed(body: bytes, *, secret: bytes = SECRET, cluster: str = "default", pat
 
 
 async def post(addr, body, headers, path="/v1/gossip"):
-    async with aiohttp.ClientSession() as http, http.post(f"http://{addr}{path}", data=body, headers=headers) as r:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"http://{addr}{path}", data=body, headers=headers) as r,
+    ):
         payload = await r.read()
         try:
             return r.status, msgpack.unpackb(payload, raw=False)
@@ -75,7 +84,9 @@ async def test_malformed_but_signed_requests_get_400_with_the_reason(mesh):
     ]:
         status, reply = await post(a.peer_addr, body, signed(body))
         assert status == 400 and reason in reply["error"], (status, reply)
-    status, reply = await post(a.peer_addr, b"\x81\xa1x\x01", signed(b"\x81\xa1x\x01", path="/v1/save"), path="/v1/save")
+    status, reply = await post(
+        a.peer_addr, b"\x81\xa1x\x01", signed(b"\x81\xa1x\x01", path="/v1/save"), path="/v1/save"
+    )
     assert status == 400 and "malformed save request" in reply["error"]
     body = msgpack.packb({"image": "sha256:" + "1" * 64})
     status, reply = await post(a.peer_addr, body, signed(body, path="/v1/save"), path="/v1/save")
@@ -112,7 +123,9 @@ async def test_half_open_and_slow_clients_time_out_while_the_mesh_keeps_working(
         slow.append((reader, writer))
     started = time.monotonic()
     image = ea.build("during-attack:1", [b"payload"])
-    await async_wait_until(lambda: has_image(b, image, "during-attack:1"), 10, what="image shared during attack")
+    await async_wait_until(
+        lambda: has_image(b, image, "during-attack:1"), 10, what="image shared during attack"
+    )
     assert time.monotonic() - started < 10
     # The slow bodies get 408; the half-open connections are closed by the server.
     answers = await asyncio.gather(*(r.read(200) for r, _ in slow))

@@ -19,15 +19,27 @@ PEERS = {"a": Peer("a", True, 0.010), "b": Peer("b", True, 0.002), "c": Peer("c"
 
 def run(local=None, remote=None, **kw):
     args = dict(
-        local=local or {}, remote=remote or {}, metas=METAS, peers=PEERS, in_flight={}, failures={}, evicted={},
-        max_pulls=2, max_attempts=3, now=100.0,
+        local=local or {},
+        remote=remote or {},
+        metas=METAS,
+        peers=PEERS,
+        in_flight={},
+        failures={},
+        evicted={},
+        max_pulls=2,
+        max_attempts=3,
+        now=100.0,
     )
     args.update(kw)
     return plan(**args)
 
 
 def test_pulls_every_tagged_image_from_the_nearest_live_holder():
-    remote = {"a": {BASE: ("base:1",), OTHER: ("tool:1",)}, "b": {BASE: ("base:1",)}, "c": {OTHER: ("tool:1",)}}
+    remote = {
+        "a": {BASE: ("base:1",), OTHER: ("tool:1",)},
+        "b": {BASE: ("base:1",)},
+        "c": {OTHER: ("tool:1",)},
+    }
     p = run(remote=remote)
     assert [(x.image, x.source) for x in p.pulls] == [(BASE, "b"), (OTHER, "a")]  # b is nearer; c is dead
     assert p.missing == [BASE, OTHER] and not p.warm
@@ -79,8 +91,13 @@ def test_images_without_metadata_wait_and_held_images_make_a_node_warm():
 
 
 def test_local_manifest_shares_tagged_images_and_their_chains_only():
-    images = [(METAS[APP], ("app:1",)), (METAS[MID], ()), (METAS[BASE], ()), (METAS[OTHER], ()),
-              (METAS[APP2], ("secret:1",))]
+    images = [
+        (METAS[APP], ("app:1",)),
+        (METAS[MID], ()),
+        (METAS[BASE], ()),
+        (METAS[OTHER], ()),
+        (METAS[APP2], ("secret:1",)),
+    ]
     shared, metas = local_manifest(images, exclude=("secret:*",))
     assert shared == {APP: ("app:1",), MID: (), BASE: ()}
     assert set(metas) == set(shared)

@@ -55,8 +55,10 @@ def announce(net, node, n):
 
 def known_everywhere(nodes, origin, image):
     return all(
-        n is origin or image in n.core.manifests.replicas.get(origin.core.node_id, type("R", (), {"entries": {}})).entries
-        for n in nodes if n.up
+        n is origin
+        or image in n.core.manifests.replicas.get(origin.core.node_id, type("R", (), {"entries": {}})).entries
+        for n in nodes
+        if n.up
     )
 
 
@@ -72,7 +74,9 @@ def test_same_seed_same_run():
         net, nodes = cluster(10, loss=0.05, seed=3)
         announce(net, nodes[2], 5)
         net.run_until(net.now + 20)
-        return [(n.core.incarnation, n.core.manifests.version_of(nodes[2].core.node_id)) for n in nodes], net.traffic.messages
+        return [
+            (n.core.incarnation, n.core.manifests.version_of(nodes[2].core.node_id)) for n in nodes
+        ], net.traffic.messages
 
     assert trace() == trace()
 
@@ -96,8 +100,12 @@ def test_a_false_suspicion_is_refuted_with_a_higher_incarnation():
     before = accused.core.incarnation
     nodes[0].core.receive(
         type("E", (), {})  # placeholder replaced below
-        if False else __import__("mesh.wire", fromlist=["Envelope"]).Envelope(
-            nodes[1].core.node_id, nodes[1].addr, (Suspect(accused.core.node_id, before, nodes[1].core.node_id),), 1
+        if False
+        else __import__("mesh.wire", fromlist=["Envelope"]).Envelope(
+            nodes[1].core.node_id,
+            nodes[1].addr,
+            (Suspect(accused.core.node_id, before, nodes[1].core.node_id),),
+            1,
         ),
         net.now,
     )
@@ -105,7 +113,11 @@ def test_a_false_suspicion_is_refuted_with_a_higher_incarnation():
     assert state_of(nodes[0], accused) is State.SUSPECT
     run_until(net, lambda: all(state_of(n, accused) is State.ALIVE for n in nodes if n is not accused), 10)
     assert accused.core.incarnation > before
-    assert all(n.core.membership.members[accused.core.node_id].incarnation > before for n in nodes if n is not accused)
+    assert all(
+        n.core.membership.members[accused.core.node_id].incarnation > before
+        for n in nodes
+        if n is not accused
+    )
 
 
 def test_partition_then_heal_converges_members_and_manifests():
@@ -153,7 +165,11 @@ def test_leave_is_seen_at_once_and_during_a_partition_by_its_own_side():
     net2.heal()
     # After the heal both sides agree on every live member; the other side, which declared the
     # leaver dead during the partition, never resurrects it, and its own side still knows it left.
-    run_until(net2, lambda: all(state_of(x, y) is State.ALIVE for x in net2.live() for y in net2.live() if x is not y), 30)
+    run_until(
+        net2,
+        lambda: all(state_of(x, y) is State.ALIVE for x in net2.live() for y in net2.live() if x is not y),
+        30,
+    )
     net2.run_until(net2.now + 30)
     assert all(state_of(n, leaver) in (State.DEAD, State.LEFT) for n in side_b)
     assert all(state_of(n, leaver) is State.LEFT for n in side_a if n is not leaver)
@@ -165,8 +181,15 @@ def test_removed_images_leave_tombstones_that_spread():
     run_until(net, lambda: known_everywhere(nodes, nodes[1], image), 5)
     nodes[1].core.set_local_images({}, [], net.now)
     net.kick(nodes[1])
-    run_until(net, lambda: all(image not in n.core.manifests.replicas[nodes[1].core.node_id].entries
-                               for n in nodes if n is not nodes[1]), 5)
+    run_until(
+        net,
+        lambda: all(
+            image not in n.core.manifests.replicas[nodes[1].core.node_id].entries
+            for n in nodes
+            if n is not nodes[1]
+        ),
+        5,
+    )
 
 
 def test_a_joiner_into_a_busy_cluster_gets_every_manifest_by_delta():
@@ -176,7 +199,11 @@ def test_a_joiner_into_a_busy_cluster_gets_every_manifest_by_delta():
     late = net.add_node()
     late.core.join([nodes[4].addr], net.now)
     net.kick(late)
-    run_until(net, lambda: all(known_everywhere([late], node, image) for node, image in zip(nodes, images, strict=True)), 15)
+    run_until(
+        net,
+        lambda: all(known_everywhere([late], node, image) for node, image in zip(nodes, images, strict=True)),
+        15,
+    )
 
 
 @pytest.mark.slow

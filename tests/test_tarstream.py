@@ -1,3 +1,4 @@
+import asyncio
 import io
 import json
 import tarfile
@@ -17,15 +18,31 @@ def make_tar(entries, *, fmt=tarfile.USTAR_FORMAT):
     return buffer.getvalue()
 
 
-MANIFEST = json.dumps([{"Config": "ab" * 32 + ".json", "RepoTags": ["app:1"], "Layers": ["l/layer.tar"]}]).encode()
+MANIFEST = json.dumps(
+    [{"Config": "ab" * 32 + ".json", "RepoTags": ["app:1"], "Layers": ["l/layer.tar"]}]
+).encode()
 REPOS = json.dumps({"app": {"1": "ab" * 32}}).encode()
-INDEX = json.dumps({"manifests": [{"digest": "x", "annotations": {
-    "io.containerd.image.name": "docker.io/library/app:1", "org.opencontainers.image.ref.name": "1", "keep": "y"}}]}).encode()
+INDEX = json.dumps(
+    {
+        "manifests": [
+            {
+                "digest": "x",
+                "annotations": {
+                    "io.containerd.image.name": "docker.io/library/app:1",
+                    "org.opencontainers.image.ref.name": "1",
+                    "keep": "y",
+                },
+            }
+        ]
+    }
+).encode()
 
 
 async def run(data, chunk):
     async def source():
-        for i in range(0, len(data), chunk):
+        for n, i in enumerate(range(0, len(data), chunk)):
+            if n % 256 == 0:
+                await asyncio.sleep(0)  # a network source suspends between reads
             yield data[i : i + chunk]
 
     report = TarReport()
@@ -38,7 +55,9 @@ async def run(data, chunk):
 @pytest.mark.parametrize("chunk", [1, 100, 512, 4096, 1 << 20])
 async def test_tags_are_stripped_and_layers_pass_through_byte_for_byte(chunk):
     layer = bytes(range(256)) * 4000
-    data = make_tar([("l/layer.tar", layer), ("repositories", REPOS), ("manifest.json", MANIFEST), ("index.json", INDEX)])
+    data = make_tar(
+        [("l/layer.tar", layer), ("repositories", REPOS), ("manifest.json", MANIFEST), ("index.json", INDEX)]
+    )
     out, report = await run(data, chunk)
     tar = tarfile.open(fileobj=io.BytesIO(out))
     assert tar.extractfile("l/layer.tar").read() == layer

@@ -47,8 +47,11 @@ async def test_bad_sources_never_tag_or_remove_anything(workdir, mode):
     source = await start_node(workdir, "evil", engine=evil)
     node = await start_node(workdir, "victim", engine=receiver, seeds=(source.peer_addr,), max_attempts=2)
     try:
-        await async_wait_until(lambda: node.puller.failures.get(image) and node.puller.failures[image].attempts >= 2,
-                               20, what="two failed attempts")
+        await async_wait_until(
+            lambda: node.puller.failures.get(image) and node.puller.failures[image].attempts >= 2,
+            20,
+            what="two failed attempts",
+        )
         tags = {i.meta.id: i.tags for i in await receiver.images()}
         assert image not in tags
         assert tags[keep] == ("app:1",) and tags[mine] == ("mine:1",)  # untouched, tag not moved
@@ -71,7 +74,9 @@ async def test_a_failed_source_is_avoided_and_an_honest_one_is_used(workdir):
     receiver = FakeEngine()
     node = await start_node(workdir, "r", engine=receiver, seeds=(source_bad.peer_addr,))
     try:
-        await async_wait_until(lambda: has_image(node, image, "app:1"), 20, what="pulled from the honest peer")
+        await async_wait_until(
+            lambda: has_image(node, image, "app:1"), 20, what="pulled from the honest peer"
+        )
         good = [t for t in node.puller.recent if t.outcome == "ok"]
         assert good and good[0].peer_name == "good"
     finally:

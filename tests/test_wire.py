@@ -3,8 +3,25 @@ import pytest
 
 from mesh import wire
 from mesh.wire import (
-    Ack, Alive, Dead, Entry, Envelope, ImageMeta, ManifestDelta, ManifestUpdate, Metas, MetaWant, MsgType, Ping,
-    PingReq, Suspect, SummaryEntry, SyncDigest, SyncSummary, SyncWant, WireError,
+    Ack,
+    Alive,
+    Dead,
+    Entry,
+    Envelope,
+    ImageMeta,
+    ManifestDelta,
+    ManifestUpdate,
+    Metas,
+    MetaWant,
+    MsgType,
+    Ping,
+    PingReq,
+    SummaryEntry,
+    Suspect,
+    SyncDigest,
+    SyncSummary,
+    SyncWant,
+    WireError,
 )
 
 D1 = "sha256:" + "ab" * 32
@@ -41,7 +58,14 @@ def test_core_handles_every_wire_type():
 
 
 def test_trailing_fields_from_newer_peers_are_ignored():
-    payload = [1, "n", "a:1", [[int(MsgType.PING), 5, "t", "a field from the future"]], 0, "future envelope field"]
+    payload = [
+        1,
+        "n",
+        "a:1",
+        [[int(MsgType.PING), 5, "t", "a field from the future"]],
+        0,
+        "future envelope field",
+    ]
     envelope = wire.decode(msgpack.packb(payload), max_bytes=1 << 20)
     assert envelope.messages == (Ping(5, "t"),)
 

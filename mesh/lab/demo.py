@@ -69,14 +69,24 @@ def main() -> int:
             engines.append(engine)
             seeds = f"{network.hosts[0].address}:7611" if index else ""
             env = {
-                "CACHEMESH_DOCKER_HOST": engine.host, "CACHEMESH_SECRET": secret, "CACHEMESH_PRESET": "lan",
-                "CACHEMESH_STATUS_LISTEN": f"{host.address}:7612", "CACHEMESH_SEEDS": seeds,
+                "CACHEMESH_DOCKER_HOST": engine.host,
+                "CACHEMESH_SECRET": secret,
+                "CACHEMESH_PRESET": "lan",
+                "CACHEMESH_STATUS_LISTEN": f"{host.address}:7612",
+                "CACHEMESH_SEEDS": seeds,
             }
-            nodes.append(NodeProcess(name, workdir, env=env, prefix=host.nsenter(), status=f"{host.address}:7612"))
+            nodes.append(
+                NodeProcess(name, workdir, env=env, prefix=host.nsenter(), status=f"{host.address}:7612")
+            )
         for node in nodes:
             node.wait_up()
-        wait_until(lambda: all(len([p for p in n.api()["peers"] if p["state"] == "alive"]) == args.hosts - 1
-                               for n in nodes), 30, what="all hosts see each other")
+        wait_until(
+            lambda: all(
+                len([p for p in n.api()["peers"] if p["state"] == "alive"]) == args.hosts - 1 for n in nodes
+            ),
+            30,
+            what="all hosts see each other",
+        )
         say("Mesh is up. Status pages (open them in a browser on this machine):")
         for node in nodes:
             say(f"  {node.name}: http://{node.status}/")
@@ -89,12 +99,17 @@ def main() -> int:
         (context / "app.txt").write_text("hello from the sample app\n")
         say("host1: building sample:1 (classic builder, two slow dependency steps)...")
         cold, _ = build(engines[0], context, "sample:1")
-        image = engines[0].image_id("sample:1")
+        image = engines[0].image_id("sample:1") or ""
         say(f"host1: built sample:1 ({image[7:19]}) in {cold:.1f}s")
         built_at = time.monotonic()
         for node, engine in zip(nodes[1:], engines[1:], strict=True):
-            wait_until(lambda e=engine: e.image_id("sample:1") == image, 60, 0.05, what=f"sample:1 on {node.name}")
-            say(f"{node.name}: has sample:1 with its parent chain, {time.monotonic() - built_at:.1f}s after the build")
+
+            def arrived(e: Dockerd = engine) -> bool:
+                return e.image_id("sample:1") == image
+
+            wait_until(arrived, 60, 0.05, what=f"sample:1 on {node.name}")
+            elapsed = time.monotonic() - built_at
+            say(f"{node.name}: has sample:1 with its parent chain, {elapsed:.1f}s after the build")
         say()
         say("host2: rebuilding the same Dockerfile...")
         warm, output = build(engines[1], context, "sample:1")

@@ -39,8 +39,17 @@ class Dockerd:
     def start(self, timeout: float = 60.0) -> Dockerd:
         self.root.mkdir(parents=True, exist_ok=True)
         cmd = [
-            "dockerd", "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
-            "-H", self.host, "--pidfile", str(self.root / "pid"), "--bridge=none", "--iptables=false",
+            "dockerd",
+            "--data-root",
+            str(self.root / "data"),
+            "--exec-root",
+            str(self.root / "exec"),
+            "-H",
+            self.host,
+            "--pidfile",
+            str(self.root / "pid"),
+            "--bridge=none",
+            "--iptables=false",
             "--ip6tables=false" if _supports_ip6tables() else "--ipv6=false",
         ]
         if self.netns:
@@ -56,16 +65,29 @@ class Dockerd:
             raise RuntimeError(f"dockerd {self.name} exited: {self.log.read_text()[-2000:]}")
         return self.sock.exists() and self.cli("version", check=False).returncode == 0
 
-    def cli(self, *args: str, check: bool = True, env: dict[str, str] | None = None, input: bytes | None = None,
-            timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self,
+        *args: str,
+        check: bool = True,
+        env: dict[str, str] | None = None,
+        input: bytes | None = None,
+        timeout: float = 300.0,
+    ) -> subprocess.CompletedProcess[str]:
         full_env = {**os.environ, "DOCKER_HOST": self.host, **(env or {})}
         full_env.pop("DOCKER_CONTEXT", None)
         result = subprocess.run(
-            [DOCKER_CLI, *args], env=full_env, input=input.decode("latin-1") if input is not None else None,
-            capture_output=True, text=True, timeout=timeout, encoding="latin-1",
+            [DOCKER_CLI, *args],
+            env=full_env,
+            input=input.decode("latin-1") if input is not None else None,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            encoding="latin-1",
         )
         if check and result.returncode != 0:
-            raise RuntimeError(f"docker {' '.join(args)} failed: {result.stdout[-2000:]}{result.stderr[-2000:]}")
+            raise RuntimeError(
+                f"docker {' '.join(args)} failed: {result.stdout[-2000:]}{result.stderr[-2000:]}"
+            )
         return result
 
     def image_id(self, ref: str) -> str | None:

@@ -19,29 +19,43 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class NodeProcess:
-    def __init__(self, name: str, workdir: Path, *, env: dict[str, str], prefix: list[str] | None = None,
-                 status: str) -> None:
+    def __init__(
+        self, name: str, workdir: Path, *, env: dict[str, str], prefix: list[str] | None = None, status: str
+    ) -> None:
         self.name = name
         self.workdir = workdir
         self.status = status
         self.log = workdir / f"{name}.log"
         workdir.mkdir(parents=True, exist_ok=True)
         full_env = {
-            **os.environ, "CACHEMESH_SECRET": SECRET, "CACHEMESH_NODE_NAME": name, "CACHEMESH_MDNS": "false",
-            "CACHEMESH_DATA_DIR": str(workdir / f"{name}-data"), "CACHEMESH_STATUS_LISTEN": status,
-            "CACHEMESH_PRESET": "local", "PYTHONPATH": str(REPO), "CACHEMESH_LOG_LEVEL": "info", **env,
+            **os.environ,
+            "CACHEMESH_SECRET": SECRET,
+            "CACHEMESH_NODE_NAME": name,
+            "CACHEMESH_MDNS": "false",
+            "CACHEMESH_DATA_DIR": str(workdir / f"{name}-data"),
+            "CACHEMESH_STATUS_LISTEN": status,
+            "CACHEMESH_PRESET": "local",
+            "PYTHONPATH": str(REPO),
+            "CACHEMESH_LOG_LEVEL": "info",
+            **env,
         }
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [*(prefix or []), sys.executable, "-m", "mesh", "run"], env=full_env, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True, cwd=str(REPO),
+                [*(prefix or []), sys.executable, "-m", "mesh", "run"],
+                env=full_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=str(REPO),
             )
 
     def get(self, path: str, timeout: float = 3.0) -> tuple[int, Any]:
         try:
             with urllib.request.urlopen(f"http://{self.status}{path}", timeout=timeout) as r:
                 body = r.read()
-                return r.status, json.loads(body) if r.headers.get_content_type() == "application/json" else body
+                return r.status, json.loads(
+                    body
+                ) if r.headers.get_content_type() == "application/json" else body
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"{}")
 

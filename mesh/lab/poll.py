@@ -10,7 +10,9 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_until(condition: Callable[[], T], timeout: float, interval: float = 0.1, what: str = "condition") -> T:
+def wait_until(
+    condition: Callable[[], T], timeout: float, interval: float = 0.1, what: str = "condition"
+) -> T:
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while True:
@@ -18,7 +20,7 @@ def wait_until(condition: Callable[[], T], timeout: float, interval: float = 0.1
             value = condition()
             if value:
                 return value
-        except Exception as exc:  # noqa: BLE001 - keep polling; report the last error on timeout
+        except Exception as exc:
             last_error = exc
         if time.monotonic() >= deadline:
             detail = f" (last error: {last_error!r})" if last_error else ""

@@ -1,0 +1,111 @@
+"""Twenty real node processes over HTTP on loopback agree with the simulator's figures.
+
+The engine is the in-memory one (`--docker-host memory://`), which the conformance suite checks
+against a real dockerd; everything else is the real node: processes, HTTP, signing, timers.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import time
+import urllib.request
+
+import pytest
+
+from mesh.config import Config
+from mesh.lab.nodes import NodeProcess
+from mesh.lab.poll import wait_until
+from mesh.scenario import FleetScenario
+
+pytestmark = [pytest.mark.slow]
+
+N = 20
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.fixture
+def mesh(workdir):
+    ports = free_ports(2 * N)
+    nodes: list[NodeProcess] = []
+    seed = f"127.0.0.1:{ports[0]}"
+    try:
+        for i in range(N):
+            env = {
+                "CACHEMESH_DOCKER_HOST": "memory://",
+                "CACHEMESH_PRESET": "lan",
+                "CACHEMESH_LISTEN": f"127.0.0.1:{ports[2 * i]}",
+                "CACHEMESH_SEEDS": seed if i else "",
+                "CACHEMESH_LOG_LEVEL": "warning",
+            }
+            nodes.append(NodeProcess(f"n{i:02d}", workdir, env=env, status=f"127.0.0.1:{ports[2 * i + 1]}"))
+        for node in nodes:
+            node.wait_up()
+        wait_until(
+            lambda: all(sum(p["state"] == "alive" for p in n.api()["peers"]) == N - 1 for n in nodes),
+            60,
+            0.5,
+            what="every node sees 19 alive peers",
+        )
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def simulated(config: Config) -> dict[str, float]:
+    return FleetScenario(N, loss=0.0, seed=1, minutes=10, config=config).run().summary()
+
+
+def knows(node: NodeProcess, tag: str) -> bool:
+    return any(tag in image["tags"] for image in node.api()["images"])
+
+
+def test_convergence_and_failure_detection_match_the_simulator(mesh):
+    config = Config.lan(secret=b"simulated-cluster-secret")
+    sim = simulated(config)
+    sim_converge = sim["rounds_to_converge_p99"] * config.gossip_interval
+    sim_detect = sim["seconds_to_detect_failure_max"]
+
+    rng = random.Random(5)
+    converge = []
+    for i in range(5):
+        origin = rng.choice(mesh)
+        tag = f"fresh{i}:1"
+        request = urllib.request.Request(f"http://{origin.status}/lab/build?tag={tag}", method="POST")
+        urllib.request.urlopen(request, timeout=5).read()
+        started = time.monotonic()
+        wait_until(lambda t=tag: all(knows(n, t) for n in mesh), 30, 0.05, what=f"{tag} everywhere")
+        converge.append(time.monotonic() - started)
+
+    victim = mesh[7]
+    victim.stop(sig=9)
+    crashed = time.monotonic()
+    others = [n for n in mesh if n is not victim]
+
+    def all_see_dead() -> bool:
+        return all(
+            any(p["name"] == victim.name and p["state"] == "dead" for p in n.api()["peers"]) for n in others
+        )
+
+    wait_until(all_see_dead, 60, 0.25, what="everyone marks the crashed node dead")
+    detect = time.monotonic() - crashed
+    print(
+        f"real: convergence max {max(converge):.2f}s (each {', '.join(f'{c:.2f}' for c in converge)}), "
+        f"detection {detect:.1f}s; simulator at {N} nodes: convergence p99 {sim_converge:.2f}s, "
+        f"detection max {sim_detect:.1f}s"
+    )
+    # Within reason: the real mesh adds HTTP, scheduling on 2 cores and polling of 20 status pages.
+    assert max(converge) <= 2 * sim_converge + 1.5
+    assert detect <= 1.5 * sim_detect + 3
+    for n in others:
+        assert all(p["state"] == "alive" for p in n.api()["peers"] if p["name"] != victim.name)
