@@ -14,7 +14,7 @@ from typing import Any
 
 from mesh.broadcast import BroadcastQueue
 from mesh.config import Config
-from mesh.events import Event, PeerForgotten, State
+from mesh.events import Event, PeerForgotten, PeerStateChanged, State
 from mesh.formulas import push_pull_scale, retransmit_limit
 from mesh.gossip import Manifests
 from mesh.membership import Member, Membership
@@ -74,6 +74,7 @@ class MeshCore:
         # same moment (a fleet booting) are not in the first summary it gets, and rumours about them
         # die out at nodes that already know them.
         self._bootstrap_syncs = 3
+        self._catch_up: str | None = None
         self._events_seen = 0
         self._handlers: dict[type, Callable[[str, str, Any, float], None]] = {
             Ping: lambda src, sender, m, now: self.membership.on_ping(src, m),
@@ -110,7 +111,7 @@ class MeshCore:
         self.membership.on_contact(sender, src, envelope.incarnation, now)
         for message in envelope.messages:
             self._handlers[type(message)](src, sender, message, now)
-        self._after_events()
+        self._after_events(now)
 
     def join(self, addrs: Iterable[str], now: float) -> None:
         """Contact candidate addresses (seeds, mDNS) that are not live members yet."""
@@ -134,11 +135,14 @@ class MeshCore:
 
     def tick(self, now: float) -> None:
         self.membership.tick(now)
-        if now >= self._next_gossip:
+        if now >= self._next_gossip and len(self.rumours):
             self._gossip()
             self._next_gossip = max(self._next_gossip + self.config.gossip_interval, now)
         if now >= self._next_push_pull:
-            target = self.membership.random_live(1)
+            revived = self.membership.members.get(self._catch_up or "")
+            self._catch_up = None
+            live = revived is not None and revived.state in (State.ALIVE, State.SUSPECT)
+            target = [revived] if live else self.membership.random_live(1)  # type: ignore[list-item]
             if target and not self.membership.leaving:
                 self.out.send(target[0].addr, SyncDigest(self._digest()))
                 self.stats["push_pulls"] += 1
@@ -158,16 +162,20 @@ class MeshCore:
         if now >= self._next_maintenance:
             self._maintenance(now)
             self._next_maintenance = now + 1.0
-        self._after_events()
+        self._after_events(now)
 
     def next_deadline(self) -> float:
-        return min(
+        deadline = min(
             self.membership.next_deadline(),
-            self._next_gossip,
             self._next_push_pull,
             self._next_reconnect,
             self._next_maintenance,
         )
+        # Gossip rounds only matter when there is something to say: an idle node does not wake up
+        # five times a second. A rumour that arrives goes out at the next round.
+        if len(self.rumours):
+            deadline = min(deadline, self._next_gossip)
+        return deadline
 
     def _gossip(self) -> None:
         if not len(self.rumours):
@@ -205,12 +213,25 @@ class MeshCore:
             self.out.send(source, SyncWant(((node, since),)))
         self.rumours.prune(retransmit_limit(self.config.retransmit_mult, self.membership.size))
 
-    def _after_events(self) -> None:
+    def _after_events(self, now: float) -> None:
         new = self.events[self._events_seen :]
         self._events_seen = len(self.events)
         for event in new:
             if isinstance(event, PeerForgotten):
                 self.manifests.forget(event.node)
+            elif (
+                isinstance(event, PeerStateChanged)
+                and event.new is State.ALIVE
+                and event.old in (State.DEAD, State.LEFT)
+            ):
+                # A member we had declared dead is back (a partition healed, a node restarted): it
+                # has missed what we know and we what it knows, so sync with it soon rather than at
+                # the next periodic push-pull. One catch-up per burst of revivals.
+                if self._catch_up is None:
+                    self._next_push_pull = min(
+                        self._next_push_pull, now + self.rng.random() * self.config.probe_interval
+                    )
+                self._catch_up = event.node
 
     # --- outputs ----------------------------------------------------------------------------
 

@@ -86,6 +86,7 @@ class Manifests:
         self._events = events
         self._expiry: deque[tuple[float, Replica, str, int]] = deque()
         self._meta_asked: dict[str, float] = {}
+        self._gapped: dict[str, None] = {}  # nodes whose copy is behind a rumoured version
 
     @property
     def own(self) -> Replica:
@@ -162,6 +163,7 @@ class Manifests:
                 replica.gap_since, replica.gap_source = now, src
             elif replica.gap_since is None:
                 replica.gap_since, replica.gap_source = now, src
+            self._gapped[msg.node] = None
         key = ("u", msg.node, msg.version)
         if first_time:
             self._rumours.push(key, msg)
@@ -181,10 +183,14 @@ class Manifests:
 
     def gaps_to_repair(self, now: float, delay: float) -> list[tuple[str, str, int]]:
         """(peer to ask, node, known version) for copies that have been behind a rumour too long.
-        The caller may redirect the ask when that peer is gone."""
+        The caller may redirect the ask when that peer is gone. Only copies with a gap are looked
+        at: a thousand-node cluster has a thousand copies on every node."""
         out = []
-        for node, replica in self.replicas.items():
-            if replica.gap_since is not None and now - replica.gap_since >= delay:
+        for node in list(self._gapped):
+            replica = self.replicas.get(node)
+            if replica is None or replica.gap_since is None:
+                del self._gapped[node]
+            elif now - replica.gap_since >= delay:
                 out.append((replica.gap_source, node, replica.version))
                 replica.gap_since = now  # ask again only after another `delay`
         return out

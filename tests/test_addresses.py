@@ -9,7 +9,9 @@ def test_a_specific_listen_host_is_advertised_as_is():
 
 
 def test_the_route_towards_the_first_seed_wins(monkeypatch):
-    monkeypatch.setattr(addresses, "_source_address_towards", lambda host: "10.0.0.7" if host == "127.0.0.1" else None)
+    monkeypatch.setattr(
+        addresses, "_source_address_towards", lambda host: "10.0.0.7" if host == "127.0.0.1" else None
+    )
     monkeypatch.setattr(addresses, "interface_addresses", lambda: ["127.0.0.1", "192.168.9.9"])
     assert derive_advertise("0.0.0.0:7611", ("localhost:7611",)) == "10.0.0.7:7611"
 

@@ -147,7 +147,9 @@ async def test_wait_ready_and_healthcheck_exit_codes(workdir):
     a = await start_node(workdir, "a", engine=FakeEngine())
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "mesh", *args], capture_output=True, text=True, timeout=30)
+        return subprocess.run(
+            [sys.executable, "-m", "mesh", *args], capture_output=True, text=True, timeout=30
+        )
 
     try:
         await async_wait_until(lambda: a.readiness.ready, 10, what="a ready")

@@ -25,10 +25,20 @@ async def test_status_page_renders_in_chromium(workdir):
         await async_wait_until(lambda: b.readiness.ready and b.local.images, 10, what="beta warm")
         with tempfile.TemporaryDirectory() as profile:
             proc = await asyncio.create_subprocess_exec(
-                CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                f"--user-data-dir={profile}", "--dump-dom", f"http://{b.status_addr}/",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--dump-dom",
+                f"http://{b.status_addr}/",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
             )
             dom, _ = await asyncio.wait_for(proc.communicate(), 60)
         html = dom.decode()
