@@ -141,8 +141,9 @@ class MeshCore:
         if now >= self._next_push_pull:
             revived = self.membership.members.get(self._catch_up or "")
             self._catch_up = None
-            live = revived is not None and revived.state in (State.ALIVE, State.SUSPECT)
-            target = [revived] if live else self.membership.random_live(1)  # type: ignore[list-item]
+            target: list[Member] = self.membership.random_live(1)
+            if revived is not None and revived.state in (State.ALIVE, State.SUSPECT):
+                target = [revived]
             if target and not self.membership.leaving:
                 self.out.send(target[0].addr, SyncDigest(self._digest()))
                 self.stats["push_pulls"] += 1
