@@ -38,11 +38,22 @@ class Network:
         self.subnet = subnet
         self.bridge = f"cmbr{self.tag}"
         self.hosts: list[Host] = []
+        self._clear_leftovers()
         ip("link", "add", self.bridge, "type", "bridge")
         ip("addr", "add", f"{subnet}.1/24", "dev", self.bridge)
         ip("link", "set", self.bridge, "up")
         # A dockerd with iptables on elsewhere may have set FORWARD to DROP; let the bridge pass.
         subprocess.run(["iptables", "-I", "FORWARD", "-i", self.bridge, "-j", "ACCEPT"], capture_output=True)
+
+    def _clear_leftovers(self) -> None:
+        """A run that was killed hard leaves its bridge and namespaces behind; same names, same run."""
+        prefix = f"cm{self.tag}"
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        for line in listed.splitlines():
+            name = line.split()[0] if line.split() else ""
+            if name.startswith(prefix):
+                ip("netns", "del", name, check=False)
+        ip("link", "del", self.bridge, check=False)
 
     def add_host(self, name: str) -> Host:
         index = len(self.hosts)
