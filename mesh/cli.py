@@ -127,8 +127,6 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"cachemesh: {exc}", file=sys.stderr)
         return 2
-    if config.mdns:
-        logging.getLogger("cachemesh").debug("mDNS discovery requested")
     return asyncio.run(_serve(config))
 
 

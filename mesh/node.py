@@ -27,6 +27,7 @@ from mesh.discovery import resolve_seeds
 from mesh.engine import DockerEngine, Engine, EngineError, chain_of
 from mesh.events import ManifestChanged, MetaLearned, PeerJoined, PeerStateChanged, State
 from mesh.local_images import LocalImages
+from mesh.mdns import MdnsDiscovery, mdns_usable
 from mesh.metrics import Metrics
 from mesh.peer_client import PeerClient, PeerError
 from mesh.peer_server import PeerServer, SaveRefused, Served
@@ -64,6 +65,8 @@ class Node:
         self.core: MeshCore
         self.puller: Puller
         self.serving: dict[int, Transfer] = {}
+        self.mdns: MdnsDiscovery | None = None
+        self.candidates: set[str] = set()  # addresses found by mDNS
         self.peer_addr = ""
         self.status_addr = ""
         self._wake = asyncio.Event()
@@ -103,6 +106,15 @@ class Node:
             auth_window=self.config.auth_window,
             max_saves=self.config.max_transfers_out,
         )
+        if self.config.mdns and mdns_usable(self.advertise):
+            self.mdns = MdnsDiscovery(
+                self.config.cluster, self.node_id, self.config.node_name, self.advertise, self._found
+            )
+            try:
+                await self.mdns.start()
+            except (OSError, ValueError) as exc:
+                log.warning("mDNS unavailable (%s): finding peers through --seeds only", exc)
+                self.mdns = None
         self.peer_server = peer
         self.peer_addr = await self._serve(peer.app, peer_sock)
         self.status_addr = await self._serve(status_app(self), status_sock)
@@ -157,6 +169,8 @@ class Node:
                     await asyncio.gather(
                         *(self._send(addr, notice) for addr in peers), return_exceptions=True
                     )
+        if self.mdns is not None:
+            await self.mdns.stop()  # an mDNS goodbye: other browsers drop this node at once
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -318,10 +332,20 @@ class Node:
     def _on_pull_done(self) -> None:
         self.puller.poke()
 
+    def _found(self, addr: str) -> None:
+        """mDNS saw a peer: join it now, and keep it as a candidate like a seed."""
+        if addr != self.advertise:
+            self.candidates.add(addr)
+            self.core.join([addr], time.monotonic())
+            self.wake()
+
     async def _discovery_loop(self) -> None:
+        # Seeds are resolved again every round (a DNS name may change); the core skips addresses
+        # that are already live members and retries the others at most every reconnect_interval.
         while True:
-            if self.config.seeds:
-                addrs = await resolve_seeds(self.config.seeds)
+            addrs = await resolve_seeds(self.config.seeds) if self.config.seeds else []
+            addrs += sorted(self.candidates)
+            if addrs:
                 self.core.join([a for a in addrs if a != self.advertise], time.monotonic())
                 self.wake()
             await asyncio.sleep(self.config.reconnect_interval)

@@ -44,7 +44,7 @@ class Readiness:
             return "scanning local images"
         live = core.membership.live_ids()
         if not core.synced_with_peer:
-            if node.config.seeds or live:
+            if node.config.seeds or live or node.candidates:
                 return "joining the mesh"
             if time.time() - node.started < node.config.join_grace:
                 return "looking for peers"

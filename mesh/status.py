@@ -102,6 +102,11 @@ def build_status(node: Node) -> dict[str, Any]:
             "engine": node.config.docker_host,
             "engine_available": node.local.available,
         },
+        "discovery": {
+            "seeds": list(node.config.seeds),
+            "mdns": node.mdns is not None,
+            "mdns_found": sorted(node.mdns.found.values()) if node.mdns is not None else [],
+        },
         "ready": ready,
         "ready_reason": reason,
         "missing": [] if plan is None else plan.missing,

@@ -218,3 +218,43 @@ def test_simulator_at_200_nodes_meets_the_1000_node_bars():
     assert summary["seconds_to_converge_after_heal"] is not None
     assert summary["seconds_to_converge_after_heal"] <= 30
     assert summary["injections_not_converged"] == 0 and summary["crashes_not_detected"] == 0
+
+
+def test_image_metadata_is_content_addressed_and_fetched_once_per_node():
+    net, nodes = cluster(10)
+    shared = [ImageMeta(digest(500 + i), "", (digest(600 + i),), 10, 1000 + i) for i in range(5)]
+    for node in nodes:
+        node.core.set_local_images({m.id: (f"shared{i}:1",) for i, m in enumerate(shared)}, shared, net.now)
+        net.kick(node)
+    net.run_until(net.now + 10)
+    late = net.add_node()
+    asked: list[str] = []
+
+    def spy(src, dst, envelope):
+        if src == late.addr:
+            asked.extend(i for m in envelope.messages if type(m).__name__ == "MetaWant" for i in m.images)
+        return False
+
+    net.drop_hook = spy
+    late.core.join([nodes[0].addr], net.now)
+    net.kick(late)
+    run_until(net, lambda: all(m.id in late.core.manifests.metas for m in shared), 15)
+    net.run_until(net.now + 5)
+    assert sorted(asked) == sorted(m.id for m in shared)  # 10 holders, each description fetched once
+
+
+def test_large_state_is_split_into_messages_under_the_cap():
+    from mesh import wire
+    from mesh.core import MeshCore
+
+    config = CONFIG.replace(max_message_bytes=32 * 1024)  # the summary (~61 kB) cannot fit one
+    core = MeshCore(config, "me", "me", "10.0.0.1:1", now=0.0)
+    for i in range(1500):
+        core.membership.on_alive(wire.Alive(f"node-{i:05d}", f"host-{i}", f"10.1.{i // 250}.{i % 250}:7611", 1), 0.0)
+    core.drain()
+    core.receive(wire.Envelope("peer", "10.9.9.9:1", (wire.SyncDigest((0,) * 64),), 1), 1.0)
+    out = core.drain()
+    sizes = [len(wire.encode(o.envelope)) for o in out]
+    summaries = [m for o in out for m in o.envelope.messages if isinstance(m, wire.SyncSummary)]
+    assert len(out) > 1 and max(sizes) <= config.max_message_bytes
+    assert sum(len(s.entries) for s in summaries) == 1501
