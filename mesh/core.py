@@ -19,7 +19,7 @@ from mesh.formulas import push_pull_scale, retransmit_limit
 from mesh.gossip import Manifests
 from mesh.membership import Member, Membership
 from mesh.outbox import Outbox, Outgoing
-from mesh.sync import compute_digest, differing, split_by_size, summary_entries
+from mesh.sync import DigestCache, differing, split_by_size, summary_entries
 from mesh.wire import (
     Ack,
     Alive,
@@ -60,8 +60,14 @@ class MeshCore:
         self.rumours = BroadcastQueue()
         self.out = Outbox(node_id, addr, config.max_message_bytes)
         me = Member(node_id, name, addr, incarnation, State.ALIVE, now)
-        self.membership = Membership(config, me, self.rng, self.out, self.rumours, self.events)
-        self.manifests = Manifests(config, node_id, manifest_version, self.out, self.rumours, self.events)
+        self.digest = DigestCache()
+        self.digest.mark(node_id)
+        self.membership = Membership(
+            config, me, self.rng, self.out, self.rumours, self.events, self.digest.mark
+        )
+        self.manifests = Manifests(
+            config, node_id, manifest_version, self.out, self.rumours, self.events, self.digest.mark
+        )
         self.synced_with_peer = False
         self.stats = {"gossip_rounds": 0, "push_pulls": 0, "probes": 0}
         jitter = self.rng.random
@@ -213,6 +219,17 @@ class MeshCore:
                     source = anyone[0].addr
             self.out.send(source, SyncWant(((node, since),)))
         self.rumours.prune(retransmit_limit(self.config.retransmit_mult, self.membership.size))
+        asks: dict[str, list[str]] = {}
+        for image in self.manifests.stale_meta_asks(now):
+            holders = self.manifests.holders_of(image)
+            if not holders:
+                self.manifests.forget_meta_ask(image)  # nobody holds it any more
+                continue
+            alive = [h for h in holders if h in m.members and m.members[h].state is State.ALIVE]
+            if alive:
+                asks.setdefault(m.members[self.rng.choice(alive)].addr, []).append(image)
+        for addr, images in asks.items():
+            self.out.send(addr, MetaWant(tuple(images)))
 
     def _after_events(self, now: float) -> None:
         new = self.events[self._events_seen :]
@@ -249,7 +266,7 @@ class MeshCore:
     # --- anti-entropy ----------------------------------------------------------------------
 
     def _digest(self) -> tuple[int, ...]:
-        return compute_digest(self.membership.members.values(), self.manifests.version_of)
+        return self.digest.value(self.membership.members, self.manifests.version_of)
 
     def _summaries(self, buckets: list[int], reply: bool) -> list[SyncSummary]:
         entries = summary_entries(self.membership.members.values(), buckets, self.manifests.version_of)

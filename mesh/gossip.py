@@ -17,7 +17,7 @@ its stamp. So "everything after version v" is a small delta, and any copy can se
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from mesh.broadcast import BroadcastQueue
@@ -76,9 +76,11 @@ class Manifests:
         outbox: Outbox,
         rumours: BroadcastQueue,
         events: list[Event],
+        touched: Callable[[str], None] = lambda node: None,
     ) -> None:
         self.config = config
         self.self_id = self_id
+        self._touched = touched  # a manifest version may have changed (digest upkeep)
         self.replicas: dict[str, Replica] = {self_id: Replica(initial_version, initial_version)}
         self.metas: dict[str, ImageMeta] = {}
         self._out = outbox
@@ -95,14 +97,6 @@ class Manifests:
     def version_of(self, node: str) -> int:
         replica = self.replicas.get(node)
         return replica.version if replica is not None else 0
-
-    def holders(self) -> dict[str, list[str]]:
-        """image ID -> nodes holding it (by this node's view)."""
-        out: dict[str, list[str]] = {}
-        for node, replica in self.replicas.items():
-            for image in replica.entries:
-                out.setdefault(image, []).append(node)
-        return out
 
     # --- the local manifest ------------------------------------------------------------
 
@@ -124,6 +118,7 @@ class Manifests:
         changes.extend((image, None) for image in own.entries if image not in images)
         if not changes:
             return False
+        self._touched(self.self_id)
         own = self.own
         prev = own.version
         own.version += 1
@@ -148,6 +143,7 @@ class Manifests:
         replica = self.replicas.setdefault(msg.node, Replica())
         if msg.version <= replica.version:
             return
+        self._touched(msg.node)
         first_time = msg.version not in replica.heard
         changed = False
         for entry in msg.changes:
@@ -205,16 +201,17 @@ class Manifests:
         state = (replica.version, replica.floor, replica.revision)
         if replica.deltas_state != state:
             replica.deltas, replica.deltas_state = {}, state
-        cached = replica.deltas.get(since)
+        key = -1 if since < replica.floor else since  # every full copy is the same message
+        cached = replica.deltas.get(key)
         if cached is None:
-            cached = replica.deltas[since] = self._build_delta(node, replica, since)
+            cached = replica.deltas[key] = self._build_delta(node, replica, since)
         return cached
 
     @staticmethod
     def _build_delta(node: str, replica: Replica, since: int) -> ManifestDelta:
         if since < replica.floor:
             entries = tuple(Entry(i, tags, stamp) for i, (tags, stamp) in replica.entries.items())
-            return ManifestDelta(node, since, replica.version, True, replica.floor, entries)
+            return ManifestDelta(node, 0, replica.version, True, replica.floor, entries)
         changed = [Entry(i, tags, stamp) for i, (tags, stamp) in replica.entries.items() if stamp > since]
         changed.extend(Entry(i, None, stamp) for i, stamp in replica.tombs.items() if stamp > since)
         return ManifestDelta(node, since, replica.version, False, replica.floor, tuple(changed))
@@ -225,15 +222,22 @@ class Manifests:
         replica = self.replicas.setdefault(msg.node, Replica())
         if msg.version <= replica.version:
             return
+        self._touched(msg.node)
         changed = False
-        if msg.full:
-            keep = {e.image for e in msg.entries}
-            for image in [i for i in replica.entries if i not in keep]:
-                changed |= replica.apply(
-                    Entry(image, None, msg.version), now, self._expiry, self.config.tombstone_ttl
-                )
-        for entry in msg.entries:
-            changed |= replica.apply(entry, now, self._expiry, self.config.tombstone_ttl)
+        if msg.full and not replica.entries and not replica.tombs:
+            # A first full copy (a node joining learns every manifest this way): nothing to reconcile.
+            replica.entries = {e.image: (e.tags, e.stamp) for e in msg.entries if e.tags is not None}
+            replica.revision += 1
+            changed = bool(replica.entries)
+        else:
+            if msg.full:
+                keep = {e.image for e in msg.entries}
+                for image in [i for i in replica.entries if i not in keep]:
+                    changed |= replica.apply(
+                        Entry(image, None, msg.version), now, self._expiry, self.config.tombstone_ttl
+                    )
+            for entry in msg.entries:
+                changed |= replica.apply(entry, now, self._expiry, self.config.tombstone_ttl)
         if msg.full or msg.since <= replica.version:
             # A copy that was behind missed an update, so others may have too: pass on a bare notice
             # so they pull it now rather than at their next sync. A new copy (a node joining) stays
@@ -276,9 +280,23 @@ class Manifests:
                 self.metas[meta.id] = meta
                 self._events.append(MetaLearned(meta.id))
 
-    def missing_metas(self) -> list[str]:
-        """Images some node holds whose metadata has not arrived (to re-ask after a lost reply)."""
-        return [i for r in self.replicas.values() for i in r.entries if i not in self.metas]
+    def stale_meta_asks(self, now: float) -> list[str]:
+        """Images whose metadata was asked for and never came (a lost reply): ask again elsewhere."""
+        horizon = now - 4 * self.config.probe_interval
+        stale = [image for image, asked in self._meta_asked.items() if asked <= horizon]
+        for image in stale:
+            self._meta_asked[image] = now
+        return stale
+
+    def forget_meta_ask(self, image: str) -> None:
+        self._meta_asked.pop(image, None)
+
+    def holders_of(self, image: str) -> list[str]:
+        return [
+            node
+            for node, replica in self.replicas.items()
+            if image in replica.entries and node != self.self_id
+        ]
 
     # --- time ----------------------------------------------------------------------------
 
@@ -296,6 +314,7 @@ class Manifests:
         replica = self.replicas.pop(node, None)
         if replica is None:
             return
+        self._touched(node)
         referenced = {i for r in self.replicas.values() for i in r.entries}
         for image in [i for i in replica.entries if i not in referenced]:
             self.metas.pop(image, None)

@@ -10,6 +10,7 @@ the shared BroadcastQueue; the full-state exchange lives in `sync`.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mesh.broadcast import BroadcastQueue
@@ -80,9 +81,11 @@ class Membership:
         outbox: Outbox,
         rumours: BroadcastQueue,
         events: list[Event],
+        touched: Callable[[str], None] = lambda node: None,
     ) -> None:
         self.config = config
         self.me = me
+        self._touched = touched  # a member's incarnation or state may have changed (digest upkeep)
         self.members: dict[str, Member] = {me.id: me}
         self.by_addr: dict[str, str] = {}  # address -> member ID, for joins and seeds
         self.leaving = False
@@ -163,6 +166,7 @@ class Membership:
     # --- state changes -------------------------------------------------------------------
 
     def _set_state(self, m: Member, new: State, now: float) -> None:
+        self._touched(m.id)
         old = m.state
         if old is new:
             return
@@ -208,6 +212,7 @@ class Membership:
         self._rumours.push(("m", node), message)
 
     def _refute(self, accused_incarnation: int) -> None:
+        self._touched(self.me.id)
         self.me.incarnation = max(self.me.incarnation, accused_incarnation) + 1
         self._rumour(self.me.id, self.alive_message())
 
@@ -215,6 +220,7 @@ class Membership:
         return Alive(self.me.id, self.me.name, self.me.addr, self.me.incarnation)
 
     def on_alive(self, msg: Alive, now: float, *, rumour_new: bool = True) -> None:
+        self._touched(msg.node)
         if msg.node == self.me.id:
             stale_view = msg.incarnation > self.me.incarnation or (
                 msg.incarnation == self.me.incarnation and msg.addr != self.me.addr
@@ -258,6 +264,7 @@ class Membership:
             self.on_alive(Alive(node, m.name, addr, incarnation), now)
 
     def on_suspect(self, msg: Suspect, now: float) -> None:
+        self._touched(msg.node)
         m = self.members.get(msg.node)
         if m is None or msg.incarnation < m.incarnation:
             return
@@ -294,6 +301,7 @@ class Membership:
         self._rumour(m.id, msg)
 
     def on_dead(self, msg: Dead, now: float) -> None:
+        self._touched(msg.node)
         m = self.members.get(msg.node)
         if m is None or msg.incarnation < m.incarnation or m.state is State.LEFT:
             return
@@ -417,6 +425,7 @@ class Membership:
         for node in [n for n in self._gone if self.members[n].since < reap_before]:
             self._gone.pop(node, None)
             gone = self.members.pop(node)
+            self._touched(node)
             if self.by_addr.get(gone.addr) == node:
                 del self.by_addr[gone.addr]
             self._events.append(PeerForgotten(node))

@@ -45,6 +45,34 @@ def compute_digest(members: Iterable[Member], mversion_of: Callable[[str], int])
     return tuple(buckets)
 
 
+class DigestCache:
+    """The digest kept up to date incrementally: a member whose incarnation, state or manifest version
+    may have changed is marked, and only marked members are re-hashed (a thousand-node digest is
+    asked for every few seconds; recomputing it each time dominated the simulator)."""
+
+    def __init__(self) -> None:
+        self._buckets = [0] * DIGEST_BUCKETS
+        self._contrib: dict[str, tuple[int, int]] = {}
+        self._dirty: dict[str, None] = {}
+
+    def mark(self, node: str) -> None:
+        self._dirty[node] = None
+
+    def value(self, members: dict[str, Member], mversion_of: Callable[[str], int]) -> tuple[int, ...]:
+        buckets = self._buckets
+        for node in self._dirty:
+            old = self._contrib.pop(node, None)
+            if old is not None:
+                buckets[old[0]] ^= old[1]
+            m = members.get(node)
+            if m is not None and m.state in _LIVE:
+                bucket, value = bucket_of(node), _member_hash(m, mversion_of(node))
+                buckets[bucket] ^= value
+                self._contrib[node] = (bucket, value)
+        self._dirty.clear()
+        return tuple(buckets)
+
+
 def differing(mine: tuple[int, ...], theirs: tuple[int, ...]) -> list[int]:
     return [i for i in range(DIGEST_BUCKETS) if mine[i] != theirs[i]]
 

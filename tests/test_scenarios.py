@@ -258,3 +258,37 @@ def test_large_state_is_split_into_messages_under_the_cap():
     summaries = [m for o in out for m in o.envelope.messages if isinstance(m, wire.SyncSummary)]
     assert len(out) > 1 and max(sizes) <= config.max_message_bytes
     assert sum(len(s.entries) for s in summaries) == 1501
+
+
+def test_the_incremental_digest_always_equals_a_full_recompute():
+    from mesh.sync import compute_digest
+
+    net, nodes = cluster(16, loss=0.05, seed=21)
+    for i, node in enumerate(nodes[:6]):
+        announce(net, node, 700 + i)
+    net.crash(nodes[3].addr)
+    net.partition([[n.addr for n in nodes[:8]], [n.addr for n in nodes[8:]]])
+    for _ in range(4):
+        net.run_until(net.now + 15)
+        for node in net.live():
+            core = node.core
+            assert core._digest() == compute_digest(core.membership.members.values(), core.manifests.version_of)
+        net.heal()
+
+
+def test_a_lost_metadata_reply_is_asked_for_again():
+    net, nodes = cluster(6)
+    dropped = []
+    until = net.now + 6  # longer than the rumour lives, so only the re-ask can recover
+
+    def drop_metas(src, dst, envelope):
+        if dst == nodes[5].addr and net.now < until and any(type(m).__name__ == "Metas" for m in envelope.messages):
+            dropped.append(src)
+            return True
+        return False
+
+    net.drop_hook = drop_metas
+    image = announce(net, nodes[0], 42)
+    net.run_until(until)
+    assert dropped and image not in nodes[5].core.manifests.metas
+    run_until(net, lambda: image in nodes[5].core.manifests.metas, 10)
