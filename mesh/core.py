@@ -142,7 +142,7 @@ class MeshCore:
     def tick(self, now: float) -> None:
         self.membership.tick(now)
         if now >= self._next_gossip and len(self.rumours):
-            self._gossip()
+            self._gossip(now)
             self._next_gossip = max(self._next_gossip + self.config.gossip_interval, now)
         if now >= self._next_push_pull:
             revived = self.membership.members.get(self._catch_up or "")
@@ -184,7 +184,7 @@ class MeshCore:
             deadline = min(deadline, self._next_gossip)
         return deadline
 
-    def _gossip(self) -> None:
+    def _gossip(self, now: float) -> None:
         if not len(self.rumours):
             return
         self.stats["gossip_rounds"] += 1
@@ -197,7 +197,7 @@ class MeshCore:
             first = first or messages
             for message in messages:
                 self.out.send(target.addr, message)
-        dead = self.membership.recently_dead_target()
+        dead = self.membership.recently_dead_target(now)
         if dead is not None:
             for message in first:
                 self.out.send(dead.addr, message)
@@ -220,14 +220,15 @@ class MeshCore:
             self.out.send(source, SyncWant(((node, since),)))
         self.rumours.prune(retransmit_limit(self.config.retransmit_mult, self.membership.size))
         asks: dict[str, list[str]] = {}
-        for image in self.manifests.stale_meta_asks(now):
-            holders = self.manifests.holders_of(image)
-            if not holders:
-                self.manifests.forget_meta_ask(image)  # nobody holds it any more
-                continue
-            alive = [h for h in holders if h in m.members and m.members[h].state is State.ALIVE]
-            if alive:
-                asks.setdefault(m.members[self.rng.choice(alive)].addr, []).append(image)
+        for named_by, image in self.manifests.stale_meta_asks(now):
+            holder = m.members.get(named_by)
+            if holder is None or holder.state is not State.ALIVE:
+                holders = [h for h in self.manifests.holders_of(image) if h in m.members]
+                if not holders:
+                    self.manifests.forget_meta_ask(image)  # nobody holds it any more
+                    continue
+                holder = m.members[self.rng.choice(holders)]
+            asks.setdefault(holder.addr, []).append(image)
         for addr, images in asks.items():
             self.out.send(addr, MetaWant(tuple(images)))
 

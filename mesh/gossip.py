@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from mesh.broadcast import BroadcastQueue
 from mesh.config import Config
 from mesh.events import Event, ManifestChanged, MetaLearned
+from mesh.formulas import backoff
 from mesh.outbox import Outbox
 from mesh.wire import Entry, ImageMeta, ManifestDelta, ManifestUpdate, MetaWant, SyncWant, Tags, encoded_size
 
@@ -67,6 +68,13 @@ class Replica:
         return True
 
 
+@dataclass(slots=True)
+class _MetaAsk:
+    origin: str  # whose manifest named the image: it holds the image, so it has the metadata
+    due: float  # ask again then if nothing came
+    attempts: int
+
+
 class Manifests:
     def __init__(
         self,
@@ -87,7 +95,7 @@ class Manifests:
         self._rumours = rumours
         self._events = events
         self._expiry: deque[tuple[float, Replica, str, int]] = deque()
-        self._meta_asked: dict[str, float] = {}
+        self._meta_asks: dict[str, _MetaAsk] = {}
         self._gapped: dict[str, None] = {}  # nodes whose copy is behind a rumoured version
 
     @property
@@ -169,7 +177,7 @@ class Manifests:
                 self._rumours.push(key, msg)  # the full rumour supersedes a notice of the same version
         if changed:
             self._events.append(ManifestChanged(msg.node))
-            self._want_metas(src, (e.image for e in msg.changes if e.tags is not None), now)
+            self._want_metas(src, msg.node, (e.image for e in msg.changes if e.tags is not None), now)
 
     @staticmethod
     def _advance_heard(replica: Replica) -> None:
@@ -253,20 +261,22 @@ class Manifests:
                 )
         if changed:
             self._events.append(ManifestChanged(msg.node))
-            self._want_metas(src, (e.image for e in msg.entries if e.tags is not None), now)
+            self._want_metas(src, msg.node, (e.image for e in msg.entries if e.tags is not None), now)
 
     # --- metas ---------------------------------------------------------------------------
 
-    def _want_metas(self, src: str, images: Iterable[str], now: float) -> None:
-        retry_after = now - 4 * self.config.probe_interval
+    def _want_metas(self, src: str, origin: str, images: Iterable[str], now: float) -> None:
         missing = []
         for image in images:
             if image in self.metas:
                 continue
-            asked = self._meta_asked.get(image)
-            if asked is not None and asked > retry_after:
+            ask = self._meta_asks.get(image)
+            if ask is not None and ask.due > now:
                 continue
-            self._meta_asked[image] = now
+            if ask is None:
+                self._meta_asks[image] = _MetaAsk(origin, now + 4 * self.config.probe_interval, 1)
+            else:
+                ask.due = now + 4 * self.config.probe_interval
             missing.append(image)
         if missing:
             self._out.send(src, MetaWant(tuple(missing)))
@@ -276,20 +286,23 @@ class Manifests:
 
     def on_metas(self, metas: Iterable[ImageMeta]) -> None:
         for meta in metas:
-            if meta.id not in self.metas and self._meta_asked.pop(meta.id, None) is not None:
+            if meta.id not in self.metas and self._meta_asks.pop(meta.id, None) is not None:
                 self.metas[meta.id] = meta
                 self._events.append(MetaLearned(meta.id))
 
-    def stale_meta_asks(self, now: float) -> list[str]:
-        """Images whose metadata was asked for and never came (a lost reply): ask again elsewhere."""
-        horizon = now - 4 * self.config.probe_interval
-        stale = [image for image, asked in self._meta_asked.items() if asked <= horizon]
-        for image in stale:
-            self._meta_asked[image] = now
+    def stale_meta_asks(self, now: float) -> list[tuple[str, str]]:
+        """(origin, image) for metadata asked for that never came: the peer that told us may not have
+        had it yet, or the reply was lost. Ask the origin, which holds the image, with backoff."""
+        stale = []
+        for image, ask in self._meta_asks.items():
+            if ask.due <= now:
+                ask.attempts += 1
+                ask.due = now + backoff(ask.attempts, 4 * self.config.probe_interval, 60.0)
+                stale.append((ask.origin, image))
         return stale
 
     def forget_meta_ask(self, image: str) -> None:
-        self._meta_asked.pop(image, None)
+        self._meta_asks.pop(image, None)
 
     def holders_of(self, image: str) -> list[str]:
         return [

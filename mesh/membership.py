@@ -10,6 +10,7 @@ the shared BroadcastQueue; the full-state exchange lives in `sync`.
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -102,7 +103,7 @@ class Membership:
         # Ordered dicts rather than sets wherever iteration order reaches the RNG or the outbox:
         # string hashing is salted per process, and the simulator must replay a seed exactly.
         self._gone: dict[str, None] = {}  # dead or left, until reaped
-        self._recent_dead: list[str] = []  # dead within gossip_to_dead_time
+        self._recent_dead: deque[str] = deque()  # in order of death; stale entries skipped when picked
         self._suspects: dict[str, None] = {}
         self._suspicion_due = float("inf")  # earliest suspicion deadline (may be stale-early, never late)
         self._probe_order: list[str] = []
@@ -154,14 +155,19 @@ class Membership:
         """k random live members to gossip to."""
         return [self.members[i] for i in self._rng.sample(self._live, min(len(self._live), k))]
 
-    def recently_dead_target(self) -> Member | None:
+    def _recently_dead(self, node: str, now: float) -> bool:
+        m = self.members.get(node)
+        return m is not None and m.state is State.DEAD and m.since > now - self.config.gossip_to_dead_time
+
+    def recently_dead_target(self, now: float) -> Member | None:
         """One recently dead member, so a falsely-declared node hears of it and refutes
         (memberlist's GossipToTheDeadTime). It is sent a copy of a live target's rumours, spending
         none of their transmits: after a partition hundreds may be dead, and the live spread must
         not shrink."""
         if not self._recent_dead:
             return None
-        return self.members[self._rng.choice(self._recent_dead)]
+        node = self._recent_dead[self._rng.randrange(len(self._recent_dead))]
+        return self.members[node] if self._recently_dead(node, now) else None
 
     # --- state changes -------------------------------------------------------------------
 
@@ -182,12 +188,8 @@ class Membership:
             self._gone[m.id] = None
             if new is State.DEAD:
                 self._recent_dead.append(m.id)
-        elif new is State.LEFT and m.id in self._recent_dead:
-            self._recent_dead.remove(m.id)
         elif live_after and not live_before:
-            self._gone.pop(m.id, None)
-            if m.id in self._recent_dead:
-                self._recent_dead.remove(m.id)
+            self._gone.pop(m.id, None)  # (a stale entry in _recent_dead is skipped when picked)
             self._add_live(m.id)
         if new is not State.SUSPECT:
             m.suspicion = None
@@ -414,15 +416,17 @@ class Membership:
         if self._relays:  # indirect probes nobody answered; precision does not matter here
             for seq in [s for s, r in self._relays.items() if now >= r.deadline]:
                 del self._relays[seq]
-        horizon = now - self.config.gossip_to_dead_time
-        if self._recent_dead:
-            self._recent_dead = [
-                n
-                for n in self._recent_dead
-                if self.members[n].state is State.DEAD and self.members[n].since > horizon
-            ]
+        # Both lists are in order of death, so only their fronts need looking at.
+        recent = self._recent_dead
+        while recent and not self._recently_dead(recent[0], now):
+            recent.popleft()
         reap_before = now - self.config.dead_reap_time
-        for node in [n for n in self._gone if self.members[n].since < reap_before]:
+        expired = []
+        for node in self._gone:
+            if self.members[node].since >= reap_before:
+                break
+            expired.append(node)
+        for node in expired:
             self._gone.pop(node, None)
             gone = self.members.pop(node)
             self._touched(node)

@@ -92,6 +92,7 @@ class FleetScenario:
             for i in range(200)
         ]
         self.images: dict[str, dict[str, tuple[str, ...]]] = {}
+        self.all_metas: dict[str, ImageMeta] = {m.id: m for m in self.catalog}
         self._next_image = 1_000_000
         self._sides: dict[str, int] | None = None  # node ID -> side, from partition until views agree
         self._incarnations: dict[str, int] = {}
@@ -215,12 +216,16 @@ class FleetScenario:
 
     # --- injections, crashes -----------------------------------------------------------------
 
+    def metas_of(self, images: dict[str, tuple[str, ...]]) -> list[ImageMeta]:
+        return [self.all_metas[i] for i in images if i in self.all_metas]
+
     def _inject(self) -> tuple[float, str, str]:
         node = self.rng.choice(self.net.live())
         self._next_image += 1
         image = _digest(self._next_image)
         meta = ImageMeta(image, "", (_digest(self._next_image + 1_000_000),), 10_000_000, 1_800_000_000)
         self.images[node.addr][image] = (f"fresh{self._next_image}:latest",)
+        self.all_metas[image] = meta
         node.core.set_local_images(self.images[node.addr], [meta], self.net.now)
         self.net.kick(node)
         return self.net.now, node.core.node_id, image
@@ -270,7 +275,7 @@ class FleetScenario:
         self._crashed.pop(addr, None)
         self._restarted_at[node.core.node_id] = self.net.now
         node.core.join(self.seeds.get(addr, []), self.net.now)
-        node.core.set_local_images(self.images[addr], [], self.net.now)
+        node.core.set_local_images(self.images[addr], self.metas_of(self.images[addr]), self.net.now)
         self.net.kick(node)
 
     # --- false positives ----------------------------------------------------------------------
