@@ -255,10 +255,13 @@ class Manifests:
             if msg.full:
                 replica.floor = max(replica.floor, msg.floor)
             self._advance_heard(replica)
-            if missed:
-                self._rumours.push(
-                    ("u", msg.node, msg.version), ManifestUpdate(msg.node, msg.since, msg.version, ())
-                )
+            key = ("u", msg.node, msg.version)
+            if missed and key not in self._rumours:
+                # Small deltas travel inline, like the original rumour; big ones as a bare notice.
+                update = ManifestUpdate(msg.node, msg.since, msg.version, () if msg.full else msg.entries)
+                if update.changes and encoded_size(update) > self.config.rumour_inline_bytes:
+                    update = ManifestUpdate(msg.node, msg.since, msg.version, ())
+                self._rumours.push(key, update)
         if changed:
             self._events.append(ManifestChanged(msg.node))
             self._want_metas(src, msg.node, (e.image for e in msg.entries if e.tags is not None), now)
