@@ -55,6 +55,7 @@ class MeshCore:
         rng: random.Random | None = None,
     ) -> None:
         self.config = config
+        self._node_id = node_id
         self.rng = rng or random.Random()
         self.events: list[Event] = []
         self.rumours = BroadcastQueue()
@@ -102,7 +103,7 @@ class MeshCore:
 
     @property
     def node_id(self) -> str:
-        return self.membership.me.id
+        return self._node_id
 
     @property
     def incarnation(self) -> int:
@@ -112,7 +113,7 @@ class MeshCore:
 
     def receive(self, envelope: Envelope, now: float) -> None:
         src, sender = envelope.addr, envelope.sender
-        if sender == self.node_id:
+        if sender == self._node_id:
             return
         self.membership.on_contact(sender, src, envelope.incarnation, now)
         for message in envelope.messages:

@@ -151,13 +151,13 @@ class Manifests:
         replica = self.replicas.setdefault(msg.node, Replica())
         if msg.version <= replica.version:
             return
-        self._touched(msg.node)
         first_time = msg.version not in replica.heard
         changed = False
         for entry in msg.changes:
             changed |= replica.apply(entry, now, self._expiry, self.config.tombstone_ttl)
         if msg.changes and msg.prev == replica.version:
             replica.version = msg.version
+            self._touched(msg.node)
             self._advance_heard(replica)
         elif first_time:
             replica.heard.add(msg.version)
@@ -230,7 +230,6 @@ class Manifests:
         replica = self.replicas.setdefault(msg.node, Replica())
         if msg.version <= replica.version:
             return
-        self._touched(msg.node)
         changed = False
         if msg.full and not replica.entries and not replica.tombs:
             # A first full copy (a node joining learns every manifest this way): nothing to reconcile.
@@ -252,6 +251,7 @@ class Manifests:
             # quiet, or every join would rumour the whole cluster's versions.
             missed = replica.version > 0 and msg.version not in replica.heard
             replica.version = msg.version
+            self._touched(msg.node)
             if msg.full:
                 replica.floor = max(replica.floor, msg.floor)
             self._advance_heard(replica)

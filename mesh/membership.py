@@ -24,7 +24,7 @@ from mesh.formulas import (
     suspicion_timeout,
 )
 from mesh.outbox import Outbox
-from mesh.wire import Ack, Alive, Dead, Ping, PingReq, Suspect
+from mesh.wire import Ack, Alive, Dead, Ping, PingReq, SummaryEntry, Suspect
 
 
 @dataclass(slots=True)
@@ -52,6 +52,7 @@ class Member:
     rtt: float | None = None
     heard: float = float("-inf")  # when it last reached us directly
     suspicion: Suspicion | None = None
+    summary: SummaryEntry | None = field(default=None, repr=False)  # reused while unchanged
     digest_key: tuple[int, int, int] | None = field(default=None, repr=False)
     digest_hash: int = field(default=0, repr=False)
 
@@ -222,7 +223,6 @@ class Membership:
         return Alive(self.me.id, self.me.name, self.me.addr, self.me.incarnation)
 
     def on_alive(self, msg: Alive, now: float, *, rumour_new: bool = True) -> None:
-        self._touched(msg.node)
         if msg.node == self.me.id:
             stale_view = msg.incarnation > self.me.incarnation or (
                 msg.incarnation == self.me.incarnation and msg.addr != self.me.addr
@@ -236,6 +236,7 @@ class Membership:
         if m is None:
             m = Member(msg.node, msg.name, msg.addr, msg.incarnation, State.ALIVE, now)
             self.members[msg.node] = m
+            self._touched(m.id)
             self.by_addr[msg.addr] = msg.node
             self._add_live(m.id)
             self._events.append(PeerJoined(m.id))
@@ -245,6 +246,7 @@ class Membership:
         if msg.incarnation <= m.incarnation:
             return
         m.incarnation = msg.incarnation
+        self._touched(m.id)
         if m.addr != msg.addr:
             if self.by_addr.get(m.addr) == m.id:
                 del self.by_addr[m.addr]
@@ -266,7 +268,6 @@ class Membership:
             self.on_alive(Alive(node, m.name, addr, incarnation), now)
 
     def on_suspect(self, msg: Suspect, now: float) -> None:
-        self._touched(msg.node)
         m = self.members.get(msg.node)
         if m is None or msg.incarnation < m.incarnation:
             return
@@ -277,6 +278,7 @@ class Membership:
         if m.state is State.SUSPECT and m.suspicion is not None:
             if msg.incarnation > m.incarnation:
                 m.incarnation = msg.incarnation
+                self._touched(m.id)
             s = m.suspicion
             # Only the first k confirmations count and are passed on (Lifeguard; memberlist's
             # suspicion.Confirm): past k the timeout is at its floor, and re-rumouring every prober's
@@ -303,7 +305,6 @@ class Membership:
         self._rumour(m.id, msg)
 
     def on_dead(self, msg: Dead, now: float) -> None:
-        self._touched(msg.node)
         m = self.members.get(msg.node)
         if m is None or msg.incarnation < m.incarnation or m.state is State.LEFT:
             return

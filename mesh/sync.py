@@ -81,11 +81,23 @@ def summary_entries(
     members: Iterable[Member], buckets: Iterable[int], mversion_of: Callable[[str], int]
 ) -> list[SummaryEntry]:
     wanted = set(buckets)
-    return [
-        SummaryEntry(m.id, m.name, m.addr, m.incarnation, int(m.state), mversion_of(m.id))
-        for m in members
-        if bucket_of(m.id) in wanted
-    ]
+    out = []
+    for m in members:
+        if bucket_of(m.id) not in wanted:
+            continue
+        mversion = mversion_of(m.id)
+        entry = m.summary
+        if (
+            entry is None
+            or entry.incarnation != m.incarnation
+            or entry.state != m.state
+            or entry.mversion != mversion
+            or entry.addr != m.addr
+            or entry.name != m.name
+        ):
+            entry = m.summary = SummaryEntry(m.id, m.name, m.addr, m.incarnation, int(m.state), mversion)
+        out.append(entry)
+    return out
 
 
 def split_by_size(entries: list[SummaryEntry], max_entries: int) -> list[list[SummaryEntry]]:

@@ -323,8 +323,15 @@ class SyncDigest(_Packable):
         return cls(tuple(_int(b, "digest bucket") for b in buckets))
 
 
+class _WireCached:
+    """Builds its wire list once (a summary entry is reused across many summaries)."""
+
+    __slots__ = ("_wire",)
+    _wire: list[Any]
+
+
 @dataclass(frozen=True, slots=True)
-class SummaryEntry:
+class SummaryEntry(_WireCached):
     """The sender's view of one member: identity, liveness and how far it knows its manifest."""
 
     node: str
@@ -335,7 +342,12 @@ class SummaryEntry:
     mversion: int
 
     def to_wire(self) -> list[Any]:
-        return [self.node, self.name, self.addr, self.incarnation, self.state, self.mversion]
+        try:
+            return self._wire
+        except AttributeError:
+            wire = [self.node, self.name, self.addr, self.incarnation, self.state, self.mversion]
+            object.__setattr__(self, "_wire", wire)
+            return wire
 
     @classmethod
     def from_wire(cls, items: Any) -> SummaryEntry:
