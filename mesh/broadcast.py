@@ -44,7 +44,10 @@ class BroadcastQueue:
             del self._levels[old.transmits][key]
         rumour = _Rumour(key, message, encoded_size(message), 0)
         self._by_key[key] = rumour
-        self._levels.setdefault(0, {})[key] = rumour
+        level = self._levels.get(0)
+        if level is None:
+            level = self._levels[0] = {}
+        level[key] = rumour
 
     def take(self, budget: int, limit: int) -> list[Message]:
         """Rumours for one gossip message, within `budget` encoded bytes; counts them as sent."""
@@ -68,7 +71,10 @@ class BroadcastQueue:
             if rumour.transmits >= limit:
                 del self._by_key[rumour.key]
             else:
-                self._levels.setdefault(rumour.transmits, {})[rumour.key] = rumour
+                level = self._levels.get(rumour.transmits)
+                if level is None:
+                    level = self._levels[rumour.transmits] = {}
+                level[rumour.key] = rumour
         return [r.message for r in chosen]
 
     def prune(self, limit: int) -> None:

@@ -98,6 +98,13 @@ class Manifests:
         self._meta_asks: dict[str, _MetaAsk] = {}
         self._gapped: dict[str, None] = {}  # nodes whose copy is behind a rumoured version
 
+    def _replica(self, node: str) -> Replica:
+        # Not setdefault(node, Replica()): that builds a Replica for every rumour received.
+        replica = self.replicas.get(node)
+        if replica is None:
+            replica = self.replicas[node] = Replica()
+        return replica
+
     @property
     def own(self) -> Replica:
         return self.replicas[self.self_id]
@@ -148,7 +155,7 @@ class Manifests:
     def on_update(self, src: str, msg: ManifestUpdate, now: float) -> None:
         if msg.node == self.self_id:
             return
-        replica = self.replicas.setdefault(msg.node, Replica())
+        replica = self._replica(msg.node)
         if msg.version <= replica.version:
             return
         first_time = msg.version not in replica.heard
@@ -227,7 +234,7 @@ class Manifests:
     def on_delta(self, src: str, msg: ManifestDelta, now: float) -> None:
         if msg.node == self.self_id:
             return
-        replica = self.replicas.setdefault(msg.node, Replica())
+        replica = self._replica(msg.node)
         if msg.version <= replica.version:
             return
         changed = False
