@@ -250,7 +250,8 @@ def test_large_state_is_split_into_messages_under_the_cap():
     config = CONFIG.replace(max_message_bytes=32 * 1024)  # the summary (~61 kB) cannot fit one
     core = MeshCore(config, "me", "me", "10.0.0.1:1", now=0.0)
     for i in range(1500):
-        core.membership.on_alive(wire.Alive(f"node-{i:05d}", f"host-{i}", f"10.1.{i // 250}.{i % 250}:7611", 1), 0.0)
+        address = f"10.1.{i // 250}.{i % 250}:7611"
+        core.membership.on_alive(wire.Alive(f"node-{i:05d}", f"host-{i}", address, 1), 0.0)
     core.drain()
     core.receive(wire.Envelope("peer", "10.9.9.9:1", (wire.SyncDigest((0,) * 64),), 1), 1.0)
     out = core.drain()
@@ -272,7 +273,8 @@ def test_the_incremental_digest_always_equals_a_full_recompute():
         net.run_until(net.now + 15)
         for node in net.live():
             core = node.core
-            assert core._digest() == compute_digest(core.membership.members.values(), core.manifests.version_of)
+            full = compute_digest(core.membership.members.values(), core.manifests.version_of)
+            assert core._digest() == full
         net.heal()
 
 
@@ -282,7 +284,8 @@ def test_a_lost_metadata_reply_is_asked_for_again():
     until = net.now + 6  # longer than the rumour lives, so only the re-ask can recover
 
     def drop_metas(src, dst, envelope):
-        if dst == nodes[5].addr and net.now < until and any(type(m).__name__ == "Metas" for m in envelope.messages):
+        has_metas = any(type(m).__name__ == "Metas" for m in envelope.messages)
+        if dst == nodes[5].addr and net.now < until and has_metas:
             dropped.append(src)
             return True
         return False
