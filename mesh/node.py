@@ -29,8 +29,8 @@ from mesh.events import ManifestChanged, MetaLearned, PeerJoined, PeerStateChang
 from mesh.local_images import LocalImages
 from mesh.mdns import MdnsDiscovery, mdns_usable
 from mesh.metrics import Metrics
-from mesh.peer_client import PeerClient, PeerError
-from mesh.peer_server import PeerServer, SaveRefused, Served
+from mesh.peer_client import PeerClient, PeerError, SaveStream
+from mesh.peer_server import PeerServer, SaveRefused
 from mesh.puller import Puller
 from mesh.readiness import Readiness
 from mesh.state import NodeState
@@ -281,7 +281,7 @@ class Node:
         self._send_tasks.add(task)
         task.add_done_callback(self._send_tasks.discard)
 
-    async def open_save(self, image: str, requester: str) -> Served:
+    async def open_save(self, image: str, requester: str) -> SaveStream:
         if image not in self.local.shared:
             raise SaveRefused(404, f"{image[:19]} is not shared by this node")
         chain = chain_of(image, self.local.metas())
@@ -308,7 +308,7 @@ class Node:
                 record.finished = time.time()
                 self.serving.pop(id(record), None)
 
-        return Served(chain, chunks())
+        return SaveStream(chain, chunks())
 
     def count_request(self, endpoint: str, status: int) -> None:
         self.metrics.peer_requests.labels(endpoint, str(status)).inc()

@@ -28,6 +28,9 @@ def peer_url(addr: str, path: str) -> str:
 
 @dataclass
 class SaveStream:
+    """A `docker save` stream of an image and its parent chain (child first): what a peer serves
+    and what the client receives."""
+
     chain: list[str]
     chunks: AsyncIterator[bytes]
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Protocol
 
 import msgpack
@@ -27,7 +25,7 @@ from aiohttp import web
 from mesh import wire
 from mesh.auth import HEADER_NONCE, AuthError, ReplayGuard, Signer, verify_request
 from mesh.engine import EngineError
-from mesh.peer_client import CHAIN_HEADER, GOSSIP_PATH, SAVE_PATH
+from mesh.peer_client import CHAIN_HEADER, GOSSIP_PATH, SAVE_PATH, SaveStream
 
 log = logging.getLogger("cachemesh.peer")
 
@@ -38,16 +36,10 @@ class SaveRefused(Exception):
         self.status = status
 
 
-@dataclass
-class Served:
-    chain: list[str]
-    chunks: AsyncIterator[bytes]
-
-
 class PeerHandler(Protocol):
     def on_envelope(self, envelope: wire.Envelope) -> wire.Envelope | None: ...
 
-    async def open_save(self, image: str, requester: str) -> Served: ...
+    async def open_save(self, image: str, requester: str) -> SaveStream: ...
 
     def count_request(self, endpoint: str, status: int) -> None: ...
 
