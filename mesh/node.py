@@ -29,7 +29,8 @@ from mesh.events import ManifestChanged, MetaLearned, PeerJoined, PeerStateChang
 from mesh.local_images import LocalImages
 from mesh.mdns import MdnsDiscovery, mdns_usable
 from mesh.metrics import Metrics
-from mesh.peer_client import PeerClient, PeerError, SaveStream
+from mesh.outbox import Outgoing
+from mesh.peer_client import PeerClient, SaveStream
 from mesh.peer_server import PeerServer, SaveRefused
 from mesh.puller import Puller
 from mesh.readiness import Readiness
@@ -96,7 +97,7 @@ class Node:
             manifest_version=int(time.time() * 1000),
         )
         self.puller = Puller(
-            self.config, self.core, self.engine, self.local, self.client, self.metrics, self._on_pull_done
+            self.config, self.core, self.engine, self.local, self.client, self.metrics
         )
         peer = PeerServer(
             self,
@@ -205,23 +206,22 @@ class Node:
 
     def _flush(self) -> None:
         for out in self.core.drain():
-            if self._sends[out.addr] >= MAX_SENDS_PER_PEER:
-                self.metrics.gossip_errors.inc()
-                continue
-            self._sends[out.addr] += 1
-            task = asyncio.create_task(self._send(out.addr, out.envelope))
-            self._send_tasks.add(task)
-            task.add_done_callback(self._send_tasks.discard)
+            self._dispatch(out)
+
+    def _dispatch(self, out: Outgoing) -> None:
+        """Send one envelope in the background, unless too many are already in flight to its peer."""
+        if self._sends[out.addr] >= MAX_SENDS_PER_PEER:
+            self.metrics.gossip_errors.inc()
+            return
+        self._sends[out.addr] += 1
+        task = asyncio.create_task(self._send(out.addr, out.envelope))
+        self._send_tasks.add(task)
+        task.add_done_callback(self._send_tasks.discard)
 
     async def _send(self, addr: str, envelope: wire.Envelope) -> None:
         try:
             reply = await self.client.exchange(addr, envelope)
-        except (
-            PeerError,
-            OSError,
-            TimeoutError,
-            Exception,
-        ) as exc:  # a lost message, as far as SWIM is concerned
+        except Exception as exc:  # refused, unreachable, timed out: to SWIM, a lost message
             self.metrics.gossip_errors.inc()
             log.debug("gossip to %s lost: %s", addr, exc)
             return
@@ -268,18 +268,12 @@ class Node:
             if out.addr == envelope.addr and not reply:
                 reply.extend(out.envelope.messages)
             else:
-                self._send_later(out)
+                self._dispatch(out)
         self.wake()
         if not reply:
             return None
         me = self.core.membership.me
         return wire.Envelope(self.node_id, self.advertise, tuple(reply), me.incarnation)
-
-    def _send_later(self, out: Any) -> None:
-        task = asyncio.create_task(self._send(out.addr, out.envelope))
-        self._sends[out.addr] += 1
-        self._send_tasks.add(task)
-        task.add_done_callback(self._send_tasks.discard)
 
     async def open_save(self, image: str, requester: str) -> SaveStream:
         if image not in self.local.shared:
@@ -288,7 +282,7 @@ class Node:
         member = self.core.membership.members.get(requester)
         record = Transfer(
             image,
-            self.local.shared.get(image, ()),
+            self.local.shared[image],
             member.addr if member else "?",
             member.name if member else requester,
             "out",
@@ -328,9 +322,6 @@ class Node:
 
     def _on_engine_error(self) -> None:
         self.metrics.engine_errors.inc()
-
-    def _on_pull_done(self) -> None:
-        self.puller.poke()
 
     def _found(self, addr: str) -> None:
         """mDNS saw a peer: join it now, and keep it as a candidate like a seed."""

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
 
 from mesh import planner
 from mesh.config import Config
@@ -33,7 +32,6 @@ class Puller:
         local: LocalImages,
         client: PeerClient,
         metrics: Metrics,
-        on_done: Callable[[], None],
     ) -> None:
         self.config = config
         self.core = core
@@ -47,7 +45,6 @@ class Puller:
         self.plan: Plan | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
-        self._on_done = on_done
 
     def poke(self) -> None:
         self._wake.set()
@@ -161,7 +158,7 @@ class Puller:
             record.finished = time.time()
             self.active.pop(pull.image, None)
             self.recent.appendleft(record)
-            self._on_done()
+            self.poke()  # plan again: the next pull may start, or this one be retried
 
     async def stop(self) -> None:
         for task in list(self._tasks):
