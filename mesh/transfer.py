@@ -87,19 +87,9 @@ async def pull_image(
             if pull.image not in stream.chain[:1]:
                 raise TransferFailed(f"peer offered {stream.chain[:1]} instead of {pull.image[:19]}")
             await engine.load(untagged(_counted(stream.chunks, record, on_bytes, broke), report))
-    except (PeerError, EngineError, TarStreamError, TransferFailed) as exc:
+    except Exception as exc:
         await _clean_up(engine, before, report, keep=set())
-        raise TransferFailed(broke[0] if broke else str(exc)) from None
-    except (OSError, TimeoutError) as exc:
-        await _clean_up(engine, before, report, keep=set())
-        raise TransferFailed(
-            broke[0] if broke else f"connection to {addr} failed: {exc or type(exc).__name__}"
-        ) from None
-    except Exception as exc:  # aiohttp payload errors when the peer dies mid-stream, and similar
-        await _clean_up(engine, before, report, keep=set())
-        raise TransferFailed(
-            broke[0] if broke else f"transfer from {addr} broke: {type(exc).__name__}: {exc}"
-        ) from None
+        raise TransferFailed(broke[0] if broke else _reason(exc, addr)) from None
 
     images = {i.meta.id: i.meta for i in await engine.images()}
     if pull.image not in images or pull.image not in report.configs:
@@ -112,6 +102,15 @@ async def pull_image(
     for tag in pull.tags:
         await engine.tag(pull.image, tag)
     return chain
+
+
+def _reason(exc: Exception, addr: str) -> str:
+    if isinstance(exc, PeerError | EngineError | TarStreamError | TransferFailed):
+        return str(exc)  # these say what went wrong themselves
+    if isinstance(exc, OSError | TimeoutError):
+        return f"connection to {addr} failed: {exc or type(exc).__name__}"
+    # aiohttp payload errors when the peer dies mid-stream, and similar
+    return f"transfer from {addr} broke: {type(exc).__name__}: {exc}"
 
 
 async def _clean_up(engine: Engine, before: set[str], report: TarReport, keep: set[str]) -> None:
