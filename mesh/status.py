@@ -13,13 +13,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from mesh.events import State
+from mesh.humanize import short_id, size_text
 
 if TYPE_CHECKING:
     from mesh.node import Node
-
-
-def _short(image: str) -> str:
-    return image[7:19] if image.startswith("sha256:") else image[:12]
 
 
 def _transfer(t: Any) -> dict[str, Any]:
@@ -162,16 +159,6 @@ def status_app(node: Node) -> web.Application:
     return app
 
 
-def _size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000  # type: ignore[assignment]
-    return f"{n:.1f} TB"
-
-
 def _table(headers: list[str], rows: list[list[str]], empty: str) -> str:
     if not rows:
         return f"<p class=empty>{escape(empty)}</p>"
@@ -202,9 +189,9 @@ def render_html(s: dict[str, Any]) -> str:
         ["image", "tags", "size", "here", "held by"],
         [
             [
-                f"<code>{_short(i['id'])}</code>",
+                f"<code>{short_id(i['id'])}</code>",
                 escape(", ".join(i["tags"])) or "<i>untagged (parent)</i>",
-                _size(i["size"]),
+                size_text(i["size"]),
                 "yes" if i["local"] else "no",
                 escape(", ".join(i["holders"])),
             ]
@@ -216,12 +203,12 @@ def render_html(s: dict[str, Any]) -> str:
         ["image", "tags", "peer", "direction", "progress", "rate"],
         [
             [
-                f"<code>{_short(t['image'])}</code>",
+                f"<code>{short_id(t['image'])}</code>",
                 escape(", ".join(t["tags"])),
                 escape(t["peer"]),
                 t["direction"],
-                f"<progress max={max(t['total'], t['bytes'], 1)} value={t['bytes']}></progress> {_size(t['bytes'])}",
-                f"{_size(t['rate'])}/s",
+                f"<progress max={max(t['total'], t['bytes'], 1)} value={t['bytes']}></progress> {size_text(t['bytes'])}",
+                f"{size_text(t['rate'])}/s",
             ]
             for t in s["transfers"]
         ],
@@ -231,11 +218,11 @@ def render_html(s: dict[str, Any]) -> str:
         ["image", "peer", "direction", "outcome", "bytes", "error"],
         [
             [
-                f"<code>{_short(t['image'])}</code>",
+                f"<code>{short_id(t['image'])}</code>",
                 escape(t["peer"]),
                 t["direction"],
                 f"<span class={t['outcome']}>{t['outcome']}</span>",
-                _size(t["bytes"]),
+                size_text(t["bytes"]),
                 escape(t["error"][:160]),
             ]
             for t in s["recent_transfers"][:15]

@@ -7,16 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} TB"
+from mesh.humanize import short_id, size_text
 
 
 def print_status(s: dict[str, Any], console: Console | None = None) -> None:
@@ -47,9 +38,9 @@ def print_status(s: dict[str, Any], console: Console | None = None) -> None:
         images.add_column(column)
     for i in s["images"]:
         images.add_row(
-            i["id"][7:19],
+            short_id(i["id"]),
             ", ".join(i["tags"]) or "(parent)",
-            _size(i["size"]),
+            size_text(i["size"]),
             "yes" if i["local"] else "no",
             ", ".join(i["holders"]),
         )
@@ -60,6 +51,10 @@ def print_status(s: dict[str, Any], console: Console | None = None) -> None:
             transfers.add_column(column)
         for t in s["transfers"]:
             transfers.add_row(
-                t["image"][7:19], t["peer"], t["direction"], _size(t["bytes"]), _size(t["rate"]) + "/s"
+                short_id(t["image"]),
+                t["peer"],
+                t["direction"],
+                size_text(t["bytes"]),
+                size_text(t["rate"]) + "/s",
             )
         console.print(transfers)
