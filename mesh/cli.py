@@ -22,19 +22,18 @@ def _run_parser(sub: Any) -> None:
     run = sub.add_parser("run", help="run a node (every flag also reads a CACHEMESH_* env var)")
     for option in OPTIONS:
         help_text = f"{option.help} [{option.env}]"
-        if option.parse is bool or option.field in ("mdns", "insecure"):
-            if option.field == "mdns":
-                run.add_argument(
-                    option.flag,
-                    dest=option.field,
-                    action=argparse.BooleanOptionalAction,
-                    default=None,
-                    help=help_text,
-                )
-            else:
-                run.add_argument(
-                    option.flag, dest=option.field, action="store_true", default=None, help=help_text
-                )
+        if option.field == "mdns":  # on by default, so it needs a --no-mdns
+            run.add_argument(
+                option.flag,
+                dest=option.field,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
+        elif option.field == "insecure":
+            run.add_argument(
+                option.flag, dest=option.field, action="store_true", default=None, help=help_text
+            )
         else:
             run.add_argument(
                 option.flag,
@@ -82,19 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     status = sub.add_parser("status", help="show this host's node: peers, images, transfers")
-    status.add_argument(
-        "--status-addr", metavar="HOST:PORT", help="the node's status address [CACHEMESH_STATUS_LISTEN]"
-    )
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     wait = sub.add_parser("wait-ready", help="exit 0 once the node is ready (warm), 1 on timeout")
     wait.add_argument("--timeout", type=float, default=300.0, metavar="S")
-    wait.add_argument(
-        "--status-addr", metavar="HOST:PORT", help="the node's status address [CACHEMESH_STATUS_LISTEN]"
-    )
     health = sub.add_parser("healthcheck", help="exit 0 if the local node answers /healthz (for HEALTHCHECK)")
-    health.add_argument(
-        "--status-addr", metavar="HOST:PORT", help="the node's status address [CACHEMESH_STATUS_LISTEN]"
-    )
+    for client in (status, wait, health):
+        client.add_argument(
+            "--status-addr", metavar="HOST:PORT", help="the node's status address [CACHEMESH_STATUS_LISTEN]"
+        )
     sub.add_parser("version", help="print the version")
     args = parser.parse_args(argv)
 
