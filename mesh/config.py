@@ -7,7 +7,6 @@ The defaults are the LAN preset; `Config.local()` is the fast preset for tests a
 from __future__ import annotations
 
 import dataclasses
-import os
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -364,7 +363,3 @@ def validate(config: Config) -> None:
         raise ConfigError("probe_timeout must be shorter than probe_interval")
     if config.max_transfers_in < 1 or config.max_transfers_out < 1:
         raise ConfigError("transfer concurrency must be at least 1")
-
-
-def environment() -> Mapping[str, str]:
-    return os.environ

@@ -47,16 +47,7 @@ class LoadResult:
     """Image IDs the engine reported loading."""
 
 
-@dataclass(frozen=True, slots=True)
-class EngineInfo:
-    version: str
-    api_version: str
-    storage: str
-
-
 class Engine(Protocol):
-    async def info(self) -> EngineInfo: ...
-
     async def images(self) -> list[LocalImage]:
         """Every image, tagged or not, with its parent and layers."""
         ...
@@ -157,13 +148,6 @@ class DockerEngine:
             self._client = None
 
     # --- calls ---------------------------------------------------------------------------------
-
-    async def info(self) -> EngineInfo:
-        version = await self._call("version")
-        info = await self._call("info")
-        return EngineInfo(
-            version.get("Version", "?"), version.get("ApiVersion", "?"), info.get("Driver", "?")
-        )
 
     async def images(self) -> list[LocalImage]:
         listed = await self._call("images", all=True)

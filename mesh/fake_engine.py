@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mesh.engine import EngineError, EngineInfo, LoadResult, LocalImage, split_ref
+from mesh.engine import EngineError, LoadResult, LocalImage, split_ref
 from mesh.wire import ImageMeta
 
 
@@ -52,8 +52,6 @@ class FakeEngine:
     def __init__(self) -> None:
         self._images: dict[str, _Image] = {}
         self._subscribers: list[asyncio.Queue[dict[str, Any]]] = []
-        self.loads = 0
-        self.closed = False
 
     # --- test helpers ------------------------------------------------------------------------
 
@@ -99,9 +97,6 @@ class FakeEngine:
 
     # --- the Engine interface -----------------------------------------------------------------
 
-    async def info(self) -> EngineInfo:
-        return EngineInfo("fake", "1.41", "memory")
-
     async def images(self) -> list[LocalImage]:
         await asyncio.sleep(0)
         return [LocalImage(i.meta(), tuple(sorted(i.tags))) for i in self._images.values()]
@@ -140,7 +135,6 @@ class FakeEngine:
         data = bytearray()
         async for chunk in chunks:
             data += chunk
-        self.loads += 1
         try:
             with tarfile.open(fileobj=io.BytesIO(bytes(data)), mode="r:") as tar:
                 files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
@@ -210,7 +204,7 @@ class FakeEngine:
             self._subscribers.remove(queue)
 
     async def close(self) -> None:
-        self.closed = True
+        pass
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -34,8 +34,6 @@ class TarStreamError(ValueError):
 class TarReport:
     configs: list[str] = field(default_factory=list)
     """Image IDs (config digests) named by manifest.json."""
-    bytes_in: int = 0
-    entries: int = 0
 
 
 class _Buffer:
@@ -124,7 +122,6 @@ async def untagged(source: AsyncIterator[bytes], report: TarReport) -> AsyncIter
         header = await buffer.read_exact(BLOCK)
         if header is None:
             raise TarStreamError("stream ended before the end-of-archive marker (truncated transfer)")
-        report.bytes_in += BLOCK
         if header == b"\0" * BLOCK:
             # End of archive: two zero blocks. Pass them on and drain the rest (trailing padding).
             yield header
@@ -143,7 +140,6 @@ async def untagged(source: AsyncIterator[bytes], report: TarReport) -> AsyncIter
             body = await buffer.read_exact(padded)
             if body is None:
                 raise TarStreamError("stream ended inside a tar header")
-            report.bytes_in += padded
             if info.type == tarfile.GNUTYPE_LONGNAME:
                 long_name = body[:size].rstrip(b"\0").decode(errors="surrogateescape")
             elif info.type == tarfile.XHDTYPE:
@@ -154,14 +150,12 @@ async def untagged(source: AsyncIterator[bytes], report: TarReport) -> AsyncIter
             continue
         name = (long_name or info.name).lstrip("./")
         long_name = None
-        report.entries += 1
         if name in INDEX_FILES and info.type in (tarfile.REGTYPE, tarfile.AREGTYPE):
             if size > MAX_INDEX_BYTES:
                 raise TarStreamError(f"{name} is larger than {MAX_INDEX_BYTES} bytes")
             body = await buffer.read_exact(padded)
             if body is None:
                 raise TarStreamError(f"stream ended inside {name} (truncated transfer)")
-            report.bytes_in += padded
             pending_ext.clear()  # the rewritten entry gets a fresh, plain header
             rewritten = strip_tags(body[:size], name, report)
             if rewritten is not None:
@@ -172,5 +166,4 @@ async def untagged(source: AsyncIterator[bytes], report: TarReport) -> AsyncIter
         pending_ext.clear()
         yield header
         async for chunk in buffer.stream(padded):
-            report.bytes_in += len(chunk)
             yield chunk

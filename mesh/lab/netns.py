@@ -74,12 +74,6 @@ class Network:
         self.hosts.append(host)
         return host
 
-    def cut(self, host: Host) -> None:
-        ip("link", "set", host.veth, "down")
-
-    def mend(self, host: Host) -> None:
-        ip("link", "set", host.veth, "up")
-
     def destroy(self) -> None:
         for host in self.hosts:
             ip("link", "del", host.veth, check=False)
