@@ -53,8 +53,6 @@ class Member:
     heard: float = float("-inf")  # when it last reached us directly
     suspicion: Suspicion | None = None
     summary: SummaryEntry | None = field(default=None, repr=False)  # reused while unchanged
-    digest_key: tuple[int, int, int] | None = field(default=None, repr=False)
-    digest_hash: int = field(default=0, repr=False)
 
 
 @dataclass(slots=True)

@@ -28,31 +28,34 @@ def bucket_of(node: str) -> int:
     return hashlib.blake2b(node.encode(), digest_size=2).digest()[0] % DIGEST_BUCKETS
 
 
-def _member_hash(m: Member, mversion: int) -> int:
-    key = (m.incarnation, int(m.state), mversion)
-    if m.digest_key != key:
-        m.digest_key = key
-        text = f"{m.id}\0{m.incarnation}\0{int(m.state)}\0{mversion}".encode()
-        m.digest_hash = int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
-    return m.digest_hash
+def _member_key(m: Member, mversion: int) -> tuple[int, int, int]:
+    return (m.incarnation, int(m.state), mversion)
+
+
+def _member_hash(node: str, key: tuple[int, int, int]) -> int:
+    incarnation, state, mversion = key
+    text = f"{node}\0{incarnation}\0{state}\0{mversion}".encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
 
 
 def compute_digest(members: Iterable[Member], mversion_of: Callable[[str], int]) -> tuple[int, ...]:
+    """The digest from scratch: the reference DigestCache is checked against."""
     buckets = [0] * DIGEST_BUCKETS
     for m in members:
         if m.state in _LIVE:
-            buckets[bucket_of(m.id)] ^= _member_hash(m, mversion_of(m.id))
+            buckets[bucket_of(m.id)] ^= _member_hash(m.id, _member_key(m, mversion_of(m.id)))
     return tuple(buckets)
 
 
 class DigestCache:
     """The digest kept up to date incrementally: a member whose incarnation, state or manifest version
-    may have changed is marked, and only marked members are re-hashed (a thousand-node digest is
-    asked for every few seconds; recomputing it each time dominated the simulator)."""
+    may have changed is marked, and only marked members whose key really changed are re-hashed (a
+    thousand-node digest is asked for every few seconds; recomputing it each time dominated the
+    simulator)."""
 
     def __init__(self) -> None:
         self._buckets = [0] * DIGEST_BUCKETS
-        self._contrib: dict[str, tuple[int, int]] = {}
+        self._contrib: dict[str, tuple[tuple[int, int, int], int]] = {}  # node -> (key, its hash)
         self._dirty: dict[str, None] = {}
 
     def mark(self, node: str) -> None:
@@ -60,15 +63,21 @@ class DigestCache:
 
     def value(self, members: dict[str, Member], mversion_of: Callable[[str], int]) -> tuple[int, ...]:
         buckets = self._buckets
+        contrib = self._contrib
         for node in self._dirty:
-            old = self._contrib.pop(node, None)
-            if old is not None:
-                buckets[old[0]] ^= old[1]
             m = members.get(node)
-            if m is not None and m.state in _LIVE:
-                bucket, value = bucket_of(node), _member_hash(m, mversion_of(node))
+            key = _member_key(m, mversion_of(node)) if m is not None and m.state in _LIVE else None
+            old = contrib.get(node)
+            if old is not None and old[0] == key:
+                continue
+            bucket = bucket_of(node)
+            if old is not None:
+                buckets[bucket] ^= old[1]
+                del contrib[node]
+            if key is not None:
+                value = _member_hash(node, key)
                 buckets[bucket] ^= value
-                self._contrib[node] = (bucket, value)
+                contrib[node] = (key, value)
         self._dirty.clear()
         return tuple(buckets)
 
