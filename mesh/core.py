@@ -70,7 +70,8 @@ class MeshCore:
             config, node_id, manifest_version, self.out, self.rumours, self.events, self.digest.mark
         )
         self.synced_with_peer = False
-        self.stats = {"gossip_rounds": 0, "push_pulls": 0, "probes": 0}
+        self._gossip_rounds = 0
+        self._push_pulls = 0
         jitter = self.rng.random
         self._next_gossip = now + jitter() * config.gossip_interval
         self._next_push_pull = now + config.probe_interval * (1 + jitter())
@@ -104,6 +105,15 @@ class MeshCore:
     @property
     def node_id(self) -> str:
         return self._node_id
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters for /metrics."""
+        return {
+            "gossip_rounds": self._gossip_rounds,
+            "push_pulls": self._push_pulls,
+            "probes": self.membership.probes_sent,
+        }
 
     @property
     def incarnation(self) -> int:
@@ -153,7 +163,7 @@ class MeshCore:
                 target = [revived]
             if target and not self.membership.leaving:
                 self.out.send(target[0].addr, SyncDigest(self._digest()))
-                self.stats["push_pulls"] += 1
+                self._push_pulls += 1
             if target and self._bootstrap_syncs > 0:
                 self._bootstrap_syncs -= 1
                 self._next_push_pull = now + self.config.probe_interval
@@ -186,9 +196,7 @@ class MeshCore:
         return deadline
 
     def _gossip(self, now: float) -> None:
-        if not len(self.rumours):
-            return
-        self.stats["gossip_rounds"] += 1
+        self._gossip_rounds += 1
         limit = retransmit_limit(self.config.retransmit_mult, self.membership.size)
         first: list[Message] = []
         for target in self.membership.gossip_targets(self.config.gossip_nodes):
@@ -204,7 +212,6 @@ class MeshCore:
                 self.out.send(dead.addr, message)
 
     def _maintenance(self, now: float) -> None:
-        self.stats["probes"] = self.membership.probes_sent
         self.manifests.expire(now)
         m = self.membership
         for source, node, since in self.manifests.gaps_to_repair(now, self.config.probe_interval):
