@@ -81,18 +81,6 @@ def split_ref(ref: str) -> tuple[str, str]:
     return repo, tag
 
 
-def chain_of(image_id: str, metas: dict[str, ImageMeta]) -> list[str]:
-    """The image and its locally known parent chain, child first (what `docker history -q` lists)."""
-    chain = []
-    seen = set()
-    current = image_id
-    while current and current in metas and current not in seen:
-        seen.add(current)
-        chain.append(current)
-        current = metas[current].parent
-    return chain
-
-
 class DockerEngine:
     def __init__(self, docker_host: str) -> None:
         self._host = docker_host

@@ -24,7 +24,7 @@ from mesh.auth import Signer, derive_key
 from mesh.config import Config, parse_hostport
 from mesh.core import MeshCore
 from mesh.discovery import resolve_seeds
-from mesh.engine import DockerEngine, Engine, EngineError, chain_of
+from mesh.engine import DockerEngine, Engine, EngineError
 from mesh.events import ManifestChanged, MetaLearned, PeerJoined, PeerStateChanged, State
 from mesh.local_images import LocalImages
 from mesh.mdns import MdnsDiscovery, mdns_usable
@@ -32,6 +32,7 @@ from mesh.metrics import Metrics
 from mesh.outbox import Outgoing
 from mesh.peer_client import PeerClient, SaveStream
 from mesh.peer_server import PeerServer, SaveRefused
+from mesh.planner import chain_of
 from mesh.puller import Puller
 from mesh.readiness import Readiness
 from mesh.state import NodeState

@@ -18,6 +18,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import takewhile
 
 from mesh.wire import ImageMeta, Tags
 
@@ -101,6 +102,11 @@ def ancestors(image: str, metas: Mapping[str, ImageMeta]) -> list[str]:
         seen.add(current)
         current = metas[current].parent if current in metas else ""
     return chain
+
+
+def chain_of(image: str, metas: Mapping[str, ImageMeta]) -> list[str]:
+    """The image and its locally known parent chain, child first (what `docker history -q` lists)."""
+    return list(takewhile(metas.__contains__, [image, *ancestors(image, metas)]))
 
 
 def plan(

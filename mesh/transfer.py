@@ -17,9 +17,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from mesh.engine import Engine, EngineError, chain_of
+from mesh.engine import Engine, EngineError
 from mesh.peer_client import PeerClient, PeerError
-from mesh.planner import Pull
+from mesh.planner import Pull, chain_of
 from mesh.tarstream import TarReport, TarStreamError, untagged
 
 log = logging.getLogger("cachemesh.transfer")

@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from mesh.engine import DockerEngine, EngineError, chain_of
+from mesh.engine import DockerEngine, EngineError
 from mesh.fake_engine import FakeEngine
 from mesh.lab.dockerd import import_base
+from mesh.planner import chain_of
 from mesh.tarstream import TarReport, untagged
 
 
