@@ -6,7 +6,7 @@ import contextlib
 import ipaddress
 import socket
 
-from mesh.config import parse_hostport
+from mesh.config import format_hostport, parse_hostport
 
 # TEST-NET-1 (RFC 5737): routing a UDP socket towards it picks the default-route interface
 # without sending a packet.
@@ -69,7 +69,7 @@ def derive_advertise(listen: str, seeds: tuple[str, ...]) -> str:
         candidates.append(socket.gethostbyname(socket.gethostname()))
     for address in candidates:
         if _usable(address):
-            return f"[{address}]:{port}" if ":" in str(address) else f"{address}:{port}"
+            return format_hostport(str(address), port)
     raise ValueError(
         "cannot tell which address peers should dial: pass --advertise HOST:PORT (CACHEMESH_ADVERTISE)"
     )

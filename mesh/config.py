@@ -193,6 +193,11 @@ def parse_hostport(raw: str, *, default_port: int | None = None) -> tuple[str, i
     return host, port
 
 
+def format_hostport(host: str, port: int) -> str:
+    """(host, port) -> 'host:port', bracketing an IPv6 address: the inverse of parse_hostport."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _parse_hostport_text(raw: str) -> str:
     parse_hostport(raw)
     return raw.strip()

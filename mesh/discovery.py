@@ -6,7 +6,7 @@ import asyncio
 import logging
 import socket
 
-from mesh.config import parse_hostport
+from mesh.config import format_hostport, parse_hostport
 
 log = logging.getLogger("cachemesh.discovery")
 
@@ -23,9 +23,8 @@ async def resolve_seeds(seeds: tuple[str, ...]) -> list[str]:
         except OSError as exc:
             log.warning("seed %s does not resolve: %s", seed, exc)
             continue
-        for family, _, _, _, sockaddr in infos:
-            address = str(sockaddr[0])
-            text = f"[{address}]:{port}" if family == socket.AF_INET6 else f"{address}:{port}"
+        for _, _, _, _, sockaddr in infos:
+            text = format_hostport(str(sockaddr[0]), port)
             if text not in out:
                 out.append(text)
     return out

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from mesh.config import parse_hostport
+from mesh.config import format_hostport, parse_hostport
 
 SERVICE_TYPE = "_cachemesh._tcp.local."
 log = logging.getLogger("cachemesh.mdns")
@@ -75,7 +75,7 @@ class MdnsDiscovery:
         if props.get("cluster") != self.cluster or props.get("node") in (None, self.node_id) or not info.port:
             return
         for address in info.parsed_addresses():
-            text = f"[{address}]:{info.port}" if ":" in address else f"{address}:{info.port}"
+            text = format_hostport(address, info.port)
             if self.found.get(props["node"]) != text:
                 log.info("mDNS: found %s (%s) at %s", props.get("name", "?"), props["node"], text)
             self.found[props["node"]] = text

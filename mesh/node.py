@@ -21,7 +21,7 @@ from aiohttp import web
 from mesh import __version__, wire
 from mesh.addresses import derive_advertise
 from mesh.auth import Signer, derive_key
-from mesh.config import Config, parse_hostport
+from mesh.config import Config, format_hostport, parse_hostport
 from mesh.core import MeshCore
 from mesh.discovery import resolve_seeds
 from mesh.engine import DockerEngine, Engine, EngineError
@@ -86,7 +86,7 @@ class Node:
         host, _ = parse_hostport(self.config.listen)
         port = peer_sock.getsockname()[1]
         self.advertise = self.config.advertise or derive_advertise(
-            f"[{host}]:{port}" if ":" in host else f"{host}:{port}", self.config.seeds
+            format_hostport(host, port), self.config.seeds
         )
         self.core = MeshCore(
             self.config,
@@ -145,7 +145,7 @@ class Node:
         await web.SockSite(runner, sock).start()
         self._runners.append(runner)
         host, port = sock.getsockname()[:2]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return format_hostport(host, port)
 
     async def stop(self, *, leave: bool = True) -> None:
         """Leave the cluster (telling every live peer directly), then shut everything down."""

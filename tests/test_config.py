@@ -1,6 +1,6 @@
 import pytest
 
-from mesh.config import Config, ConfigError, parse_hostport, resolve
+from mesh.config import Config, ConfigError, format_hostport, parse_hostport, resolve
 
 SECRET = "0123456789abcdef0123456789abcdef"
 
@@ -59,6 +59,12 @@ def test_hostport_parsing():
     assert parse_hostport("seed.internal", default_port=7611) == ("seed.internal", 7611)
     with pytest.raises(ValueError, match="brackets"):
         parse_hostport("::1:7611")
+
+
+@pytest.mark.parametrize(("host", "text"), [("10.0.0.1", "10.0.0.1:7611"), ("::1", "[::1]:7611")])
+def test_hostport_formatting_is_the_inverse_of_parsing(host, text):
+    assert format_hostport(host, 7611) == text
+    assert parse_hostport(text) == (host, 7611)
 
 
 def test_local_preset_is_faster_and_the_secret_is_not_printed():
