@@ -121,7 +121,16 @@ def main() -> int:
         say()
         from mesh.status_cli import print_status
 
-        print_status(nodes[2 if len(nodes) > 2 else 1].api())
+        shown = nodes[2 if len(nodes) > 2 else 1]
+        everyone = {n.name for n in nodes}
+
+        def settled() -> bool:  # the pulls have been gossiped, so the table shows every holder
+            return any(
+                image == i["id"] and set(i["holders"]) == everyone for i in shown.api()["images"]
+            )
+
+        wait_until(settled, 10, 0.1, what=f"{shown.name} to see sample:1 on every host")
+        print_status(shown.api())
         if args.once:
             return 0 if cached >= 3 else 1
         say("\nThe mesh keeps running: build something on a host, e.g.")
