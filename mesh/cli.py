@@ -125,8 +125,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def _serve(config: Any) -> int:
-    from mesh.node import Node
-    from mesh.state import StateError
+    from mesh.node.node import Node
+    from mesh.node.persistence import StateError
 
     try:
         node = Node(config)
@@ -166,7 +166,7 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
-    from mesh.status_cli import print_status
+    from mesh.ui.status_cli import print_status
 
     print_status(data)
     return 0

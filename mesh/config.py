@@ -7,7 +7,7 @@ The defaults are the LAN preset; `Config.local()` is the fast preset for tests a
 from __future__ import annotations
 
 import dataclasses
-import socket
+import platform
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +25,7 @@ class Config:
     listen: str = "0.0.0.0:7611"
     """host:port for the peer API (gossip and transfers)."""
     advertise: str = ""
-    """host:port peers dial. Empty: derived from the host's addresses (see mesh.addresses)."""
+    """host:port peers dial. Empty: derived from the host's addresses (see mesh.discovery.addresses)."""
     status_listen: str = "127.0.0.1:7612"
     """host:port for the status page, JSON API and metrics. Localhost unless told otherwise."""
     seeds: tuple[str, ...] = ()
@@ -40,7 +40,7 @@ class Config:
     """Run without a secret (a fixed, publicly known key). For throwaway local experiments only."""
     data_dir: str = "/var/lib/cachemesh"
     """Directory for the node ID, its incarnation and its eviction list."""
-    node_name: str = field(default_factory=socket.gethostname)
+    node_name: str = field(default_factory=platform.node)
     """Human-readable name shown on status pages."""
     include: tuple[str, ...] = ()
     """Only share tags matching one of these globs (empty: all tags)."""

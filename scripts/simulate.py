@@ -20,7 +20,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from mesh.config import Config
-from mesh.scenario import FleetScenario
+from mesh.sim.scenario import FleetScenario
 
 TARGETS = {
     "rounds_to_converge_p99": 12,

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from mesh.config import Config
-from mesh.fake_engine import FakeEngine
-from mesh.node import Node
+from mesh.engine.fake import FakeEngine
+from mesh.node.node import Node
 
 SECRET = b"inproc-test-secret-0123456789"
 

@@ -1,7 +1,7 @@
 import pytest
 
-from mesh import addresses
-from mesh.addresses import derive_advertise
+from mesh.discovery import addresses
+from mesh.discovery.addresses import derive_advertise
 
 
 def test_a_specific_listen_host_is_advertised_as_is():

@@ -1,6 +1,6 @@
 import pytest
 
-from mesh.auth import (
+from mesh.net.auth import (
     HEADER_SIGNATURE,
     HEADER_TIME,
     AuthError,

@@ -1,5 +1,5 @@
-from mesh.broadcast import BroadcastQueue
-from mesh.wire import Alive, Suspect, encoded_size
+from mesh.protocol.rumours import BroadcastQueue
+from mesh.protocol.wire import Alive, Suspect, encoded_size
 
 
 def alive(node, inc=1):

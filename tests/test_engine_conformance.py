@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from mesh.engine import DockerEngine, EngineError
-from mesh.fake_engine import FakeEngine
+from mesh.engine.base import EngineError
+from mesh.engine.docker_api import DockerEngine
+from mesh.engine.fake import FakeEngine
+from mesh.engine.tarstream import TarReport, untagged
 from mesh.lab.dockerd import import_base
-from mesh.planner import chain_of
-from mesh.tarstream import TarReport, untagged
+from mesh.protocol.planner import chain_of
 
 
 class FakeKind:

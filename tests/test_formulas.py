@@ -1,6 +1,6 @@
 import pytest
 
-from mesh.formulas import (
+from mesh.protocol.formulas import (
     backoff,
     confirmations_expected,
     push_pull_scale,

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from mesh.engine import DockerEngine
+from mesh.engine.docker_api import DockerEngine
 from mesh.lab.dockerd import import_base
 from mesh.lab.poll import async_wait_until
 from tests.inproc import start_node

@@ -21,27 +21,44 @@ def test_nodes_without_seeds_find_each_other_by_mdns_and_ignore_other_clusters(n
     try:
         for name, cluster in (("m1", "blue"), ("m2", "blue"), ("m3", "blue"), ("other", "green")):
             host = network.add_host(name)
-            env = {"CACHEMESH_DOCKER_HOST": "memory://", "CACHEMESH_MDNS": "true",
-                   "CACHEMESH_CLUSTER": cluster, "CACHEMESH_PRESET": "lan"}
+            env = {
+                "CACHEMESH_DOCKER_HOST": "memory://",
+                "CACHEMESH_MDNS": "true",
+                "CACHEMESH_CLUSTER": cluster,
+                "CACHEMESH_PRESET": "lan",
+            }
             status = f"{host.address}:7612"
             nodes.append(NodeProcess(name, workdir, env=env, prefix=host.nsenter(), status=status))
         for node in nodes:
             node.wait_up()
         m1, m2, m3, other = nodes
-        wait_until(lambda: alive_names(m1) == {"m2", "m3"} and alive_names(m2) == {"m1", "m3"}
-                   and alive_names(m3) == {"m1", "m2"}, 30, 0.25,
-                   what="the blue nodes find each other by mDNS")
+        wait_until(
+            lambda: (
+                alive_names(m1) == {"m2", "m3"}
+                and alive_names(m2) == {"m1", "m3"}
+                and alive_names(m3) == {"m1", "m2"}
+            ),
+            30,
+            0.25,
+            what="the blue nodes find each other by mDNS",
+        )
         assert alive_names(other) == set()  # another cluster's node is seen on the link but never joined
         assert len(m1.api()["discovery"]["mdns_found"]) == 2
 
         build = urllib.request.Request(f"http://{m2.status}/lab/build?tag=found:1", method="POST")
         urllib.request.urlopen(build)
-        wait_until(lambda: any("found:1" in i["tags"] and i["local"] for i in m3.api()["images"]), 15,
-                   what="an image shared across nodes found by mDNS")
+        wait_until(
+            lambda: any("found:1" in i["tags"] and i["local"] for i in m3.api()["images"]),
+            15,
+            what="an image shared across nodes found by mDNS",
+        )
 
         m3.stop()
-        wait_until(lambda: {p["name"]: p["state"] for p in m1.api()["peers"]}.get("m3") == "left", 10,
-                   what="m1 sees m3 leave")
+        wait_until(
+            lambda: {p["name"]: p["state"] for p in m1.api()["peers"]}.get("m3") == "left",
+            10,
+            what="m1 sees m3 leave",
+        )
     finally:
         for node in nodes:
             node.stop()

@@ -7,9 +7,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mesh.events import State
-from mesh.fake_engine import FakeEngine
+from mesh.engine.fake import FakeEngine
 from mesh.lab.poll import async_wait_until
+from mesh.protocol.liveness import State
 from tests.inproc import has_image, start_node
 
 

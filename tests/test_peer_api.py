@@ -7,10 +7,10 @@ import aiohttp
 import msgpack
 import pytest
 
-from mesh import wire
-from mesh.auth import Signer, derive_key
-from mesh.fake_engine import FakeEngine
+from mesh.engine.fake import FakeEngine
 from mesh.lab.poll import async_wait_until
+from mesh.net.auth import Signer, derive_key
+from mesh.protocol import wire
 from tests.inproc import SECRET, has_image, start_node
 
 

@@ -1,5 +1,5 @@
-from mesh.planner import Failure, Peer, local_manifest, plan, tag_allowed, winners
-from mesh.wire import ImageMeta
+from mesh.protocol.planner import Failure, Peer, local_manifest, plan, tag_allowed, winners
+from mesh.protocol.wire import ImageMeta
 
 
 def d(n):

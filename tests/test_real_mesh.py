@@ -16,7 +16,7 @@ import pytest
 from mesh.config import Config
 from mesh.lab.nodes import NodeProcess
 from mesh.lab.poll import wait_until
-from mesh.scenario import FleetScenario
+from mesh.sim.scenario import FleetScenario
 
 pytestmark = [pytest.mark.slow]
 

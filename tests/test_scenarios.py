@@ -3,9 +3,9 @@
 import pytest
 
 from mesh.config import Config
-from mesh.events import State
-from mesh.simnet import SimNetwork
-from mesh.wire import ImageMeta, Suspect
+from mesh.protocol.liveness import State
+from mesh.protocol.wire import ImageMeta, Suspect
+from mesh.sim.simnet import SimNetwork
 
 CONFIG = Config.lan(secret=b"test-secret-0123456789")
 
@@ -101,7 +101,7 @@ def test_a_false_suspicion_is_refuted_with_a_higher_incarnation():
     nodes[0].core.receive(
         type("E", (), {})  # placeholder replaced below
         if False
-        else __import__("mesh.wire", fromlist=["Envelope"]).Envelope(
+        else __import__("mesh.protocol.wire", fromlist=["Envelope"]).Envelope(
             nodes[1].core.node_id,
             nodes[1].addr,
             (Suspect(accused.core.node_id, before, nodes[1].core.node_id),),
@@ -208,7 +208,7 @@ def test_a_joiner_into_a_busy_cluster_gets_every_manifest_by_delta():
 
 @pytest.mark.slow
 def test_simulator_at_200_nodes_meets_the_1000_node_bars():
-    from mesh.scenario import FleetScenario
+    from mesh.sim.scenario import FleetScenario
 
     summary = FleetScenario(200, loss=0.05, seed=1, minutes=4).run().summary()
     assert summary["rounds_to_converge_p99"] <= 12
@@ -244,8 +244,8 @@ def test_image_metadata_is_content_addressed_and_fetched_once_per_node():
 
 
 def test_large_state_is_split_into_messages_under_the_cap():
-    from mesh import wire
-    from mesh.core import MeshCore
+    from mesh.protocol import wire
+    from mesh.protocol.core import MeshCore
 
     config = CONFIG.replace(max_message_bytes=32 * 1024)  # the summary (~61 kB) cannot fit one
     core = MeshCore(config, "me", "me", "10.0.0.1:1", now=0.0)
@@ -262,7 +262,7 @@ def test_large_state_is_split_into_messages_under_the_cap():
 
 
 def test_the_incremental_digest_always_equals_a_full_recompute():
-    from mesh.sync import compute_digest
+    from mesh.protocol.antientropy import compute_digest
 
     net, nodes = cluster(16, loss=0.05, seed=21)
     for i, node in enumerate(nodes[:6]):

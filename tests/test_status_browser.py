@@ -8,7 +8,7 @@ import tempfile
 
 import pytest
 
-from mesh.fake_engine import FakeEngine
+from mesh.engine.fake import FakeEngine
 from mesh.lab.poll import async_wait_until
 from tests.inproc import start_node
 

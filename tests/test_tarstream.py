@@ -5,7 +5,7 @@ import tarfile
 
 import pytest
 
-from mesh.tarstream import TarReport, TarStreamError, untagged
+from mesh.engine.tarstream import TarReport, TarStreamError, untagged
 
 
 def make_tar(entries, *, fmt=tarfile.USTAR_FORMAT):

@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from mesh.engine import EngineUnavailable
-from mesh.fake_engine import FakeEngine
+from mesh.engine.base import EngineUnavailable
+from mesh.engine.fake import FakeEngine
 from mesh.lab.poll import async_wait_until
 from tests.inproc import has_image, start_node
 

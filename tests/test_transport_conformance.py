@@ -8,11 +8,11 @@ import asyncio
 import pytest
 
 from mesh.config import Config
-from mesh.events import State
-from mesh.fake_engine import FakeEngine
+from mesh.engine.fake import FakeEngine
 from mesh.lab.poll import async_wait_until
-from mesh.simnet import SimNetwork
-from mesh.wire import ImageMeta
+from mesh.protocol.liveness import State
+from mesh.protocol.wire import ImageMeta
+from mesh.sim.simnet import SimNetwork
 from tests.inproc import start_node
 
 NAMES = ["n0", "n1", "n2"]

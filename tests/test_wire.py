@@ -1,8 +1,8 @@
 import msgpack
 import pytest
 
-from mesh import wire
-from mesh.wire import (
+from mesh.protocol import wire
+from mesh.protocol.wire import (
     Ack,
     Alive,
     Dead,
@@ -52,7 +52,7 @@ def test_every_message_type_round_trips():
 
 
 def test_core_handles_every_wire_type():
-    from mesh.core import handled_types
+    from mesh.protocol.core import handled_types
 
     assert {cls.TYPE for cls in handled_types()} == set(MsgType)
 

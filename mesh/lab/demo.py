@@ -119,15 +119,13 @@ def main() -> int:
         cached = output.count("Using cache")
         say(f"host2: rebuilt in {warm:.1f}s ({cached} cached steps) instead of {cold:.1f}s cold")
         say()
-        from mesh.status_cli import print_status
+        from mesh.ui.status_cli import print_status
 
         shown = nodes[2 if len(nodes) > 2 else 1]
         everyone = {n.name for n in nodes}
 
         def settled() -> bool:  # the pulls have been gossiped, so the table shows every holder
-            return any(
-                image == i["id"] and set(i["holders"]) == everyone for i in shown.api()["images"]
-            )
+            return any(image == i["id"] and set(i["holders"]) == everyone for i in shown.api()["images"])
 
         wait_until(settled, 10, 0.1, what=f"{shown.name} to see sample:1 on every host")
         print_status(shown.api())

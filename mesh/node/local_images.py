@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable
 
 from mesh.config import Config
-from mesh.engine import Engine, EngineError, LocalImage
-from mesh.planner import local_manifest
-from mesh.state import NodeState
-from mesh.wire import ImageMeta, Tags
+from mesh.engine.base import Engine, EngineError, LocalImage
+from mesh.node.persistence import NodeState
+from mesh.protocol.planner import local_manifest
+from mesh.protocol.wire import ImageMeta, Tags
 
 log = logging.getLogger("cachemesh.engine")
 

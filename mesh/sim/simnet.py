@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mesh import wire
 from mesh.config import Config
-from mesh.core import MeshCore
-from mesh.outbox import Outgoing
+from mesh.protocol import wire
+from mesh.protocol.core import MeshCore
+from mesh.protocol.outbox import Outgoing
 
 
 @dataclass(slots=True)

@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mesh.engine import EngineError, LoadResult, LocalImage, split_ref
-from mesh.wire import ImageMeta
+from mesh.engine.base import EngineError, LoadResult, LocalImage, split_ref
+from mesh.protocol.wire import ImageMeta
 
 
 def _sha(data: bytes) -> str:

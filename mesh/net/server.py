@@ -22,10 +22,10 @@ from typing import Protocol
 import msgpack
 from aiohttp import web
 
-from mesh import wire
-from mesh.auth import HEADER_NONCE, AuthError, ReplayGuard, Signer, verify_request
-from mesh.engine import EngineError
-from mesh.peer_client import CHAIN_HEADER, GOSSIP_PATH, SAVE_PATH, SaveStream
+from mesh.engine.base import EngineError
+from mesh.net.auth import HEADER_NONCE, AuthError, ReplayGuard, Signer, verify_request
+from mesh.net.client import CHAIN_HEADER, GOSSIP_PATH, SAVE_PATH, SaveStream
+from mesh.protocol import wire
 
 log = logging.getLogger("cachemesh.peer")
 

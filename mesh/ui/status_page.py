@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from mesh.events import State
-from mesh.humanize import short_id, size_text
+from mesh.protocol.liveness import State
+from mesh.ui.humanize import short_id, size_text
 
 if TYPE_CHECKING:
-    from mesh.node import Node
+    from mesh.node.node import Node
 
 
 def _transfer(t: Any) -> dict[str, Any]:
@@ -140,7 +140,7 @@ def status_app(node: Node) -> web.Application:
 
     if node.config.docker_host == "memory://":
         # Lab only (the in-memory engine): let a test "build" an image on this node.
-        from mesh.fake_engine import FakeEngine
+        from mesh.engine.fake import FakeEngine
 
         async def lab_build(request: web.Request) -> web.Response:
             engine = node.engine

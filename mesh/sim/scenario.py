@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from mesh.config import Config
-from mesh.events import PeerStateChanged, State
-from mesh.simnet import SimNetwork, SimNode
-from mesh.wire import ImageMeta
+from mesh.protocol.events import PeerStateChanged
+from mesh.protocol.liveness import State
+from mesh.protocol.wire import ImageMeta
+from mesh.sim.simnet import SimNetwork, SimNode
 
 
 def _digest(i: int) -> str:

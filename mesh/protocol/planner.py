@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import takewhile
 
-from mesh.wire import ImageMeta, Tags
+from mesh.protocol.wire import ImageMeta, Tags
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-from mesh.wire import Message, encoded_size
+from mesh.protocol.wire import Message, encoded_size
 
 
 @dataclass(slots=True)

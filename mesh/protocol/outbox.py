@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mesh.wire import (
+from mesh.protocol.wire import (
     MAX_NAME,
     Ack,
     Alive,

@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from mesh.events import State
+from mesh.protocol.liveness import State
 
 if TYPE_CHECKING:
-    from mesh.node import Node
+    from mesh.node.node import Node
 
 
 class Readiness:

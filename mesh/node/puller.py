@@ -8,17 +8,17 @@ import logging
 import time
 from collections import deque
 
-from mesh import planner
 from mesh.config import Config
-from mesh.core import MeshCore
-from mesh.engine import Engine, EngineError
-from mesh.events import State
-from mesh.formulas import backoff
-from mesh.local_images import LocalImages
-from mesh.metrics import Metrics
-from mesh.peer_client import PeerClient
-from mesh.planner import Failure, Plan, Pull
-from mesh.transfer import Transfer, TransferFailed, pull_image
+from mesh.engine.base import Engine, EngineError
+from mesh.net.client import PeerClient
+from mesh.node.local_images import LocalImages
+from mesh.node.transfer import Transfer, TransferFailed, pull_image
+from mesh.protocol import planner
+from mesh.protocol.core import MeshCore
+from mesh.protocol.formulas import backoff
+from mesh.protocol.liveness import State
+from mesh.protocol.planner import Failure, Plan, Pull
+from mesh.ui.metrics import Metrics
 
 log = logging.getLogger("cachemesh.pull")
 

@@ -17,10 +17,10 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from mesh.engine import Engine, EngineError
-from mesh.peer_client import PeerClient, PeerError
-from mesh.planner import Pull, chain_of
-from mesh.tarstream import TarReport, TarStreamError, untagged
+from mesh.engine.base import Engine, EngineError
+from mesh.engine.tarstream import TarReport, TarStreamError, untagged
+from mesh.net.client import PeerClient, PeerError
+from mesh.protocol.planner import Pull, chain_of
 
 log = logging.getLogger("cachemesh.transfer")
 

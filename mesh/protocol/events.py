@@ -3,21 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import TypeAlias
 
-
-class State(IntEnum):
-    """A member's liveness as this node sees it. Values travel on the wire (summary entries)."""
-
-    ALIVE = 0
-    SUSPECT = 1
-    DEAD = 2
-    LEFT = 3
-
-    @property
-    def label(self) -> str:
-        return self.name.lower()
+from mesh.protocol.liveness import State
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,27 +18,30 @@ from typing import Any
 
 from aiohttp import web
 
-from mesh import __version__, wire
-from mesh.addresses import derive_advertise
-from mesh.auth import Signer, derive_key
+from mesh import __version__
 from mesh.config import Config, format_hostport, parse_hostport
-from mesh.core import MeshCore
-from mesh.discovery import resolve_seeds
-from mesh.engine import DockerEngine, Engine, EngineError
-from mesh.events import ManifestChanged, MetaLearned, PeerJoined, PeerStateChanged, State
-from mesh.local_images import LocalImages
-from mesh.mdns import MdnsDiscovery, mdns_usable
-from mesh.metrics import Metrics
-from mesh.outbox import Outgoing
-from mesh.peer_client import PeerClient, SaveStream
-from mesh.peer_server import PeerServer, SaveRefused
-from mesh.planner import chain_of
-from mesh.puller import Puller
-from mesh.readiness import Readiness
-from mesh.state import NodeState
-from mesh.status import status_app
-from mesh.transfer import Transfer
-from mesh.wire import ImageMeta, Tags
+from mesh.discovery.addresses import derive_advertise
+from mesh.discovery.mdns import MdnsDiscovery, mdns_usable
+from mesh.discovery.seeds import resolve_seeds
+from mesh.engine.base import Engine, EngineError
+from mesh.engine.docker_api import DockerEngine
+from mesh.net.auth import Signer, derive_key
+from mesh.net.client import PeerClient, SaveStream
+from mesh.net.server import PeerServer, SaveRefused
+from mesh.node.local_images import LocalImages
+from mesh.node.persistence import NodeState
+from mesh.node.puller import Puller
+from mesh.node.readiness import Readiness
+from mesh.node.transfer import Transfer
+from mesh.protocol import wire
+from mesh.protocol.core import MeshCore
+from mesh.protocol.events import ManifestChanged, MetaLearned, PeerJoined, PeerStateChanged
+from mesh.protocol.liveness import State
+from mesh.protocol.outbox import Outgoing
+from mesh.protocol.planner import chain_of
+from mesh.protocol.wire import ImageMeta, Tags
+from mesh.ui.metrics import Metrics
+from mesh.ui.status_page import status_app
 
 log = logging.getLogger("cachemesh.node")
 
@@ -97,9 +100,7 @@ class Node:
             incarnation=self.incarnation,
             manifest_version=int(time.time() * 1000),
         )
-        self.puller = Puller(
-            self.config, self.core, self.engine, self.local, self.client, self.metrics
-        )
+        self.puller = Puller(self.config, self.core, self.engine, self.local, self.client, self.metrics)
         peer = PeerServer(
             self,
             self.signer,
@@ -384,7 +385,7 @@ def bind_socket(listen: str) -> socket.socket:
 def make_engine(docker_host: str) -> Engine:
     """The Docker Engine at docker_host; `memory://` is the in-memory engine (simulation and tests)."""
     if docker_host == "memory://":
-        from mesh.fake_engine import FakeEngine
+        from mesh.engine.fake import FakeEngine
 
         return FakeEngine()
     return DockerEngine(docker_host)

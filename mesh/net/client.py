@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import aiohttp
 import msgpack
 
-from mesh import wire
-from mesh.auth import HEADER_NONCE, AuthError, Signer
+from mesh.net.auth import HEADER_NONCE, AuthError, Signer
+from mesh.protocol import wire
 
 GOSSIP_PATH = "/v1/gossip"
 SAVE_PATH = "/v1/save"

@@ -20,12 +20,21 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from mesh.broadcast import BroadcastQueue
 from mesh.config import Config
-from mesh.events import Event, ManifestChanged, MetaLearned
-from mesh.formulas import backoff
-from mesh.outbox import Outbox
-from mesh.wire import Entry, ImageMeta, ManifestDelta, ManifestUpdate, MetaWant, SyncWant, Tags, encoded_size
+from mesh.protocol.events import Event, ManifestChanged, MetaLearned
+from mesh.protocol.formulas import backoff
+from mesh.protocol.outbox import Outbox
+from mesh.protocol.rumours import BroadcastQueue
+from mesh.protocol.wire import (
+    Entry,
+    ImageMeta,
+    ManifestDelta,
+    ManifestUpdate,
+    MetaWant,
+    SyncWant,
+    Tags,
+    encoded_size,
+)
 
 MAX_IMAGES_PER_NODE = 5000
 """One node's manifest must fit one message; past this the newest images are announced."""

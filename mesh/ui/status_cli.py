@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from mesh.humanize import short_id, size_text
+from mesh.ui.humanize import short_id, size_text
 
 
 def print_status(s: dict[str, Any], console: Console | None = None) -> None:

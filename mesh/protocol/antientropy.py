@@ -16,9 +16,9 @@ import hashlib
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 
-from mesh.events import State
-from mesh.membership import Member
-from mesh.wire import DIGEST_BUCKETS, SummaryEntry
+from mesh.protocol.liveness import State
+from mesh.protocol.membership import Member
+from mesh.protocol.wire import DIGEST_BUCKETS, SummaryEntry
 
 _LIVE = (State.ALIVE, State.SUSPECT)
 

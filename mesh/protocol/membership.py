@@ -14,17 +14,18 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mesh.broadcast import BroadcastQueue
 from mesh.config import Config
-from mesh.events import Event, PeerForgotten, PeerJoined, PeerStateChanged, State
-from mesh.formulas import (
+from mesh.protocol.events import Event, PeerForgotten, PeerJoined, PeerStateChanged
+from mesh.protocol.formulas import (
     confirmations_expected,
     remaining_suspicion,
     smooth_rtt,
     suspicion_timeout,
 )
-from mesh.outbox import Outbox
-from mesh.wire import Ack, Alive, Dead, Ping, PingReq, SummaryEntry, Suspect
+from mesh.protocol.liveness import State
+from mesh.protocol.outbox import Outbox
+from mesh.protocol.rumours import BroadcastQueue
+from mesh.protocol.wire import Ack, Alive, Dead, Ping, PingReq, SummaryEntry, Suspect
 
 
 @dataclass(slots=True)

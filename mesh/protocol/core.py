@@ -12,15 +12,16 @@ import random
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from mesh.broadcast import BroadcastQueue
 from mesh.config import Config
-from mesh.events import Event, PeerForgotten, PeerStateChanged, State
-from mesh.formulas import push_pull_scale, retransmit_limit
-from mesh.gossip import Manifests
-from mesh.membership import Member, Membership
-from mesh.outbox import Outbox, Outgoing
-from mesh.sync import DigestCache, differing, split_by_size, summary_entries
-from mesh.wire import (
+from mesh.protocol.antientropy import DigestCache, differing, split_by_size, summary_entries
+from mesh.protocol.events import Event, PeerForgotten, PeerStateChanged
+from mesh.protocol.formulas import push_pull_scale, retransmit_limit
+from mesh.protocol.liveness import State
+from mesh.protocol.manifests import Manifests
+from mesh.protocol.membership import Member, Membership
+from mesh.protocol.outbox import Outbox, Outgoing
+from mesh.protocol.rumours import BroadcastQueue
+from mesh.protocol.wire import (
     Ack,
     Alive,
     Dead,

@@ -1,0 +1,1 @@
+"""What people and scrapers see: the status page and JSON API, CLI tables, Prometheus metrics."""

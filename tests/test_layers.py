@@ -1,0 +1,82 @@
+"""The layer rule, enforced: the tree is the architecture only while imports respect it.
+
+The protocol core (and config) must stay pure so the simulator and the node run the same code:
+no asyncio, no sockets, no clocks of their own, no Docker, no mDNS. The I/O packages may use the
+core but not each other upwards (the engine adapter knows nothing of peers, the peer API nothing
+of the node that wires it).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "mesh"
+
+# For each part, the mesh parts it may import. Anything not listed is forbidden.
+ALLOWED = {
+    "config": set(),
+    "protocol": {"config", "protocol"},
+    "engine": {"config", "protocol", "engine"},
+    "net": {"config", "protocol", "engine", "net"},
+    "discovery": {"config", "discovery"},
+    "registry": {"config", "protocol", "net", "registry", "ui"},
+    "node": {"config", "protocol", "engine", "net", "discovery", "registry", "node", "ui"},
+    "ui": {"config", "protocol", "ui"},
+    "sim": {"config", "protocol", "engine", "sim"},
+    # The lab runs whole nodes and engines for the demo and the tests: it may use every part.
+    "lab": {"config", "protocol", "engine", "net", "discovery", "registry", "node", "ui", "sim", "lab"},
+}
+# Third-party and standard-library modules that mean I/O: never in the pure parts.
+IO_MODULES = {
+    "asyncio", "aiohttp", "docker", "zeroconf", "socket", "selectors", "subprocess", "threading",
+    "ssl", "urllib.request", "http", "requests", "prometheus_client", "rich",
+}  # fmt: skip
+PURE = {"config", "protocol"}
+
+
+def _part(path: Path) -> str:
+    rel = path.relative_to(PACKAGE)
+    return rel.parts[0].removesuffix(".py") if len(rel.parts) > 1 else rel.stem
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(), str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+            if node.module == "mesh":  # `from mesh import x` names a part
+                found += [(node.lineno, f"mesh.{alias.name}") for alias in node.names]
+    return found
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if _part(p) in ALLOWED)
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_module_respects_its_layer(path: Path) -> None:
+    part = _part(path)
+    problems = []
+    for line, module in _imports(path):
+        top = module.split(".")[0]
+        if top == "mesh":
+            target = module.split(".")[1] if "." in module else None
+            if target in ("__version__", None):
+                continue
+            if target not in ALLOWED[part]:
+                problems.append(f"line {line}: {part} may not import mesh.{target}")
+        elif part in PURE and (module in IO_MODULES or top in IO_MODULES):
+            problems.append(f"line {line}: the pure part {part} imports {module}")
+    assert not problems, f"{path.relative_to(PACKAGE)}: " + "; ".join(problems)
+
+
+def test_every_part_is_classified() -> None:
+    """A new folder must take its place in the table above, or the rule silently stops covering it."""
+    parts = {_part(p) for p in PACKAGE.rglob("*.py")} - {"__init__", "__main__", "cli"}
+    assert parts <= set(ALLOWED), f"unclassified parts: {parts - set(ALLOWED)}"
