@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from mesh.lab import dockerd as dockerd_mod
+from mesh.lab.engines import DEFAULT, KINDS, EngineKind
 from mesh.lab.netns import Network
 
 ROOT = Path(os.environ.get("CACHEMESH_TEST_ROOT", "/tmp/cachemesh-tests"))
@@ -82,12 +83,15 @@ def _need_engines() -> None:
 
 @pytest.fixture
 def engines(workdir: Path) -> Iterator[object]:
-    """Factory: engines(name, netns=None) -> a started private Dockerd, destroyed after the test."""
+    """Factory: engines(name, netns=None, kind=DEFAULT) -> a started private Dockerd, destroyed
+    after the test. `kind` is one of mesh.lab.engines.KINDS."""
     _need_engines()
     started: list[dockerd_mod.Dockerd] = []
 
-    def make(name: str, netns: str | None = None) -> dockerd_mod.Dockerd:
-        engine = dockerd_mod.Dockerd(workdir / f"engine-{name}", netns=netns, name=name).start()
+    def make(name: str, netns: str | None = None, kind: EngineKind = DEFAULT) -> dockerd_mod.Dockerd:
+        if kind.missing():
+            pytest.fail(f"{kind.missing()}: scripts/test installs every engine of the matrix")
+        engine = dockerd_mod.Dockerd(workdir / f"engine-{name}", netns=netns, name=name, kind=kind).start()
         started.append(engine)
         return engine
 
@@ -102,3 +106,9 @@ def network() -> Iterator[Network]:
     net = Network(uuid.uuid4().hex[:4])
     yield net
     net.destroy()
+
+
+@pytest.fixture(params=list(KINDS), ids=list(KINDS))
+def engine_kind(request: pytest.FixtureRequest) -> EngineKind:
+    """Every engine and image store of the matrix (docs/engines.md)."""
+    return KINDS[request.param]

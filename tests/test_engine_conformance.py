@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import tarfile
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,8 +13,9 @@ import pytest
 from mesh.engine.base import EngineError
 from mesh.engine.docker_api import DockerEngine
 from mesh.engine.fake import FakeEngine
-from mesh.engine.tarstream import TarReport, untagged
+from mesh.engine.tarstream import TarReport, TarStreamError, untagged
 from mesh.lab.dockerd import import_base
+from mesh.lab.engines import KINDS, EngineKind
 from mesh.protocol.planner import chain_of
 
 
@@ -34,27 +37,30 @@ class FakeKind:
 
 
 class RealKind:
-    def __init__(self, engines) -> None:  # type: ignore[no-untyped-def]
-        self.da, self.db = engines("a"), engines("b")
+    def __init__(self, engines, kind: EngineKind) -> None:  # type: ignore[no-untyped-def]
+        self.da, self.db = engines("a", kind=kind), engines("b", kind=kind)
+        self.containerd_store = kind.containerd_store
         import_base(self.da)
         self.a, self.b = DockerEngine(self.da.host), DockerEngine(self.db.host)
 
     async def build(self, tag: str, steps: int) -> str:
         lines = ["FROM base:1"] + [f"RUN echo '{tag} step {i}' > /step{i}" for i in range(steps)]
         dockerfile = "\n".join(lines).encode()
-        await asyncio.to_thread(self.da.cli, "build", "--network", "none", "-t", tag, "-", input=dockerfile)
-        image = self.da.image_id(tag)
-        assert image
-        return image
+        await asyncio.to_thread(
+            self.da.cli, "build", "--network", "none", "-t", tag, "-", input=dockerfile,
+            env={"DOCKER_BUILDKIT": "0"},
+        )  # fmt: skip
+        return next(i.meta.id for i in await self.a.images() if tag in i.tags)
 
 
-@pytest.fixture(params=["fake", pytest.param("real", marks=pytest.mark.docker)])
+@pytest.fixture(params=["fake", *(pytest.param(k, marks=pytest.mark.docker) for k in KINDS)])
 async def kind(request):  # type: ignore[no-untyped-def]
     if request.param == "fake":
         k = FakeKind()
     else:
         engines = request.getfixturevalue("engines")
-        k = await asyncio.to_thread(RealKind, engines)  # starting dockerds blocks; keep it off the loop
+        # starting dockerds blocks; keep it off the loop
+        k = await asyncio.to_thread(RealKind, engines, KINDS[request.param])
     yield k
     await k.a.close()
     await k.b.close()
@@ -94,7 +100,11 @@ async def test_save_by_id_then_load_restores_the_chain_without_tags(kind):
     assert set(chain) <= set(loaded)
     assert all(not loaded[i].tags for i in chain)
     assert loaded[image].meta.layers == metas[image].layers
-    assert chain_of(image, {i: x.meta for i, x in loaded.items()}) == chain  # parent links survive
+    relinked = chain_of(image, {i: x.meta for i, x in loaded.items()})
+    if getattr(kind, "containerd_store", False):
+        assert relinked == [image]  # that store records no parents for loaded images
+    else:
+        assert relinked == chain  # parent links survive
     await kind.b.tag(image, "app:2")
     assert {i.meta.id: i.tags for i in await kind.b.images()}[image] == ("app:2",)
 
@@ -111,14 +121,19 @@ async def test_a_truncated_stream_loads_nothing(kind):
 async def test_a_tampered_layer_is_refused_and_loads_nothing(kind):
     image = await kind.build("app:4", 1)
     data = bytearray(await collect(kind.a.save([image])))
-    layer_marker = data.find(b"layer.tar")
-    assert layer_marker > 0
-    # Flip a byte in the first file body after the first layer.tar header.
-    body = layer_marker - (layer_marker % 512) + 512
-    data[body + 5] ^= 0xFF
+    # Flip a byte inside the biggest file, a layer (legacy `<id>/layer.tar` or an OCI blob).
+    with tarfile.open(fileobj=io.BytesIO(bytes(data))) as tar:
+        layer = max(
+            (m for m in tar.getmembers() if m.name.endswith("layer.tar") or m.name.startswith("blobs/")),
+            key=lambda m: m.size,
+        )
+    data[layer.offset_data + layer.size // 2] ^= 0xFF
     before = {i.meta.id for i in await kind.b.images()}
-    with pytest.raises(EngineError):
-        await kind.b.load(replay(bytes(data)))
+    # Through the filter every pull uses: the containerd store does not check an OCI blob against
+    # its name as it loads (it would unpack the layer only when a container needs it), so the
+    # filter does, and cuts the stream short before a bad blob ends.
+    with pytest.raises((EngineError, TarStreamError)):
+        await kind.b.load(untagged(replay(bytes(data)), TarReport()))
     assert {i.meta.id for i in await kind.b.images()} == before
 
 
@@ -137,11 +152,16 @@ async def test_remove_only_takes_untagged_images_without_children(kind):
     image = await kind.build("app:6", 2)
     metas = {i.meta.id: i.meta for i in await kind.a.images()}
     intermediate = metas[image].parent
-    with pytest.raises(EngineError):
-        await kind.a.remove(intermediate)  # has a child
     await kind.b.load(kind.a.save([intermediate]))
     await kind.b.remove(intermediate)
     assert intermediate not in {i.meta.id for i in await kind.b.images()}
+    if getattr(kind, "containerd_store", False):
+        # The containerd store keeps parents as labels only: a parent goes, its child stays whole.
+        await kind.a.remove(intermediate)
+        assert image in {i.meta.id for i in await kind.a.images()}
+    else:
+        with pytest.raises(EngineError):
+            await kind.a.remove(intermediate)  # has a child
 
 
 async def test_save_of_an_unknown_image_is_an_engine_error(kind):

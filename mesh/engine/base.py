@@ -5,7 +5,9 @@ tests/test_engine_conformance.py runs one suite against both.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+import hashlib
+import json
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,7 +25,29 @@ class EngineUnavailable(EngineError):
 @dataclass(frozen=True, slots=True)
 class LocalImage:
     meta: ImageMeta
+    """`meta.id` is the mesh's key for the image (see image_key), the same on every store."""
     tags: tuple[str, ...]
+    engine_id: str = ""
+    """The engine's own ID: the config digest on a graph driver, the manifest or index digest on
+    the containerd image store. "" where it equals meta.id."""
+
+    @property
+    def native(self) -> str:
+        return self.engine_id or self.meta.id
+
+
+@dataclass(frozen=True, slots=True)
+class EngineInfo:
+    version: str
+    """The engine's version, e.g. '28.5.2'."""
+    containerd_store: bool
+    """The containerd image store (Engine 29's default) rather than a graph driver (overlay2)."""
+    oci_save: bool
+    """`docker save` writes an OCI layout beside manifest.json (Engine 25 and later)."""
+
+    @property
+    def store(self) -> str:
+        return "containerd" if self.containerd_store else "graph"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,12 +57,16 @@ class LoadResult:
 
 
 class Engine(Protocol):
+    async def info(self) -> EngineInfo:
+        """What kind of engine and image store this is."""
+        ...
+
     async def images(self) -> list[LocalImage]:
         """Every image, tagged or not, with its parent and layers."""
         ...
 
     def save(self, image_ids: Iterable[str]) -> AsyncIterator[bytes]:
-        """A `docker save` tar of these images (by ID, so it carries no tags), streamed."""
+        """A `docker save` tar of these images (by mesh key, so it carries no tags), streamed."""
         ...
 
     async def load(self, chunks: AsyncIterator[bytes]) -> LoadResult:
@@ -48,7 +76,7 @@ class Engine(Protocol):
     async def tag(self, image_id: str, ref: str) -> None: ...
 
     async def remove(self, image_id: str) -> None:
-        """Remove an untagged image (only used to clean up what a failed transfer loaded)."""
+        """Remove an untagged image by mesh key (only to clean up what a failed transfer loaded)."""
         ...
 
     def events(self) -> AsyncIterator[dict[str, Any]]:
@@ -64,3 +92,38 @@ def split_ref(ref: str) -> tuple[str, str]:
     if not sep or "/" in tag:
         return ref, "latest"
     return repo, tag
+
+
+def image_key(created: str, architecture: str, os: str, diff_ids: Sequence[str]) -> str:
+    """The mesh's name for an image, the same on every engine and image store.
+
+    The engines disagree on image IDs: a graph driver names an image by its config's digest, the
+    containerd image store by its manifest's or index's digest, and buildx adds an attestation
+    manifest that changes the index digest. Neither is visible on the other store. What both
+    report alike, from the config, is when the image was made (to the nanosecond), its platform and
+    its layers' diff IDs, and a config with those the same is the same image for a build cache.
+    """
+    material = json.dumps([created, architecture, os, list(diff_ids)], separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(material.encode()).hexdigest()
+
+
+def chain_ids(diff_ids: Sequence[str]) -> list[str]:
+    """The chain ID of each prefix of a layer list (the OCI image spec's ChainID): what both a
+    graph driver's layer store and containerd's snapshotter key an unpacked layer by. Holding the
+    chain ID of layers[:n] means holding all of those n layers in that order."""
+    out: list[str] = []
+    for diff_id in diff_ids:
+        chain = (
+            diff_id if not out else "sha256:" + hashlib.sha256(f"{out[-1]} {diff_id}".encode()).hexdigest()
+        )
+        out.append(chain)
+    return out
+
+
+def held_prefix(diff_ids: Sequence[str], held: set[str]) -> int:
+    """How many leading layers of an image an engine holding these chain IDs has already."""
+    count = 0
+    for index, chain in enumerate(chain_ids(diff_ids)):
+        if chain in held:
+            count = index + 1
+    return count

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -22,8 +23,24 @@ import aiohttp
 import docker
 import docker.errors
 
-from mesh.engine.base import EngineError, EngineUnavailable, LoadResult, LocalImage, split_ref
+from mesh.engine.base import (
+    EngineError,
+    EngineInfo,
+    EngineUnavailable,
+    LoadResult,
+    LocalImage,
+    image_key,
+    split_ref,
+)
 from mesh.protocol.wire import ImageMeta
+
+
+@dataclass(frozen=True, slots=True)
+class _Inspected:
+    key: str
+    parent: str
+    """The parent's engine ID ("" if none; the containerd store records none for BuildKit images)."""
+    layers: tuple[str, ...]
 
 
 class DockerEngine:
@@ -32,7 +49,9 @@ class DockerEngine:
         self._client: docker.APIClient | None = None
         self._session: aiohttp.ClientSession | None = None
         self._base = ""
-        self._inspected: dict[str, ImageMeta] = {}  # image content never changes for an ID
+        self._inspected: dict[str, _Inspected] = {}  # by engine ID: its content never changes
+        self._native: dict[str, str] = {}  # mesh key -> engine ID, from the last listing
+        self._info: EngineInfo | None = None
 
     # --- connections -------------------------------------------------------------------------
 
@@ -82,44 +101,90 @@ class DockerEngine:
 
     # --- calls ---------------------------------------------------------------------------------
 
+    async def info(self) -> EngineInfo:
+        if self._info is None:
+            api = await self._api()
+            version = await self._call("version")
+            detail = await self._call("info")
+            # The containerd image store reports its snapshotter as the driver type.
+            status = {str(k): str(v) for k, v in detail.get("DriverStatus") or ()}
+            containerd = status.get("driver-type", "").startswith("io.containerd.snapshotter")
+            api_version = tuple(int(x) for x in str(api.api_version).split(".")[:2])
+            self._info = EngineInfo(str(version.get("Version", "")), containerd, api_version >= (1, 44))
+        return self._info
+
     async def images(self) -> list[LocalImage]:
+        for attempt in range(3):
+            try:
+                return await self._images()
+            except EngineUnavailable:
+                raise
+            except EngineError:
+                # The containerd store can fail a listing while an image is being removed
+                # ("content digest ... not found"); the next listing sees the settled state.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _images(self) -> list[LocalImage]:
         listed = await self._call("images", all=True)
-        out = []
+        found: list[tuple[dict[str, Any], _Inspected]] = []
         for item in listed:
-            image_id = item["Id"]
-            meta = self._inspected.get(image_id)
-            if meta is None:
+            engine_id = item["Id"]
+            seen = self._inspected.get(engine_id)
+            if seen is None:
                 try:
-                    detail = await self._call("inspect_image", image_id)
+                    detail = await self._call("inspect_image", engine_id)
                 except EngineError:
                     continue  # removed between list and inspect
-                meta = ImageMeta(
-                    id=image_id,
-                    parent=detail.get("Parent") or "",
-                    layers=tuple(detail.get("RootFS", {}).get("Layers") or ()),
-                    size=int(item.get("Size") or 0),
-                    created=int(item.get("Created") or 0),
+                layers = tuple(detail.get("RootFS", {}).get("Layers") or ())
+                key = image_key(
+                    str(detail.get("Created") or ""),
+                    str(detail.get("Architecture") or ""),
+                    str(detail.get("Os") or ""),
+                    layers,
                 )
-                self._inspected[image_id] = meta
+                seen = _Inspected(key, detail.get("Parent") or "", layers)
+                self._inspected[engine_id] = seen
+            found.append((item, seen))
+        keys = {item["Id"]: seen.key for item, seen in found}
+        out: list[LocalImage] = []
+        for item, seen in found:
+            meta = ImageMeta(
+                id=seen.key,
+                parent=keys.get(seen.parent, ""),
+                layers=seen.layers,
+                size=int(item.get("Size") or 0),
+                created=int(item.get("Created") or 0),
+            )
             tags = tuple(sorted(t for t in item.get("RepoTags") or () if t != "<none>:<none>"))
-            out.append(LocalImage(meta, tags))
-        live = {i["Id"] for i in listed}
-        for stale in [i for i in self._inspected if i not in live]:
+            out.append(LocalImage(meta, tags, item["Id"] if item["Id"] != seen.key else ""))
+        self._native = {i.meta.id: i.native for i in out}
+        for stale in [i for i in self._inspected if i not in keys]:
             del self._inspected[stale]
         return out
 
+    async def _engine_id(self, key: str) -> str:
+        if key not in self._native:
+            await self.images()
+        try:
+            return self._native[key]
+        except KeyError:
+            raise EngineError(f"No such image: {key}") from None
+
     async def tag(self, image_id: str, ref: str) -> None:
         repo, tag = split_ref(ref)
-        await self._call("tag", image_id, repo, tag, force=True)
+        await self._call("tag", await self._engine_id(image_id), repo, tag, force=True)
 
     async def remove(self, image_id: str) -> None:
-        await self._call("remove_image", image_id, noprune=True)
+        await self._call("remove_image", await self._engine_id(image_id), noprune=True)
 
     # --- streams --------------------------------------------------------------------------------
 
     async def save(self, image_ids: Iterable[str], chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
         session, base = await self._http()
-        names = "&".join("names=" + quote(i) for i in image_ids)
+        natives = [await self._engine_id(i) for i in image_ids]
+        names = "&".join("names=" + quote(n) for n in natives)
         try:
             async with session.get(f"{base}/images/get?{names}") as response:
                 if response.status != 200:
@@ -153,7 +218,8 @@ class DockerEngine:
             for text in str(item.get("stream", "")).splitlines():
                 if text.startswith("Loaded image ID: "):
                     loaded.append(text.removeprefix("Loaded image ID: ").strip())
-        return LoadResult(tuple(loaded))
+        keys = {i.native: i.meta.id for i in await self.images()}
+        return LoadResult(tuple(keys.get(native, native) for native in loaded))
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         session, base = await self._http()

@@ -1,8 +1,9 @@
 """An in-memory Docker Engine for unit tests, the 20-process mesh test and the simulator.
 
 It writes and reads real legacy-format `docker save` tars and checks what the real engine checks
-on load: the image ID is the digest of its config, each layer's digest matches the config's
-diff IDs, and a truncated tar loads nothing. tests/test_engine_conformance.py runs one suite
+on load: each layer's digest matches the config's diff IDs, a truncated tar loads nothing, and a
+layer whose chain is already here needs no file (a graph driver's rule). Images are named by the
+mesh key of their config, as the real adapter names them. tests/test_engine_conformance.py runs one suite
 against this and a real dockerd, so the two cannot drift apart.
 """
 
@@ -18,7 +19,8 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mesh.engine.base import EngineError, LoadResult, LocalImage, split_ref
+from mesh.engine.base import EngineError, EngineInfo, LoadResult, LocalImage, split_ref
+from mesh.engine.tarstream import config_key
 from mesh.protocol.wire import ImageMeta
 
 
@@ -35,7 +37,10 @@ class _Image:
 
     @property
     def id(self) -> str:
-        return _sha(self.config)
+        """The mesh key, derived from the config as a real engine's adapter derives it."""
+        key = config_key(self.config)
+        assert key is not None
+        return key
 
     def meta(self) -> ImageMeta:
         doc = json.loads(self.config)
@@ -61,10 +66,14 @@ class FakeEngine:
         """Create an image the way a build would: config over the parent's layers plus new ones."""
         base = self._images[parent].layers if parent else []
         all_layers = [*base, *layers]
+        when = created if created is not None else int(time.time())
         config = json.dumps(
             {
+                "architecture": "amd64",
+                "os": "linux",
                 "rootfs": {"type": "layers", "diff_ids": [_sha(layer) for layer in all_layers]},
-                "created_unix": created if created is not None else int(time.time()),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when)),
+                "created_unix": when,
                 "parent": parent,
             },
             sort_keys=True,
@@ -97,6 +106,9 @@ class FakeEngine:
 
     # --- the Engine interface -----------------------------------------------------------------
 
+    async def info(self) -> EngineInfo:
+        return EngineInfo("fake", containerd_store=False, oci_save=False)
+
     async def images(self) -> list[LocalImage]:
         await asyncio.sleep(0)
         return [LocalImage(i.meta(), tuple(sorted(i.tags))) for i in self._images.values()]
@@ -112,7 +124,7 @@ class FakeEngine:
             written: set[str] = set()
             for image_id in ids:
                 image = self._images[image_id]
-                config_name = image_id[7:] + ".json"
+                config_name = _sha(image.config)[7:] + ".json"
                 _add(tar, config_name, image.config)
                 layer_names = []
                 for layer in image.layers:
@@ -150,7 +162,8 @@ class FakeEngine:
             diff_ids = json.loads(config)["rootfs"]["diff_ids"]
             layers = []
             for index, name in enumerate(entry["Layers"]):
-                layer = files.get(name)
+                # Like a graph driver, a layer whose chain is already here needs no file.
+                layer = files.get(name) or self._held_layer(diff_ids[: index + 1])
                 if layer is None or index >= len(diff_ids) or _sha(layer) != diff_ids[index]:
                     raise EngineError(f"invalid diffID for layer {index}")
                 layers.append(layer)
@@ -165,6 +178,13 @@ class FakeEngine:
             for tag in tags:
                 self._retag(image.id, tag)
         return LoadResult(tuple(loaded))
+
+    def _held_layer(self, prefix: list[str]) -> bytes | None:
+        for image in self._images.values():
+            held = [_sha(layer) for layer in image.layers[: len(prefix)]]
+            if held == prefix:
+                return image.layers[len(prefix) - 1]
+        return None
 
     async def tag(self, image_id: str, ref: str) -> None:
         if image_id not in self._images:

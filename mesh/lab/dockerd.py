@@ -1,8 +1,10 @@
-"""A private Docker Engine per simulated host (DESIGN.md: Running real engines in tests)."""
+"""A private Docker Engine per simulated host: its own data root, exec root and socket, no bridge and
+no iptables, optionally inside a network namespace. Which engine and store: mesh.lab.engines."""
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import signal
@@ -11,6 +13,7 @@ import tarfile
 import time
 from pathlib import Path
 
+from mesh.lab.engines import DEFAULT, EngineKind
 from mesh.lab.poll import wait_until
 
 DOCKER_CLI = "/usr/bin/docker"  # Debian's 20.10 CLI: BuildKit under DOCKER_BUILDKIT=1 without buildx
@@ -27,8 +30,11 @@ def available() -> str | None:
 
 
 class Dockerd:
-    def __init__(self, root: Path, netns: str | None = None, name: str = "engine") -> None:
+    def __init__(
+        self, root: Path, netns: str | None = None, name: str = "engine", kind: EngineKind = DEFAULT
+    ) -> None:
         self.root = root
+        self.kind = kind
         self.netns = netns
         self.name = name
         self.sock = root / "docker.sock"
@@ -38,8 +44,15 @@ class Dockerd:
 
     def start(self, timeout: float = 60.0) -> Dockerd:
         self.root.mkdir(parents=True, exist_ok=True)
+        why_not = self.kind.missing()
+        if why_not:
+            raise RuntimeError(why_not)
+        config = self.root / "daemon.json"
+        config.write_text(json.dumps({"features": {"containerd-snapshotter": self.kind.containerd_store}}))
         cmd = [
-            "dockerd",
+            self.kind.dockerd,
+            "--config-file",
+            str(config),
             "--data-root",
             str(self.root / "data"),
             "--exec-root",
@@ -50,13 +63,19 @@ class Dockerd:
             str(self.root / "pid"),
             "--bridge=none",
             "--iptables=false",
-            "--ip6tables=false" if _supports_ip6tables() else "--ipv6=false",
+            "--ip6tables=false" if _supports_ip6tables(self.kind.dockerd) else "--ipv6=false",
         ]
         if self.netns:
             # nsenter, not `ip netns exec`: the latter remounts /sys and dockerd loses its cgroups.
             cmd = ["nsenter", f"--net=/var/run/netns/{self.netns}", *cmd]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "PATH": self.kind.path()},
+            )
         wait_until(self._answers, timeout, 0.1, what=f"dockerd {self.name} answering")
         return self
 
@@ -73,10 +92,15 @@ class Dockerd:
         input: bytes | None = None,
         timeout: float = 300.0,
     ) -> subprocess.CompletedProcess[str]:
-        full_env = {**os.environ, "DOCKER_HOST": self.host, **(env or {})}
+        full_env = {
+            **os.environ,
+            "DOCKER_HOST": self.host,
+            "DOCKER_CONFIG": str(self.cli_config()),
+            **(env or {}),
+        }
         full_env.pop("DOCKER_CONTEXT", None)
         result = subprocess.run(
-            [DOCKER_CLI, *args],
+            [self.kind.cli_path, *args],
             env=full_env,
             input=input.decode("latin-1") if input is not None else None,
             capture_output=True,
@@ -89,6 +113,17 @@ class Dockerd:
                 f"docker {' '.join(args)} failed: {result.stdout[-2000:]}{result.stderr[-2000:]}"
             )
         return result
+
+    def cli_config(self) -> Path:
+        """A DOCKER_CONFIG of this engine's own, whose cli-plugins holds the buildx that came with
+        its CLI (the 26.1 and 28.5 CLIs build with buildx by default)."""
+        config = self.root / "cli-config"
+        plugins = config / "cli-plugins"
+        if self.kind.buildx and not (plugins / "docker-buildx").exists():
+            plugins.mkdir(parents=True, exist_ok=True)
+            (plugins / "docker-buildx").symlink_to(self.kind.buildx)
+        config.mkdir(parents=True, exist_ok=True)
+        return config
 
     def image_id(self, ref: str) -> str | None:
         result = self.cli("image", "inspect", "--format", "{{.Id}}", ref, check=False)
@@ -125,15 +160,14 @@ class Dockerd:
                 time.sleep(0.2)
 
 
-_IP6: bool | None = None
+_IP6: dict[str, bool] = {}
 
 
-def _supports_ip6tables() -> bool:
-    global _IP6
-    if _IP6 is None:
-        help_text = subprocess.run(["dockerd", "--help"], capture_output=True, text=True).stdout
-        _IP6 = "--ip6tables" in help_text
-    return _IP6
+def _supports_ip6tables(dockerd: str) -> bool:
+    if dockerd not in _IP6:
+        help_text = subprocess.run([dockerd, "--help"], capture_output=True, text=True).stdout
+        _IP6[dockerd] = "--ip6tables" in help_text
+    return _IP6[dockerd]
 
 
 def busybox_rootfs() -> bytes:

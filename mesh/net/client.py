@@ -81,10 +81,19 @@ class PeerClient:
 
     @asynccontextmanager
     async def save(
-        self, addr: str, image: str, *, chunk_bytes: int, idle_timeout: float
+        self,
+        addr: str,
+        image: str,
+        *,
+        have: int = 0,
+        store: str = "graph",
+        chunk_bytes: int,
+        idle_timeout: float,
     ) -> AsyncIterator[SaveStream]:
-        """Open a `docker save` stream of `image` and its parent chain from a peer."""
-        body: bytes = msgpack.packb({"image": image})
+        """Open a `docker save` stream of `image` and its parent chain from a peer. `have`: how
+        many leading layers of the image this side holds, to be left out; `store`: this side's
+        image store ("graph" or "containerd"), which decides the formats it can take a delta in."""
+        body: bytes = msgpack.packb({"image": image, "have": have, "store": store})
         headers = self._signer.sign_request("POST", SAVE_PATH, body, time.time())
         headers["Content-Type"] = "application/msgpack"
         # No total timeout (a large image takes minutes); a stalled stream is cut by the idle timeout.

@@ -30,6 +30,9 @@ from mesh.protocol import wire
 log = logging.getLogger("cachemesh.peer")
 
 
+MAX_LAYERS = 1000  # an image has at most 127 layers on overlay2; a chain repeats them
+
+
 class SaveRefused(Exception):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
@@ -39,7 +42,7 @@ class SaveRefused(Exception):
 class PeerHandler(Protocol):
     def on_envelope(self, envelope: wire.Envelope) -> wire.Envelope | None: ...
 
-    async def open_save(self, image: str, requester: str) -> SaveStream: ...
+    async def open_save(self, image: str, requester: str, have: int, store: str) -> SaveStream: ...
 
     def count_request(self, endpoint: str, status: int) -> None: ...
 
@@ -160,6 +163,12 @@ class PeerServer:
             if not isinstance(image, str) or not image.startswith("sha256:") or len(image) != 71:
                 raise ValueError("image must be a sha256 digest")
             int(image[7:], 16)
+            have = doc.get("have", 0)
+            store = doc.get("store", "graph")
+            if not isinstance(have, int) or not 0 <= have <= MAX_LAYERS:
+                raise ValueError(f"have must be a layer count from 0 to {MAX_LAYERS}")
+            if store not in ("graph", "containerd"):
+                raise ValueError("store must be 'graph' or 'containerd'")
         except Exception as exc:
             self._handler.count_request("save", 400)
             return _error(400, f"malformed save request: {exc}")
@@ -168,7 +177,7 @@ class PeerServer:
             return _error(503, "busy: too many transfers out, try another peer")
         async with self._saves:
             try:
-                served = await self._handler.open_save(image, requester)
+                served = await self._handler.open_save(image, requester, have, store)
             except SaveRefused as exc:
                 self._handler.count_request("save", exc.status)
                 return _error(exc.status, str(exc))

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from mesh.config import Config
-from mesh.engine.base import Engine, EngineError, LocalImage
+from mesh.engine.base import Engine, EngineError, LocalImage, chain_ids
 from mesh.node.persistence import NodeState
 from mesh.protocol.planner import local_manifest
 from mesh.protocol.wire import ImageMeta, Tags
@@ -47,6 +47,10 @@ class LocalImages:
     def tags(self) -> dict[str, Tags]:
         return {i: img.tags for i, img in self.images.items()}
 
+    def held_chains(self) -> set[str]:
+        """The chain ID of every layer prefix of every image here: layers a pull can skip."""
+        return {chain for image in self.images.values() for chain in chain_ids(image.meta.layers)}
+
     def metas(self) -> dict[str, ImageMeta]:
         return {i: img.meta for i, img in self.images.items()}
 
@@ -68,7 +72,8 @@ class LocalImages:
     def _note(self, event: dict[str, object]) -> None:
         if event.get("Action") != "delete":
             return
-        image = str(event.get("id") or "")
+        native = str(event.get("id") or "")
+        image = next((k for k, i in self.images.items() if i.native == native), native)
         if image in self.shared and self.shared[image] and image not in self._removing:
             # The operator removed an image the mesh gave or shares: remember, so it is not pulled back.
             self.evicted[image] = self.shared[image][0]

@@ -14,6 +14,7 @@ import logging
 import socket
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -24,7 +25,9 @@ from mesh.discovery.addresses import derive_advertise
 from mesh.discovery.mdns import MdnsDiscovery, mdns_usable
 from mesh.discovery.seeds import resolve_seeds
 from mesh.engine.base import Engine, EngineError
+from mesh.engine.delta import DeltaReport, LayerNames, without_layers
 from mesh.engine.docker_api import DockerEngine
+from mesh.engine.tarstream import TarStreamError
 from mesh.net.auth import Signer, derive_key
 from mesh.net.client import PeerClient, SaveStream
 from mesh.net.server import PeerServer, SaveRefused
@@ -70,6 +73,7 @@ class Node:
         self.core: MeshCore
         self.puller: Puller
         self.serving: dict[int, Transfer] = {}
+        self.layer_names = LayerNames()  # which file of a save stream holds which layer
         self.mdns: MdnsDiscovery | None = None
         self.candidates: set[str] = set()  # addresses found by mDNS
         self.peer_addr = ""
@@ -277,10 +281,19 @@ class Node:
         me = self.core.membership.me
         return wire.Envelope(self.node_id, self.advertise, tuple(reply), me.incarnation)
 
-    async def open_save(self, image: str, requester: str) -> SaveStream:
+    async def open_save(self, image: str, requester: str, have: int, store: str) -> SaveStream:
         if image not in self.local.shared:
             raise SaveRefused(404, f"{image[:19]} is not shared by this node")
         chain = chain_of(image, self.local.metas())
+        try:
+            info = await self.engine.info()
+        except EngineError as exc:
+            raise SaveRefused(503, f"engine unavailable: {exc}") from None
+        layers = self.local.images[image].meta.layers
+        # The containerd store refuses a legacy-format tar with a layer missing (Engine < 25 writes
+        # only that format); and a layer that recurs above `have` must stay in.
+        drop = set(layers[:have]) - set(layers[have:]) if info.oci_save or store == "graph" else set()
+        delta = DeltaReport()
         member = self.core.membership.members.get(requester)
         record = Transfer(
             image,
@@ -293,14 +306,28 @@ class Node:
         self.serving[id(record)] = record
 
         async def chunks() -> Any:
+            saved = self.engine.save(chain)
             try:
-                async for chunk in self.engine.save(chain):
+                async for chunk in without_layers(
+                    saved, drop, self.layer_names, delta, spool_dir=Path(self.config.data_dir)
+                ):
                     record.done += len(chunk)
                     yield chunk
-            except EngineError as exc:
+                if delta.dropped:
+                    self.metrics.layers_left_out.inc(len(delta.dropped))
+                    self.metrics.layer_bytes_left_out.inc(delta.dropped_bytes)
+                    log.info(
+                        "left %d held layers (%.1f MB) out of %s for %s",
+                        len(delta.dropped),
+                        delta.dropped_bytes / 1e6,
+                        image[:19],
+                        record.peer_name,
+                    )
+            except (EngineError, TarStreamError) as exc:
                 record.error = str(exc)
-                raise
+                raise EngineError(str(exc)) from None
             finally:
+                await saved.aclose()  # type: ignore[attr-defined]
                 record.finished = time.time()
                 self.serving.pop(id(record), None)
 

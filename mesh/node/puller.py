@@ -9,7 +9,7 @@ import time
 from collections import deque
 
 from mesh.config import Config
-from mesh.engine.base import Engine, EngineError
+from mesh.engine.base import Engine, EngineError, held_prefix
 from mesh.net.client import PeerClient
 from mesh.node.local_images import LocalImages
 from mesh.node.transfer import Transfer, TransferFailed, pull_image
@@ -110,6 +110,8 @@ class Puller:
         log.info(
             "pulling %s %s from %s (%s)", pull.image[:19], ",".join(pull.tags) or "", member.name, member.addr
         )
+        meta = self.core.manifests.metas.get(pull.image)
+        have = held_prefix(meta.layers, self.local.held_chains()) if meta else 0
         try:
             chain = await pull_image(
                 self.engine,
@@ -117,6 +119,8 @@ class Puller:
                 pull,
                 member.addr,
                 record,
+                have=have,
+                on_fallback=self.metrics.delta_fallbacks.inc,
                 chunk_bytes=self.config.transfer_chunk_bytes,
                 idle_timeout=self.config.transfer_idle_timeout,
                 on_bytes=self.metrics.transfer_bytes.labels("in").inc,

@@ -1,9 +1,10 @@
 """Pulling one image from a peer into the local engine, safely.
 
 peer save stream -> tag-stripping filter -> `docker load`, chunk by chunk, then:
-1. the engine has verified each layer against the config's diff IDs and derived the image ID
-   from the config's digest (it refuses a tampered tar and loads nothing from a truncated one);
-2. we check the image we asked for is now present under the ID the mesh announced;
+1. the engine has verified each layer against the config's diff IDs (it refuses a tampered tar
+   and loads nothing from a truncated one);
+2. we check the image we asked for is now present under the mesh key announced, which is derived
+   from that config (mesh.engine.base.image_key), on either image store;
 3. only then do we apply its tags.
 If anything fails, images this transfer created that are not the verified image or its chain are
 removed again; nothing that existed before is touched, and no tag moves.
@@ -17,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from mesh.engine.base import Engine, EngineError
+from mesh.engine.base import Engine, EngineError, EngineUnavailable
 from mesh.engine.tarstream import TarReport, TarStreamError, untagged
 from mesh.net.client import PeerClient, PeerError
 from mesh.protocol.planner import Pull, chain_of
@@ -72,36 +73,81 @@ async def pull_image(
     addr: str,
     record: Transfer,
     *,
+    have: int = 0,
     chunk_bytes: int,
     idle_timeout: float,
     on_bytes: Callable[[int], None],
+    on_fallback: Callable[[], None] = lambda: None,
 ) -> list[str]:
-    """Run one pull; return the IDs of the verified chain. Raises TransferFailed."""
+    """Run one pull; return the mesh keys of the verified chain. Raises TransferFailed.
+
+    `have` is how many leading layers of the image this engine holds already (by chain ID): the
+    peer leaves them out of the stream. If the engine refuses that delta, the pull is made once
+    more in full, and `on_fallback` counts it."""
+    info = await engine.info()
     before = {i.meta.id for i in await engine.images()}
+    try:
+        report = await _load_from_peer(engine, client, pull, addr, record, have, info.store, chunk_bytes,
+                              idle_timeout, on_bytes, before)  # fmt: skip
+    except _EngineRefused as refused:
+        if have == 0:
+            raise TransferFailed(refused.reason) from None
+        log.warning("engine refused a delta of %s (%s); pulling it in full", pull.image[:19], refused.reason)
+        on_fallback()
+        report = await _load_from_peer(engine, client, pull, addr, record, 0, info.store, chunk_bytes,
+                              idle_timeout, on_bytes, before)  # fmt: skip
+    images = {i.meta.id: i for i in await engine.images()}
+    if pull.image not in images:
+        # The engine verified every layer against its config, so a present key means the stream
+        # carried the image asked for; an absent one means it carried something else.
+        await _clean_up(engine, before, report.keys)
+        raise TransferFailed(
+            f"after load, image {pull.image[:19]} is not present: the stream carried something else"
+        )
+    chain = chain_of(pull.image, {k: i.meta for k, i in images.items()})
+    # Keep the whole chain the peer sent, even where this store records no parent links.
+    await _clean_up(engine, before, report.keys - set(chain) - set(report.chain))
+    for tag in pull.tags:
+        await engine.tag(pull.image, tag)
+    return chain
+
+
+class _EngineRefused(Exception):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+async def _load_from_peer(
+    engine: Engine,
+    client: PeerClient,
+    pull: Pull,
+    addr: str,
+    record: Transfer,
+    have: int,
+    store: str,
+    chunk_bytes: int,
+    idle_timeout: float,
+    on_bytes: Callable[[int], None],
+    before: set[str],
+) -> TarReport:
     report = TarReport()
     broke: list[str] = []
     try:
         async with client.save(
-            addr, pull.image, chunk_bytes=chunk_bytes, idle_timeout=idle_timeout
+            addr, pull.image, have=have, store=store, chunk_bytes=chunk_bytes, idle_timeout=idle_timeout
         ) as stream:
             if pull.image not in stream.chain[:1]:
                 raise TransferFailed(f"peer offered {stream.chain[:1]} instead of {pull.image[:19]}")
+            report.chain = list(stream.chain)
             await engine.load(untagged(_counted(stream.chunks, record, on_bytes, broke), report))
     except Exception as exc:
-        await _clean_up(engine, before, report, keep=set())
-        raise TransferFailed(broke[0] if broke else _reason(exc, addr)) from None
-
-    images = {i.meta.id: i.meta for i in await engine.images()}
-    if pull.image not in images or pull.image not in report.configs:
-        await _clean_up(engine, before, report, keep=set())
-        raise TransferFailed(
-            f"after load, image {pull.image[:19]} is not present: the stream carried something else"
-        )
-    chain = chain_of(pull.image, images)
-    await _clean_up(engine, before, report, keep=set(chain))
-    for tag in pull.tags:
-        await engine.tag(pull.image, tag)
-    return chain
+        await _clean_up(engine, before, report.keys)
+        if broke:
+            raise TransferFailed(broke[0]) from None
+        if isinstance(exc, EngineError) and not isinstance(exc, EngineUnavailable):
+            raise _EngineRefused(str(exc)) from None
+        raise TransferFailed(_reason(exc, addr)) from None
+    return report
 
 
 def _reason(exc: Exception, addr: str) -> str:
@@ -113,11 +159,11 @@ def _reason(exc: Exception, addr: str) -> str:
     return f"transfer from {addr} broke: {type(exc).__name__}: {exc}"
 
 
-async def _clean_up(engine: Engine, before: set[str], report: TarReport, keep: set[str]) -> None:
-    """Remove images a failed or partly wrong transfer created. Only images the stream itself named
-    are candidates: never anything that was here before, and never what a concurrent local build
-    is creating."""
-    candidates = set(report.configs) - before - keep
+async def _clean_up(engine: Engine, before: set[str], carried: set[str]) -> None:
+    """Remove images a failed transfer created. Only images whose configs the stream carried are
+    candidates: never anything that was here before, nothing tagged, and never what a concurrent
+    local build is creating."""
+    candidates = carried - before
     if not candidates:
         return
     with contextlib.suppress(EngineError):

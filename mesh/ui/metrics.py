@@ -87,6 +87,21 @@ class Metrics:
         self.engine_errors = Counter(
             "cachemesh_engine_errors", "Failed calls to the local Docker Engine", registry=self.registry
         )
+        self.delta_fallbacks = Counter(
+            "cachemesh_delta_fallbacks",
+            "Pulls whose engine refused a stream without its held layers and took it in full",
+            registry=self.registry,
+        )
+        self.layers_left_out = Counter(
+            "cachemesh_layers_left_out",
+            "Layers left out of streams served, because the receiver held them",
+            registry=self.registry,
+        )
+        self.layer_bytes_left_out = Counter(
+            "cachemesh_layer_bytes_left_out",
+            "Bytes of layers left out of streams served, because the receiver held them",
+            registry=self.registry,
+        )
         for direction in ("in", "out"):
             self.transfer_bytes.labels(direction)
             for outcome in ("ok", "failed"):
