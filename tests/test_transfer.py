@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from mesh.engine.base import EngineUnavailable
+from mesh.engine.base import EngineError, EngineUnavailable
 from mesh.engine.fake import FakeEngine
 from mesh.lab.poll import async_wait_until
 from tests.inproc import has_image, start_node
@@ -105,6 +105,64 @@ async def test_the_engine_going_away_mid_load_fails_cleanly_and_is_retried(workd
     try:
         await async_wait_until(lambda: has_image(node, image, "app:1"), 20, what="retried and pulled")
         assert calls >= 2 and node.puller.recent[-1].outcome == "failed"
+    finally:
+        await node.stop()
+        await source.stop()
+
+
+class CountingEngine(FakeEngine):
+    """A receiver that records what each load carried and can refuse any tar with a layer left
+    out, as the containerd store refuses a legacy-format delta."""
+
+    def __init__(self, refuse_deltas: bool = False) -> None:
+        super().__init__()
+        self.refuse_deltas = refuse_deltas
+        self.loads: list[int] = []
+
+    async def load(self, chunks):  # type: ignore[override]
+        data = bytearray()
+        async for chunk in chunks:
+            data += chunk
+        self.loads.append(len(data))
+
+        async def replay():
+            yield bytes(data)
+
+        if self.refuse_deltas:
+            import io
+            import json
+            import tarfile
+
+            with tarfile.open(fileobj=io.BytesIO(bytes(data))) as tar:
+                names = set(tar.getnames())
+                manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+            missing = [n for entry in manifest for n in entry["Layers"] if n not in names]
+            if missing:
+                raise EngineError(f'failed to resolve layers: layer "{missing[0]}" not found')
+        return await super().load(replay())
+
+
+@pytest.mark.parametrize("refuse", [False, True], ids=["delta", "refused-delta-falls-back"])
+async def test_only_missing_layers_cross_and_a_refused_delta_is_pulled_once_in_full(workdir, refuse):
+    big = b"base layer " * 100_000  # 1.1 MB
+    source_engine = FakeEngine()
+    base = source_engine.build("base:1", [big], created=100)
+    receiver = CountingEngine(refuse_deltas=refuse)
+    source = await start_node(workdir, "src", engine=source_engine)
+    node = await start_node(workdir, "dst", engine=receiver, seeds=(source.peer_addr,))
+    try:
+        await async_wait_until(lambda: has_image(node, base, "base:1"), 20, what="base on the receiver")
+        app = source_engine.build("app:1", [b"the app's own small layer"], parent=base, created=200)
+        await async_wait_until(lambda: has_image(node, app, "app:1"), 20, what="app on the receiver")
+        fallbacks = node.metrics.delta_fallbacks._value.get()
+        if refuse:
+            assert receiver.loads[-2] < 100_000 < receiver.loads[-1]  # the delta, then the full tar
+            assert fallbacks == 1
+        else:
+            assert receiver.loads[-1] < 100_000  # the base layer stayed on the source
+            assert fallbacks == 0
+            assert source.metrics.layers_left_out._value.get() >= 1
+        assert node.metrics.transfers.labels("in", "failed")._value.get() == 0
     finally:
         await node.stop()
         await source.stop()

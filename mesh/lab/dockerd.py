@@ -170,8 +170,9 @@ def _supports_ip6tables(dockerd: str) -> bool:
     return _IP6[dockerd]
 
 
-def busybox_rootfs() -> bytes:
-    """A tiny root filesystem: busybox-static and its applet links (no registry here)."""
+def busybox_rootfs(payload: int = 0) -> bytes:
+    """A tiny root filesystem: busybox-static and its applet links (no registry here), plus
+    `payload` random (incompressible) bytes in /payload for a base of a chosen size."""
     busybox = shutil.which("busybox") or "/bin/busybox"
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -186,11 +187,15 @@ def busybox_rootfs() -> bytes:
             link.type = tarfile.SYMTYPE
             link.linkname = "busybox"
             tar.addfile(link)
+        if payload:
+            info = tarfile.TarInfo("payload")
+            info.size = payload
+            tar.addfile(info, io.BytesIO(os.urandom(payload)))
     return buffer.getvalue()
 
 
-def import_base(engine: Dockerd, tag: str = "base:1") -> str:
-    engine.cli("import", "-", tag, input=busybox_rootfs())
+def import_base(engine: Dockerd, tag: str = "base:1", payload: int = 0) -> str:
+    engine.cli("import", "-", tag, input=busybox_rootfs(payload))
     image = engine.image_id(tag)
     assert image
     return image
