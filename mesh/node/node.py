@@ -26,7 +26,8 @@ from mesh.discovery.seeds import resolve_seeds
 from mesh.engine.base import Engine, EngineError
 from mesh.engine.docker_api import DockerEngine
 from mesh.net.auth import Signer, derive_key
-from mesh.net.client import PeerClient, SaveStream
+from mesh.net.client import PeerClient
+from mesh.net.contract import SaveStream
 from mesh.net.server import PeerServer, SaveRefused
 from mesh.node.local_images import LocalImages
 from mesh.node.persistence import NodeState
