@@ -2,7 +2,10 @@
 
 Not a model of the protocol: each simulated node is the same MeshCore the asyncio node runs.
 The network routes drained envelopes with per-message loss, a per-link latency, partitions and
-crashes, and counts the encoded bytes each node sends. Same seed, same run.
+crashes, and counts the bytes each node sends as a real node would put them on the wire: each
+envelope as a signed HTTP request, each delivered envelope answered by a signed response that
+carries the receiver's first reply to the sender, as the peer API does (see wirecost.py for the
+measured HTTP overhead). Same seed, same run.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from mesh.config import Config
 from mesh.protocol import wire
 from mesh.protocol.core import MeshCore
 from mesh.protocol.outbox import Outgoing
+from mesh.sim.wirecost import RESPONSE_EMPTY, reply_bytes, request_bytes
 
 
 @dataclass(slots=True)
@@ -33,7 +37,7 @@ class SimNode:
 
 @dataclass(slots=True)
 class Traffic:
-    """Encoded bytes each node sent, per whole simulated second."""
+    """Bytes each node sent on the wire (HTTP framing included), per whole simulated second."""
 
     per_second: dict[tuple[str, int], int] = field(default_factory=lambda: defaultdict(int))
     messages: int = 0
@@ -143,17 +147,27 @@ class SimNetwork:
             node.tick_token += 1
             self._push(at, 0, node, node.tick_token)
 
-    def _flush(self, node: SimNode) -> None:
+    def _flush(self, node: SimNode, reply_to: str | None = None) -> None:
+        """Send what the node's core has drained. After a delivery from `reply_to`, the first
+        envelope back to it travels as the HTTP response (its framing is a response's), and
+        with none the request is answered by an empty signed 204."""
+        replied = False
         for out in node.core.drain():
-            self._send(node, out)
+            as_reply = not replied and out.addr == reply_to
+            replied = replied or as_reply
+            self._send(node, out, as_reply)
+        if reply_to is not None and not replied and self.count_bytes:
+            self.traffic.per_second[(node.addr, int(self.now))] += RESPONSE_EMPTY
         self._schedule_tick(node)
 
-    def _send(self, node: SimNode, out: Outgoing) -> None:
+    def _send(self, node: SimNode, out: Outgoing, as_reply: bool = False) -> None:
         traffic = self.traffic
         traffic.messages += 1
         if self.count_bytes or self.strict_wire:
             data = wire.encode(out.envelope)
-            traffic.per_second[(node.addr, int(self.now))] += len(data)
+            if self.count_bytes:
+                size = reply_bytes(len(data)) if as_reply else request_bytes(len(data), out.addr)
+                traffic.per_second[(node.addr, int(self.now))] += size
             envelope = (
                 wire.decode(data, max_bytes=self.config.max_message_bytes)
                 if self.strict_wire
@@ -186,9 +200,10 @@ class SimNetwork:
                     continue
                 node.scheduled = float("inf")
                 node.core.tick(at)
+                self._flush(node)
             else:
                 node.core.receive(payload, at)
-            self._flush(node)
+                self._flush(node, reply_to=payload.addr)
             if kind == 1 and self.on_deliver is not None:
                 self.on_deliver(node)
         self.now = until
