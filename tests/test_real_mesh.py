@@ -1,7 +1,7 @@
 """Twenty real node processes over HTTP on loopback agree with the simulator's figures.
 
-The engine is the in-memory one (`--docker-host memory://`), which the conformance suite checks
-against a real dockerd; everything else is the real node: processes, HTTP, signing, timers.
+The engine is the in-memory one (lab nodes, mesh/lab/memnode.py), which the conformance suite
+checks against a real dockerd; everything else is the real node: processes, HTTP, signing, timers.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 import socket
 import time
-import urllib.request
 
 import pytest
 
@@ -35,19 +34,19 @@ def free_ports(count: int) -> list[int]:
 
 @pytest.fixture
 def mesh(workdir):
-    ports = free_ports(2 * N)
+    ports = free_ports(3 * N)
     nodes: list[NodeProcess] = []
     seed = f"127.0.0.1:{ports[0]}"
     try:
         for i in range(N):
             env = {
-                "CACHEMESH_DOCKER_HOST": "memory://",
                 "CACHEMESH_PRESET": "lan",
-                "CACHEMESH_LISTEN": f"127.0.0.1:{ports[2 * i]}",
+                "CACHEMESH_LISTEN": f"127.0.0.1:{ports[3 * i]}",
                 "CACHEMESH_SEEDS": seed if i else "",
                 "CACHEMESH_LOG_LEVEL": "warning",
             }
-            nodes.append(NodeProcess(f"n{i:02d}", workdir, env=env, status=f"127.0.0.1:{ports[2 * i + 1]}"))
+            status, lab = f"127.0.0.1:{ports[3 * i + 1]}", f"127.0.0.1:{ports[3 * i + 2]}"
+            nodes.append(NodeProcess(f"n{i:02d}", workdir, env=env, status=status, lab=lab))
         for node in nodes:
             node.wait_up()
         wait_until(
@@ -81,8 +80,7 @@ def test_convergence_and_failure_detection_match_the_simulator(mesh):
     for i in range(5):
         origin = rng.choice(mesh)
         tag = f"fresh{i}:1"
-        request = urllib.request.Request(f"http://{origin.status}/lab/build?tag={tag}", method="POST")
-        urllib.request.urlopen(request, timeout=5).read()
+        origin.build(tag)
         started = time.monotonic()
         wait_until(lambda t=tag: all(knows(n, t) for n in mesh), 30, 0.05, what=f"{tag} everywhere")
         converge.append(time.monotonic() - started)
