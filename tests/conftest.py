@@ -99,6 +99,6 @@ def engines(workdir: Path) -> Iterator[object]:
 @pytest.fixture
 def network() -> Iterator[Network]:
     _need_engines()
-    net = Network(uuid.uuid4().hex[:4])
+    net = Network()  # a free tag and subnet: other networks may exist on this machine
     yield net
     net.destroy()

@@ -7,29 +7,18 @@ checks against a real dockerd; everything else is the real node: processes, HTTP
 from __future__ import annotations
 
 import random
-import socket
 import time
 
 import pytest
 
 from mesh.config import Config
-from mesh.lab.nodes import NodeProcess
+from mesh.lab.nodes import NodeProcess, free_ports
 from mesh.lab.poll import wait_until
 from mesh.sim.scenario import FleetScenario
 
 pytestmark = [pytest.mark.slow]
 
 N = 20
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 @pytest.fixture

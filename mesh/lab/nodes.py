@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -20,6 +21,19 @@ from mesh.lab.poll import wait_until
 
 SECRET = "test-cluster-secret-0123456789abcdef"
 REPO = Path(__file__).resolve().parents[2]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports free on `host` now (bound to port 0, then released): for processes that must be told
+    their port up front. Other users of the machine are never assumed away."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 class NodeProcess:
