@@ -1,4 +1,4 @@
-"""A private Docker Engine per simulated host (DESIGN.md: Running real engines in tests)."""
+"""A private Docker Engine per simulated host (docs/testing.md: real engines in tests)."""
 
 from __future__ import annotations
 
