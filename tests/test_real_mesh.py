@@ -1,4 +1,7 @@
-"""Twenty real node processes over HTTP on loopback agree with the simulator's figures.
+"""Twenty real node processes over HTTP on loopback stay within stated bounds of the simulator's
+figures at the same size: convergence within 2x the simulator's p99 plus 1.5 s, failure detection
+within 1.5x its maximum plus 3 s (the real mesh adds HTTP, scheduling of twenty processes on a
+small machine, and the polling of twenty status pages). It prints both sets of figures.
 
 The engine is the in-memory one (lab nodes, mesh/lab/memnode.py), which the conformance suite
 checks against a real dockerd; everything else is the real node: processes, HTTP, signing, timers.
@@ -58,7 +61,7 @@ def knows(node: NodeProcess, tag: str) -> bool:
     return any(tag in image["tags"] for image in node.api()["images"])
 
 
-def test_convergence_and_failure_detection_match_the_simulator(mesh):
+def test_convergence_and_failure_detection_stay_within_bounds_of_the_simulator(mesh):
     config = Config.lan(secret=b"simulated-cluster-secret")
     sim = simulated(config)
     sim_converge = sim["rounds_to_converge_p99"] * config.gossip_interval
@@ -91,7 +94,7 @@ def test_convergence_and_failure_detection_match_the_simulator(mesh):
         f"detection {detect:.1f}s; simulator at {N} nodes: convergence p99 {sim_converge:.2f}s, "
         f"detection max {sim_detect:.1f}s"
     )
-    # Within reason: the real mesh adds HTTP, scheduling on 2 cores and polling of 20 status pages.
+    # The bounds of the module docstring (and of the README).
     assert max(converge) <= 2 * sim_converge + 1.5
     assert detect <= 1.5 * sim_detect + 3
     for n in others:
