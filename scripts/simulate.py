@@ -5,7 +5,10 @@
 
 A human-readable summary goes to stderr; with --json the last line of stdout is one JSON object
 with nodes, rounds_to_converge_p99, seconds_to_detect_failure_max, false_dead,
-bytes_per_node_per_second_p99 and seconds_to_converge_after_heal. See mesh/scenario.py for the timeline.
+bytes_per_node_per_second_p99 and seconds_to_converge_after_heal. See mesh/sim/scenario.py for the
+timeline. Bytes are what a real node would put on the wire: each envelope as a signed HTTP request and
+its signed response, with the HTTP overhead measured from the real client and server (mesh/sim/wirecost.py).
+False deaths are counted over the whole run.
 """
 
 from __future__ import annotations
