@@ -68,7 +68,7 @@ class LocalImages:
         if event.get("Action") != "delete":
             return
         image = str(event.get("id") or "")
-        if image in self.shared and self.shared[image]:
+        if self.shared.get(image):
             # The operator removed an image the mesh gave or shares: remember, so it is not pulled back.
             self.evicted[image] = self.shared[image][0]
             self.state.save_evicted(self.evicted)
