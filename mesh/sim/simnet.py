@@ -69,7 +69,8 @@ class SimNetwork:
         self.partitioned = False
         self.drop_hook: Callable[[str, str, wire.Envelope], bool] | None = None
         self.on_deliver: Callable[[SimNode], None] | None = None
-        # (time, sequence, kind, node, payload): kind 0 is a tick (payload: token), 1 a delivery (envelope)
+        # (time, sequence, kind, node, payload): kind 0 is a tick (payload: token), 1 the delivery of a
+        # request (envelope), 2 the delivery of a reply that came back in an HTTP response (envelope)
         self._queue: list[tuple[float, int, int, SimNode, Any]] = []
         self._seq = 0
         self._next_id = 0
@@ -148,9 +149,9 @@ class SimNetwork:
             self._push(at, 0, node, node.tick_token)
 
     def _flush(self, node: SimNode, reply_to: str | None = None) -> None:
-        """Send what the node's core has drained. After a delivery from `reply_to`, the first
-        envelope back to it travels as the HTTP response (its framing is a response's), and
-        with none the request is answered by an empty signed 204."""
+        """Send what the node's core has drained. After a request from `reply_to`, the first
+        envelope back to it travels as the HTTP response (its framing is a response's, and it is
+        not answered again), and with none the request is answered by an empty signed 204."""
         replied = False
         for out in node.core.drain():
             as_reply = not replied and out.addr == reply_to
@@ -186,7 +187,7 @@ class SimNetwork:
             traffic.dropped += 1
             return
         latency = self.base_latency + abs(node.position - dest.position) * self.spread_latency
-        self._push(self.now + latency, 1, dest, envelope)
+        self._push(self.now + latency, 2 if as_reply else 1, dest, envelope)
 
     def run_until(self, until: float) -> None:
         queue = self._queue
@@ -203,8 +204,9 @@ class SimNetwork:
                 self._flush(node)
             else:
                 node.core.receive(payload, at)
-                self._flush(node, reply_to=payload.addr)
-            if kind == 1 and self.on_deliver is not None:
+                # What a node sends after reading a response goes out as new requests.
+                self._flush(node, reply_to=payload.addr if kind == 1 else None)
+            if kind != 0 and self.on_deliver is not None:
                 self.on_deliver(node)
         self.now = until
 
