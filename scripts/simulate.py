@@ -41,6 +41,9 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=10.0, help="simulated minutes (>= 2)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="split steady-state bytes by message type (busiest 1%%)"
+    )
     args = parser.parse_args()
 
     # A thousand cores hold millions of small objects and make almost no reference cycles: the
@@ -53,6 +56,7 @@ def main() -> int:
         seed=args.seed,
         minutes=args.minutes,
         config=Config.lan(secret=b"simulated-cluster-secret"),
+        breakdown=args.breakdown,
     )
     summary = scenario.run().summary()
     summary["wall_seconds"] = round(time.monotonic() - started, 1)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -40,6 +41,7 @@ class Results:
     detect_seconds: list[float] = field(default_factory=list)
     false_dead: set[str] = field(default_factory=set)
     steady_bytes: list[int] = field(default_factory=list)
+    busiest_seconds: dict[str, float] = field(default_factory=dict)  # with breakdown: share by kind
     heal_seconds: float | None = None
     undelivered_injections: int = 0
     undetected_crashes: int = 0
@@ -65,6 +67,7 @@ class Results:
             "seconds_to_detect_failure_p50": _pct(self.detect_seconds, 50),
             "bytes_per_node_per_second_p50": _pct(self.steady_bytes, 50),
             "messages": self.wall_messages,
+            **({"busiest_1pct_seconds_by_kind": self.busiest_seconds} if self.busiest_seconds else {}),
         }
 
 
@@ -79,8 +82,17 @@ def _pct(values: list[Any], p: float) -> Any:
 
 class FleetScenario:
     def __init__(
-        self, nodes: int, *, loss: float, seed: int, minutes: float, config: Config | None = None
+        self,
+        nodes: int,
+        *,
+        loss: float,
+        seed: int,
+        minutes: float,
+        config: Config | None = None,
+        breakdown: bool = False,
     ) -> None:
+        """`breakdown`: also split the steady-state bytes by message type and report what the
+        busiest 1% of node-seconds carried (same run, same figures otherwise)."""
         if minutes < 2:
             raise ValueError("the scenario needs at least 2 simulated minutes")
         self.config = config or Config.lan(secret=b"simulated-cluster-secret")
@@ -89,6 +101,7 @@ class FleetScenario:
         # Bytes are counted (envelopes encoded, HTTP framing added) only in the steady-state window
         # that reports them.
         self.net = SimNetwork(self.config, seed=seed, loss=loss, count_bytes=False)
+        self.net.count_kinds = breakdown
         self.scale = minutes / 10.0
         self.results = Results(nodes)
         self.catalog = [
@@ -162,9 +175,18 @@ class FleetScenario:
         self.net.count_bytes = False
         first, last = math.ceil(start), math.floor(end)
         per_second = self.net.traffic.per_second
+        samples = []
         for addr in self.net.nodes:
             for second in range(first, last):
-                self.results.steady_bytes.append(per_second.get((addr, second), 0))
+                samples.append(((addr, second), per_second.get((addr, second), 0)))
+        self.results.steady_bytes = [n for _, n in samples]
+        if self.net.count_kinds:
+            busiest = sorted(samples, key=lambda s: -s[1])[: max(1, len(samples) // 100)]
+            kinds: Counter[str] = Counter()
+            for key, _ in busiest:
+                kinds.update(self.net.traffic.kinds.get(key, Counter()))
+            total = sum(kinds.values()) or 1
+            self.results.busiest_seconds = {k: round(v / total, 3) for k, v in kinds.most_common()}
 
     def _churn_phase(self) -> None:
         net, start, end = self.net, self.t(150), self.t(450)

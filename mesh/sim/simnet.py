@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +40,9 @@ class Traffic:
     """Bytes each node sent on the wire (HTTP framing included), per whole simulated second."""
 
     per_second: dict[tuple[str, int], int] = field(default_factory=lambda: defaultdict(int))
+    # With SimNetwork.count_kinds: the same bytes split by what they carried (message types, or
+    # "empty response"), for finding what a busy second is made of.
+    kinds: dict[tuple[str, int], Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     messages: int = 0
     dropped: int = 0
 
@@ -62,6 +65,7 @@ class SimNetwork:
         self.base_latency = base_latency
         self.spread_latency = spread_latency
         self.count_bytes = count_bytes
+        self.count_kinds = False
         self.strict_wire = strict_wire
         self.now = 0.0
         self.nodes: dict[str, SimNode] = {}
@@ -159,6 +163,8 @@ class SimNetwork:
             self._send(node, out, as_reply)
         if reply_to is not None and not replied and self.count_bytes:
             self.traffic.per_second[(node.addr, int(self.now))] += RESPONSE_EMPTY
+            if self.count_kinds:
+                self.traffic.kinds[(node.addr, int(self.now))]["empty response"] += RESPONSE_EMPTY
         self._schedule_tick(node)
 
     def _send(self, node: SimNode, out: Outgoing, as_reply: bool = False) -> None:
@@ -169,6 +175,11 @@ class SimNetwork:
             if self.count_bytes:
                 size = reply_bytes(len(data)) if as_reply else request_bytes(len(data), out.addr)
                 traffic.per_second[(node.addr, int(self.now))] += size
+                if self.count_kinds:
+                    kind = "+".join(sorted({type(m).__name__ for m in out.envelope.messages}))
+                    traffic.kinds[(node.addr, int(self.now))][
+                        kind + (" in a response" if as_reply else "")
+                    ] += size
             envelope = (
                 wire.decode(data, max_bytes=self.config.max_message_bytes)
                 if self.strict_wire
