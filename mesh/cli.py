@@ -12,10 +12,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from mesh import __version__
 from mesh.config import OPTIONS, ConfigError, resolve
+
+Serve = Callable[[Any], Coroutine[Any, Any, int]]
 
 
 def _run_parser(sub: Any) -> None:
@@ -74,7 +77,9 @@ def _get(addr: str, path: str, timeout: float = 3.0) -> tuple[int, Any]:
         return exc.code, json.loads(exc.read() or b"{}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, serve: Serve | None = None) -> int:
+    """The command line. `serve` replaces how `run` serves a resolved config (the lab's in-memory
+    nodes use it; see mesh/lab/memnode.py)."""
     parser = argparse.ArgumentParser(
         prog="cachemesh", description="Spread Docker build cache across build hosts."
     )
@@ -106,10 +111,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"unhealthy: {exc}", file=sys.stderr)
             return 1
         return 0 if code == 200 else 1
-    return _run(args)
+    return _run(args, serve or serve_node)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, serve: Serve) -> int:
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -121,15 +126,21 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"cachemesh: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(_serve(config))
+    return asyncio.run(serve(config))
 
 
-async def _serve(config: Any) -> int:
+async def serve_node(
+    config: Any,
+    engine: Any = None,
+    on_start: Callable[[Any], Awaitable[Callable[[], Awaitable[None]]]] | None = None,
+) -> int:
+    """Run one node until SIGTERM or SIGINT, then leave. `engine` and `on_start` (called with the
+    started node, returns a cleanup) are for the lab."""
     from mesh.node.node import Node
     from mesh.node.persistence import StateError
 
     try:
-        node = Node(config)
+        node = Node(config, engine)
     except (StateError, ValueError) as exc:
         print(f"cachemesh: {exc}", file=sys.stderr)
         return 2
@@ -139,11 +150,14 @@ async def _serve(config: Any) -> int:
         print(f"cachemesh: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         await node.stop(leave=False)
         return 2
+    cleanup = await on_start(node) if on_start is not None else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if cleanup is not None:
+        await cleanup()
     stopping = asyncio.create_task(node.stop(leave=True))
     done, _ = await asyncio.wait({stopping}, timeout=15.0)
     if not done:

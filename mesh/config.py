@@ -69,7 +69,8 @@ class Config:
     gossip_to_dead_time: float = 30.0
     """Keep gossiping to a dead peer this long, so a falsely-declared node hears it and refutes."""
     retransmit_mult: int = 4
-    """Each rumour is sent retransmit_mult * ceil(log10(n + 1)) times by every node that holds it."""
+    """Each rumour is sent ceil(retransmit_mult * log10(10 * (n + 1))) times by every node that holds it
+    (protocol/formulas.py retransmit_limit)."""
     push_pull_interval: float = 10.0
     """Seconds between full-state syncs with one random peer (scaled up past 32 nodes)."""
     reconnect_interval: float = 5.0

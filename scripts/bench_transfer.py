@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
-"""Mesh transfer time against a direct `docker save | docker load` pipe, in the same run.
+"""Mesh transfer time against a direct `docker save | docker load` pipe, in the same run, timed the
+same way from outside.
 
 Two private dockerds on this machine (root needed). An image of --mb megabytes of random data is
-built on engine A. Each round:
-  direct: `docker -H A save CHAIN | docker -H B load`, timed, then the images are removed from B;
-  mesh:   two cachemesh node processes (A, B) on loopback; B pulls the image from A, timed from
-          the moment B's node starts pulling until the image is tagged on B; then removed again.
-Prints the median of each, their ratio (mesh / direct), and the receiving node's peak RSS, which
-shows the stream is not held in memory.
+built on engine A and kept there under a tag the mesh does not share (`hold:1`). Each way is timed
+from the moment the image becomes present on A as `bench:1` (`docker -H A tag` returns) to the
+moment `docker -H B image inspect bench:1` shows its ID, polled the same way for both:
+  pipe: `docker -H A save bench:1 PARENTS... | docker -H B load`;
+  mesh: two cachemesh node processes (A, B) on loopback, already joined and warm, that share only
+        `bench:*`; B's node learns A's new tag by gossip, pulls the image and its chain, tags it.
+Before each run the image leaves B and the tag leaves A (fresh nodes for each mesh run, so B's node
+does not remember the removal as an eviction). The order alternates: pipe first in odd rounds,
+mesh first in even ones. Prints the median of each, their ratio (mesh / pipe), and the receiving
+node's peak RSS, which shows the stream is not held in memory.
 
-    sudo .venv/bin/python scripts/bench_transfer.py --mb 500 --rounds 3
+    sudo .venv/bin/python scripts/bench_transfer.py --mb 500 --rounds 4
 """
 
 from __future__ import annotations
@@ -26,30 +31,45 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mesh.lab.dockerd import DOCKER_CLI, Dockerd, available, import_base
-from mesh.lab.nodes import NodeProcess
+from mesh.lab.nodes import NodeProcess, free_ports
 from mesh.lab.poll import wait_until
+
+POLL = 0.02  # seconds between `docker image inspect` calls on B, for both ways
 
 
 def chain_ids(engine: Dockerd, ref: str) -> list[str]:
     return [i for i in engine.cli("history", "-q", "--no-trunc", ref).stdout.split() if i != "<missing>"]
 
 
-def remove_all(engine: Dockerd, ref: str, ids: list[str]) -> None:
-    engine.cli("rmi", "-f", ref, check=False)
+def reset(a: Dockerd, b: Dockerd, ids: list[str]) -> None:
+    """The image off B entirely, and off A's shared tag (it stays on A as hold:1)."""
+    b.cli("rmi", "-f", "bench:1", check=False)
     for image in ids:
-        engine.cli("rmi", "-f", image, check=False)
-    engine.cli("rmi", "-f", "base:1", check=False)
+        b.cli("rmi", "-f", image, check=False)
+    b.cli("rmi", "-f", "base:1", check=False)
+    a.cli("rmi", "bench:1", check=False)  # only the tag: hold:1 keeps the image
+    assert b.image_id("bench:1") is None and a.image_id("bench:1") is None
 
 
-def direct(a: Dockerd, b: Dockerd, ids: list[str]) -> float:
-    started = time.monotonic()
-    save = subprocess.Popen([DOCKER_CLI, "-H", a.host, "save", *ids], stdout=subprocess.PIPE)
+def present_on_a(a: Dockerd, image: str) -> float:
+    """Tag the image bench:1 on A; the clock starts once the tag exists."""
+    a.cli("tag", image, "bench:1")
+    return time.monotonic()
+
+
+def until_on_b(b: Dockerd, image: str, started: float) -> float:
+    wait_until(lambda: b.image_id("bench:1") == image, 900, POLL, what="bench:1 on B")
+    return time.monotonic() - started
+
+
+def pipe(a: Dockerd, b: Dockerd, image: str, parents: list[str]) -> float:
+    started = present_on_a(a, image)
+    save = subprocess.Popen([DOCKER_CLI, "-H", a.host, "save", "bench:1", *parents], stdout=subprocess.PIPE)
     load = subprocess.run([DOCKER_CLI, "-H", b.host, "load"], stdin=save.stdout, capture_output=True)
     save.wait()
-    elapsed = time.monotonic() - started
     if save.returncode or load.returncode:
         raise RuntimeError(f"direct pipe failed: {load.stderr!r}")
-    return elapsed
+    return until_on_b(b, image, started)
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -59,25 +79,22 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def mesh(a: Dockerd, b: Dockerd, image: str, workdir: Path, round_no: int) -> tuple[float, float]:
-    env_a = {"CACHEMESH_DOCKER_HOST": a.host, "CACHEMESH_LISTEN": "127.0.0.1:17711"}
-    node_a = NodeProcess(f"bench-a{round_no}", workdir, env=env_a, status="127.0.0.1:17712").wait_up()
+def mesh(a: Dockerd, b: Dockerd, image: str, workdir: Path, run: int) -> tuple[float, float]:
+    peer_a, status_a, peer_b, status_b = free_ports(4)
+    common = {"CACHEMESH_INCLUDE": "bench:*"}
+    env_a = {**common, "CACHEMESH_DOCKER_HOST": a.host, "CACHEMESH_LISTEN": f"127.0.0.1:{peer_a}"}
+    node_a = NodeProcess(f"bench-a{run}", workdir, env=env_a, status=f"127.0.0.1:{status_a}").wait_up()
     env_b = {
+        **common,
         "CACHEMESH_DOCKER_HOST": b.host,
-        "CACHEMESH_LISTEN": "127.0.0.1:17721",
-        "CACHEMESH_SEEDS": "127.0.0.1:17711",
+        "CACHEMESH_LISTEN": f"127.0.0.1:{peer_b}",
+        "CACHEMESH_SEEDS": f"127.0.0.1:{peer_a}",
     }
-    node_b = NodeProcess(f"bench-b{round_no}", workdir, env=env_b, status="127.0.0.1:17722").wait_up()
+    node_b = NodeProcess(f"bench-b{run}", workdir, env=env_b, status=f"127.0.0.1:{status_b}").wait_up()
     try:
-
-        def done() -> dict[str, object] | None:
-            for t in node_b.api()["recent_transfers"]:
-                if t["image"] == image and t["outcome"] == "ok":
-                    return t
-            return None
-
-        transfer = wait_until(done, 600, 0.2, what="mesh transfer")
-        return float(transfer["finished"]) - float(transfer["started"]), peak_rss_mb(node_b.proc.pid)
+        wait_until(lambda: node_a.ready() and node_b.ready(), 60, 0.2, what="both nodes warm")
+        elapsed = until_on_b(b, image, present_on_a(a, image))
+        return elapsed, peak_rss_mb(node_b.proc.pid)
     finally:
         node_b.stop()
         node_a.stop()
@@ -86,7 +103,7 @@ def mesh(a: Dockerd, b: Dockerd, image: str, workdir: Path, round_no: int) -> tu
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=500, help="image size in MB of random data")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4, help="each round runs both ways")
     args = parser.parse_args()
     if reason := available():
         print(f"bench: {reason}", file=sys.stderr)
@@ -101,29 +118,35 @@ def main() -> int:
         dockerfile = "FROM base:1\n" + "".join(
             f"RUN dd if=/dev/urandom of=/data{i} bs=1M count={per_layer} 2>/dev/null\n" for i in range(layers)
         )
-        a.cli("build", "--network", "none", "-t", "bench:1", "-", input=dockerfile.encode(), timeout=1800)
-        image = a.image_id("bench:1")
+        a.cli("build", "--network", "none", "-t", "hold:1", "-", input=dockerfile.encode(), timeout=1800)
+        image = a.image_id("hold:1")
         assert image
-        ids = chain_ids(a, "bench:1")
-        size = int(a.cli("image", "inspect", "--format", "{{.Size}}", "bench:1").stdout) / 1e6
-        print(f"image bench:1: {size:.0f} MB, {len(ids)} images in its chain", flush=True)
-        directs, meshes, rss = [], [], []
+        ids = chain_ids(a, "hold:1")
+        parents = ids[1:]
+        size = int(a.cli("image", "inspect", "--format", "{{.Size}}", "hold:1").stdout) / 1e6
+        print(f"image: {size:.0f} MB, {len(ids)} images in its chain", flush=True)
+        pipes: list[float] = []
+        meshes: list[float] = []
+        rss: list[float] = []
         for round_no in range(args.rounds):
-            remove_all(b, "bench:1", ids)
-            directs.append(direct(a, b, ids))
-            remove_all(b, "bench:1", ids)
-            elapsed, peak = mesh(a, b, image, workdir, round_no)
-            meshes.append(elapsed)
-            rss.append(peak)
+            order = ("pipe", "mesh") if round_no % 2 == 0 else ("mesh", "pipe")
+            for way in order:
+                reset(a, b, ids)
+                if way == "pipe":
+                    pipes.append(pipe(a, b, image, parents))
+                else:
+                    elapsed, peak = mesh(a, b, image, workdir, round_no)
+                    meshes.append(elapsed)
+                    rss.append(peak)
             print(
-                f"round {round_no + 1}: direct {directs[-1]:.2f}s, mesh {meshes[-1]:.2f}s, "
-                f"receiver peak RSS {peak:.0f} MB",
+                f"round {round_no + 1} ({' then '.join(order)}): pipe {pipes[-1]:.2f}s, "
+                f"mesh {meshes[-1]:.2f}s, receiver peak RSS {rss[-1]:.0f} MB",
                 flush=True,
             )
-        d, m = statistics.median(directs), statistics.median(meshes)
-        print(f"direct save|load: {d:.2f}s ({size / d:.0f} MB/s)")
-        print(f"mesh pull:        {m:.2f}s ({size / m:.0f} MB/s)")
-        print(f"ratio mesh/direct: {m / d:.2f}")
+        d, m = statistics.median(pipes), statistics.median(meshes)
+        print(f"pipe save|load: {d:.2f}s ({size / d:.0f} MB/s)  (tag on A -> inspect on B)")
+        print(f"mesh:           {m:.2f}s ({size / m:.0f} MB/s)  (tag on A -> inspect on B)")
+        print(f"ratio mesh/pipe: {m / d:.2f}")
         print(f"receiver node peak RSS: {max(rss):.0f} MB for a {size:.0f} MB image")
         return 0
     finally:

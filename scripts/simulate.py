@@ -5,7 +5,10 @@
 
 A human-readable summary goes to stderr; with --json the last line of stdout is one JSON object
 with nodes, rounds_to_converge_p99, seconds_to_detect_failure_max, false_dead,
-bytes_per_node_per_second_p99 and seconds_to_converge_after_heal. See mesh/scenario.py for the timeline.
+bytes_per_node_per_second_p99 and seconds_to_converge_after_heal. See mesh/sim/scenario.py for the
+timeline. Bytes are what a real node would put on the wire: each envelope as a signed HTTP request and
+its signed response, with the HTTP overhead measured from the real client and server (mesh/sim/wirecost.py).
+False deaths are counted over the whole run.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=10.0, help="simulated minutes (>= 2)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="split steady-state bytes by message type (busiest 1%%)"
+    )
     args = parser.parse_args()
 
     # A thousand cores hold millions of small objects and make almost no reference cycles: the
@@ -50,6 +56,7 @@ def main() -> int:
         seed=args.seed,
         minutes=args.minutes,
         config=Config.lan(secret=b"simulated-cluster-secret"),
+        breakdown=args.breakdown,
     )
     summary = scenario.run().summary()
     summary["wall_seconds"] = round(time.monotonic() - started, 1)

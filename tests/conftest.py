@@ -4,7 +4,8 @@
   tasks running.
 - Real engines and network namespaces come from mesh.lab; tests that need them are marked
   `docker` / `netns` and skip with the reason on a machine that cannot run them. scripts/test
-  installs everything they need and runs them all.
+  installs everything they need and runs them all. Under CI=true any skip fails the run
+  (tests/ci_skips.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ import pytest
 from mesh.lab import dockerd as dockerd_mod
 from mesh.lab.engines import DEFAULT, KINDS, EngineKind
 from mesh.lab.netns import Network
+from tests.ci_skips import pytest_sessionfinish, pytest_terminal_summary
+
+__all__ = ["pytest_sessionfinish", "pytest_terminal_summary"]  # hooks: skips fail a CI run
 
 ROOT = Path(os.environ.get("CACHEMESH_TEST_ROOT", "/tmp/cachemesh-tests"))
 
@@ -103,7 +107,7 @@ def engines(workdir: Path) -> Iterator[object]:
 @pytest.fixture
 def network() -> Iterator[Network]:
     _need_engines()
-    net = Network(uuid.uuid4().hex[:4])
+    net = Network()  # a free tag and subnet: other networks may exist on this machine
     yield net
     net.destroy()
 

@@ -3,6 +3,7 @@ run with the Docker socket mounted and the host network, configured by env vars 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mesh.lab.dockerd import Dockerd, import_base
-from mesh.lab.nodes import SECRET, NodeProcess
+from mesh.lab.nodes import SECRET, NodeProcess, free_ports
 from mesh.lab.poll import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.netns, pytest.mark.container, pytest.mark.slow]
@@ -25,14 +26,22 @@ HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
 
 def python_base_tar() -> Path:
     """Debian 12 minbase with python3, pip and venv, carrying this machine's CA bundle so pip can
-    reach the package index from inside a build (DESIGN.md). Made once, then cached."""
+    reach the package index from inside a build (docs/testing.md). Made once, then cached."""
     target = CACHE / "python-bookworm.tar"
     if target.exists():
         return target
     if not shutil.which("debootstrap"):
         pytest.skip("debootstrap not installed (scripts/test installs it)")
     CACHE.mkdir(parents=True, exist_ok=True)
-    root = CACHE / "rootfs"
+    with open(CACHE / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another run on this machine may be making it right now
+        if not target.exists():
+            _make_base(target)
+    return target
+
+
+def _make_base(target: Path) -> None:
+    root = target.parent / f"rootfs-{os.getpid()}"
     shutil.rmtree(root, ignore_errors=True)
     subprocess.run(
         [
@@ -53,7 +62,6 @@ def python_base_tar() -> Path:
         tar.add(root, arcname=".")
     partial.rename(target)
     shutil.rmtree(root, ignore_errors=True)
-    return target
 
 
 def build_image(builder: Dockerd) -> None:
@@ -88,6 +96,9 @@ def test_container_joins_a_mesh_and_shares_cache(network, engines, workdir):
     build_image(builder)
     b_host = network.add_host("b")
     b_engine = engines("b", netns=b_host.netns)
+    # The container shares this machine's network: its ports must be free here, not the defaults
+    # (other nodes may run on this machine). b is alone in its namespace, so its ports are its own.
+    peer_port, status_port = free_ports(2, "0.0.0.0")
     b = NodeProcess(
         "b",
         workdir,
@@ -96,7 +107,7 @@ def test_container_joins_a_mesh_and_shares_cache(network, engines, workdir):
         env={
             "CACHEMESH_DOCKER_HOST": b_engine.host,
             "CACHEMESH_PRESET": "lan",
-            "CACHEMESH_SEEDS": f"{network.subnet}.1:7611",
+            "CACHEMESH_SEEDS": f"{network.subnet}.1:{peer_port}",
         },
     ).wait_up()
     run = [
@@ -114,6 +125,10 @@ def test_container_joins_a_mesh_and_shares_cache(network, engines, workdir):
         f"CACHEMESH_SECRET={SECRET}",
         "-e",
         f"CACHEMESH_SEEDS={b_host.address}:7611",
+        "-e",
+        f"CACHEMESH_LISTEN=0.0.0.0:{peer_port}",
+        "-e",
+        f"CACHEMESH_STATUS_LISTEN=127.0.0.1:{status_port}",
         "-e",
         "CACHEMESH_NODE_NAME=container",
         "-e",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import itertools
 import tarfile
 from collections.abc import AsyncIterator
 
@@ -141,9 +142,14 @@ async def test_tag_events_are_reported(kind):
     image = await kind.build("app:5", 1)
     events = kind.a.events()
     waiter = asyncio.ensure_future(anext(events))
-    await asyncio.sleep(0.3)  # let the event subscription reach the engine before tagging
-    await kind.a.tag(image, "app:5-again")
-    event = await asyncio.wait_for(waiter, 10)
+    # The subscription reaches the engine at some point: tag until a tag event comes, with a deadline.
+    deadline = asyncio.get_running_loop().time() + 10
+    for n in itertools.count():
+        await kind.a.tag(image, f"app:5-again{n}")
+        if (await asyncio.wait({waiter}, timeout=0.2))[0]:
+            break
+        assert asyncio.get_running_loop().time() < deadline, "no tag event within 10s"
+    event = waiter.result()
     assert event["Action"] == "tag"
     await events.aclose()
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import urllib.request
-
 import pytest
 
 from mesh.lab.nodes import NodeProcess
@@ -22,13 +20,13 @@ def test_nodes_without_seeds_find_each_other_by_mdns_and_ignore_other_clusters(n
         for name, cluster in (("m1", "blue"), ("m2", "blue"), ("m3", "blue"), ("other", "green")):
             host = network.add_host(name)
             env = {
-                "CACHEMESH_DOCKER_HOST": "memory://",
                 "CACHEMESH_MDNS": "true",
                 "CACHEMESH_CLUSTER": cluster,
                 "CACHEMESH_PRESET": "lan",
             }
             status = f"{host.address}:7612"
-            nodes.append(NodeProcess(name, workdir, env=env, prefix=host.nsenter(), status=status))
+            lab = f"{host.address}:7613"  # the namespace is this test's own: a fixed port is free there
+            nodes.append(NodeProcess(name, workdir, env=env, prefix=host.nsenter(), status=status, lab=lab))
         for node in nodes:
             node.wait_up()
         m1, m2, m3, other = nodes
@@ -45,8 +43,7 @@ def test_nodes_without_seeds_find_each_other_by_mdns_and_ignore_other_clusters(n
         assert alive_names(other) == set()  # another cluster's node is seen on the link but never joined
         assert len(m1.api()["discovery"]["mdns_found"]) == 2
 
-        build = urllib.request.Request(f"http://{m2.status}/lab/build?tag=found:1", method="POST")
-        urllib.request.urlopen(build)
+        m2.build("found:1")
         wait_until(
             lambda: any("found:1" in i["tags"] and i["local"] for i in m3.api()["images"]),
             15,

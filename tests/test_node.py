@@ -128,7 +128,11 @@ async def test_operator_removal_is_not_undone_by_the_mesh(pair):
     await eb.delete("old:1")
     await asyncio.sleep(0)  # the delete event reaches the watcher
     await async_wait_until(lambda: image in b.local.evicted, 5, what="eviction noted")
-    await asyncio.sleep(1.5)  # a few planner rounds
+    for _ in range(3):  # three planner rounds after the eviction: none wants the image back
+        before = b.puller.plan
+        b.puller.poke()
+        await async_wait_until(lambda p=before: b.puller.plan is not p, 5, what="a planner round")
+        assert image not in b.puller.plan.missing and image not in b.puller.active
     assert not has_image(b, image)
     newer = ea.build("old:1", [b"newer"])  # a newer image for that tag is wanted again
     await async_wait_until(lambda: has_image(b, newer, "old:1"), 10, what="newer on b")

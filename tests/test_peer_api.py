@@ -99,13 +99,26 @@ async def test_oversized_bodies_get_413_without_being_read(mesh):
     big = b"\x00" * (limit + 1)
     status, reply = await post(a.peer_addr, big, signed(big))
     assert status == 413 and "exceeds" in reply["error"]
+    host, port = a.peer_addr.split(":")
 
-    async def chunked():
-        for _ in range(limit // 65536 + 2):
-            yield b"\x00" * 65536
+    async def answer(head: bytes, body: bytes) -> bytes:
+        """Send a request that never finishes its body; return the server's answer. A server that
+        read the body first would wait for it and answer 408 after request_timeout (1 s here)."""
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(b"POST /v1/gossip HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n" + body)
+            await writer.drain()
+            return await asyncio.wait_for(reader.readline(), 5)
+        finally:
+            writer.close()
 
-    status, reply = await post(a.peer_addr, chunked(), {"X-Cachemesh-Cluster": "default"})
-    assert status == 413
+    # Declared too long: refused from Content-Length alone, with none of the body sent.
+    declared = await answer(f"Content-Length: {limit + 1}\r\n".encode(), b"")
+    assert b" 413 " in declared, declared
+    # Chunked: refused as soon as the body passes the cap, without waiting for its end.
+    chunk = b"%x\r\n" % 65536 + b"\x00" * 65536 + b"\r\n"
+    chunked = await answer(b"Transfer-Encoding: chunked\r\n", chunk * (limit // 65536 + 2))
+    assert b" 413 " in chunked, chunked
 
 
 async def test_half_open_and_slow_clients_time_out_while_the_mesh_keeps_working(mesh):

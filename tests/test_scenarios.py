@@ -295,3 +295,13 @@ def test_a_lost_metadata_reply_is_asked_for_again():
     net.run_until(until)
     assert dropped and image not in nodes[5].core.manifests.metas
     run_until(net, lambda: image in nodes[5].core.manifests.metas, 10)
+
+
+def test_the_bytes_breakdown_changes_no_figure_and_accounts_for_every_byte():
+    from mesh.sim.scenario import FleetScenario
+
+    plain = FleetScenario(30, loss=0.05, seed=2, minutes=2).run().summary()
+    split = FleetScenario(30, loss=0.05, seed=2, minutes=2, breakdown=True).run().summary()
+    shares = split.pop("busiest_1pct_seconds_by_kind")
+    assert split == plain
+    assert abs(sum(shares.values()) - 1) < 0.01 and "Ping" in shares

@@ -1,3 +1,5 @@
+import tracemalloc
+
 import msgpack
 import pytest
 
@@ -52,9 +54,15 @@ def test_every_message_type_round_trips():
 
 
 def test_core_handles_every_wire_type():
-    from mesh.protocol.core import handled_types
+    """Each message type, received by a core through its public input, is dispatched (an unknown
+    type would raise KeyError from the dispatch table)."""
+    from mesh.config import Config
+    from mesh.protocol.core import MeshCore
 
-    assert {cls.TYPE for cls in handled_types()} == set(MsgType)
+    assert {type(m).TYPE for m in EXAMPLES} == set(MsgType)
+    for message in EXAMPLES:
+        core = MeshCore(Config(secret=b"x" * 16), "probe", "probe", "10.0.0.9:1", now=0.0)
+        core.receive(Envelope("node-a", "10.0.0.1:7611", (message,), 3), 1.0)
 
 
 def test_trailing_fields_from_newer_peers_are_ignored():
@@ -98,6 +106,13 @@ def test_oversized_body_is_refused():
 
 
 def test_huge_list_header_is_refused_without_allocating():
-    # A list header claiming 2**31 items in a tiny body must not make the decoder allocate.
-    with pytest.raises(WireError):
-        wire.decode(b"\x95\x01\xa1n\xa1a\xdd\x7f\xff\xff\xff\x00", max_bytes=1 << 20)
+    # A list header claiming 2**31 items in a tiny body must not make the decoder allocate for them
+    # (16 GiB of pointers): the peak while refusing it stays under a megabyte.
+    tracemalloc.start()
+    try:
+        with pytest.raises(WireError):
+            wire.decode(b"\x95\x01\xa1n\xa1a\xdd\x7f\xff\xff\xff\x00", max_bytes=1 << 20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak

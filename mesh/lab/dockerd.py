@@ -1,5 +1,6 @@
 """A private Docker Engine per simulated host: its own data root, exec root and socket, no bridge and
-no iptables, optionally inside a network namespace. Which engine and store: mesh.lab.engines."""
+no iptables, optionally inside a network namespace. Which engine and store: mesh.lab.engines
+(docs/engines.md, docs/testing.md)."""
 
 from __future__ import annotations
 

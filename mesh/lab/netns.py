@@ -1,14 +1,21 @@
 """Hosts on one machine: a network namespace each, veths on one bridge, private addresses inside.
 
-Only addresses in one private /24 (10.77.0.0/24 by default) are used, inside these namespaces and
-on the bridge; nothing is routed off the machine.
+Only addresses in one private /24 are used, inside these namespaces and on the bridge; nothing is
+routed off the machine. Several networks may exist at once (other test runs, the demo, other
+users of the machine): a network made without an explicit tag and subnet takes a tag whose bridge
+does not exist and a /24 in 10.77.0.0/16 that no interface on the machine uses, chosen under a
+machine-wide lock so two runs starting together cannot pick the same one.
 """
 
 from __future__ import annotations
 
-import os
+import fcntl
+import ipaddress
+import random
 import subprocess
 from dataclasses import dataclass
+
+LOCK = "/run/cachemesh-netns.lock"
 
 
 def ip(*args: str, netns: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -33,21 +40,30 @@ class Host:
 class Network:
     """A bridge in the root namespace (<subnet>.1) and hosts at <subnet>.10, .11, ..."""
 
-    def __init__(self, tag: str | None = None, subnet: str = "10.77.0") -> None:
-        self.tag = tag or f"{os.getpid() % 10000:04d}"
-        self.subnet = subnet
-        self.bridge = f"cmbr{self.tag}"
+    def __init__(self, tag: str | None = None, subnet: str | None = None) -> None:
+        """`tag` names the bridge and namespaces; an explicit one (the demo's) clears what a killed
+        run with the same tag left behind. Without one, and without a subnet, both are chosen free."""
         self.hosts: list[Host] = []
-        self._clear_leftovers()
-        ip("link", "add", self.bridge, "type", "bridge")
-        ip("addr", "add", f"{subnet}.1/24", "dev", self.bridge)
-        ip("link", "set", self.bridge, "up")
+        with open(LOCK, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # held until the bridge holds its subnet
+            if tag is None:
+                tag = _free_tag()
+            else:
+                self.tag = tag
+                self._clear_leftovers()
+            self.tag = tag
+            self.subnet = subnet or _free_subnet()
+            self.bridge = f"cmbr{self.tag}"
+            ip("link", "add", self.bridge, "type", "bridge")
+            ip("addr", "add", f"{self.subnet}.1/24", "dev", self.bridge)
+            ip("link", "set", self.bridge, "up")
         # A dockerd with iptables on elsewhere may have set FORWARD to DROP; let the bridge pass.
         subprocess.run(["iptables", "-I", "FORWARD", "-i", self.bridge, "-j", "ACCEPT"], capture_output=True)
 
     def _clear_leftovers(self) -> None:
         """A run that was killed hard leaves its bridge and namespaces behind; same names, same run."""
         prefix = f"cm{self.tag}"
+        self.bridge = f"cmbr{self.tag}"
         listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         for line in listed.splitlines():
             name = line.split()[0] if line.split() else ""
@@ -80,3 +96,30 @@ class Network:
             ip("netns", "del", host.netns, check=False)
         ip("link", "del", self.bridge, check=False)
         subprocess.run(["iptables", "-D", "FORWARD", "-i", self.bridge, "-j", "ACCEPT"], capture_output=True)
+
+
+def _free_tag() -> str:
+    """Four hex characters no bridge or namespace on this machine uses yet."""
+    links = ip("-o", "link", "show").stdout
+    spaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    while True:
+        tag = f"{random.getrandbits(16):04x}"
+        if f"cmbr{tag}" not in links and f"cm{tag}" not in spaces:
+            return tag
+
+
+def _free_subnet() -> str:
+    """A /24 in 10.77.0.0/16 that no interface on this machine is addressed in."""
+    used = set()
+    for line in ip("-o", "-4", "addr", "show").stdout.splitlines():
+        fields = line.split()
+        if "inet" in fields:
+            net = ipaddress.ip_interface(fields[fields.index("inet") + 1]).network
+            used.add(net)
+    candidates = [f"10.77.{i}" for i in range(256)]
+    random.shuffle(candidates)
+    for prefix in candidates:
+        subnet = ipaddress.ip_network(f"{prefix}.0/24")
+        if not any(subnet.overlaps(u) for u in used):
+            return prefix
+    raise RuntimeError("no free /24 left in 10.77.0.0/16 on this machine")

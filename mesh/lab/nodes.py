@@ -1,10 +1,15 @@
-"""cachemesh node processes, started the way an operator would: `python -m mesh run` with env vars."""
+"""cachemesh node processes, started the way an operator would: `python -m mesh run` with env vars.
+
+With `lab=ADDR` the process is a lab node instead (`python -m mesh.lab.memnode`: the same node on
+the in-memory engine), and `build(tag)` makes an image on it through the lab control server at ADDR.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -18,11 +23,32 @@ SECRET = "test-cluster-secret-0123456789abcdef"
 REPO = Path(__file__).resolve().parents[2]
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports free on `host` now (bound to port 0, then released): for processes that must be told
+    their port up front. Other users of the machine are never assumed away."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 class NodeProcess:
     def __init__(
-        self, name: str, workdir: Path, *, env: dict[str, str], prefix: list[str] | None = None, status: str
+        self,
+        name: str,
+        workdir: Path,
+        *,
+        env: dict[str, str],
+        prefix: list[str] | None = None,
+        status: str,
+        lab: str | None = None,
     ) -> None:
         self.name = name
+        self.lab = lab
         self.workdir = workdir
         self.status = status
         self.log = workdir / f"{name}.log"
@@ -38,10 +64,12 @@ class NodeProcess:
             "PYTHONPATH": str(REPO),
             "CACHEMESH_LOG_LEVEL": "info",
             **env,
+            **({"CACHEMESH_LAB_LISTEN": lab} if lab else {}),
         }
+        module = "mesh.lab.memnode" if lab else "mesh"
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [*(prefix or []), sys.executable, "-m", "mesh", "run"],
+                [*(prefix or []), sys.executable, "-m", module, *([] if lab else ["run"])],
                 env=full_env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -58,6 +86,13 @@ class NodeProcess:
                 ) if r.headers.get_content_type() == "application/json" else body
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"{}")
+
+    def build(self, tag: str) -> str:
+        """A new image tagged `tag` on this lab node's in-memory engine; returns its ID."""
+        assert self.lab, "only a lab node (lab=ADDR) can build"
+        request = urllib.request.Request(f"http://{self.lab}/lab/build?tag={tag}", method="POST")
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return str(json.loads(r.read())["id"])
 
     def api(self) -> dict[str, Any]:
         return self.get("/api/status")[1]  # type: ignore[no-any-return]

@@ -5,34 +5,25 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import aiohttp
 import msgpack
 
 from mesh.net.auth import HEADER_NONCE, AuthError, Signer
+from mesh.net.contract import (
+    CHAIN_HEADER,
+    GOSSIP_PATH,
+    MSGPACK,
+    SAVE_PATH,
+    SaveStream,
+    error_text,
+    peer_url,
+)
 from mesh.protocol import wire
-
-GOSSIP_PATH = "/v1/gossip"
-SAVE_PATH = "/v1/save"
-CHAIN_HEADER = "X-Cachemesh-Chain"
 
 
 class PeerError(Exception):
     """A peer refused a request or broke the protocol. The message says which and why."""
-
-
-def peer_url(addr: str, path: str) -> str:
-    return f"http://{addr}{path}"
-
-
-@dataclass
-class SaveStream:
-    """A `docker save` stream of an image and its parent chain (child first): what a peer serves
-    and what the client receives."""
-
-    chain: list[str]
-    chunks: AsyncIterator[bytes]
 
 
 class PeerClient:
@@ -58,7 +49,7 @@ class PeerClient:
         """POST one envelope; return the peer's reply envelope (None when it has nothing to say)."""
         body = wire.encode(envelope)
         headers = self._signer.sign_request("POST", GOSSIP_PATH, body, time.time())
-        headers["Content-Type"] = "application/msgpack"
+        headers["Content-Type"] = MSGPACK
         timeout = aiohttp.ClientTimeout(total=self._timeout)
         async with self._http().post(
             peer_url(addr, GOSSIP_PATH), data=body, headers=headers, timeout=timeout
@@ -67,7 +58,7 @@ class PeerClient:
             if r.status == 204:
                 return None
             if r.status != 200:
-                raise PeerError(f"{addr}: {r.status} {_error_text(payload)}")
+                raise PeerError(f"{addr}: {r.status} {error_text(payload)}")
             if len(payload) > self._max:
                 raise PeerError(f"{addr}: reply larger than {self._max} bytes")
             try:
@@ -95,24 +86,14 @@ class PeerClient:
         image store ("graph" or "containerd"), which decides the formats it can take a delta in."""
         body: bytes = msgpack.packb({"image": image, "have": have, "store": store})
         headers = self._signer.sign_request("POST", SAVE_PATH, body, time.time())
-        headers["Content-Type"] = "application/msgpack"
+        headers["Content-Type"] = MSGPACK
         # No total timeout (a large image takes minutes); a stalled stream is cut by the idle timeout.
         timeout = aiohttp.ClientTimeout(total=None, connect=self._timeout, sock_read=idle_timeout)
         async with self._http().post(
             peer_url(addr, SAVE_PATH), data=body, headers=headers, timeout=timeout
         ) as r:
             if r.status != 200:
-                reason = _error_text(await r.content.read(4096))
+                reason = error_text(await r.content.read(4096))
                 raise PeerError(f"{addr}: save of {image[:19]} refused: {r.status} {reason}")
             chain = [c for c in r.headers.get(CHAIN_HEADER, "").split(",") if c]
             yield SaveStream(chain, r.content.iter_chunked(chunk_bytes))
-
-
-def _error_text(payload: bytes) -> str:
-    try:
-        doc = msgpack.unpackb(payload, raw=False)
-        if isinstance(doc, dict) and "error" in doc:
-            return str(doc["error"])
-    except Exception:
-        pass
-    return payload[:200].decode(errors="replace")

@@ -24,7 +24,17 @@ from aiohttp import web
 
 from mesh.engine.base import EngineError
 from mesh.net.auth import HEADER_NONCE, AuthError, ReplayGuard, Signer, verify_request
-from mesh.net.client import CHAIN_HEADER, GOSSIP_PATH, SAVE_PATH, SaveStream
+from mesh.net.contract import (
+    CHAIN_HEADER,
+    GOSSIP_PATH,
+    MSGPACK,
+    SAVE_PATH,
+    SAVE_REQUEST_MAX,
+    TAR,
+    UNKNOWN_PATHS,
+    SaveStream,
+    error_body,
+)
 from mesh.protocol import wire
 
 log = logging.getLogger("cachemesh.peer")
@@ -52,9 +62,7 @@ class PeerHandler(Protocol):
 
 
 def _error(status: int, message: str) -> web.Response:
-    return web.Response(
-        status=status, body=msgpack.packb({"error": message}), content_type="application/msgpack"
-    )
+    return web.Response(status=status, body=error_body(message), content_type=MSGPACK)
 
 
 class PeerServer:
@@ -79,7 +87,7 @@ class PeerServer:
         self.app = web.Application(client_max_size=max_body)
         self.app.router.add_post(GOSSIP_PATH, self._gossip)
         self.app.router.add_post(SAVE_PATH, self._save)
-        self.app.router.add_route("*", "/v1/{tail:.*}", self._unknown)
+        self.app.router.add_route("*", UNKNOWN_PATHS, self._unknown)
 
     async def sweep(self, server: web.Server) -> None:
         """Close connections stuck before their first request's headers (slowloris, half-open)."""
@@ -147,12 +155,10 @@ class PeerServer:
         payload = wire.encode(reply) if reply is not None else b""
         status = 200 if reply is not None else 204
         headers = self._signer.sign_response(request.headers[HEADER_NONCE], status, payload)
-        return web.Response(
-            status=status, body=payload or None, headers=headers, content_type="application/msgpack"
-        )
+        return web.Response(status=status, body=payload or None, headers=headers, content_type=MSGPACK)
 
     async def _save(self, request: web.Request) -> web.StreamResponse:
-        signed = await self._read_signed(request, 4096)
+        signed = await self._read_signed(request, SAVE_REQUEST_MAX)
         if isinstance(signed, web.Response):
             self._handler.count_request("save", signed.status)
             return signed
@@ -182,7 +188,7 @@ class PeerServer:
                 self._handler.count_request("save", exc.status)
                 return _error(exc.status, str(exc))
             response = web.StreamResponse(headers={CHAIN_HEADER: ",".join(served.chain)})
-            response.content_type = "application/x-tar"
+            response.content_type = TAR
             response.enable_chunked_encoding()
             await response.prepare(request)
             ok = False

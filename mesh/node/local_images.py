@@ -42,7 +42,6 @@ class LocalImages:
         self.last_error = ""
         self._on_change = on_change
         self._on_error = on_error
-        self._removing: set[str] = set()  # removals this node makes itself are not evictions
 
     def tags(self) -> dict[str, Tags]:
         return {i: img.tags for i, img in self.images.items()}
@@ -74,7 +73,7 @@ class LocalImages:
             return
         native = str(event.get("id") or "")
         image = next((k for k, i in self.images.items() if i.native == native), native)
-        if image in self.shared and self.shared[image] and image not in self._removing:
+        if self.shared.get(image):
             # The operator removed an image the mesh gave or shares: remember, so it is not pulled back.
             self.evicted[image] = self.shared[image][0]
             self.state.save_evicted(self.evicted)

@@ -24,27 +24,26 @@ from mesh.config import Config, format_hostport, parse_hostport
 from mesh.discovery.addresses import derive_advertise
 from mesh.discovery.mdns import MdnsDiscovery, mdns_usable
 from mesh.discovery.seeds import resolve_seeds
-from mesh.engine.base import Engine, EngineError
-from mesh.engine.delta import DeltaReport, LayerNames, without_layers
+from mesh.engine.base import Engine
 from mesh.engine.docker_api import DockerEngine
-from mesh.engine.tarstream import TarStreamError
 from mesh.net.auth import Signer, derive_key
-from mesh.net.client import PeerClient, SaveStream
-from mesh.net.server import PeerServer, SaveRefused
+from mesh.net.client import PeerClient
+from mesh.net.server import PeerServer
 from mesh.node.local_images import LocalImages
+from mesh.node.peer_api import PeerApi
 from mesh.node.persistence import NodeState
 from mesh.node.puller import Puller
-from mesh.node.readiness import Readiness
+from mesh.node.readiness import Readiness, ReadinessSnapshot
+from mesh.node.status import build_status
 from mesh.node.transfer import Transfer
 from mesh.protocol import wire
 from mesh.protocol.core import MeshCore
 from mesh.protocol.events import ManifestChanged, MetaLearned, PeerJoined, PeerStateChanged
 from mesh.protocol.liveness import State
 from mesh.protocol.outbox import Outgoing
-from mesh.protocol.planner import chain_of
 from mesh.protocol.wire import ImageMeta, Tags
 from mesh.ui.metrics import Metrics
-from mesh.ui.status_page import status_app
+from mesh.ui.status_page import StatusSources, status_app
 
 log = logging.getLogger("cachemesh.node")
 
@@ -57,7 +56,7 @@ class Node:
         self.state = NodeState(config.data_dir)
         self.node_id = self.state.node_id()
         self.incarnation = self.state.next_incarnation()
-        self.engine: Engine = engine or make_engine(config.docker_host)
+        self.engine: Engine = engine or DockerEngine(config.docker_host)
         self.started = time.time()
         self.signer = Signer(derive_key(config.signing_secret, config.cluster), config.cluster, self.node_id)
         self.client = PeerClient(
@@ -67,13 +66,12 @@ class Node:
         self.local = LocalImages(
             config, self.engine, self.state, self._on_local_change, self._on_engine_error
         )
-        self.readiness = Readiness(self)
+        self.readiness = Readiness(self._readiness_snapshot)
         # Bound in start(): the advertised address needs the listening port, which may be 0.
         self.advertise = ""
         self.core: MeshCore
         self.puller: Puller
-        self.serving: dict[int, Transfer] = {}
-        self.layer_names = LayerNames()  # which file of a save stream holds which layer
+        self.peer_api: PeerApi
         self.mdns: MdnsDiscovery | None = None
         self.candidates: set[str] = set()  # addresses found by mDNS
         self.peer_addr = ""
@@ -104,9 +102,17 @@ class Node:
             incarnation=self.incarnation,
             manifest_version=int(time.time() * 1000),
         )
-        self.puller = Puller(self.config, self.core, self.engine, self.local, self.client, self.metrics)
+        self.puller = Puller(self.config, self.core.view, self.engine, self.local, self.client, self.metrics)
+        self.peer_api = PeerApi(
+            self.on_envelope,
+            self.core.view,
+            self.local,
+            self.engine,
+            self.metrics,
+            spool=Path(self.config.data_dir),
+        )
         peer = PeerServer(
-            self,
+            self.peer_api,
             self.signer,
             max_body=self.config.max_message_bytes,
             request_timeout=self.config.request_timeout,
@@ -124,7 +130,13 @@ class Node:
                 self.mdns = None
         self.peer_server = peer
         self.peer_addr = await self._serve(peer.app, peer_sock)
-        self.status_addr = await self._serve(status_app(self), status_sock)
+        sources = StatusSources(
+            status=lambda: build_status(self),
+            readiness=self.readiness.check,
+            engine_available=lambda: self.local.available,
+            metrics=self.metrics.render,
+        )
+        self.status_addr = await self._serve(status_app(sources), status_sock)
         server = self._runners[0].server
         assert server is not None
         self._tasks.append(asyncio.create_task(peer.sweep(server)))
@@ -163,14 +175,14 @@ class Node:
             return
         if leave:
             self.core.leave(time.monotonic())
-            departure = self.core.membership.me
+            incarnation = self.core.view.incarnation
             notice = wire.Envelope(
                 self.node_id,
                 self.advertise,
-                (wire.Dead(departure.id, departure.incarnation, departure.id),),
-                departure.incarnation,
+                (wire.Dead(self.node_id, incarnation, self.node_id),),
+                incarnation,
             )
-            peers = [self.core.membership.members[i].addr for i in self.core.membership.live_ids()]
+            peers = self.core.view.live_addrs()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2.0):
                     await asyncio.gather(
@@ -245,7 +257,7 @@ class Node:
             if isinstance(event, ManifestChanged | MetaLearned):
                 replan = True
             elif isinstance(event, PeerJoined):
-                member = self.core.membership.members.get(event.node)
+                member = self.core.view.peer(event.node)
                 log.info(
                     "peer joined: %s (%s)",
                     member.name if member else event.node,
@@ -255,7 +267,7 @@ class Node:
             elif isinstance(event, PeerStateChanged):
                 if event.node == self.node_id:
                     continue
-                member = self.core.membership.members.get(event.node)
+                member = self.core.view.peer(event.node)
                 name = member.name if member else event.node
                 log.info("peer %s: %s -> %s", name, event.old.label, event.new.label)
                 replan = True
@@ -265,7 +277,7 @@ class Node:
         if replan:
             self.puller.poke()
 
-    # --- the peer API (PeerHandler) ------------------------------------------------------------
+    # --- the peer API ---------------------------------------------------------------------------
 
     def on_envelope(self, envelope: wire.Envelope) -> wire.Envelope | None:
         self.core.receive(envelope, time.monotonic())
@@ -278,69 +290,7 @@ class Node:
         self.wake()
         if not reply:
             return None
-        me = self.core.membership.me
-        return wire.Envelope(self.node_id, self.advertise, tuple(reply), me.incarnation)
-
-    async def open_save(self, image: str, requester: str, have: int, store: str) -> SaveStream:
-        if image not in self.local.shared:
-            raise SaveRefused(404, f"{image[:19]} is not shared by this node")
-        chain = chain_of(image, self.local.metas())
-        try:
-            info = await self.engine.info()
-        except EngineError as exc:
-            raise SaveRefused(503, f"engine unavailable: {exc}") from None
-        layers = self.local.images[image].meta.layers
-        # The containerd store refuses a legacy-format tar with a layer missing (Engine < 25 writes
-        # only that format); and a layer that recurs above `have` must stay in.
-        drop = set(layers[:have]) - set(layers[have:]) if info.oci_save or store == "graph" else set()
-        delta = DeltaReport()
-        member = self.core.membership.members.get(requester)
-        record = Transfer(
-            image,
-            self.local.shared[image],
-            member.addr if member else "?",
-            member.name if member else requester,
-            "out",
-            self.local.images[image].meta.size,
-        )
-        self.serving[id(record)] = record
-
-        async def chunks() -> Any:
-            saved = self.engine.save(chain)
-            try:
-                async for chunk in without_layers(
-                    saved, drop, self.layer_names, delta, spool_dir=Path(self.config.data_dir)
-                ):
-                    record.done += len(chunk)
-                    yield chunk
-                if delta.dropped:
-                    self.metrics.layers_left_out.inc(len(delta.dropped))
-                    self.metrics.layer_bytes_left_out.inc(delta.dropped_bytes)
-                    log.info(
-                        "left %d held layers (%.1f MB) out of %s for %s",
-                        len(delta.dropped),
-                        delta.dropped_bytes / 1e6,
-                        image[:19],
-                        record.peer_name,
-                    )
-            except (EngineError, TarStreamError) as exc:
-                record.error = str(exc)
-                raise EngineError(str(exc)) from None
-            finally:
-                await saved.aclose()  # type: ignore[attr-defined]
-                record.finished = time.time()
-                self.serving.pop(id(record), None)
-
-        return SaveStream(chain, chunks())
-
-    def count_request(self, endpoint: str, status: int) -> None:
-        self.metrics.peer_requests.labels(endpoint, str(status)).inc()
-
-    def count_bytes_out(self, n: int) -> None:
-        self.metrics.transfer_bytes.labels("out").inc(n)
-
-    def save_finished(self, image: str, ok: bool) -> None:
-        self.metrics.transfers.labels("out", "ok" if ok else "failed").inc()
+        return wire.Envelope(self.node_id, self.advertise, tuple(reply), self.core.view.incarnation)
 
     # --- the rest ------------------------------------------------------------------------------
 
@@ -370,10 +320,32 @@ class Node:
                 self.wake()
             await asyncio.sleep(self.config.reconnect_interval)
 
+    @property
+    def serving(self) -> dict[int, Transfer]:
+        return self.peer_api.serving
+
+    def _readiness_snapshot(self) -> ReadinessSnapshot:
+        view = self.core.view
+        live = [p for p in view.live_peers() if p.state is State.ALIVE]
+        metas, local = view.metas(), self.local.images
+        pending = next((p.name for p in live if view.manifest_pending(p.id)), "")
+        return ReadinessSnapshot(
+            engine_available=self.local.available,
+            engine_error=self.local.last_error or "",
+            scanned=self.local.scanned,
+            synced=self.core.synced_with_peer,
+            has_leads=bool(self.config.seeds or view.live_peers() or self.candidates),
+            in_join_grace=time.time() - self.started < self.config.join_grace,
+            manifest_pending=pending,
+            metas_missing=any(
+                i not in metas and i not in local for p in view.live_peers() for i in view.holdings(p.id)
+            ),
+            plan=self.puller.plan,
+        )
+
     def _snapshot(self) -> dict[str, Any]:
-        members = self.core.membership.members
-        states = Counter(m.state.label for i, m in members.items() if i != self.node_id)
-        mesh_images = {i for r in self.core.manifests.replicas.values() for i in r.entries}
+        states = Counter(p.state.label for p in self.core.view.peers().values())
+        mesh_images = {i for held in self.core.view.all_holdings().values() for i in held}
         plan = self.puller.plan
         return {
             "peers": {s.label: states.get(s.label, 0) for s in State},
@@ -407,12 +379,3 @@ def bind_socket(listen: str) -> socket.socket:
     sock.listen(512)
     sock.setblocking(False)
     return sock
-
-
-def make_engine(docker_host: str) -> Engine:
-    """The Docker Engine at docker_host; `memory://` is the in-memory engine (simulation and tests)."""
-    if docker_host == "memory://":
-        from mesh.engine.fake import FakeEngine
-
-        return FakeEngine()
-    return DockerEngine(docker_host)

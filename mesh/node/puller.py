@@ -14,10 +14,10 @@ from mesh.net.client import PeerClient
 from mesh.node.local_images import LocalImages
 from mesh.node.transfer import Transfer, TransferFailed, pull_image
 from mesh.protocol import planner
-from mesh.protocol.core import MeshCore
 from mesh.protocol.formulas import backoff
 from mesh.protocol.liveness import State
 from mesh.protocol.planner import Failure, Plan, Pull
+from mesh.protocol.view import MeshView
 from mesh.ui.metrics import Metrics
 
 log = logging.getLogger("cachemesh.pull")
@@ -27,14 +27,14 @@ class Puller:
     def __init__(
         self,
         config: Config,
-        core: MeshCore,
+        view: MeshView,
         engine: Engine,
         local: LocalImages,
         client: PeerClient,
         metrics: Metrics,
     ) -> None:
         self.config = config
-        self.core = core
+        self.view = view
         self.engine = engine
         self.local = local
         self.client = client
@@ -49,20 +49,11 @@ class Puller:
     def poke(self) -> None:
         self._wake.set()
 
-    def _peers(self) -> dict[str, planner.Peer]:
-        members = self.core.membership.members
-        me = self.core.node_id
-        return {i: planner.Peer(i, m.state is State.ALIVE, m.rtt) for i, m in members.items() if i != me}
-
     def compute(self) -> Plan:
-        peers = self._peers()
-        replicas = self.core.manifests.replicas
-        remote = {
-            node: {image: tags for image, (tags, _) in replica.entries.items()}
-            for node, replica in replicas.items()
-            if node in peers and peers[node].alive
-        }
-        metas = {**self.core.manifests.metas, **self.local.metas()}
+        view = self.view
+        peers = {i: planner.Peer(i, p.state is State.ALIVE, p.rtt) for i, p in view.peers().items()}
+        remote = {node: view.holdings(node) for node, peer in peers.items() if peer.alive}
+        metas = {**view.metas(), **self.local.metas()}
         return planner.plan(
             local=self.local.tags(),
             remote=remote,
@@ -102,7 +93,7 @@ class Puller:
                 task.add_done_callback(self._tasks.discard)
 
     async def _pull(self, pull: Pull) -> None:
-        member = self.core.membership.members.get(pull.source)
+        member = self.view.peer(pull.source)
         if member is None:
             return
         record = Transfer(pull.image, pull.tags, member.addr, member.name, "in", pull.size)
@@ -110,7 +101,7 @@ class Puller:
         log.info(
             "pulling %s %s from %s (%s)", pull.image[:19], ",".join(pull.tags) or "", member.name, member.addr
         )
-        meta = self.core.manifests.metas.get(pull.image)
+        meta = self.view.metas().get(pull.image)
         have = held_prefix(meta.layers, self.local.held_chains()) if meta else 0
         try:
             chain = await pull_image(

@@ -1,24 +1,64 @@
 """When a node is ready: it has joined, knows what the mesh holds, and holds what it should.
 
-Readiness latches: once warm, a node stays ready while new images arrive (an autoscaler should
-not pull a serving build host out of rotation because someone pushed a new base image), and only
-an unreachable engine takes it back out.
+Readiness is a pure function of a snapshot (`assess`); the node takes the snapshot, and
+`Readiness` only adds the latch: once warm, a node stays ready while new images arrive (an
+autoscaler should not pull a serving build host out of rotation because someone pushed a new base
+image), and only an unreachable engine takes it back out.
 """
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from mesh.protocol.liveness import State
+from mesh.protocol.planner import Plan
 
-if TYPE_CHECKING:
-    from mesh.node.node import Node
+
+@dataclass(frozen=True, slots=True)
+class ReadinessSnapshot:
+    engine_available: bool
+    engine_error: str  # the last engine error, "" if none
+    scanned: bool  # the local images have been listed once
+    synced: bool  # the core has synced with a peer (or found their views equal)
+    has_leads: bool  # seeds are configured, or peers or mDNS candidates are known
+    in_join_grace: bool  # with no leads, still within the time to wait for peers
+    manifest_pending: str  # the name of a live peer whose manifest is not (fully) here, or ""
+    metas_missing: bool  # a live peer holds an image whose metadata is neither learnt nor local
+    plan: Plan | None  # the puller's last plan
+
+
+def assess(s: ReadinessSnapshot, *, warm: bool) -> tuple[bool, str]:
+    """(ready, reason). `warm`: the node was ready before (the latch)."""
+    if not s.engine_available:
+        return False, f"Docker Engine unreachable: {s.engine_error or 'connecting'}"
+    if warm:
+        return True, "warm"
+    if not s.scanned:
+        return False, "scanning local images"
+    if not s.synced:
+        if s.has_leads:
+            return False, "joining the mesh"
+        if s.in_join_grace:
+            return False, "looking for peers"
+    if s.manifest_pending:
+        return False, f"fetching the manifest of {s.manifest_pending}"
+    if s.metas_missing:
+        return False, "fetching image metadata"
+    if s.plan is None:
+        return False, "planning"
+    if not s.plan.warm:
+        pending = [i for i in s.plan.missing if i not in s.plan.given_up]
+        if pending:
+            return False, f"pulling {len(pending)} image(s)"
+        return False, f"tagging {len(s.plan.tags)} image(s)"
+    return True, "warm"
 
 
 class Readiness:
-    def __init__(self, node: Node) -> None:
-        self._node = node
+    """The latch around `assess`, fed snapshots by `snapshot`."""
+
+    def __init__(self, snapshot: Callable[[], ReadinessSnapshot]) -> None:
+        self._snapshot = snapshot
         self._warm = False
 
     @property
@@ -26,44 +66,6 @@ class Readiness:
         return self.check()[0]
 
     def check(self) -> tuple[bool, str]:
-        node = self._node
-        if not node.local.available:
-            return False, f"Docker Engine unreachable: {node.local.last_error or 'connecting'}"
-        if self._warm:
-            return True, "warm"
-        reason = self._cold_reason()
-        if reason:
-            return False, reason
-        self._warm = True
-        return True, "warm"
-
-    def _cold_reason(self) -> str:
-        node = self._node
-        core = node.core
-        if not node.local.scanned:
-            return "scanning local images"
-        live = core.membership.live_ids()
-        if not core.synced_with_peer:
-            if node.config.seeds or live or node.candidates:
-                return "joining the mesh"
-            if time.time() - node.started < node.config.join_grace:
-                return "looking for peers"
-        replicas = core.manifests.replicas
-        for peer in live:
-            member = core.membership.members[peer]
-            replica = replicas.get(peer)
-            if member.state is State.ALIVE and (replica is None or replica.version == 0 or replica.heard):
-                return f"fetching the manifest of {member.name}"
-        metas = core.manifests.metas
-        local = node.local.images
-        for peer in live:
-            replica = replicas.get(peer)
-            if replica is not None and any(i not in metas and i not in local for i in replica.entries):
-                return "fetching image metadata"
-        plan = node.puller.plan
-        if plan is None:
-            return "planning"
-        if not plan.warm:
-            pending = [i for i in plan.missing if i not in plan.given_up]
-            return f"pulling {len(pending)} image(s)" if pending else f"tagging {len(plan.tags)} image(s)"
-        return ""
+        ready, reason = assess(self._snapshot(), warm=self._warm)
+        self._warm = self._warm or ready
+        return ready, reason

@@ -86,27 +86,40 @@ def differing(mine: tuple[int, ...], theirs: tuple[int, ...]) -> list[int]:
     return [i for i in range(DIGEST_BUCKETS) if mine[i] != theirs[i]]
 
 
-def summary_entries(
-    members: Iterable[Member], buckets: Iterable[int], mversion_of: Callable[[str], int]
-) -> list[SummaryEntry]:
-    wanted = set(buckets)
-    out = []
-    for m in members:
-        if bucket_of(m.id) not in wanted:
-            continue
-        mversion = mversion_of(m.id)
-        entry = m.summary
-        if (
-            entry is None
-            or entry.incarnation != m.incarnation
-            or entry.state != m.state
-            or entry.mversion != mversion
-            or entry.addr != m.addr
-            or entry.name != m.name
-        ):
-            entry = m.summary = SummaryEntry(m.id, m.name, m.addr, m.incarnation, int(m.state), mversion)
-        out.append(entry)
-    return out
+class SummaryCache:
+    """Summary entries of members, reused while a member's fields are unchanged (a thousand-node
+    summary is built every few seconds). Kept here, keyed by node ID, not on the members."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, SummaryEntry] = {}
+
+    def entries(
+        self, members: Iterable[Member], buckets: Iterable[int], mversion_of: Callable[[str], int]
+    ) -> list[SummaryEntry]:
+        wanted = set(buckets)
+        cache = self._entries
+        out = []
+        for m in members:
+            if bucket_of(m.id) not in wanted:
+                continue
+            mversion = mversion_of(m.id)
+            entry = cache.get(m.id)
+            if (
+                entry is None
+                or entry.incarnation != m.incarnation
+                or entry.state != m.state
+                or entry.mversion != mversion
+                or entry.addr != m.addr
+                or entry.name != m.name
+            ):
+                entry = cache[m.id] = SummaryEntry(
+                    m.id, m.name, m.addr, m.incarnation, int(m.state), mversion
+                )
+            out.append(entry)
+        return out
+
+    def forget(self, node: str) -> None:
+        self._entries.pop(node, None)
 
 
 def split_by_size(entries: list[SummaryEntry], max_entries: int) -> list[list[SummaryEntry]]:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from mesh.config import Config
-from mesh.protocol.antientropy import DigestCache, differing, split_by_size, summary_entries
+from mesh.protocol.antientropy import DigestCache, SummaryCache, differing, split_by_size
 from mesh.protocol.events import Event, PeerForgotten, PeerStateChanged
 from mesh.protocol.formulas import push_pull_scale, retransmit_limit
 from mesh.protocol.liveness import State
@@ -21,6 +21,7 @@ from mesh.protocol.manifests import Manifests
 from mesh.protocol.membership import Member, Membership
 from mesh.protocol.outbox import Outbox, Outgoing
 from mesh.protocol.rumours import BroadcastQueue
+from mesh.protocol.view import MeshView
 from mesh.protocol.wire import (
     Ack,
     Alive,
@@ -64,12 +65,14 @@ class MeshCore:
         me = Member(node_id, name, addr, incarnation, State.ALIVE, now)
         self.digest = DigestCache()
         self.digest.mark(node_id)
+        self.summaries = SummaryCache()
         self.membership = Membership(
             config, me, self.rng, self.out, self.rumours, self.events, self.digest.mark
         )
         self.manifests = Manifests(
             config, node_id, manifest_version, self.out, self.rumours, self.events, self.digest.mark
         )
+        self.view = MeshView(self.membership, self.manifests)  # what the I/O edges may read
         self.synced_with_peer = False
         self._gossip_rounds = 0
         self._push_pulls = 0
@@ -247,6 +250,7 @@ class MeshCore:
         for event in new:
             if isinstance(event, PeerForgotten):
                 self.manifests.forget(event.node)
+                self.summaries.forget(event.node)
             elif (
                 isinstance(event, PeerStateChanged)
                 and event.new is State.ALIVE
@@ -279,7 +283,7 @@ class MeshCore:
         return self.digest.value(self.membership.members, self.manifests.version_of)
 
     def _summaries(self, buckets: list[int], reply: bool) -> list[SyncSummary]:
-        entries = summary_entries(self.membership.members.values(), buckets, self.manifests.version_of)
+        entries = self.summaries.entries(self.membership.members.values(), buckets, self.manifests.version_of)
         chunks = split_by_size(entries, max(16, self.config.max_message_bytes // 1024))
         return [SyncSummary(tuple(buckets), tuple(chunk), reply and i == 0) for i, chunk in enumerate(chunks)]
 
@@ -327,9 +331,3 @@ class MeshCore:
         metas = self.manifests.metas_for(msg.images)
         for i in range(0, len(metas), 256):
             self.out.send(src, Metas(tuple(metas[i : i + 256])))
-
-
-def handled_types() -> set[type[Message]]:
-    """Every message type the core dispatches on (a test checks it covers the wire enum)."""
-    core = MeshCore(Config(secret=b"x" * 16), "probe", "probe", "probe:1", now=0.0)
-    return set(core._handlers)

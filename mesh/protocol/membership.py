@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from mesh.config import Config
 from mesh.protocol.events import Event, PeerForgotten, PeerJoined, PeerStateChanged
@@ -25,7 +25,7 @@ from mesh.protocol.formulas import (
 from mesh.protocol.liveness import State
 from mesh.protocol.outbox import Outbox
 from mesh.protocol.rumours import BroadcastQueue
-from mesh.protocol.wire import Ack, Alive, Dead, Ping, PingReq, SummaryEntry, Suspect
+from mesh.protocol.wire import Ack, Alive, Dead, Ping, PingReq, Suspect
 
 
 @dataclass(slots=True)
@@ -53,7 +53,6 @@ class Member:
     rtt: float | None = None
     heard: float = float("-inf")  # when it last reached us directly
     suspicion: Suspicion | None = None
-    summary: SummaryEntry | None = field(default=None, repr=False)  # reused while unchanged
 
 
 @dataclass(slots=True)

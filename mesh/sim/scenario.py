@@ -1,5 +1,7 @@
 """The fleet scenario the simulator runs and the tests reuse: join, steady state, fresh images
-and crashes, a 50/50 partition and its heal. Measures what issue 3 asks for.
+and crashes, a 50/50 partition and its heal. Measures how fast a new image spreads, how fast a
+crash is detected, false deaths over the whole run, the bytes each node sends in steady state
+(HTTP framing included, see wirecost.py), and how fast views agree after a partition heals.
 
 Timeline for `minutes` simulated minutes (T = 60 * minutes; shown for T = 600):
    0 -  30  nodes join one by one through a random earlier node (an autoscaling fleet)
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -38,6 +41,7 @@ class Results:
     detect_seconds: list[float] = field(default_factory=list)
     false_dead: set[str] = field(default_factory=set)
     steady_bytes: list[int] = field(default_factory=list)
+    busiest_seconds: dict[str, float] = field(default_factory=dict)  # with breakdown: share by kind
     heal_seconds: float | None = None
     undelivered_injections: int = 0
     undetected_crashes: int = 0
@@ -63,6 +67,7 @@ class Results:
             "seconds_to_detect_failure_p50": _pct(self.detect_seconds, 50),
             "bytes_per_node_per_second_p50": _pct(self.steady_bytes, 50),
             "messages": self.wall_messages,
+            **({"busiest_1pct_seconds_by_kind": self.busiest_seconds} if self.busiest_seconds else {}),
         }
 
 
@@ -77,15 +82,26 @@ def _pct(values: list[Any], p: float) -> Any:
 
 class FleetScenario:
     def __init__(
-        self, nodes: int, *, loss: float, seed: int, minutes: float, config: Config | None = None
+        self,
+        nodes: int,
+        *,
+        loss: float,
+        seed: int,
+        minutes: float,
+        config: Config | None = None,
+        breakdown: bool = False,
     ) -> None:
+        """`breakdown`: also split the steady-state bytes by message type and report what the
+        busiest 1% of node-seconds carried (same run, same figures otherwise)."""
         if minutes < 2:
             raise ValueError("the scenario needs at least 2 simulated minutes")
         self.config = config or Config.lan(secret=b"simulated-cluster-secret")
         self.n = nodes
         self.rng = random.Random(seed)
-        # Bytes are counted (envelopes encoded) only in the steady-state window that reports them.
+        # Bytes are counted (envelopes encoded, HTTP framing added) only in the steady-state window
+        # that reports them.
         self.net = SimNetwork(self.config, seed=seed, loss=loss, count_bytes=False)
+        self.net.count_kinds = breakdown
         self.scale = minutes / 10.0
         self.results = Results(nodes)
         self.catalog = [
@@ -121,6 +137,7 @@ class FleetScenario:
         joined: list[SimNode] = []
         for i in range(self.n):
             net.run_until(end * i / self.n)
+            self._drain_false_dead()
             node = net.add_node()
             if joined:
                 self.seeds[node.addr] = [a.addr for a in joined[:3]] + [self.rng.choice(joined).addr]
@@ -135,6 +152,7 @@ class FleetScenario:
         net = self.net
         while net.now < until:
             net.run_until(min(until, net.now + 1.0))
+            self._drain_false_dead()
             for node in list(net.nodes.values()):
                 if node.up and node.addr in self.seeds:
                     node.core.join(self.seeds[node.addr], net.now)
@@ -151,13 +169,24 @@ class FleetScenario:
     def _steady_phase(self) -> None:
         start, end = self.t(90), self.t(150)
         self.net.count_bytes = True
-        self.net.run_until(end)
+        while self.net.now < end:
+            self.net.run_until(min(end, self.net.now + 1.0))
+            self._drain_false_dead()
         self.net.count_bytes = False
         first, last = math.ceil(start), math.floor(end)
         per_second = self.net.traffic.per_second
+        samples = []
         for addr in self.net.nodes:
             for second in range(first, last):
-                self.results.steady_bytes.append(per_second.get((addr, second), 0))
+                samples.append(((addr, second), per_second.get((addr, second), 0)))
+        self.results.steady_bytes = [n for _, n in samples]
+        if self.net.count_kinds:
+            busiest = sorted(samples, key=lambda s: -s[1])[: max(1, len(samples) // 100)]
+            kinds: Counter[str] = Counter()
+            for key, _ in busiest:
+                kinds.update(self.net.traffic.kinds.get(key, Counter()))
+            total = sum(kinds.values()) or 1
+            self.results.busiest_seconds = {k: round(v / total, 3) for k, v in kinds.most_common()}
 
     def _churn_phase(self) -> None:
         net, start, end = self.net, self.t(150), self.t(450)
@@ -165,7 +194,6 @@ class FleetScenario:
         pending_crash: dict[str, float] = {}  # node ID -> crashed at
         next_inject, next_crash = start, start + 5
         gi = self.config.gossip_interval
-        self._watch_false_dead()
         while net.now < end:
             net.run_until(min(end, net.now + gi / 2))
             quiet = net.now >= end - 35  # let the last injections and crashes resolve before the partition
@@ -186,8 +214,9 @@ class FleetScenario:
             pending_inj = self._check_injections(pending_inj)
             pending_crash = self._check_crashes(pending_crash)
             self._drain_false_dead()
-        self.results.undelivered_injections = len(pending_inj)
-        self.results.undetected_crashes = len(pending_crash)
+        # Added to, not assigned: injections that timed out during the phase were counted already.
+        self.results.undelivered_injections += len(pending_inj)
+        self.results.undetected_crashes += len(pending_crash)
         self._drain_false_dead()
 
     def _partition_phase(self) -> None:
@@ -281,12 +310,10 @@ class FleetScenario:
 
     # --- false positives ----------------------------------------------------------------------
 
-    def _watch_false_dead(self) -> None:
-        for node in self.net.nodes.values():
-            node.core.drain_events()
-
     def _drain_false_dead(self) -> None:
-        """A node marked dead while its process was up, and not from across a partition, is false."""
+        """A node marked dead while its process was up, and not from across a partition, is false.
+
+        Called throughout the run, from the first join to after the heal: every phase counts."""
         by_id = {n.core.node_id: n for n in self.net.nodes.values()}
         for observer in self.net.nodes.values():
             for event in observer.core.drain_events():

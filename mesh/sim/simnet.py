@@ -2,14 +2,17 @@
 
 Not a model of the protocol: each simulated node is the same MeshCore the asyncio node runs.
 The network routes drained envelopes with per-message loss, a per-link latency, partitions and
-crashes, and counts the encoded bytes each node sends. Same seed, same run.
+crashes, and counts the bytes each node sends as a real node would put them on the wire: each
+envelope as a signed HTTP request, each delivered envelope answered by a signed response that
+carries the receiver's first reply to the sender, as the peer API does (see wirecost.py for the
+measured HTTP overhead). Same seed, same run.
 """
 
 from __future__ import annotations
 
 import heapq
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +21,7 @@ from mesh.config import Config
 from mesh.protocol import wire
 from mesh.protocol.core import MeshCore
 from mesh.protocol.outbox import Outgoing
+from mesh.sim.wirecost import RESPONSE_EMPTY, reply_bytes, request_bytes
 
 
 @dataclass(slots=True)
@@ -33,9 +37,12 @@ class SimNode:
 
 @dataclass(slots=True)
 class Traffic:
-    """Encoded bytes each node sent, per whole simulated second."""
+    """Bytes each node sent on the wire (HTTP framing included), per whole simulated second."""
 
     per_second: dict[tuple[str, int], int] = field(default_factory=lambda: defaultdict(int))
+    # With SimNetwork.count_kinds: the same bytes split by what they carried (message types, or
+    # "empty response"), for finding what a busy second is made of.
+    kinds: dict[tuple[str, int], Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     messages: int = 0
     dropped: int = 0
 
@@ -58,6 +65,7 @@ class SimNetwork:
         self.base_latency = base_latency
         self.spread_latency = spread_latency
         self.count_bytes = count_bytes
+        self.count_kinds = False
         self.strict_wire = strict_wire
         self.now = 0.0
         self.nodes: dict[str, SimNode] = {}
@@ -65,7 +73,8 @@ class SimNetwork:
         self.partitioned = False
         self.drop_hook: Callable[[str, str, wire.Envelope], bool] | None = None
         self.on_deliver: Callable[[SimNode], None] | None = None
-        # (time, sequence, kind, node, payload): kind 0 is a tick (payload: token), 1 a delivery (envelope)
+        # (time, sequence, kind, node, payload): kind 0 is a tick (payload: token), 1 the delivery of a
+        # request (envelope), 2 the delivery of a reply that came back in an HTTP response (envelope)
         self._queue: list[tuple[float, int, int, SimNode, Any]] = []
         self._seq = 0
         self._next_id = 0
@@ -143,17 +152,34 @@ class SimNetwork:
             node.tick_token += 1
             self._push(at, 0, node, node.tick_token)
 
-    def _flush(self, node: SimNode) -> None:
+    def _flush(self, node: SimNode, reply_to: str | None = None) -> None:
+        """Send what the node's core has drained. After a request from `reply_to`, the first
+        envelope back to it travels as the HTTP response (its framing is a response's, and it is
+        not answered again), and with none the request is answered by an empty signed 204."""
+        replied = False
         for out in node.core.drain():
-            self._send(node, out)
+            as_reply = not replied and out.addr == reply_to
+            replied = replied or as_reply
+            self._send(node, out, as_reply)
+        if reply_to is not None and not replied and self.count_bytes:
+            self.traffic.per_second[(node.addr, int(self.now))] += RESPONSE_EMPTY
+            if self.count_kinds:
+                self.traffic.kinds[(node.addr, int(self.now))]["empty response"] += RESPONSE_EMPTY
         self._schedule_tick(node)
 
-    def _send(self, node: SimNode, out: Outgoing) -> None:
+    def _send(self, node: SimNode, out: Outgoing, as_reply: bool = False) -> None:
         traffic = self.traffic
         traffic.messages += 1
         if self.count_bytes or self.strict_wire:
             data = wire.encode(out.envelope)
-            traffic.per_second[(node.addr, int(self.now))] += len(data)
+            if self.count_bytes:
+                size = reply_bytes(len(data)) if as_reply else request_bytes(len(data), out.addr)
+                traffic.per_second[(node.addr, int(self.now))] += size
+                if self.count_kinds:
+                    kind = "+".join(sorted({type(m).__name__ for m in out.envelope.messages}))
+                    traffic.kinds[(node.addr, int(self.now))][
+                        kind + (" in a response" if as_reply else "")
+                    ] += size
             envelope = (
                 wire.decode(data, max_bytes=self.config.max_message_bytes)
                 if self.strict_wire
@@ -172,7 +198,7 @@ class SimNetwork:
             traffic.dropped += 1
             return
         latency = self.base_latency + abs(node.position - dest.position) * self.spread_latency
-        self._push(self.now + latency, 1, dest, envelope)
+        self._push(self.now + latency, 2 if as_reply else 1, dest, envelope)
 
     def run_until(self, until: float) -> None:
         queue = self._queue
@@ -186,10 +212,12 @@ class SimNetwork:
                     continue
                 node.scheduled = float("inf")
                 node.core.tick(at)
+                self._flush(node)
             else:
                 node.core.receive(payload, at)
-            self._flush(node)
-            if kind == 1 and self.on_deliver is not None:
+                # What a node sends after reading a response goes out as new requests.
+                self._flush(node, reply_to=payload.addr if kind == 1 else None)
+            if kind != 0 and self.on_deliver is not None:
                 self.on_deliver(node)
         self.now = until
 

@@ -5,151 +5,49 @@ Binds to localhost by default (--status-listen): it shows the mesh's layout and 
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from html import escape
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from mesh.protocol.liveness import State
 from mesh.ui.humanize import short_id, size_text
 
-if TYPE_CHECKING:
-    from mesh.node.node import Node
+
+@dataclass(frozen=True)
+class StatusSources:
+    """What the status surface reads, and nothing more: each is called per request."""
+
+    status: Callable[[], dict[str, Any]]  # the /api/status document (see README)
+    readiness: Callable[[], tuple[bool, str]]  # (ready, reason)
+    engine_available: Callable[[], bool]
+    metrics: Callable[[], bytes]  # Prometheus text
 
 
-def _transfer(t: Any) -> dict[str, Any]:
-    return {
-        "image": t.image,
-        "tags": list(t.tags),
-        "peer": t.peer_name,
-        "address": t.peer,
-        "direction": t.direction,
-        "bytes": t.done,
-        "total": t.total,
-        "rate": round(t.rate),
-        "started": t.started,
-        "finished": t.finished,
-        "outcome": t.outcome,
-        "error": t.error,
-    }
-
-
-def build_status(node: Node) -> dict[str, Any]:
-    core = node.core
-    members = core.membership.members
-    replicas = core.manifests.replicas
-    ready, reason = node.readiness.check()
-    peers = []
-    for member_id, m in sorted(members.items(), key=lambda kv: kv[1].name):
-        if member_id == node.node_id:
-            continue
-        replica = replicas.get(member_id)
-        peers.append(
-            {
-                "id": member_id,
-                "name": m.name,
-                "address": m.addr,
-                "state": m.state.label,
-                "incarnation": m.incarnation,
-                "rtt_ms": None if m.rtt is None else round(m.rtt * 1000, 2),
-                "images": len(replica.entries) if replica else 0,
-                "since": round(time.monotonic() - m.since, 1),
-            }
-        )
-    holders: dict[str, list[str]] = {}
-    tags: dict[str, set[str]] = {}
-    for holder, replica in replicas.items():
-        if holder != node.node_id and (holder not in members or members[holder].state is not State.ALIVE):
-            continue
-        name = node.config.node_name if holder == node.node_id else members[holder].name
-        for image, (image_tags, _) in replica.entries.items():
-            holders.setdefault(image, []).append(name)
-            tags.setdefault(image, set()).update(image_tags)
-    for image, local in node.local.images.items():
-        tags.setdefault(image, set()).update(local.tags)
-    metas = {**core.manifests.metas, **node.local.metas()}
-    images = []
-    for image in sorted(tags, key=lambda i: (-metas[i].created if i in metas else 0, i)):
-        local_image = node.local.images.get(image)
-        if not tags[image] and local_image is None and image not in node.local.shared:
-            continue
-        meta = metas.get(image)
-        images.append(
-            {
-                "id": image,
-                "tags": sorted(tags[image]),
-                "size": meta.size if meta else None,
-                "created": meta.created if meta else None,
-                "local": local_image is not None,
-                "holders": sorted(holders.get(image, [])),
-            }
-        )
-    plan = node.puller.plan
-    return {
-        "node": {
-            "id": node.node_id,
-            "name": node.config.node_name,
-            "address": node.advertise,
-            "cluster": node.config.cluster,
-            "incarnation": core.incarnation,
-            "version": node.version,
-            "uptime": round(time.time() - node.started, 1),
-            "engine": node.config.docker_host,
-            "engine_available": node.local.available,
-        },
-        "discovery": {
-            "seeds": list(node.config.seeds),
-            "mdns": node.mdns is not None,
-            "mdns_found": sorted(node.mdns.found.values()) if node.mdns is not None else [],
-        },
-        "ready": ready,
-        "ready_reason": reason,
-        "missing": [] if plan is None else plan.missing,
-        "peers": peers,
-        "images": images,
-        "transfers": [_transfer(t) for t in node.puller.active.values()]
-        + [_transfer(t) for t in node.serving.values()],
-        "recent_transfers": [_transfer(t) for t in node.puller.recent],
-    }
-
-
-def status_app(node: Node) -> web.Application:
+def status_app(sources: StatusSources) -> web.Application:
     app = web.Application()
 
     async def api(request: web.Request) -> web.Response:
-        return web.json_response(build_status(node))
+        return web.json_response(sources.status())
 
     async def healthz(request: web.Request) -> web.Response:
         # Alive as long as the loop answers; an engine outage shows in readiness, not here,
         # so a restart of dockerd does not get the cachemesh container killed too.
-        return web.json_response({"ok": True, "engine_available": node.local.available})
+        return web.json_response({"ok": True, "engine_available": sources.engine_available()})
 
     async def readyz(request: web.Request) -> web.Response:
-        ready, reason = node.readiness.check()
+        ready, reason = sources.readiness()
         return web.json_response({"ready": ready, "reason": reason}, status=200 if ready else 503)
 
     async def metrics(request: web.Request) -> web.Response:
-        response = web.Response(body=node.metrics.render())
+        response = web.Response(body=sources.metrics())
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
 
     async def page(request: web.Request) -> web.Response:
-        return web.Response(text=render_html(build_status(node)), content_type="text/html")
-
-    if node.config.docker_host == "memory://":
-        # Lab only (the in-memory engine): let a test "build" an image on this node.
-        from mesh.engine.fake import FakeEngine
-
-        async def lab_build(request: web.Request) -> web.Response:
-            engine = node.engine
-            assert isinstance(engine, FakeEngine)
-            tag = request.query.get("tag", "lab:latest")
-            image = engine.build(tag, [f"{tag} {time.time_ns()}".encode()])
-            return web.json_response({"id": image, "tag": tag})
-
-        app.router.add_post("/lab/build", lab_build)
+        return web.Response(text=render_html(sources.status()), content_type="text/html")
 
     app.router.add_get("/", page)
     app.router.add_get("/api/status", api)

@@ -1,0 +1,49 @@
+"""The HTTP contract of the peer API: what the client sends and the server answers, in one place.
+
+Both halves import it, so a path, a header or the error format cannot drift between them.
+docs/protocol.md describes the same contract for people; the signing headers are in auth.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import msgpack
+
+GOSSIP_PATH = "/v1/gossip"
+SAVE_PATH = "/v1/save"
+UNKNOWN_PATHS = "/v1/{tail:.*}"  # anything else under /v1/ is a 404 with an error body
+CHAIN_HEADER = "X-Cachemesh-Chain"  # on a save stream: the image's chain, child first, comma-separated
+MSGPACK = "application/msgpack"  # gossip bodies, save requests and every error body
+TAR = "application/x-tar"  # save streams
+SAVE_REQUEST_MAX = 4096  # a save request is {"image": "sha256:..."}: anything longer is refused (413)
+
+
+def peer_url(addr: str, path: str) -> str:
+    return f"http://{addr}{path}"
+
+
+@dataclass
+class SaveStream:
+    """A `docker save` stream of an image and its parent chain (child first): what a peer serves
+    and what the client receives."""
+
+    chain: list[str]
+    chunks: AsyncIterator[bytes]
+
+
+def error_body(message: str) -> bytes:
+    """The body of every error answer: a msgpack map {"error": reason}."""
+    return msgpack.packb({"error": message})  # type: ignore[no-any-return]
+
+
+def error_text(payload: bytes) -> str:
+    """The reason in an error answer, or the start of the body if it is not one of ours."""
+    try:
+        doc = msgpack.unpackb(payload, raw=False)
+        if isinstance(doc, dict) and "error" in doc:
+            return str(doc["error"])
+    except Exception:
+        pass
+    return payload[:200].decode(errors="replace")

@@ -1,0 +1,106 @@
+"""The node's status document (`/api/status`, the status page, `cachemesh status`), built from
+the core's read-only view and the node's own I/O state. The status surface in mesh/ui only
+receives this document through a callable."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from mesh.protocol.liveness import State
+
+if TYPE_CHECKING:
+    from mesh.node.node import Node
+
+
+def _transfer(t: Any) -> dict[str, Any]:
+    return {
+        "image": t.image,
+        "tags": list(t.tags),
+        "peer": t.peer_name,
+        "address": t.peer,
+        "direction": t.direction,
+        "bytes": t.done,
+        "total": t.total,
+        "rate": round(t.rate),
+        "started": t.started,
+        "finished": t.finished,
+        "outcome": t.outcome,
+        "error": t.error,
+    }
+
+
+def build_status(node: Node) -> dict[str, Any]:
+    view = node.core.view
+    members = view.peers()
+    holdings = view.all_holdings()
+    ready, reason = node.readiness.check()
+    peers = []
+    for member_id, m in sorted(members.items(), key=lambda kv: kv[1].name):
+        peers.append(
+            {
+                "id": member_id,
+                "name": m.name,
+                "address": m.addr,
+                "state": m.state.label,
+                "incarnation": m.incarnation,
+                "rtt_ms": None if m.rtt is None else round(m.rtt * 1000, 2),
+                "images": len(holdings.get(member_id, ())),
+                "since": round(time.monotonic() - m.since, 1),
+            }
+        )
+    holders: dict[str, list[str]] = {}
+    tags: dict[str, set[str]] = {}
+    for holder, held in holdings.items():
+        if holder != node.node_id and (holder not in members or members[holder].state is not State.ALIVE):
+            continue
+        name = node.config.node_name if holder == node.node_id else members[holder].name
+        for image, image_tags in held.items():
+            holders.setdefault(image, []).append(name)
+            tags.setdefault(image, set()).update(image_tags)
+    for image, local in node.local.images.items():
+        tags.setdefault(image, set()).update(local.tags)
+    metas = {**view.metas(), **node.local.metas()}
+    images = []
+    for image in sorted(tags, key=lambda i: (-metas[i].created if i in metas else 0, i)):
+        local_image = node.local.images.get(image)
+        if not tags[image] and local_image is None and image not in node.local.shared:
+            continue
+        meta = metas.get(image)
+        images.append(
+            {
+                "id": image,
+                "tags": sorted(tags[image]),
+                "size": meta.size if meta else None,
+                "created": meta.created if meta else None,
+                "local": local_image is not None,
+                "holders": sorted(holders.get(image, [])),
+            }
+        )
+    plan = node.puller.plan
+    return {
+        "node": {
+            "id": node.node_id,
+            "name": node.config.node_name,
+            "address": node.advertise,
+            "cluster": node.config.cluster,
+            "incarnation": view.incarnation,
+            "version": node.version,
+            "uptime": round(time.time() - node.started, 1),
+            "engine": node.config.docker_host,
+            "engine_available": node.local.available,
+        },
+        "discovery": {
+            "seeds": list(node.config.seeds),
+            "mdns": node.mdns is not None,
+            "mdns_found": sorted(node.mdns.found.values()) if node.mdns is not None else [],
+        },
+        "ready": ready,
+        "ready_reason": reason,
+        "missing": [] if plan is None else plan.missing,
+        "peers": peers,
+        "images": images,
+        "transfers": [_transfer(t) for t in node.puller.active.values()]
+        + [_transfer(t) for t in node.serving.values()],
+        "recent_transfers": [_transfer(t) for t in node.puller.recent],
+    }
