@@ -43,12 +43,12 @@ def test_a_mixed_pair_exchanges_images_both_ways(two_hosts):
     a, b = two_hosts
     import_base(a.engine)
     build(a.engine, CLASSIC, "app:1")
-    wait_until(lambda: b.engine.image_id("app:1"), 20, 0.1, what="app:1 (built on A) on B")
+    wait_until(lambda: b.engine.image_id("app:1"), 60, 0.1, what="app:1 (built on A) on B")
     output = build(b.engine, CLASSIC, "app:1", *cache_from(b.engine.kind, "app:1"))
     assert output.count("Using cache") == 4 and "Running in" not in output, output
 
     build(b.engine, FROM_B, "fromb:1", *cache_from(b.engine.kind, "base:1"))
-    wait_until(lambda: a.engine.image_id("fromb:1"), 20, 0.1, what="fromb:1 (built on B) on A")
+    wait_until(lambda: a.engine.image_id("fromb:1"), 60, 0.1, what="fromb:1 (built on B) on A")
     # Named even on 20.10: an image from a containerd-store host arrives without parent links,
     # so 20.10's classic builder finds it only through --cache-from.
     output = build(a.engine, FROM_B, "fromb:1", "--cache-from", "fromb:1")
