@@ -14,7 +14,7 @@ does not remember the removal as an eviction). The order alternates: pipe first 
 mesh first in even ones. Prints the median of each, their ratio (mesh / pipe), and the receiving
 node's peak RSS, which shows the stream is not held in memory.
 
-    sudo .venv/bin/python scripts/bench_transfer.py --mb 500 --rounds 4
+    sudo .venv/bin/python scripts/bench_transfer.py --mb 500 --rounds 4 [--engine 28.5-containerd]
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mesh.lab.dockerd import DOCKER_CLI, Dockerd, available, import_base
+from mesh.lab.dockerd import Dockerd, available, import_base
+from mesh.lab.engines import DEFAULT, KINDS
 from mesh.lab.nodes import NodeProcess, free_ports
 from mesh.lab.poll import wait_until
 
@@ -64,8 +65,9 @@ def until_on_b(b: Dockerd, image: str, started: float) -> float:
 
 def pipe(a: Dockerd, b: Dockerd, image: str, parents: list[str]) -> float:
     started = present_on_a(a, image)
-    save = subprocess.Popen([DOCKER_CLI, "-H", a.host, "save", "bench:1", *parents], stdout=subprocess.PIPE)
-    load = subprocess.run([DOCKER_CLI, "-H", b.host, "load"], stdin=save.stdout, capture_output=True)
+    cli = a.kind.cli_path
+    save = subprocess.Popen([cli, "-H", a.host, "save", "bench:1", *parents], stdout=subprocess.PIPE)
+    load = subprocess.run([cli, "-H", b.host, "load"], stdin=save.stdout, capture_output=True)
     save.wait()
     if save.returncode or load.returncode:
         raise RuntimeError(f"direct pipe failed: {load.stderr!r}")
@@ -104,13 +106,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=500, help="image size in MB of random data")
     parser.add_argument("--rounds", type=int, default=4, help="each round runs both ways")
+    parser.add_argument(
+        "--engine", choices=list(KINDS), default=DEFAULT.name, help="engine and image store of both hosts"
+    )
     args = parser.parse_args()
+    kind = KINDS[args.engine]
     if reason := available():
         print(f"bench: {reason}", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="cachemesh-bench-"))
-    a = Dockerd(workdir / "a", name="a").start()
-    b = Dockerd(workdir / "b", name="b").start()
+    a = Dockerd(workdir / "a", name="a", kind=kind).start()
+    b = Dockerd(workdir / "b", name="b", kind=kind).start()
     try:
         import_base(a, "base:1")
         layers = 4
@@ -118,13 +124,16 @@ def main() -> int:
         dockerfile = "FROM base:1\n" + "".join(
             f"RUN dd if=/dev/urandom of=/data{i} bs=1M count={per_layer} 2>/dev/null\n" for i in range(layers)
         )
-        a.cli("build", "--network", "none", "-t", "hold:1", "-", input=dockerfile.encode(), timeout=1800)
+        a.cli(
+            "build", "--network", "none", "-t", "hold:1", "-",
+            input=dockerfile.encode(), timeout=1800, env={"DOCKER_BUILDKIT": "0"},
+        )  # fmt: skip
         image = a.image_id("hold:1")
         assert image
         ids = chain_ids(a, "hold:1")
         parents = ids[1:]
         size = int(a.cli("image", "inspect", "--format", "{{.Size}}", "hold:1").stdout) / 1e6
-        print(f"image: {size:.0f} MB, {len(ids)} images in its chain", flush=True)
+        print(f"engine {kind.name}: image {size:.0f} MB, {len(ids)} images in its chain", flush=True)
         pipes: list[float] = []
         meshes: list[float] = []
         rss: list[float] = []
