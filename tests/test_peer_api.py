@@ -78,9 +78,9 @@ async def test_malformed_but_signed_requests_get_400_with_the_reason(mesh):
     a, _, _ = mesh
     for body, reason in [
         (b"\xc1\xc1", "not a msgpack envelope"),
-        (msgpack.packb([1, "x", "y", [[250, 1]], 0]), "unknown type 250"),
+        (msgpack.packb([wire.PROTOCOL_VERSION, "x", "y", [[250, 1]], 0]), "unknown type 250"),
         (msgpack.packb([9, "x", "y", [], 0]), "protocol version 9"),
-        (msgpack.packb([1, "x", "y", [[1, "not-an-int", "t"]], 0]), "ping seq"),
+        (msgpack.packb([wire.PROTOCOL_VERSION, "x", "y", [[1, "not-an-int", "t"]], 0]), "ping seq"),
     ]:
         status, reply = await post(a.peer_addr, body, signed(body))
         assert status == 400 and reason in reply["error"], (status, reply)

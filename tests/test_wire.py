@@ -67,7 +67,7 @@ def test_core_handles_every_wire_type():
 
 def test_trailing_fields_from_newer_peers_are_ignored():
     payload = [
-        1,
+        wire.PROTOCOL_VERSION,
         "n",
         "a:1",
         [[int(MsgType.PING), 5, "t", "a field from the future"]],
@@ -82,17 +82,17 @@ def test_trailing_fields_from_newer_peers_are_ignored():
     "payload, message",
     [
         (b"\xc1", "not a msgpack envelope"),
-        (msgpack.packb([1, "n"]), "expected at least 5 fields"),
+        (msgpack.packb([wire.PROTOCOL_VERSION, "n"]), "expected at least 5 fields"),
         (msgpack.packb({"a": 1}), "not a msgpack envelope"),
-        (msgpack.packb([2, "n", "a", [], 0]), "protocol version 2 not supported"),
-        (msgpack.packb([1, "n", "a", [[99, 1]], 0]), "unknown type 99"),
-        (msgpack.packb([1, "n", "a", [[1, "seq", "t"]], 0]), "ping seq: expected an unsigned integer"),
-        (msgpack.packb([1, "n", "a", [[1, 5]], 0]), "ping: expected at least 2 fields"),
-        (msgpack.packb([1, "n", "a", [[13, [[b"short", b"", [], 0, 0]]]], 0]), "32-byte sha256"),
-        (msgpack.packb([1, "n", "a", [[8, [1, 2]]], 0]), "expected 64 buckets"),
-        (msgpack.packb([1, "x" * 300, "a", [], 0]), "envelope sender"),
-        (msgpack.packb([1, "n", "a", [[2, -1]], 0]), "ack seq"),
-        (msgpack.packb([1, "n", "a", [[2, True]], 0]), "ack seq"),
+        (msgpack.packb([99, "n", "a", [], 0]), "protocol version 99 not supported"),
+        (msgpack.packb([wire.PROTOCOL_VERSION, "n", "a", [[99, 1]], 0]), "unknown type 99"),
+        (msgpack.packb([wire.PROTOCOL_VERSION, "n", "a", [[1, "seq", "t"]], 0]), "ping seq: expected an unsigned integer"),
+        (msgpack.packb([wire.PROTOCOL_VERSION, "n", "a", [[1, 5]], 0]), "ping: expected at least 2 fields"),
+        (msgpack.packb([wire.PROTOCOL_VERSION, "n", "a", [[13, [[b"short", b"", [], 0, 0]]]], 0]), "32-byte sha256"),
+        (msgpack.packb([wire.PROTOCOL_VERSION, "n", "a", [[8, [1, 2]]], 0]), "expected 64 buckets"),
+        (msgpack.packb([wire.PROTOCOL_VERSION, "x" * 300, "a", [], 0]), "envelope sender"),
+        (msgpack.packb([wire.PROTOCOL_VERSION, "n", "a", [[2, -1]], 0]), "ack seq"),
+        (msgpack.packb([wire.PROTOCOL_VERSION, "n", "a", [[2, True]], 0]), "ack seq"),
     ],
 )
 def test_malformed_input_is_a_clear_wire_error(payload, message):
