@@ -86,9 +86,15 @@ def test_trailing_fields_from_newer_peers_are_ignored():
         (msgpack.packb({"a": 1}), "not a msgpack envelope"),
         (msgpack.packb([99, "n", "a", [], 0]), "protocol version 99 not supported"),
         (msgpack.packb([wire.PROTOCOL_VERSION, "n", "a", [[99, 1]], 0]), "unknown type 99"),
-        (msgpack.packb([wire.PROTOCOL_VERSION, "n", "a", [[1, "seq", "t"]], 0]), "ping seq: expected an unsigned integer"),
+        (
+            msgpack.packb([wire.PROTOCOL_VERSION, "n", "a", [[1, "seq", "t"]], 0]),
+            "ping seq: expected an unsigned integer",
+        ),
         (msgpack.packb([wire.PROTOCOL_VERSION, "n", "a", [[1, 5]], 0]), "ping: expected at least 2 fields"),
-        (msgpack.packb([wire.PROTOCOL_VERSION, "n", "a", [[13, [[b"short", b"", [], 0, 0]]]], 0]), "32-byte sha256"),
+        (
+            msgpack.packb([wire.PROTOCOL_VERSION, "n", "a", [[13, [[b"short", b"", [], 0, 0]]]], 0]),
+            "32-byte sha256",
+        ),
         (msgpack.packb([wire.PROTOCOL_VERSION, "n", "a", [[8, [1, 2]]], 0]), "expected 64 buckets"),
         (msgpack.packb([wire.PROTOCOL_VERSION, "x" * 300, "a", [], 0]), "envelope sender"),
         (msgpack.packb([wire.PROTOCOL_VERSION, "n", "a", [[2, -1]], 0]), "ack seq"),
