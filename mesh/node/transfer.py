@@ -139,7 +139,8 @@ async def _load_from_peer(
             if pull.image not in stream.chain[:1]:
                 raise TransferFailed(f"peer offered {stream.chain[:1]} instead of {pull.image[:19]}")
             report.chain = list(stream.chain)
-            await engine.load(untagged(_counted(stream.chunks, record, on_bytes, broke), report))
+            chunks = _counted(stream.chunks, record, on_bytes, broke)
+            await engine.load(untagged(chunks, report, verify_blobs=store == "containerd"))
     except Exception as exc:
         await _clean_up(engine, before, report.keys)
         if broke:
