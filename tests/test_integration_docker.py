@@ -171,3 +171,23 @@ def test_engine_restart_is_survived(two_hosts):
     build(a.engine, CLASSIC, "after-restart:1")
     image = a.engine.image_id("after-restart:1")
     wait_until(lambda: b.engine.image_id("after-restart:1") == image, 20, what="transfers resume")
+
+
+CONTAINERD_KINDS = [k for k in ALL_KINDS if k.containerd_store]
+
+
+@pytest.mark.parametrize("two_hosts", CONTAINERD_KINDS, ids=[k.name for k in CONTAINERD_KINDS], indirect=True)
+def test_a_buildkit_image_with_attestations_crosses_the_containerd_store_intact(two_hosts):
+    """buildx on the containerd store adds an attestation manifest: the image's ID there is its
+    index's digest. It still crosses as one image, verified, with no failed pull on the way.
+    (Its cache crosses by the registry cache, tests/test_registry*.py.)"""
+    a, b = two_hosts
+    import_base(a.engine)
+    build(a.engine, BUILDKIT, "bk:1", buildkit=True)
+    image = a.engine.image_id("bk:1")
+    wait_until(lambda: b.engine.image_id("bk:1") == image, 30, 0.05, what="bk:1 on B, same index digest")
+    run = b.engine.cli("run", "--rm", "--network", "none", "bk:1", "cat", "/bk/out")
+    assert run.stdout.strip() == "compile step"
+    metrics = b.node.get("/metrics")[1]
+    assert metric(metrics, 'cachemesh_transfers_total{direction="in",outcome="failed"}') == 0
+    assert metric(metrics, 'cachemesh_transfers_total{direction="in",outcome="ok"}') >= 2
