@@ -46,6 +46,18 @@ class Config:
     """Only share tags matching one of these globs (empty: all tags)."""
     exclude: tuple[str, ...] = ()
     """Never share tags matching these globs (wins over include)."""
+    previous_secret: bytes = field(default=b"", repr=False)
+    """During a secret rotation, the old secret (second line of --secret-file): peers that still
+    hold only it are admitted. Empty otherwise."""
+    tls: str = "on"
+    """TLS 1.3 with mutual authentication on the peer API: "on" (default) or "off" (--insecure only)."""
+    tls_cert: str = ""
+    """Operator PKI: this node's certificate (PEM). With tls_key and tls_ca, replaces the CA derived
+    from the cluster secret."""
+    tls_key: str = ""
+    """Operator PKI: this node's private key (PEM)."""
+    tls_ca: str = ""
+    """Operator PKI: the CA certificate(s) peers' certificates must chain to (PEM)."""
 
     # --- failure detection (SWIM, Das et al. 2002; Lifeguard, HashiCorp 2018) ----------
     probe_interval: float = 1.0
@@ -145,6 +157,11 @@ class Config:
         return dataclasses.replace(self, **changes)
 
     @property
+    def signing_secrets(self) -> tuple[bytes, ...]:
+        """The secrets this node accepts, the one it signs with first (two during a rotation)."""
+        return (self.signing_secret, self.previous_secret) if self.previous_secret else (self.signing_secret,)
+
+    @property
     def signing_secret(self) -> bytes:
         if self.secret:
             return self.secret
@@ -202,6 +219,15 @@ def format_hostport(host: str, port: int) -> str:
 def _parse_hostport_text(raw: str) -> str:
     parse_hostport(raw)
     return raw.strip()
+
+
+def _parse_tls(raw: str) -> str:
+    value = raw.strip().lower()
+    if value in ("on", "true", "1", "yes"):
+        return "on"
+    if value in ("off", "false", "0", "no"):
+        return "off"
+    raise ValueError(f"expected on or off, got {raw!r}")
 
 
 def _parse_seeds(raw: str) -> tuple[str, ...]:
@@ -305,6 +331,31 @@ OPTIONS: tuple[Option, ...] = (
         "never share tags matching these comma-separated globs",
         "GLOBS",
     ),
+    Option(
+        "tls",
+        "--tls",
+        "CACHEMESH_TLS",
+        _parse_tls,
+        "TLS on the peer API: on (default) or off (only with --insecure)",
+        "on|off",
+    ),
+    Option(
+        "tls_cert",
+        "--tls-cert",
+        "CACHEMESH_TLS_CERT",
+        str,
+        "operator PKI: this node's certificate (PEM; with --tls-key and --tls-ca)",
+        "PATH",
+    ),
+    Option("tls_key", "--tls-key", "CACHEMESH_TLS_KEY", str, "operator PKI: this node's key (PEM)", "PATH"),
+    Option(
+        "tls_ca",
+        "--tls-ca",
+        "CACHEMESH_TLS_CA",
+        str,
+        "operator PKI: CA certificate(s) peers must chain to (PEM), replacing the derived CA",
+        "PATH",
+    ),
 )
 
 
@@ -335,23 +386,31 @@ def resolve(
             raise ConfigError(f"{option.env}={raw!r}: {exc}") from None
     if "docker_host" not in values and env.get("DOCKER_HOST"):
         values["docker_host"] = env["DOCKER_HOST"]
-    values["secret"] = _read_secret(secret_file or env.get("CACHEMESH_SECRET_FILE"), env)
+    values["secret"], values["previous_secret"] = _read_secrets(
+        secret_file or env.get("CACHEMESH_SECRET_FILE"), env
+    )
     config = Config.local(**values) if preset == "local" else Config.lan(**values)
     validate(config)
     return config
 
 
-def _read_secret(path: str | None, env: Mapping[str, str]) -> bytes:
+def _read_secrets(path: str | None, env: Mapping[str, str]) -> tuple[bytes, bytes]:
+    """(secret, previous secret): a secret file holds one secret, or two during a rotation (one a
+    line, the new one first). CACHEMESH_SECRET holds one."""
     if path:
         try:
             with open(path, "rb") as fh:
-                secret = fh.read().strip()
+                lines = [line.strip() for line in fh.read().splitlines() if line.strip()]
         except OSError as exc:
             raise ConfigError(f"cannot read secret file {path}: {exc.strerror}") from None
-        if not secret:
+        if not lines:
             raise ConfigError(f"secret file {path} is empty")
-        return secret
-    return env.get("CACHEMESH_SECRET", "").strip().encode()
+        if len(lines) > 2:
+            raise ConfigError(
+                f"secret file {path} has {len(lines)} lines: one secret, or two during a rotation (new first)"
+            )
+        return lines[0], lines[1] if len(lines) == 2 else b""
+    return env.get("CACHEMESH_SECRET", "").strip().encode(), b""
 
 
 def validate(config: Config) -> None:
@@ -363,6 +422,22 @@ def validate(config: Config) -> None:
         )
     if config.secret and len(config.secret) < 16:
         raise ConfigError("the cluster secret is shorter than 16 bytes; use e.g. `openssl rand -hex 32`")
+    if config.previous_secret and len(config.previous_secret) < 16:
+        raise ConfigError("the previous cluster secret (the secret file's second line) is under 16 bytes")
+    if config.previous_secret and config.previous_secret == config.secret:
+        raise ConfigError("the secret file lists the same secret twice")
+    if config.tls not in ("on", "off"):
+        raise ConfigError("--tls must be on or off")
+    if config.tls == "off" and not config.insecure:
+        raise ConfigError(
+            "--tls off sends image layers in the clear; it is only allowed together with --insecure "
+            "(throwaway experiments)"
+        )
+    operator_pki = [bool(config.tls_cert), bool(config.tls_key), bool(config.tls_ca)]
+    if any(operator_pki) and not all(operator_pki):
+        raise ConfigError("operator PKI needs all three of --tls-cert, --tls-key and --tls-ca")
+    if any(operator_pki) and config.tls == "off":
+        raise ConfigError("--tls-cert/--tls-key/--tls-ca given with --tls off")
     if not config.cluster or len(config.cluster) > 64:
         raise ConfigError("--cluster must be 1 to 64 characters")
     if config.probe_timeout >= config.probe_interval:

@@ -43,16 +43,40 @@ def _mac(key: bytes, *parts: str) -> str:
     return hmac.new(key, "\n".join(parts).encode(), hashlib.sha256).hexdigest()
 
 
+MAX_SIGNATURES = 4
+
+
+def _matches(header: str, keys: tuple[bytes, ...], *parts: str) -> bool:
+    """True if one of the comma-separated signatures in `header` is a MAC under one of `keys`.
+    During a secret rotation a sender signs with each secret it holds (new first)."""
+    given = header.split(",", MAX_SIGNATURES)[:MAX_SIGNATURES]
+    found = False
+    for key in keys:
+        expected = _mac(key, *parts)
+        for signature in given:
+            found |= hmac.compare_digest(signature, expected)
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class Signer:
     key: bytes
     cluster: str
     node: str
+    previous: tuple[bytes, ...] = ()
+    """Keys of older secrets still accepted during a rotation; requests are signed with them too."""
+
+    @property
+    def keys(self) -> tuple[bytes, ...]:
+        return (self.key, *self.previous)
+
+    def _sign(self, *parts: str) -> str:
+        return ",".join(_mac(key, *parts) for key in self.keys)
 
     def sign_request(self, method: str, path: str, body: bytes, now: float) -> dict[str, str]:
         timestamp = f"{now:.3f}"
         nonce = secrets.token_hex(12)
-        signature = _mac(self.key, method.upper(), path, timestamp, nonce, self.node, body_digest(body))
+        signature = self._sign(method.upper(), path, timestamp, nonce, self.node, body_digest(body))
         return {
             HEADER_CLUSTER: self.cluster,
             HEADER_NODE: self.node,
@@ -62,13 +86,13 @@ class Signer:
         }
 
     def sign_response(self, request_nonce: str, status: int, body: bytes) -> dict[str, str]:
-        return {HEADER_SIGNATURE: _mac(self.key, "response", request_nonce, str(status), body_digest(body))}
+        return {HEADER_SIGNATURE: self._sign("response", request_nonce, str(status), body_digest(body))}
 
     def verify_response(
         self, request_nonce: str, status: int, headers: Mapping[str, str], body: bytes
     ) -> None:
-        expected = _mac(self.key, "response", request_nonce, str(status), body_digest(body))
-        if not hmac.compare_digest(headers.get(HEADER_SIGNATURE, ""), expected):
+        parts = ("response", request_nonce, str(status), body_digest(body))
+        if not _matches(headers.get(HEADER_SIGNATURE, ""), self.keys, *parts):
             raise AuthError(
                 "response signature does not match: peer has a different secret or the reply was altered"
             )
@@ -96,7 +120,7 @@ class ReplayGuard:
 
 
 def verify_request(
-    key: bytes,
+    key: bytes | tuple[bytes, ...],
     cluster: str,
     method: str,
     path: str,
@@ -123,8 +147,9 @@ def verify_request(
         sent_at = float(timestamp)
     except ValueError:
         raise AuthError("malformed authentication timestamp") from None
-    expected = _mac(key, method.upper(), path, timestamp, nonce, node, body_digest(body))
-    if not hmac.compare_digest(headers[HEADER_SIGNATURE], expected):
+    keys = (key,) if isinstance(key, bytes) else key
+    parts = (method.upper(), path, timestamp, nonce, node, body_digest(body))
+    if not _matches(headers[HEADER_SIGNATURE], keys, *parts):
         raise AuthError("bad signature: the peer has a different cluster secret, or the request was altered")
     if abs(now - sent_at) > window:
         raise AuthError(
