@@ -19,6 +19,7 @@ from mesh.net.contract import (
     error_text,
     peer_url,
 )
+from mesh.net.tls import TLSClient
 from mesh.protocol import wire
 
 
@@ -27,7 +28,10 @@ class PeerError(Exception):
 
 
 class PeerClient:
-    def __init__(self, signer: Signer, *, max_message_bytes: int, timeout: float) -> None:
+    def __init__(
+        self, signer: Signer, *, max_message_bytes: int, timeout: float, tls: TLSClient | None = None
+    ) -> None:
+        self._tls = tls  # every request of the session goes over it, checked (mesh.net.tls)
         self._signer = signer
         self._max = max_message_bytes
         self._timeout = timeout
@@ -36,8 +40,14 @@ class PeerClient:
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
             # Keep-alive connections per peer: a probe then costs one round trip, not a handshake.
-            connector = aiohttp.TCPConnector(limit=0, limit_per_host=8, keepalive_timeout=30)
-            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+            connector = aiohttp.TCPConnector(
+                limit=0, limit_per_host=8, keepalive_timeout=30, ssl=self._tls.context if self._tls else True
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                auto_decompress=False,
+                **(self._tls.session_options() if self._tls else {}),
+            )
         return self._session
 
     async def close(self) -> None:
@@ -66,9 +76,12 @@ class PeerClient:
             except AuthError as exc:
                 raise PeerError(f"{addr}: {exc}") from None
             try:
-                return wire.decode(payload, max_bytes=self._max)
+                reply = wire.decode(payload, max_bytes=self._max)
             except wire.WireError as exc:
                 raise PeerError(f"{addr}: malformed reply: {exc}") from None
+            if self._tls is not None:
+                self._tls.check_sender(r, reply.sender)
+            return reply
 
     @asynccontextmanager
     async def save(

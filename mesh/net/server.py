@@ -35,6 +35,7 @@ from mesh.net.contract import (
     SaveStream,
     error_body,
 )
+from mesh.net.tls import TLSObserver, connection_tls
 from mesh.protocol import wire
 
 log = logging.getLogger("cachemesh.peer")
@@ -75,8 +76,10 @@ class PeerServer:
         request_timeout: float,
         auth_window: float,
         max_saves: int,
+        tls: TLSObserver | None = None,
     ) -> None:
         self._handler = handler
+        self._tls = tls
         self._signer = signer
         self._max_body = max_body
         self._request_timeout = request_timeout
@@ -125,7 +128,7 @@ class PeerServer:
             return _error(413, f"body exceeds the {limit}-byte limit")
         try:
             sender = verify_request(
-                self._signer.key,
+                self._signer.keys,
                 self._signer.cluster,
                 request.method,
                 request.path_qs,
@@ -137,6 +140,17 @@ class PeerServer:
             )
         except AuthError as exc:
             return _error(401, str(exc))
+        if self._tls is not None and self._tls.tls is not None:
+            # Who speaks: the certificate's node ID must be the signed sender's.
+            conn = connection_tls(request.transport)
+            if conn is None:
+                return _error(403, "this node requires TLS")
+            if conn.cert is not None and conn.cert.node_id is not None and conn.cert.node_id != sender:
+                return _error(
+                    403,
+                    f"certificate is for node {conn.cert.node_id[:64]!r}, request signed as {sender[:64]!r}",
+                )
+            self._tls.seen(sender, None, conn, time.time())
         return body, sender
 
     async def _gossip(self, request: web.Request) -> web.StreamResponse:
@@ -144,12 +158,17 @@ class PeerServer:
         if isinstance(signed, web.Response):
             self._handler.count_request("gossip", signed.status)
             return signed
-        body, _ = signed
+        body, sender = signed
         try:
             envelope = wire.decode(body, max_bytes=self._max_body)
         except wire.WireError as exc:
             self._handler.count_request("gossip", 400)
             return _error(400, f"malformed gossip: {exc}")
+        if envelope.sender != sender:
+            self._handler.count_request("gossip", 403)
+            return _error(
+                403, f"envelope sender {envelope.sender[:64]!r} is not the signed sender {sender[:64]!r}"
+            )
         reply = self._handler.on_envelope(envelope)
         self._handler.count_request("gossip", 200)
         payload = wire.encode(reply) if reply is not None else b""

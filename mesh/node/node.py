@@ -29,6 +29,14 @@ from mesh.engine.docker_api import DockerEngine
 from mesh.net.auth import Signer, derive_key
 from mesh.net.client import PeerClient
 from mesh.net.server import PeerServer
+from mesh.net.tls import (
+    CERT_RENEW_AFTER,
+    TLSClient,
+    TLSObserver,
+    TLSSockSite,
+    limit_tls_read_buffers,
+    node_tls,
+)
 from mesh.node.local_images import LocalImages
 from mesh.node.peer_api import PeerApi
 from mesh.node.persistence import NodeState
@@ -58,9 +66,26 @@ class Node:
         self.incarnation = self.state.next_incarnation()
         self.engine: Engine = engine or DockerEngine(config.docker_host)
         self.started = time.time()
-        self.signer = Signer(derive_key(config.signing_secret, config.cluster), config.cluster, self.node_id)
+        keys = [derive_key(secret, config.cluster) for secret in config.signing_secrets]
+        self.signer = Signer(keys[0], config.cluster, self.node_id, tuple(keys[1:]))
+        self.tls = node_tls(
+            mode=config.tls,
+            secrets=config.signing_secrets,
+            cluster=config.cluster,
+            node_id=self.node_id,
+            data_dir=config.data_dir,
+            cert_file=config.tls_cert,
+            key_file=config.tls_key,
+            ca_file=config.tls_ca,
+        )
+        self.tls_peers = TLSObserver(self.tls)
+        if self.tls is not None:
+            limit_tls_read_buffers()
         self.client = PeerClient(
-            self.signer, max_message_bytes=config.max_message_bytes, timeout=config.peer_timeout
+            self.signer,
+            max_message_bytes=config.max_message_bytes,
+            timeout=config.peer_timeout,
+            tls=TLSClient(self.tls.client, self.tls_peers, self._members_at) if self.tls else None,
         )
         self.metrics = Metrics(self._snapshot)
         self.local = LocalImages(
@@ -118,6 +143,7 @@ class Node:
             request_timeout=self.config.request_timeout,
             auth_window=self.config.auth_window,
             max_saves=self.config.max_transfers_out,
+            tls=self.tls_peers,
         )
         if self.config.mdns and mdns_usable(self.advertise):
             self.mdns = MdnsDiscovery(
@@ -129,7 +155,7 @@ class Node:
                 log.warning("mDNS unavailable (%s): finding peers through --seeds only", exc)
                 self.mdns = None
         self.peer_server = peer
-        self.peer_addr = await self._serve(peer.app, peer_sock)
+        self.peer_addr = await self._serve(peer.app, peer_sock, tls=True)
         sources = StatusSources(
             status=lambda: build_status(self),
             readiness=self.readiness.check,
@@ -140,6 +166,8 @@ class Node:
         server = self._runners[0].server
         assert server is not None
         self._tasks.append(asyncio.create_task(peer.sweep(server)))
+        if self.tls is not None and self.tls.mode == "derived":
+            self._tasks.append(asyncio.create_task(self._renew_cert()))
         for coro in (self._core_loop(), self.local.run(), self.puller.run(), self._discovery_loop()):
             self._tasks.append(asyncio.create_task(coro))
         log.info(
@@ -151,15 +179,49 @@ class Node:
             self.config.cluster,
             "" if self.config.secret else " (INSECURE: no cluster secret)",
         )
+        log.info("peer API: %s", self.tls_state())
 
-    async def _serve(self, app: web.Application, sock: socket.socket) -> str:
+    def tls_state(self) -> str:
+        if self.tls is None:
+            return "plain HTTP (--tls off: traffic is NOT encrypted)"
+        if self.tls.mode == "operator":
+            return "TLS 1.3, mutual, operator PKI (--tls-ca)"
+        rotation = " (rotation: also admits the previous secret)" if len(self.tls.holds) > 1 else ""
+        return f"TLS 1.3, mutual, CA derived from the cluster secret {self.tls.holds[0]}{rotation}"
+
+    def _members_at(self, addr: str) -> set[str]:
+        """Node IDs of the members at `addr`: a peer's certificate must name one of them."""
+        if not hasattr(self, "core"):
+            return set()
+        members = self.core.membership.members
+        return {i for i, m in members.items() if m.addr == addr and i != self.node_id}
+
+    async def _renew_cert(self) -> None:
+        """Node certificates are short-lived: issue a fresh one well before the current one ends."""
+        assert self.tls is not None
+        while True:
+            await asyncio.sleep(min(3600.0, CERT_RENEW_AFTER.total_seconds()))
+            if self.tls.renew_due(time.time()):
+                self.tls.renew(time.time())
+                log.info("issued a fresh TLS certificate")
+
+    async def _serve(self, app: web.Application, sock: socket.socket, *, tls: bool = False) -> str:
         # lingering_time=0: after a 408 or 413 the rest of an unread body is not waited for; the
         # connection is closed at once (a peer never leaves a body unread).
         runner = web.AppRunner(
             app, access_log=None, shutdown_timeout=2.0, keepalive_timeout=30.0, lingering_time=0
         )
         await runner.setup()
-        await web.SockSite(runner, sock).start()
+        if tls and self.tls is not None:
+            site: web.SockSite = TLSSockSite(
+                runner,
+                sock,
+                ssl_context=self.tls.server,
+                handshake_timeout=self.config.request_timeout,
+            )
+        else:
+            site = web.SockSite(runner, sock)
+        await site.start()
         self._runners.append(runner)
         host, port = sock.getsockname()[:2]
         return format_hostport(host, port)

@@ -47,6 +47,7 @@ def build_status(node: Node) -> dict[str, Any]:
                 "rtt_ms": None if m.rtt is None else round(m.rtt * 1000, 2),
                 "images": len(holdings.get(member_id, ())),
                 "since": round(time.monotonic() - m.since, 1),
+                "tls": node.tls_peers.state(member_id, m.addr),
             }
         )
     holders: dict[str, list[str]] = {}
@@ -89,6 +90,9 @@ def build_status(node: Node) -> dict[str, Any]:
             "uptime": round(time.time() - node.started, 1),
             "engine": node.config.docker_host,
             "engine_available": node.local.available,
+            "tls": {**node.tls.summary(), "refused": node.tls_peers.refused()}
+            if node.tls is not None
+            else {"mode": "off"},
         },
         "discovery": {
             "seeds": list(node.config.seeds),

@@ -65,11 +65,34 @@ def _table(headers: list[str], rows: list[list[str]], empty: str) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _tls_cell(tls: dict[str, Any]) -> str:
+    """A peer's TLS state: verified (version, which secret it holds), refused (why), off, unknown."""
+    state = tls.get("state", "unknown")
+    if state == "verified":
+        secret = f" · secret: {tls['secret']}" if "secret" in tls else ""
+        return f"<span class=ok>{escape(tls.get('version', ''))}</span>{escape(secret)}"
+    if state == "refused":
+        return f"<span class=failed title='{escape(tls.get('error', ''))}'>refused</span>: {escape(tls.get('error', '')[:120])}"
+    return escape(state)
+
+
+def _tls_mode(tls: dict[str, Any]) -> str:
+    mode = tls.get("mode", "off")
+    if mode == "off":
+        return "OFF (plain HTTP)"
+    secrets = tls.get("secrets", [])
+    if mode == "derived":
+        return "TLS 1.3, CA from the cluster secret" + (
+            " (rotation: current + previous)" if len(secrets) > 1 else ""
+        )
+    return "TLS 1.3, operator CA"
+
+
 def render_html(s: dict[str, Any]) -> str:
     node = s["node"]
     badge = "ready" if s["ready"] else "not-ready"
     peers = _table(
-        ["name", "address", "state", "RTT", "images", "incarnation"],
+        ["name", "address", "state", "RTT", "images", "incarnation", "TLS"],
         [
             [
                 escape(p["name"]),
@@ -78,6 +101,7 @@ def render_html(s: dict[str, Any]) -> str:
                 "–" if p["rtt_ms"] is None else f"{p['rtt_ms']:.1f} ms",
                 str(p["images"]),
                 str(p["incarnation"]),
+                _tls_cell(p.get("tls", {})),
             ]
             for p in s["peers"]
         ],
@@ -141,7 +165,8 @@ th{{background:#f4f4f4}} code{{font-size:.95em}} .empty{{color:#777}}
 <h1>cachemesh · {escape(node["name"])} <span class="badge {badge}">{"ready" if s["ready"] else "not ready"}</span></h1>
 <p>{escape(s["ready_reason"])} · node <code>{escape(node["id"])}</code> at {escape(node["address"])} ·
 cluster <b>{escape(node["cluster"])}</b> · incarnation {node["incarnation"]} · up {node["uptime"]:.0f}s ·
-engine {escape(node["engine"])} ({"reachable" if node["engine_available"] else "UNREACHABLE"}) · v{escape(node["version"])}</p>
+engine {escape(node["engine"])} ({"reachable" if node["engine_available"] else "UNREACHABLE"}) · v{escape(node["version"])} ·
+peer TLS: {escape(_tls_mode(node.get("tls", {})))}</p>
 <h2>Peers ({len(s["peers"])})</h2>{peers}
 <h2>Images ({len(s["images"])})</h2>{images}
 <h2>Transfers in flight</h2>{transfers}
