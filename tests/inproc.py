@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
 from mesh.config import Config
 from mesh.engine.fake import FakeEngine
+from mesh.net.tls import NodeTLS
 from mesh.node.node import Node
 
 SECRET = b"inproc-test-secret-0123456789"
@@ -20,8 +24,8 @@ async def start_node(
     seeds: tuple[str, ...] = (),
     **overrides: Any,
 ) -> Node:
+    overrides.setdefault("secret", SECRET)
     config = Config.local(
-        secret=SECRET,
         listen="127.0.0.1:0",
         status_listen="127.0.0.1:0",
         data_dir=str(workdir / name),
@@ -38,3 +42,10 @@ async def start_node(
 def has_image(node: Node, image: str, tag: str | None = None) -> bool:
     local = node.local.images.get(image)
     return local is not None and (tag is None or tag in local.tags)
+
+
+def client_ssl(node_id: str = "attacker", *secrets: bytes, cluster: str = "default") -> ssl.SSLContext:
+    """A client TLS context with a certificate for `node_id` from the cluster secret(s), as a node
+    holding them would make: for tests that talk to a node's peer API directly."""
+    tls = NodeTLS.derived(secrets or (SECRET,), cluster, node_id, ed25519.Ed25519PrivateKey.generate())
+    return tls.client

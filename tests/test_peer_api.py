@@ -11,7 +11,9 @@ from mesh.engine.fake import FakeEngine
 from mesh.lab.poll import async_wait_until
 from mesh.net.auth import Signer, derive_key
 from mesh.protocol import wire
-from tests.inproc import SECRET, has_image, start_node
+from tests.inproc import SECRET, client_ssl, has_image, start_node
+
+TLS = client_ssl("attacker")
 
 
 @pytest.fixture
@@ -42,7 +44,7 @@ def signed(
 async def post(addr, body, headers, path="/v1/gossip"):
     async with (
         aiohttp.ClientSession() as http,
-        http.post(f"http://{addr}{path}", data=body, headers=headers) as r,
+        http.post(f"https://{addr}{path}", data=body, headers=headers, ssl=TLS) as r,
     ):
         payload = await r.read()
         try:
@@ -126,12 +128,15 @@ async def test_half_open_and_slow_clients_time_out_while_the_mesh_keeps_working(
     host, port = a.peer_addr.split(":")
     half_open = []
     for _ in range(200):  # stuck in the request line
-        reader, writer = await asyncio.open_connection(host, int(port))
+        reader, writer = await asyncio.open_connection(host, int(port), ssl=TLS)
         writer.write(b"POST /v1/gossip HTTP/1.1\r\nHost: x\r\n")
         half_open.append((reader, writer))
     slow = []
+    no_handshake = []
+    for _ in range(20):  # TCP only: never starts the TLS handshake
+        no_handshake.append(await asyncio.open_connection(host, int(port)))
     for _ in range(20):  # headers done, body never finishes
-        reader, writer = await asyncio.open_connection(host, int(port))
+        reader, writer = await asyncio.open_connection(host, int(port), ssl=TLS)
         writer.write(b"POST /v1/gossip HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"\x00" * 10)
         slow.append((reader, writer))
     started = time.monotonic()
@@ -146,11 +151,14 @@ async def test_half_open_and_slow_clients_time_out_while_the_mesh_keeps_working(
     closed = await asyncio.wait_for(asyncio.gather(*(r.read() for r, _ in half_open)), 10)
     assert all(data == b"" for data in closed)
     assert a.peer_server.closed_half_open >= 200
-    for _, writer in half_open + slow:
+    # No handshake within request_timeout: closed by the TLS layer.
+    closed = await asyncio.wait_for(asyncio.gather(*(r.read() for r, _ in no_handshake)), 10)
+    assert all(data == b"" for data in closed)
+    for _, writer in half_open + slow + no_handshake:
         writer.close()
 
 
 async def test_unknown_endpoints_get_404(mesh):
     a, _, _ = mesh
-    async with aiohttp.ClientSession() as http, http.get(f"http://{a.peer_addr}/v1/nope") as r:
+    async with aiohttp.ClientSession() as http, http.get(f"https://{a.peer_addr}/v1/nope", ssl=TLS) as r:
         assert r.status == 404
