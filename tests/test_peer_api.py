@@ -106,7 +106,7 @@ async def test_oversized_bodies_get_413_without_being_read(mesh):
     async def answer(head: bytes, body: bytes) -> bytes:
         """Send a request that never finishes its body; return the server's answer. A server that
         read the body first would wait for it and answer 408 after request_timeout (1 s here)."""
-        reader, writer = await asyncio.open_connection(host, int(port))
+        reader, writer = await asyncio.open_connection(host, int(port), ssl=TLS)
         try:
             writer.write(b"POST /v1/gossip HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n" + body)
             await writer.drain()
