@@ -193,8 +193,7 @@ class Node:
         """Node IDs of the members at `addr`: a peer's certificate must name one of them."""
         if not hasattr(self, "core"):
             return set()
-        members = self.core.membership.members
-        return {i for i, m in members.items() if m.addr == addr and i != self.node_id}
+        return {i for i, m in self.core.view.peers().items() if m.addr == addr}
 
     async def _renew_cert(self) -> None:
         """Node certificates are short-lived: issue a fresh one well before the current one ends."""
