@@ -6,8 +6,10 @@ marker nor any msgpack key or HTTP header of the protocol. The same run with `--
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import uuid
 from pathlib import Path
@@ -33,16 +35,39 @@ class Capture:
         self.log = path.with_suffix(".log")
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                ["tcpdump", "-i", interface, "-s", "0", "-U", "-n", "-w", str(path), "tcp port 7611"],
+                [
+                    "tcpdump",
+                    "-i",
+                    interface,
+                    "-B",
+                    "65536",
+                    "-s",
+                    "0",
+                    "-U",
+                    "-n",
+                    "-w",
+                    str(path),
+                    "tcp port 7611",
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
         wait_until(lambda: b"listening on" in self.log.read_bytes(), 10, 0.05, what="tcpdump listening")
 
-    def stop(self) -> bytes:
+    def stop(self, address: str) -> bytes:
+        # tcpdump may lag behind the link on a loaded machine: send a sentinel over the captured
+        # port after everything else, and stop only once it is in the file (so is all before it).
+        sentinel = f"cachemesh-capture-sentinel-{uuid.uuid4().hex}".encode()
+        with socket.create_connection((address, 7611), timeout=5) as sock:
+            sock.sendall(sentinel)
+        wait_until(lambda: sentinel in self.path.read_bytes(), 30, 0.1, what="capture caught up")
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             self.proc.wait(timeout=10)
+        # A capture that lost packets proves nothing about what crossed the link.
+        log = self.log.read_text()
+        dropped = re.search(r"(\d+) packets? dropped by kernel", log)
+        assert dropped is not None and dropped.group(1) == "0", log
         return self.path.read_bytes()
 
 
@@ -84,7 +109,7 @@ def test_the_link_carries_no_image_content_or_protocol_in_the_clear(network, eng
         image = a.engine.image_id("secret:1")
         wait_until(lambda: b.engine.image_id("secret:1") == image, 30, 0.1, what="secret:1 on B")
         peer = b.node.api()["peers"][0]
-        data = tcp_streams(capture.stop())
+        data = tcp_streams(capture.stop(a.host.address))
     finally:
         for key in env:
             os.environ.pop(key, None)
