@@ -58,6 +58,11 @@ class Config:
     """Operator PKI: this node's private key (PEM)."""
     tls_ca: str = ""
     """Operator PKI: the CA certificate(s) peers' certificates must chain to (PEM)."""
+    registry_listen: str = "127.0.0.1:7613"
+    """host:port of the local OCI registry endpoint (BuildKit cache, docker push/pull); "off" for none.
+    Loopback needs no credentials: it is this host's builds talking to their own node."""
+    registry_warm: tuple[str, ...] = ()
+    """Registry `repo:tag` globs a new node fetches whole before it reports ready, e.g. `cache/*`."""
 
     # --- failure detection (SWIM, Das et al. 2002; Lifeguard, HashiCorp 2018) ----------
     probe_interval: float = 1.0
@@ -230,6 +235,12 @@ def _parse_tls(raw: str) -> str:
     raise ValueError(f"expected on or off, got {raw!r}")
 
 
+def _parse_registry_listen(raw: str) -> str:
+    if raw.strip().lower() == "off":
+        return "off"
+    return _parse_hostport_text(raw)
+
+
 def _parse_seeds(raw: str) -> tuple[str, ...]:
     seeds = _parse_list(raw)
     for seed in seeds:
@@ -355,6 +366,22 @@ OPTIONS: tuple[Option, ...] = (
         str,
         "operator PKI: CA certificate(s) peers must chain to (PEM), replacing the derived CA",
         "PATH",
+    ),
+    Option(
+        "registry_listen",
+        "--registry-listen",
+        "CACHEMESH_REGISTRY_LISTEN",
+        _parse_registry_listen,
+        "local OCI registry endpoint for BuildKit and docker push/pull (default 127.0.0.1:7613; 'off')",
+        "HOST:PORT",
+    ),
+    Option(
+        "registry_warm",
+        "--registry-warm",
+        "CACHEMESH_REGISTRY_WARM",
+        _parse_list,
+        "registry repo:tag globs fetched whole before the node reports ready, e.g. cache/*",
+        "GLOBS",
     ),
 )
 

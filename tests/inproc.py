@@ -28,6 +28,7 @@ async def start_node(
     config = Config.local(
         listen="127.0.0.1:0",
         status_listen="127.0.0.1:0",
+        registry_listen="127.0.0.1:0",
         data_dir=str(workdir / name),
         node_name=name,
         mdns=False,

@@ -60,6 +60,8 @@ class NodeProcess:
             "CACHEMESH_MDNS": "false",
             "CACHEMESH_DATA_DIR": str(workdir / f"{name}-data"),
             "CACHEMESH_STATUS_LISTEN": status,
+            # Many nodes share one loopback in tests: a free port unless the test names one.
+            "CACHEMESH_REGISTRY_LISTEN": "127.0.0.1:0",
             "CACHEMESH_PRESET": "local",
             "PYTHONPATH": str(REPO),
             "CACHEMESH_LOG_LEVEL": "info",

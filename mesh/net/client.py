@@ -12,9 +12,13 @@ import msgpack
 from mesh.net.auth import HEADER_NONCE, AuthError, Signer
 from mesh.net.contract import (
     CHAIN_HEADER,
+    CONTENT_PATH,
     GOSSIP_PATH,
+    MEDIA_TYPE_HEADER,
     MSGPACK,
     SAVE_PATH,
+    SIZE_HEADER,
+    ContentStream,
     SaveStream,
     error_text,
     peer_url,
@@ -110,3 +114,28 @@ class PeerClient:
                 raise PeerError(f"{addr}: save of {image[:19]} refused: {r.status} {reason}")
             chain = [c for c in r.headers.get(CHAIN_HEADER, "").split(",") if c]
             yield SaveStream(chain, r.content.iter_chunked(chunk_bytes))
+
+    @asynccontextmanager
+    async def content(
+        self, addr: str, digest: str, *, offset: int, chunk_bytes: int, idle_timeout: float
+    ) -> AsyncIterator[ContentStream]:
+        """Open registry content (a blob or manifest, by digest) on a peer, from `offset` on. The
+        body has a Content-Length, so a peer that dies mid-stream is a ClientPayloadError."""
+        body: bytes = msgpack.packb({"digest": digest, "offset": offset})
+        headers = self._signer.sign_request("POST", CONTENT_PATH, body, time.time())
+        headers["Content-Type"] = MSGPACK
+        timeout = aiohttp.ClientTimeout(total=None, connect=self._timeout, sock_read=idle_timeout)
+        # A larger read buffer than aiohttp's 64 KiB: fewer pauses of the socket per blob.
+        url = peer_url(addr, CONTENT_PATH)
+        async with self._http().post(
+            url, data=body, headers=headers, timeout=timeout, read_bufsize=chunk_bytes
+        ) as r:
+            if r.status != 200:
+                reason = error_text(await r.content.read(4096))
+                raise PeerError(f"{addr}: {digest[:19]} refused: {r.status} {reason}")
+            try:
+                size = int(r.headers[SIZE_HEADER])
+            except (KeyError, ValueError):
+                raise PeerError(f"{addr}: no {SIZE_HEADER} header") from None
+            media_type = r.headers.get(MEDIA_TYPE_HEADER, "")
+            yield ContentStream(size, media_type, r.content.iter_chunked(chunk_bytes))

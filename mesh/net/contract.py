@@ -18,6 +18,10 @@ CHAIN_HEADER = "X-Cachemesh-Chain"  # on a save stream: the image's chain, child
 MSGPACK = "application/msgpack"  # gossip bodies, save requests and every error body
 TAR = "application/x-tar"  # save streams
 SAVE_REQUEST_MAX = 4096  # a save request is {"image": "sha256:..."}: anything longer is refused (413)
+CONTENT_PATH = "/v1/content"  # registry content by digest, from an offset (docs/registry.md)
+SIZE_HEADER = "X-Cachemesh-Size"  # on content: the whole blob's size
+MEDIA_TYPE_HEADER = "X-Cachemesh-Media-Type"  # on content: a manifest's media type, "" for a blob
+OCTET_STREAM = "application/octet-stream"  # content bodies
 
 
 def peer_url(addr: str, path: str) -> str:
@@ -31,6 +35,18 @@ class SaveStream:
 
     chain: list[str]
     chunks: AsyncIterator[bytes]
+
+
+@dataclass
+class ContentStream:
+    """Registry content by digest from `offset` on: what a peer serves and what the client receives.
+    `size` is the whole blob's; `media_type` is set for manifests."""
+
+    size: int
+    media_type: str
+    chunks: AsyncIterator[bytes]
+    path: str = ""
+    """Where the content is on disk, when it is: the server then sends it with sendfile."""
 
 
 def error_body(message: str) -> bytes:

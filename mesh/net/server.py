@@ -26,12 +26,17 @@ from mesh.engine.base import EngineError
 from mesh.net.auth import HEADER_NONCE, AuthError, ReplayGuard, Signer, verify_request
 from mesh.net.contract import (
     CHAIN_HEADER,
+    CONTENT_PATH,
     GOSSIP_PATH,
+    MEDIA_TYPE_HEADER,
     MSGPACK,
+    OCTET_STREAM,
     SAVE_PATH,
     SAVE_REQUEST_MAX,
+    SIZE_HEADER,
     TAR,
     UNKNOWN_PATHS,
+    ContentStream,
     SaveStream,
     error_body,
 )
@@ -62,6 +67,12 @@ class PeerHandler(Protocol):
     def save_finished(self, image: str, ok: bool) -> None: ...
 
 
+class ContentSource(Protocol):
+    """Registry content this node serves to peers (`POST /v1/content`)."""
+
+    def open_content(self, digest: str, offset: int) -> ContentStream | None: ...
+
+
 def _error(status: int, message: str) -> web.Response:
     return web.Response(status=status, body=error_body(message), content_type=MSGPACK)
 
@@ -77,6 +88,7 @@ class PeerServer:
         auth_window: float,
         max_saves: int,
         tls: TLSObserver | None = None,
+        content: ContentSource | None = None,
     ) -> None:
         self._handler = handler
         self._tls = tls
@@ -90,6 +102,9 @@ class PeerServer:
         self.app = web.Application(client_max_size=max_body)
         self.app.router.add_post(GOSSIP_PATH, self._gossip)
         self.app.router.add_post(SAVE_PATH, self._save)
+        self._content = content
+        if content is not None:
+            self.app.router.add_post(CONTENT_PATH, self._serve_content)
         self.app.router.add_route("*", UNKNOWN_PATHS, self._unknown)
 
     async def sweep(self, server: web.Server) -> None:
@@ -227,6 +242,59 @@ class PeerServer:
                 self._handler.save_finished(image, ok)
                 self._handler.count_request("save", 200 if ok else 500)
             return response
+
+    async def _serve_content(self, request: web.Request) -> web.StreamResponse:
+        """Registry content by digest, from an offset (a fetch resumed from another holder)."""
+        assert self._content is not None
+        signed = await self._read_signed(request, SAVE_REQUEST_MAX)
+        if isinstance(signed, web.Response):
+            self._handler.count_request("content", signed.status)
+            return signed
+        body, requester = signed
+        try:
+            doc = msgpack.unpackb(body, raw=False)
+            digest, offset = doc["digest"], doc["offset"]
+            if not isinstance(digest, str) or not digest.startswith("sha256:") or len(digest) != 71:
+                raise ValueError("digest must be a sha256 digest")
+            int(digest[7:], 16)
+            if type(offset) is not int or offset < 0:
+                raise ValueError("offset must be a non-negative integer")
+        except Exception as exc:
+            self._handler.count_request("content", 400)
+            return _error(400, f"malformed content request: {exc}")
+        stream = self._content.open_content(digest, offset)
+        if stream is None:
+            self._handler.count_request("content", 404)
+            return _error(404, f"{digest[:19]} is not held here")
+        if offset > stream.size:
+            self._handler.count_request("content", 416)
+            return _error(416, f"offset {offset} is past the end ({stream.size} bytes)")
+        headers = {SIZE_HEADER: str(stream.size), MEDIA_TYPE_HEADER: stream.media_type}
+        response = web.StreamResponse(headers=headers)
+        response.content_type = OCTET_STREAM
+        response.content_length = stream.size - offset
+        await response.prepare(request)
+        ok = False
+        try:
+            if stream.path and request.transport is not None:
+                # Zero-copy from the file to the socket, as aiohttp's FileResponse does.
+                with open(stream.path, "rb") as fh:
+                    count = stream.size - offset
+                    await asyncio.get_running_loop().sendfile(request.transport, fh, offset, count)
+                self._handler.count_bytes_out(count)
+            else:
+                async for chunk in stream.chunks:
+                    await response.write(chunk)
+                    self._handler.count_bytes_out(len(chunk))
+            await response.write_eof()
+            ok = True
+        except (OSError, ConnectionError) as exc:
+            log.warning("content %s to %s aborted: %s", digest[:19], requester, exc)
+            if request.transport is not None:
+                request.transport.abort()
+        finally:
+            self._handler.count_request("content", 200 if ok else 500)
+        return response
 
     async def _unknown(self, request: web.Request) -> web.Response:
         self._handler.count_request("unknown", 404)

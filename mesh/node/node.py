@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 import time
@@ -42,6 +43,7 @@ from mesh.node.peer_api import PeerApi
 from mesh.node.persistence import NodeState
 from mesh.node.puller import Puller
 from mesh.node.readiness import Readiness, ReadinessSnapshot
+from mesh.node.registry_view import RegistryCounters, RegistryView
 from mesh.node.status import build_status
 from mesh.node.transfer import Transfer
 from mesh.protocol import wire
@@ -50,6 +52,8 @@ from mesh.protocol.events import ManifestChanged, MetaLearned, PeerJoined, PeerS
 from mesh.protocol.liveness import State
 from mesh.protocol.outbox import Outgoing
 from mesh.protocol.wire import ImageMeta, Tags
+from mesh.registry.router import registry_app
+from mesh.registry.service import Registry
 from mesh.ui.metrics import Metrics
 from mesh.ui.status_page import StatusSources, status_app
 
@@ -92,6 +96,10 @@ class Node:
             config, self.engine, self.state, self._on_local_change, self._on_engine_error
         )
         self.readiness = Readiness(self._readiness_snapshot)
+        self.registry = Registry(config, self.client, RegistryView(self), RegistryCounters(self.metrics))
+        self.registry_addr = ""
+        self._engine_shared: dict[str, Tags] = {}
+        self._engine_metas: dict[str, ImageMeta] = {}
         # Bound in start(): the advertised address needs the listening port, which may be 0.
         self.advertise = ""
         self.core: MeshCore
@@ -113,6 +121,9 @@ class Node:
     async def start(self) -> None:
         peer_sock = bind_socket(self.config.listen)
         status_sock = bind_socket(self.config.status_listen)
+        registry_sock = None
+        if self.config.registry_listen != "off":
+            registry_sock = bind_socket(self.config.registry_listen)
         host, _ = parse_hostport(self.config.listen)
         port = peer_sock.getsockname()[1]
         self.advertise = self.config.advertise or derive_advertise(
@@ -144,6 +155,7 @@ class Node:
             auth_window=self.config.auth_window,
             max_saves=self.config.max_transfers_out,
             tls=self.tls_peers,
+            content=self.registry,
         )
         if self.config.mdns and mdns_usable(self.advertise):
             self.mdns = MdnsDiscovery(
@@ -163,6 +175,16 @@ class Node:
             metrics=self.metrics.render,
         )
         self.status_addr = await self._serve(status_app(sources), status_sock)
+        if registry_sock is not None:
+            self.registry_addr = await self._serve(registry_app(self.registry), registry_sock)
+            if not is_loopback(self.config.registry_listen):
+                log.warning(
+                    "the registry endpoint listens on %s, beyond loopback: anyone who reaches it can "
+                    "push and pull without credentials",
+                    self.registry_addr,
+                )
+        await self.registry.start()
+        self.publish_local()
         server = self._runners[0].server
         assert server is not None
         self._tasks.append(asyncio.create_task(peer.sweep(server)))
@@ -171,11 +193,12 @@ class Node:
         for coro in (self._core_loop(), self.local.run(), self.puller.run(), self._discovery_loop()):
             self._tasks.append(asyncio.create_task(coro))
         log.info(
-            "node %s (%s) up: peers dial %s, status http://%s/, cluster %r%s",
+            "node %s (%s) up: peers dial %s, status http://%s/, registry %s, cluster %r%s",
             self.config.node_name,
             self.node_id,
             self.advertise,
             self.status_addr,
+            self.registry_addr or "off",
             self.config.cluster,
             "" if self.config.secret else " (INSECURE: no cluster secret)",
         )
@@ -255,6 +278,7 @@ class Node:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.puller.stop()
+        await self.registry.stop()
         for task in list(self._send_tasks):
             task.cancel()
         await asyncio.gather(*self._send_tasks, return_exceptions=True)
@@ -337,6 +361,7 @@ class Node:
             self.state.save_incarnation(self.incarnation)
         if replan:
             self.puller.poke()
+            self.registry.poke()
 
     # --- the peer API ---------------------------------------------------------------------------
 
@@ -356,9 +381,19 @@ class Node:
     # --- the rest ------------------------------------------------------------------------------
 
     def _on_local_change(self, shared: dict[str, Tags], metas: dict[str, ImageMeta]) -> None:
-        if self.core.set_local_images(shared, metas.values(), time.monotonic()):
-            self.wake()
+        self._engine_shared, self._engine_metas = shared, metas
+        self.publish_local()
         self.puller.poke()
+
+    def publish_local(self) -> None:
+        """The local manifest: the engine's shared images and the registry's held manifests (IDs of
+        their own namespace, see mesh/protocol/oci.py)."""
+        if not hasattr(self, "core"):
+            return
+        entries, metas = self.registry.announcement()
+        shared = {**self._engine_shared, **entries}
+        if self.core.set_local_images(shared, [*self._engine_metas.values(), *metas], time.monotonic()):
+            self.wake()
 
     def _on_engine_error(self) -> None:
         self.metrics.engine_errors.inc()
@@ -402,6 +437,7 @@ class Node:
                 i not in metas and i not in local for p in view.live_peers() for i in view.holdings(p.id)
             ),
             plan=self.puller.plan,
+            registry_pending=self.registry.warm_reason(),
         )
 
     def _snapshot(self) -> dict[str, Any]:
@@ -415,6 +451,7 @@ class Node:
             "ready": 1 if self.readiness.ready else 0,
             "missing": len(plan.missing) if plan else 0,
             "in_flight": len(self.puller.active),
+            "registry_fetches": len(self.registry.fetcher.active),
             "incarnation": self.core.incarnation,
             "core": self.core.stats,
         }
@@ -422,6 +459,14 @@ class Node:
     @property
     def version(self) -> str:
         return __version__
+
+
+def is_loopback(listen: str) -> bool:
+    host, _ = parse_hostport(listen)
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def bind_socket(listen: str) -> socket.socket:

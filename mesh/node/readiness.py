@@ -25,6 +25,7 @@ class ReadinessSnapshot:
     manifest_pending: str  # the name of a live peer whose manifest is not (fully) here, or ""
     metas_missing: bool  # a live peer holds an image whose metadata is neither learnt nor local
     plan: Plan | None  # the puller's last plan
+    registry_pending: str = ""  # why --registry-warm is not satisfied yet, or ""
 
 
 def assess(s: ReadinessSnapshot, *, warm: bool) -> tuple[bool, str]:
@@ -44,6 +45,8 @@ def assess(s: ReadinessSnapshot, *, warm: bool) -> tuple[bool, str]:
         return False, f"fetching the manifest of {s.manifest_pending}"
     if s.metas_missing:
         return False, "fetching image metadata"
+    if s.registry_pending:
+        return False, s.registry_pending
     if s.plan is None:
         return False, "planning"
     if not s.plan.warm:

@@ -8,6 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from mesh.protocol.liveness import State
+from mesh.protocol.oci import is_registry_entry
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
@@ -57,6 +58,8 @@ def build_status(node: Node) -> dict[str, Any]:
             continue
         name = node.config.node_name if holder == node.node_id else members[holder].name
         for image, image_tags in held.items():
+            if is_registry_entry(image_tags):
+                continue  # registry content: the `registry` section
             holders.setdefault(image, []).append(name)
             tags.setdefault(image, set()).update(image_tags)
     for image, local in node.local.images.items():
@@ -107,4 +110,5 @@ def build_status(node: Node) -> dict[str, Any]:
         "transfers": [_transfer(t) for t in node.puller.active.values()]
         + [_transfer(t) for t in node.serving.values()],
         "recent_transfers": [_transfer(t) for t in node.puller.recent],
+        "registry": node.registry.status(node.registry_addr or "off"),
     }

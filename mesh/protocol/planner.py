@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import takewhile
 
+from mesh.protocol.oci import is_registry_entry
 from mesh.protocol.wire import ImageMeta, Tags
 
 
@@ -84,8 +85,8 @@ def winners(
     for manifest in holdings:
         for image, tags in manifest.items():
             meta = metas.get(image)
-            if meta is None:
-                continue  # its metadata has not arrived yet: decide when it has
+            if meta is None or is_registry_entry(tags):
+                continue  # metadata not here yet (decide when it is), or registry content, not an image
             key = (meta.created, image)
             for tag in tags:
                 current = best.get(tag)

@@ -43,6 +43,12 @@ class _Snapshot(Collector):
         yield GaugeMetricFamily(
             "cachemesh_incarnation", "This node's SWIM incarnation", value=snap["incarnation"]
         )
+        if "registry_fetches" in snap:
+            yield GaugeMetricFamily(
+                "cachemesh_registry_fetches_in_flight",
+                "Registry blobs being fetched from peers",
+                value=snap["registry_fetches"],
+            )
         core = snap["core"]
         for name, help_text in (
             ("gossip_rounds", "Gossip rounds that sent rumours"),
@@ -102,6 +108,20 @@ class Metrics:
             "Bytes of layers left out of streams served, because the receiver held them",
             registry=self.registry,
         )
+        self.registry_requests = Counter(
+            "cachemesh_registry_requests",
+            "Local registry requests, by method and outcome (ok or the spec's error code)",
+            ["method", "outcome"],
+            registry=self.registry,
+        )
+        self.registry_bytes = Counter(
+            "cachemesh_registry_bytes",
+            "Registry bytes served to local clients from this node's store (local) and fetched from peers",
+            ["source"],
+            registry=self.registry,
+        )
+        for source in ("local", "peers"):
+            self.registry_bytes.labels(source)
         for direction in ("in", "out"):
             self.transfer_bytes.labels(direction)
             for outcome in ("ok", "failed"):

@@ -88,6 +88,48 @@ def _tls_mode(tls: dict[str, Any]) -> str:
     return "TLS 1.3, operator CA"
 
 
+def _registry_html(r: dict[str, Any] | None) -> str:
+    if not r:
+        return ""
+    tags = _table(
+        ["repository", "tag", "digest", "here", "held by"],
+        [
+            [
+                escape(repo["name"]),
+                escape(t["tag"]),
+                f"<code>{short_id(t['digest'])}</code>",
+                "yes" if t["here"] else "no",
+                escape(", ".join(t["holders"])),
+            ]
+            for repo in r["repositories"]
+            for t in repo["tags"]
+        ],
+        "No registry tags yet.",
+    )
+    fetches = _table(
+        ["digest", "from", "progress"],
+        [
+            [
+                f"<code>{short_id(f['digest'])}</code>",
+                escape(f["source"]),
+                f"<progress max={max(f['total'], f['bytes'], 1)} value={f['bytes']}></progress> {size_text(f['bytes'])}",
+            ]
+            for f in r["fetches"]
+        ],
+        "No fetches in flight.",
+    )
+    warm = r["warm"]
+    warm_text = (
+        f"warm-up {escape(', '.join(warm['globs']))}: {warm['held']} of {warm['wanted']} manifests held"
+        if warm["globs"]
+        else "no warm-up globs"
+    )
+    return (
+        f"<h2>Registry ({escape(r['listen'])})</h2><p>{size_text(r['bytes_held'])} in {r['blobs_held']} blobs held here"
+        f" · {warm_text}</p>{tags}<h3>Fetches from peers</h3>{fetches}"
+    )
+
+
 def render_html(s: dict[str, Any]) -> str:
     node = s["node"]
     badge = "ready" if s["ready"] else "not-ready"
@@ -151,6 +193,7 @@ def render_html(s: dict[str, Any]) -> str:
         ],
         "None yet.",
     )
+    registry = _registry_html(s.get("registry"))
     return f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><meta http-equiv=refresh content=2>
 <title>cachemesh · {escape(node["name"])}</title>
@@ -171,6 +214,7 @@ peer TLS: {escape(_tls_mode(node.get("tls", {})))}</p>
 <h2>Images ({len(s["images"])})</h2>{images}
 <h2>Transfers in flight</h2>{transfers}
 <h2>Recent transfers</h2>{recent}
+{registry}
 <p class=empty>JSON: <a href=/api/status>/api/status</a> · <a href=/metrics>/metrics</a> ·
 <a href=/healthz>/healthz</a> · <a href=/readyz>/readyz</a></p>
 </body></html>"""

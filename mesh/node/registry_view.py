@@ -1,0 +1,67 @@
+"""The node as the registry sees it: live peers' registry entries, their RTTs, and a way to publish.
+
+Read through the core's read-only view (mesh/protocol/view.py), like the puller and readiness.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from mesh.protocol.liveness import State
+from mesh.protocol.oci import is_registry_entry
+from mesh.protocol.wire import ImageMeta, Tags
+from mesh.ui.metrics import Metrics
+
+if TYPE_CHECKING:
+    from mesh.node.node import Node
+
+
+class RegistryView:
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def live_manifests(self) -> Mapping[str, Mapping[str, Tags]]:
+        core = getattr(self._node, "core", None)
+        if core is None:  # not started yet
+            return {}
+        view = core.view
+        out: dict[str, dict[str, Tags]] = {}
+        for peer in view.live_peers():
+            if peer.state is not State.ALIVE:
+                continue
+            entries = {i: tags for i, tags in view.holdings(peer.id).items() if is_registry_entry(tags)}
+            if entries:
+                out[peer.id] = entries
+        return out
+
+    def metas(self) -> Mapping[str, ImageMeta]:
+        core = getattr(self._node, "core", None)
+        return core.view.metas() if core is not None else {}
+
+    def nearest(self, nodes: list[str]) -> list[str]:
+        view = self._node.core.view
+        known = [p for p in (view.peer(n) for n in nodes) if p is not None]
+        known.sort(key=lambda p: (p.rtt if p.rtt is not None else float("inf"), p.id))
+        return [p.addr for p in known]
+
+    def name(self, node: str) -> str:
+        peer = self._node.core.view.peer(node)
+        return peer.name if peer is not None else node
+
+    def publish(self) -> None:
+        self._node.publish_local()
+
+
+class RegistryCounters:
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def request(self, method: str, outcome: str) -> None:
+        self._metrics.registry_requests.labels(method, outcome).inc()
+
+    def served(self, n: int) -> None:
+        self._metrics.registry_bytes.labels("local").inc(n)
+
+    def fetched(self, n: int) -> None:
+        self._metrics.registry_bytes.labels("peers").inc(n)

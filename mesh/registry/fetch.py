@@ -1,0 +1,208 @@
+"""The step between the router and the store: content this node lacks comes from the mesh.
+
+- One fetch per digest, however many clients ask: later readers join the running fetch.
+- Bytes go to a temp file, hashed as they arrive; readers stream from that file as it grows, so a
+  client gets the first bytes while the rest is still on the wire.
+- Sources are the live holders, nearest first. If one fails mid-blob, the fetch asks the next
+  holder for the rest from the offset reached; the hash runs on over the whole.
+- At the end the digest is checked, and only then is the file renamed into the store. A mismatch
+  stores nothing, and readers that already got bytes see their connection cut (they had a
+  Content-Length, so a cut is never mistaken for a whole blob).
+- No holder at all is an immediate "unknown", never a wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import IO
+
+import aiohttp
+
+from mesh.net.client import PeerClient, PeerError
+from mesh.registry.errors import RegistryError
+from mesh.registry.store import CHUNK, Store
+
+log = logging.getLogger("cachemesh.registry")
+
+
+class Fetch:
+    """One digest coming in from peers."""
+
+    def __init__(self, digest: str, temp: Path) -> None:
+        self.digest = digest
+        self.temp = temp
+        self.size: int | None = None
+        self.media_type = ""
+        self.written = 0
+        self.source = ""
+        self.started_at = time.time()
+        self.done = False
+        self.error: RegistryError | None = None
+        self.sized = asyncio.Event()  # size known, or failed
+        self._progress = asyncio.Event()
+
+    def _notify(self) -> None:
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    async def wait_progress(self, beyond: int) -> None:
+        while self.written <= beyond and not self.done and self.error is None:
+            await self._progress.wait()
+
+
+class Fetcher:
+    def __init__(
+        self,
+        store: Store,
+        client: PeerClient,
+        holders: Callable[[str], list[str]],
+        *,
+        idle_timeout: float,
+        on_bytes: Callable[[int], None] = lambda n: None,
+        on_stored: Callable[[str], None] = lambda digest: None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.holders = holders  # digest -> addresses of live holders, nearest first
+        self.idle_timeout = idle_timeout
+        self.on_bytes = on_bytes
+        self.on_stored = on_stored
+        self.active: dict[str, Fetch] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def start(self, digest: str) -> Fetch:
+        """The running fetch of `digest`, or a new one. Raises BLOB_UNKNOWN at once if no live peer
+        holds it."""
+        fetch = self.active.get(digest)
+        if fetch is not None:
+            return fetch
+        if not self.holders(digest):
+            raise RegistryError("BLOB_UNKNOWN", f"{digest} is held neither here nor by a live peer")
+        fetch = self.active[digest] = Fetch(digest, self.store.temp_path())
+        fetch.temp.touch()  # readers open it at once, before the task first runs
+        task = asyncio.create_task(self._run(fetch), name=f"fetch {digest[:19]}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return fetch
+
+    async def fetch(self, digest: str) -> Fetch:
+        """Fetch `digest` whole (warm-up, manifests); raises the fetch's error."""
+        fetch = self.start(digest)
+        await fetch.wait_progress(1 << 62)
+        if fetch.error is not None:
+            raise fetch.error
+        return fetch
+
+    async def _run(self, fetch: Fetch) -> None:
+        hasher = hashlib.sha256()
+        failed: list[str] = []
+        try:
+            with open(fetch.temp, "wb") as fh:
+                while fetch.size is None or fetch.written < fetch.size:
+                    sources = [a for a in self.holders(fetch.digest) if a not in failed]
+                    if not sources:
+                        raise RegistryError(
+                            "BLOB_UNKNOWN",
+                            f"{fetch.digest}: no live holder could send it"
+                            + (f" (stopped at byte {fetch.written} of {fetch.size})" if fetch.size else ""),
+                        )
+                    try:
+                        await self._from(sources[0], fetch, fh, hasher)
+                    except (PeerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                        failed.append(sources[0])
+                        log.warning(
+                            "fetch of %s from %s failed at byte %d: %s; %s",
+                            fetch.digest[:19],
+                            sources[0],
+                            fetch.written,
+                            exc,
+                            "trying the next holder" if len(sources) > 1 else "no other holder",
+                        )
+                # Verify and publish (commit_file fsyncs in a thread and renames into the store).
+                await self.store.commit_file(fetch.temp, fetch.digest, hasher, open(fetch.temp, "ab"))
+            if fetch.media_type:
+                await self.store.set_media_type(fetch.digest, fetch.media_type)
+            fetch.done = True
+            self.on_stored(fetch.digest)
+        except RegistryError as exc:
+            fetch.error = exc
+            fetch.temp.unlink(missing_ok=True)
+        except Exception as exc:  # never leave readers waiting on a fetch that died
+            log.exception("fetch of %s failed", fetch.digest[:19])
+            fetch.error = RegistryError("BLOB_UNKNOWN", f"fetch failed: {exc}", status=502)
+            fetch.temp.unlink(missing_ok=True)
+        finally:
+            self.active.pop(fetch.digest, None)
+            fetch.sized.set()
+            fetch._notify()
+
+    async def _from(self, addr: str, fetch: Fetch, fh: IO[bytes], hasher: hashlib._Hash) -> None:
+        async with self.client.content(
+            addr, fetch.digest, offset=fetch.written, chunk_bytes=CHUNK, idle_timeout=self.idle_timeout
+        ) as stream:
+            if fetch.size is None:
+                fetch.size, fetch.media_type = stream.size, stream.media_type
+                fetch.sized.set()
+            elif stream.size != fetch.size:
+                raise PeerError(f"{addr} has {stream.size} bytes, another holder had {fetch.size}")
+            fetch.source = addr
+            async for chunk in stream.chunks:
+                if fetch.written + len(chunk) > fetch.size:
+                    raise PeerError(f"{addr} sent more than {fetch.size} bytes")
+                fh.write(chunk)
+                fh.flush()  # readers read the file: the bytes must be in it, not in our buffer
+                hasher.update(chunk)
+                fetch.written += len(chunk)
+                self.on_bytes(len(chunk))
+                fetch._notify()
+            if fetch.written < fetch.size:
+                raise PeerError(f"{addr} ended at byte {fetch.written} of {fetch.size}")
+
+
+async def read_fetch(fetch: Fetch, store: Store, start: int, end: int) -> AsyncIterator[bytes]:
+    """Bytes [start, end) of a fetch in progress, as they arrive. Raises its error if it fails."""
+    fh: IO[bytes] | None = None
+    try:
+        # Open before the fetch can rename the file away; once renamed, the blob is in the store.
+        try:
+            fh = open(fetch.temp, "rb")
+        except FileNotFoundError:
+            if not fetch.done:
+                await fetch.wait_progress(1 << 62)
+            if fetch.error is not None:
+                raise fetch.error from None
+            fh = open(store.path(fetch.digest), "rb")
+        pos = start
+        fh.seek(pos)
+        while pos < end:
+            if pos >= fetch.written:
+                if fetch.error is not None:
+                    raise fetch.error
+                await fetch.wait_progress(pos)
+                continue
+            chunk = fh.read(min(CHUNK, fetch.written - pos, end - pos))
+            if not chunk:
+                raise RegistryError("BLOB_UNKNOWN", "fetch file shorter than reported", status=502)
+            pos += len(chunk)
+            if pos == end == fetch.size:
+                # The last bytes wait for the digest check: a client that read to the end never
+                # completes a response whose content turned out to be wrong.
+                await fetch.wait_progress(1 << 62)
+                if fetch.error is not None:
+                    raise fetch.error
+            yield chunk
+    finally:
+        if fh is not None:
+            with contextlib.suppress(OSError):
+                fh.close()

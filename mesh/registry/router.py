@@ -1,0 +1,320 @@
+"""The OCI distribution API (`/v2/`), as a small router over the registry.
+
+The path is parsed once into (name, kind, reference); HEAD and GET share one handler that differs
+only in whether the body is written. Errors go out in the spec's JSON shape from one helper.
+Routes follow the distribution spec (opencontainers/distribution-spec, spec.md, "Endpoints").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from urllib.parse import quote
+
+from aiohttp import web
+
+from mesh.registry.errors import RegistryError, error_response
+from mesh.registry.manifest import MAX_MANIFEST, parse
+from mesh.registry.names import (
+    DIGEST,
+    NAME,
+    BadName,
+    Kind,
+    Route,
+    is_digest,
+    parse_path,
+    valid_digest,
+    valid_tag,
+)
+from mesh.registry.service import Registry
+from mesh.registry.store import Upload
+
+log = logging.getLogger("cachemesh.registry")
+
+API_HEADERS = {"Docker-Distribution-API-Version": "registry/2.0"}
+RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+CONTENT_RANGE = re.compile(r"(?:bytes )?(\d+)-(\d+)(?:/\d+|/\*)?")
+
+Handler = Callable[[web.Request, Route], Awaitable[web.StreamResponse]]
+
+
+def registry_app(registry: Registry) -> web.Application:
+    app = web.Application(client_max_size=MAX_MANIFEST)
+    router = Router(registry)
+    app.router.add_route("*", "/v2", router.handle)
+    app.router.add_route("*", "/v2/{tail:.*}", router.handle)
+    return app
+
+
+def _check_digest(digest: str, code: str = "DIGEST_INVALID") -> str:
+    if not DIGEST.fullmatch(digest):
+        raise RegistryError("DIGEST_INVALID", f"malformed digest {digest[:80]!r}")
+    if not valid_digest(digest):
+        raise RegistryError(code, f"{digest[:80]}: only sha256 digests are stored here")
+    return digest
+
+
+class Router:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.store = registry.store
+        self.routes: dict[tuple[Kind, str], Handler] = {
+            (Kind.BASE, "GET"): self.base,
+            (Kind.CATALOG, "GET"): self.catalog,
+            (Kind.BLOB, "GET"): self.blob,
+            (Kind.BLOB, "DELETE"): self.unsupported,
+            (Kind.UPLOAD, "POST"): self.upload_start,
+            (Kind.UPLOAD, "PATCH"): self.upload_patch,
+            (Kind.UPLOAD, "PUT"): self.upload_put,
+            (Kind.UPLOAD, "GET"): self.upload_status,
+            (Kind.UPLOAD, "DELETE"): self.upload_cancel,
+            (Kind.MANIFEST, "GET"): self.manifest_get,
+            (Kind.MANIFEST, "PUT"): self.manifest_put,
+            (Kind.MANIFEST, "DELETE"): self.unsupported,
+            (Kind.TAGS, "GET"): self.tags,
+            (Kind.REFERRERS, "GET"): self.referrers,
+        }
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        method = "GET" if request.method == "HEAD" else request.method
+        head = request.method == "HEAD"
+        try:
+            try:
+                route = parse_path(request.match_info.get("tail", ""))
+            except BadName as exc:
+                raise RegistryError("NAME_INVALID", f"invalid repository name {str(exc)[:100]!r}") from None
+            if route is None:
+                raise RegistryError("NAME_UNKNOWN", f"no such endpoint: {request.path[:200]}", status=404)
+            handler = self.routes.get((route.kind, method))
+            if handler is None:
+                raise RegistryError("UNSUPPORTED", f"{request.method} is not supported here")
+            response = await handler(request, route)
+        except RegistryError as exc:
+            self.registry.counters.request(request.method, exc.code.lower())
+            return error_response(exc, head=head)
+        self.registry.counters.request(request.method, "ok")
+        return response
+
+    # --- base ------------------------------------------------------------------------------------
+
+    async def base(self, request: web.Request, route: Route) -> web.StreamResponse:
+        return web.json_response({}, headers=API_HEADERS)
+
+    async def unsupported(self, request: web.Request, route: Route) -> web.StreamResponse:
+        raise RegistryError("UNSUPPORTED", "deletion is not supported: the mesh keeps content by digest")
+
+    async def catalog(self, request: web.Request, route: Route) -> web.StreamResponse:
+        names = sorted({ref.rpartition(":")[0] for ref in self.registry.resolve()})
+        return web.json_response({"repositories": names}, headers=API_HEADERS)
+
+    async def referrers(self, request: web.Request, route: Route) -> web.StreamResponse:
+        raise RegistryError("UNSUPPORTED", "the referrers API is not supported", status=404)
+
+    # --- blobs -----------------------------------------------------------------------------------
+
+    async def blob(self, request: web.Request, route: Route) -> web.StreamResponse:
+        digest = _check_digest(route.reference, "BLOB_UNKNOWN")
+        size, fetch = await self.registry.sized(digest)
+        headers = {
+            **API_HEADERS,
+            "Docker-Content-Digest": digest,
+            "Accept-Ranges": "bytes",
+            "ETag": f'"{digest}"',
+        }
+        start, end, status = 0, size, 200
+        wanted = request.headers.get("Range")
+        if wanted:
+            match = RANGE.fullmatch(wanted.strip())
+            if match and (match.group(1) or match.group(2)):
+                first, last = match.groups()
+                if first:
+                    start = int(first)
+                    end = min(size, int(last) + 1) if last else size
+                else:  # a suffix: the last N bytes
+                    start = max(0, size - int(last))
+                if start >= size or end <= start:
+                    headers["Content-Range"] = f"bytes */{size}"
+                    raise_416 = web.Response(status=416, headers=headers)
+                    return raise_416
+                status = 206
+                headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_type = "application/octet-stream"
+        response.content_length = end - start
+        if request.method == "HEAD":
+            return response
+        await response.prepare(request)
+        try:
+            async for chunk in self.registry.read(digest, fetch, start, end):
+                await response.write(chunk)
+            await response.write_eof()
+        except (RegistryError, OSError, ConnectionError) as exc:
+            # The status line is gone: cut the connection so the client sees a short body.
+            log.warning("blob %s cut off: %s", digest[:19], exc)
+            if request.transport is not None:
+                request.transport.abort()
+        return response
+
+    # --- uploads ----------------------------------------------------------------------------------
+
+    def _upload_headers(self, name: str, upload: Upload) -> dict[str, str]:
+        return {
+            **API_HEADERS,
+            "Location": f"/v2/{name}/blobs/uploads/{upload.id}",
+            "Range": f"0-{max(upload.size - 1, 0)}",
+            "Docker-Upload-UUID": upload.id,
+        }
+
+    def _created(self, name: str, digest: str) -> web.Response:
+        headers = {**API_HEADERS, "Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest}
+        return web.Response(status=201, headers=headers)
+
+    async def upload_start(self, request: web.Request, route: Route) -> web.StreamResponse:
+        if route.reference:
+            raise RegistryError("UNSUPPORTED", "POST goes to .../blobs/uploads/", status=404)
+        mount = request.query.get("mount")
+        if mount is not None:
+            source = request.query.get("from", "")
+            if valid_digest(mount) and self.store.has(mount) and (not source or NAME.fullmatch(source)):
+                return self._created(route.name, mount)  # content-addressed: held is held
+        digest = request.query.get("digest")
+        upload = self.store.start_upload(route.name)
+        if digest is not None:  # a monolithic upload in one POST
+            return await self._finish(request, route.name, upload, digest)
+        return web.Response(status=202, headers=self._upload_headers(route.name, upload))
+
+    def _upload(self, route: Route) -> Upload:
+        return self.store.upload(route.reference, route.name)
+
+    async def upload_patch(self, request: web.Request, route: Route) -> web.StreamResponse:
+        upload = self._upload(route)
+        async with upload.lock:
+            given = request.headers.get("Content-Range")
+            if given:
+                match = CONTENT_RANGE.fullmatch(given.strip())
+                if not match or int(match.group(1)) != upload.size:
+                    headers = self._upload_headers(route.name, upload)
+                    return web.Response(status=416, headers=headers)
+            await self.store.append(upload, request.content.iter_any())
+        return web.Response(status=202, headers=self._upload_headers(route.name, upload))
+
+    async def upload_put(self, request: web.Request, route: Route) -> web.StreamResponse:
+        upload = self._upload(route)
+        digest = request.query.get("digest")
+        if digest is None:
+            raise RegistryError("DIGEST_INVALID", "the final PUT needs ?digest=")
+        return await self._finish(request, route.name, upload, digest)
+
+    async def _finish(self, request: web.Request, name: str, upload: Upload, digest: str) -> web.Response:
+        async with upload.lock:
+            try:
+                _check_digest(digest)
+                await self.store.append(upload, request.content.iter_any())
+                length = request.content_length
+                if length is not None and request.method == "POST" and upload.size != length:
+                    raise RegistryError("SIZE_INVALID", f"got {upload.size} bytes of {length}")
+                await self.store.finish_upload(upload, digest)
+            except RegistryError:
+                self.store.cancel_upload(upload)
+                raise
+        self.registry.changed()
+        return self._created(name, digest)
+
+    async def upload_status(self, request: web.Request, route: Route) -> web.StreamResponse:
+        upload = self._upload(route)
+        return web.Response(status=204, headers=self._upload_headers(route.name, upload))
+
+    async def upload_cancel(self, request: web.Request, route: Route) -> web.StreamResponse:
+        self.store.cancel_upload(self._upload(route))
+        return web.Response(status=204, headers=API_HEADERS)
+
+    # --- manifests --------------------------------------------------------------------------------
+
+    async def manifest_get(self, request: web.Request, route: Route) -> web.StreamResponse:
+        reference = route.reference
+        if is_digest(reference):
+            digest = _check_digest(reference, "MANIFEST_UNKNOWN")
+        else:
+            state = self.registry.tag(route.name, reference) if valid_tag(reference) else None
+            if state is None:
+                raise RegistryError("MANIFEST_UNKNOWN", f"{route.name}:{reference[:128]} is not known")
+            digest = state.digest
+        data, media_type = await self.registry.manifest(digest)
+        headers = {**API_HEADERS, "Docker-Content-Digest": digest, "ETag": f'"{digest}"'}
+        if request.method == "HEAD":
+            response = web.StreamResponse(headers=headers)
+            response.content_type = media_type
+            response.content_length = len(data)
+            return response
+        response = web.Response(body=data, headers=headers)
+        response.content_type = media_type
+        return response
+
+    async def manifest_put(self, request: web.Request, route: Route) -> web.StreamResponse:
+        length = request.content_length
+        if length is not None and length > MAX_MANIFEST:
+            raise RegistryError("SIZE_INVALID", f"manifests are limited to {MAX_MANIFEST} bytes", status=413)
+        data = await request.content.read(MAX_MANIFEST + 1)
+        while len(data) <= MAX_MANIFEST and not request.content.at_eof():
+            more = await request.content.read(MAX_MANIFEST + 1 - len(data))
+            if not more:
+                break
+            data += more
+        if len(data) > MAX_MANIFEST:
+            raise RegistryError("SIZE_INVALID", f"manifests are limited to {MAX_MANIFEST} bytes", status=413)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        reference = route.reference
+        if is_digest(reference):
+            _check_digest(reference)
+            if reference != digest:
+                raise RegistryError("DIGEST_INVALID", f"the manifest's digest is {digest}, not {reference}")
+        elif not valid_tag(reference):
+            raise RegistryError("MANIFEST_INVALID", f"invalid tag {reference[:128]!r}")
+        parsed = parse(data, request.headers.get("Content-Type"))
+        await self.registry.put_manifest(digest, data, parsed)
+        if not is_digest(reference):
+            await self.registry.push_tag(route.name, reference, digest)
+        headers = {
+            **API_HEADERS,
+            "Location": f"/v2/{route.name}/manifests/{digest}",
+            "Docker-Content-Digest": digest,
+        }
+        if _subject(data):
+            headers["OCI-Subject"] = _subject(data)
+        return web.Response(status=201, headers=headers)
+
+    # --- tags --------------------------------------------------------------------------------------
+
+    async def tags(self, request: web.Request, route: Route) -> web.StreamResponse:
+        prefix = route.name + ":"
+        names = sorted(ref[len(prefix) :] for ref in self.registry.resolve() if ref.startswith(prefix))
+        if not names:
+            raise RegistryError("NAME_UNKNOWN", f"no tags in {route.name}")
+        last = request.query.get("last")
+        if last:
+            names = [t for t in names if t > last]
+        headers = dict(API_HEADERS)
+        n = request.query.get("n")
+        if n is not None:
+            try:
+                count = max(0, int(n))
+            except ValueError:
+                raise RegistryError("UNSUPPORTED", "n must be a number", status=400) from None
+            if len(names) > count:
+                names = names[:count]
+                if names:
+                    headers["Link"] = (
+                        f'</v2/{route.name}/tags/list?n={count}&last={quote(names[-1])}>; rel="next"'
+                    )
+        return web.json_response({"name": route.name, "tags": names}, headers=headers)
+
+
+def _subject(data: bytes) -> str:
+    try:
+        subject = json.loads(data).get("subject")
+        return str(subject["digest"]) if isinstance(subject, dict) else ""
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return ""

@@ -1,0 +1,381 @@
+"""The registry of one node: the store, the mesh fetch, tags as the mesh agrees on them, warm-up.
+
+The node feeds it the mesh through `MeshView` and publishes what it announces; the router asks it
+for content. It knows peers only as addresses handed over by the view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Protocol
+
+from mesh.config import Config
+from mesh.net.client import PeerClient
+from mesh.net.contract import ContentStream
+from mesh.protocol import oci
+from mesh.protocol.oci import TagState
+from mesh.protocol.wire import ImageMeta, Tags
+from mesh.registry.errors import RegistryError
+from mesh.registry.fetch import Fetch, Fetcher, read_fetch
+from mesh.registry.manifest import MAX_MANIFEST, Parsed, closure, parse
+from mesh.registry.names import MAX_NAME as MAX_NAME_LEN
+from mesh.registry.names import NAME, valid_tag
+from mesh.registry.store import Store
+
+log = logging.getLogger("cachemesh.registry")
+
+
+class MeshView(Protocol):
+    """What the registry needs of the node."""
+
+    def live_manifests(self) -> Mapping[str, Mapping[str, Tags]]:
+        """Live peers' manifest entries, by node ID."""
+        ...
+
+    def metas(self) -> Mapping[str, ImageMeta]: ...
+
+    def nearest(self, nodes: list[str]) -> list[str]:
+        """Addresses of these nodes, lowest RTT first."""
+        ...
+
+    def name(self, node: str) -> str:
+        """A node's name, for people."""
+        ...
+
+    def publish(self) -> None:
+        """The registry's announcement changed: put it into the local manifest."""
+        ...
+
+
+class Counters(Protocol):
+    def request(self, method: str, outcome: str) -> None: ...
+
+    def served(self, n: int) -> None: ...
+
+    def fetched(self, n: int) -> None: ...
+
+
+class _NoCounters:
+    def request(self, method: str, outcome: str) -> None:
+        pass
+
+    def served(self, n: int) -> None:
+        pass
+
+    def fetched(self, n: int) -> None:
+        pass
+
+
+class Registry:
+    def __init__(
+        self,
+        config: Config,
+        client: PeerClient,
+        view: MeshView,
+        counters: Counters | None = None,
+    ) -> None:
+        self.config = config
+        self.view = view
+        self.counters: Counters = counters or _NoCounters()
+        self.store = Store(Path(config.data_dir) / "registry")
+        self.fetcher = Fetcher(
+            self.store,
+            client,
+            self._holder_addrs,
+            idle_timeout=config.transfer_idle_timeout,
+            on_bytes=self.counters.fetched,
+            on_stored=lambda digest: self.changed(),
+        )
+        self._parsed: dict[str, Parsed] = {}
+        self._announcement: tuple[dict[str, Tags], list[ImageMeta]] | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.warm_errors: dict[str, str] = {}
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="registry")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.fetcher.close()
+
+    def poke(self) -> None:
+        """The mesh's manifests changed: merge tags, warm up."""
+        self._wake.set()
+
+    def changed(self) -> None:
+        """Local content or tags changed: announce again."""
+        self._announcement = None
+        self.view.publish()
+        self._wake.set()
+
+    # --- manifests -------------------------------------------------------------------------
+
+    def parsed(self, digest: str) -> Parsed | None:
+        """A held manifest's references (manifests are immutable: parsed once)."""
+        cached = self._parsed.get(digest)
+        if cached is not None:
+            return cached
+        media_type = self.store.media_type(digest)
+        if media_type is None:
+            return None
+        try:
+            parsed = parse(self.store.read(digest, MAX_MANIFEST), media_type)
+        except (RegistryError, OSError):
+            return None
+        self._parsed[digest] = parsed
+        return parsed
+
+    def complete(self, digest: str) -> tuple[list[str], int] | None:
+        """(referenced digests, total bytes) if this node holds `digest` and everything it needs."""
+        found = closure(digest, self.parsed)
+        if found is None or found[1]:
+            return None
+        total = self.store.size(digest) or 0
+        for needed in found[0]:
+            size = self.store.size(needed)
+            if size is None:
+                return None
+            total += size
+        return found[0], total
+
+    def announcement(self) -> tuple[dict[str, Tags], list[ImageMeta]]:
+        """Entries and metas for the local manifest: every manifest held completely, with the
+        tags that point at it here."""
+        if self._announcement is None:
+            refs: dict[str, dict[str, int]] = {}
+            for ref, state in self.store.all_tags().items():
+                refs.setdefault(state.digest, {})[ref] = state.pushed_ms
+            entries: dict[str, Tags] = {}
+            metas: list[ImageMeta] = []
+            for digest in self.store.manifests():
+                held = self.complete(digest)
+                if held is None:
+                    continue
+                entries[oci.entry_key(digest)] = oci.announce(digest, refs.get(digest, {}))
+                metas.append(oci.registry_meta(digest, held[0], held[1]))
+            self._announcement = entries, metas
+        return self._announcement
+
+    # --- tags ---------------------------------------------------------------------------------
+
+    def resolve(self) -> dict[str, TagState]:
+        """repo:tag -> state: this node's table merged with every live peer's announcements."""
+        merged = oci.resolve(self.view.live_manifests().values())
+        for ref, state in self.store.all_tags().items():
+            if ref not in merged or state > merged[ref]:
+                merged[ref] = state
+        return merged
+
+    def tag(self, name: str, tag: str) -> TagState | None:
+        own = self.store.tag(name, tag)
+        remote = oci.resolve(self.view.live_manifests().values()).get(f"{name}:{tag}")
+        if remote is not None and (own is None or remote > own):
+            return remote
+        return own
+
+    async def push_tag(self, name: str, tag: str, digest: str) -> None:
+        """A client pushed `name:tag`: it points at `digest` from now on, here and everywhere."""
+        current = self.tag(name, tag)
+        now_ms = int(time.time() * 1000)
+        # Newest push wins: never stamp a push older than the state it replaces (clock skew).
+        pushed = max(now_ms, current.pushed_ms + 1) if current is not None else now_ms
+        await self.store.set_tag(name, tag, TagState(pushed, digest))
+        self.changed()
+
+    async def merge_tags(self) -> bool:
+        """Adopt tags the mesh moved: a newer push elsewhere wins over this node's table."""
+        own = self.store.all_tags()
+        moved = False
+        for ref, state in oci.resolve(self.view.live_manifests().values()).items():
+            current = own.get(ref)
+            if current is None or state > current:
+                name, _, tag = ref.rpartition(":")
+                if not (NAME.fullmatch(name) and len(name) <= MAX_NAME_LEN and valid_tag(tag)):
+                    continue  # a peer's garbage never becomes a path
+                with contextlib.suppress(OSError):
+                    await self.store.set_tag(name, tag, state)
+                    moved = True
+        if moved:
+            self.changed()
+        return moved
+
+    # --- content --------------------------------------------------------------------------
+
+    def _holder_addrs(self, digest: str) -> list[str]:
+        nodes = oci.holders(digest, self.view.live_manifests(), self.view.metas())
+        return self.view.nearest(nodes)
+
+    def locate(self, digest: str) -> tuple[int, Fetch | None]:
+        """(size, running fetch) for a blob: held here (no fetch), or being fetched from the mesh.
+        Raises BLOB_UNKNOWN at once when no live peer holds it."""
+        size = self.store.size(digest)
+        if size is not None:
+            return size, None
+        fetch = self.fetcher.start(digest)
+        return -1, fetch
+
+    async def sized(self, digest: str) -> tuple[int, Fetch | None]:
+        size, fetch = self.locate(digest)
+        if fetch is None:
+            return size, None
+        await fetch.sized.wait()
+        if fetch.error is not None or fetch.size is None:
+            if self.store.has(digest):  # finished between the two looks
+                return self.store.size(digest) or 0, None
+            raise fetch.error or RegistryError("BLOB_UNKNOWN", f"{digest} could not be fetched")
+        return fetch.size, fetch
+
+    async def read(self, digest: str, fetch: Fetch | None, start: int, end: int) -> AsyncIterator[bytes]:
+        if fetch is None:
+            for chunk in self.store.chunks(digest, start, end):
+                self.counters.served(len(chunk))
+                yield chunk
+            return
+        async for chunk in read_fetch(fetch, self.store, start, end):
+            yield chunk
+
+    async def manifest(self, digest: str) -> tuple[bytes, str]:
+        """A manifest by digest: held, or fetched from the mesh (whole: manifests are small)."""
+        media_type = self.store.media_type(digest)
+        if media_type is None:
+            try:
+                fetch = await self.fetcher.fetch(digest)
+            except RegistryError as exc:
+                raise RegistryError("MANIFEST_UNKNOWN", str(exc)) from None
+            media_type = self.store.media_type(digest) or fetch.media_type
+            if not media_type:
+                raise RegistryError("MANIFEST_UNKNOWN", f"{digest} is a blob, not a manifest")
+        data = self.store.read(digest, MAX_MANIFEST)
+        return data, media_type
+
+    async def put_manifest(self, digest: str, data: bytes, parsed: Parsed) -> None:
+        missing = [d for d in (*parsed.blobs, *parsed.children) if not self.store.has(d)]
+        if missing:
+            raise RegistryError(
+                "MANIFEST_BLOB_UNKNOWN",
+                f"the manifest references {missing[0]}, which is not here",
+                detail={"digest": missing[0]},
+            )
+        await self.store.put_bytes(digest, data, parsed.media_type)
+        self._parsed[digest] = parsed
+        self.changed()
+
+    def open_content(self, digest: str, offset: int) -> ContentStream | None:
+        """For peers: content held here, from `offset` on."""
+        size = self.store.size(digest)
+        if size is None:
+            return None
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for chunk in self.store.chunks(digest, offset):
+                yield chunk
+
+        return ContentStream(size, self.store.media_type(digest) or "", chunks())
+
+    # --- status -------------------------------------------------------------------------------
+
+    def status(self, listen: str) -> dict[str, object]:
+        """The `registry` section of /api/status."""
+        resolved = self.resolve()
+        live = self.view.live_manifests()
+        metas = self.view.metas()
+        repos: dict[str, list[dict[str, object]]] = {}
+        for ref, state in sorted(resolved.items()):
+            name, _, tag = ref.rpartition(":")
+            holders = [self.view.name(n) for n in oci.holders(state.digest, live, metas)]
+            here = self.complete(state.digest) is not None
+            repos.setdefault(name, []).append(
+                {
+                    "tag": tag,
+                    "digest": state.digest,
+                    "pushed_ms": state.pushed_ms,
+                    "here": here,
+                    "holders": sorted(holders) + (["(this node)"] if here else []),
+                }
+            )
+        held, wanted = self.warm_progress()
+        return {
+            "listen": listen,
+            "repositories": [{"name": n, "tags": t} for n, t in repos.items()],
+            "bytes_held": self.store.bytes_held(),
+            "blobs_held": len(self.store.digests()),
+            "fetches": [
+                {"digest": f.digest, "source": f.source, "bytes": f.written, "total": f.size or 0}
+                for f in self.fetcher.active.values()
+            ],
+            "warm": {
+                "globs": list(self.config.registry_warm),
+                "held": held,
+                "wanted": wanted,
+                "errors": dict(self.warm_errors),
+            },
+        }
+
+    # --- warm-up ------------------------------------------------------------------------------
+
+    def warm_targets(self) -> dict[str, str]:
+        """repo:tag -> digest for every tag matching --registry-warm."""
+        globs = self.config.registry_warm
+        if not globs:
+            return {}
+        return {
+            ref: state.digest
+            for ref, state in self.resolve().items()
+            if any(fnmatch.fnmatchcase(ref, g) for g in globs)
+        }
+
+    def warm_progress(self) -> tuple[int, int]:
+        """(tags held completely, tags to warm)."""
+        targets = self.warm_targets()
+        held = sum(1 for digest in set(targets.values()) if self.complete(digest) is not None)
+        return held, len(set(targets.values()))
+
+    def warm_reason(self) -> str:
+        """Why the registry is not warm yet, or "" when it is."""
+        held, wanted = self.warm_progress()
+        if held >= wanted:
+            return ""
+        return f"fetching registry cache: {held} of {wanted} manifests held"
+
+    async def _warm(self) -> None:
+        for ref, digest in sorted(self.warm_targets().items()):
+            if self.complete(digest) is not None:
+                continue
+            try:
+                await self.manifest(digest)
+                found = closure(digest, self.parsed)
+                while found is not None and found[1]:  # an index: fetch the children, then look again
+                    for child in found[1]:
+                        await self.manifest(child)
+                    found = closure(digest, self.parsed)
+                for needed in found[0] if found else []:
+                    if not self.store.has(needed):
+                        await self.fetcher.fetch(needed)
+                self.warm_errors.pop(ref, None)
+            except RegistryError as exc:
+                self.warm_errors[ref] = str(exc)
+                log.warning("warming %s: %s", ref, exc)
+
+    async def _loop(self) -> None:
+        while True:
+            # Woken by gossip; every few seconds anyway while warm-up is unfinished (retries).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0 if self.warm_errors else None):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.merge_tags()
+                await self._warm()
+            except Exception:
+                log.exception("registry upkeep failed")
+            await asyncio.sleep(0.05)  # a burst of gossip events is one pass

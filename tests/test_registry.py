@@ -1,0 +1,320 @@
+"""The registry's store and router, through aiohttp's test client, with no mesh behind them.
+
+Each bad input must leave the store unchanged and the registry serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from mesh.config import Config
+from mesh.net.auth import Signer
+from mesh.net.client import PeerClient
+from mesh.protocol import oci
+from mesh.protocol.wire import ImageMeta, Tags
+from mesh.registry.manifest import BUILDKIT_CACHE_CONFIG, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
+from mesh.registry.names import BadName, Kind, parse_path
+from mesh.registry.router import registry_app
+from mesh.registry.service import Registry
+
+
+class NoMesh:
+    """A node alone: no peers."""
+
+    def __init__(self) -> None:
+        self.published = 0
+
+    def live_manifests(self) -> Mapping[str, Mapping[str, Tags]]:
+        return {}
+
+    def metas(self) -> Mapping[str, ImageMeta]:
+        return {}
+
+    def nearest(self, nodes: list[str]) -> list[str]:
+        return []
+
+    def name(self, node: str) -> str:
+        return node
+
+    def publish(self) -> None:
+        self.published += 1
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+async def client(workdir: Path) -> AsyncIterator[TestClient]:
+    config = Config.local(secret=b"registry-test-secret-0123", data_dir=str(workdir))
+    peer_client = PeerClient(Signer(b"k" * 32, "default", "test"), max_message_bytes=1 << 20, timeout=2)
+    registry = Registry(config, peer_client, NoMesh())
+    await registry.start()
+    async with TestClient(TestServer(registry_app(registry))) as test_client:
+        test_client.registry = registry  # type: ignore[attr-defined]
+        yield test_client
+    await registry.stop()
+    await peer_client.close()
+
+
+def store_files(workdir: Path) -> set[str]:
+    """What the store shows: blobs, media types, tags (not uploads in progress or scratch files)."""
+    root = workdir / "registry"
+    files = {p.relative_to(root) for p in root.rglob("*") if p.is_file()}
+    return {str(p) for p in files if p.parts[0] in ("blobs", "types", "tags")}
+
+
+async def push_blob(client: TestClient, name: str, data: bytes, chunks: int = 1) -> str:
+    digest = digest_of(data)
+    r = await client.post(f"/v2/{name}/blobs/uploads/")
+    assert r.status == 202, await r.text()
+    location = r.headers["Location"]
+    step = max(1, len(data) // chunks)
+    for i in range(0, len(data), step):
+        part = data[i : i + step]
+        r = await client.patch(
+            location,
+            data=part,
+            headers={"Content-Range": f"{i}-{i + len(part) - 1}", "Content-Type": "application/octet-stream"},
+        )
+        assert r.status == 202, await r.text()
+        assert r.headers["Range"] == f"0-{i + len(part) - 1}"
+        location = r.headers["Location"]
+    r = await client.put(f"{location}?digest={digest}")
+    assert r.status == 201, await r.text()
+    assert r.headers["Docker-Content-Digest"] == digest
+    return digest
+
+
+def image_manifest(config: str, layers: list[tuple[str, int]], media_type: str = OCI_MANIFEST) -> bytes:
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": media_type,
+            "config": {"mediaType": BUILDKIT_CACHE_CONFIG, "digest": config, "size": 2},
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": s}
+                for d, s in layers
+            ],
+        }
+    ).encode()
+
+
+async def raw_request(client: TestClient, method: str, path: str) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(
+        f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
+    )
+    await writer.drain()
+    response = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def error_code(response) -> str:  # type: ignore[no-untyped-def]
+    return str((await response.json())["errors"][0]["code"])
+
+
+def test_paths_parse_once() -> None:
+    assert parse_path("") is not None and parse_path("").kind is Kind.BASE  # type: ignore[union-attr]
+    route = parse_path("cache/app/blobs/uploads/")
+    assert route is not None and (route.kind, route.name, route.reference) == (Kind.UPLOAD, "cache/app", "")
+    route = parse_path("a/b/manifests/v1")
+    assert route is not None and (route.kind, route.name) == (Kind.MANIFEST, "a/b")
+    route = parse_path("x/tags/list")
+    assert route is not None and route.kind is Kind.TAGS
+    for bad in ("../etc/blobs/x", "A/blobs/x", "a//b/manifests/x", "a/../b/manifests/x", "-a/tags/list"):
+        with pytest.raises(BadName):
+            parse_path(bad)
+    assert parse_path("nothing-here") is None
+
+
+def test_gossip_tags_round_trip() -> None:
+    d1, d2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+    tags = oci.announce(d1, {"cache/app:ms": 5})
+    assert oci.is_registry_entry(tags) and not oci.is_registry_entry(("app:1",))
+    assert oci.parse(tags) == (d1, {"cache/app:ms": 5})
+    winner = oci.resolve(
+        [{oci.entry_key(d1): tags}, {oci.entry_key(d2): oci.announce(d2, {"cache/app:ms": 7})}]
+    )
+    assert winner["cache/app:ms"] == oci.TagState(7, d2)
+    assert oci.entry_key(d1) != d1  # never an image ID
+
+
+async def test_base_and_blob_round_trip(client: TestClient) -> None:
+    r = await client.get("/v2/")
+    assert r.status == 200 and r.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+    data = bytes(range(256)) * 4096  # 1 MiB, in 3 PATCHes
+    digest = await push_blob(client, "cache/app", data, chunks=3)
+    r = await client.head(f"/v2/cache/app/blobs/{digest}")
+    assert r.status == 200
+    assert r.headers["Content-Length"] == str(len(data)) and r.headers["Docker-Content-Digest"] == digest
+    r = await client.get(f"/v2/other/repo/blobs/{digest}")
+    assert r.status == 200 and await r.read() == data
+    r = await client.get(f"/v2/cache/app/blobs/{digest}", headers={"Range": "bytes=10-19"})
+    assert r.status == 206 and await r.read() == data[10:20]
+    assert r.headers["Content-Range"] == f"bytes 10-19/{len(data)}"
+    r = await client.get(f"/v2/cache/app/blobs/{digest}", headers={"Range": "bytes=1000-"})
+    assert r.status == 206 and await r.read() == data[1000:]
+
+
+async def test_monolithic_put_and_mount(client: TestClient) -> None:
+    data = b"monolithic blob"
+    digest = digest_of(data)
+    r = await client.post("/v2/a/blobs/uploads/")
+    r = await client.put(f"{r.headers['Location']}?digest={digest}", data=data)
+    assert r.status == 201
+    r = await client.post(f"/v2/b/blobs/uploads/?mount={digest}&from=a")
+    assert r.status == 201 and r.headers["Location"] == f"/v2/b/blobs/{digest}"
+    r = await client.post(f"/v2/b/blobs/uploads/?mount={digest_of(b'absent')}&from=a")
+    assert r.status == 202  # not held: an ordinary upload starts
+    r = await client.post(f"/v2/c/blobs/uploads/?digest={digest_of(b'one post')}", data=b"one post")
+    assert r.status == 201
+
+
+async def test_manifests_by_tag_and_digest(client: TestClient) -> None:
+    config = await push_blob(client, "cache/app", b"{}")
+    layer = await push_blob(client, "cache/app", b"layer bytes" * 1000)
+    body = image_manifest(config, [(layer, 11000)])
+    r = await client.put("/v2/cache/app/manifests/ms", data=body, headers={"Content-Type": OCI_MANIFEST})
+    assert r.status == 201, await r.text()
+    digest = r.headers["Docker-Content-Digest"]
+    assert digest == digest_of(body)
+    for ref in ("ms", digest):
+        r = await client.head(f"/v2/cache/app/manifests/{ref}")
+        assert r.status == 200 and r.headers["Content-Length"] == str(len(body))
+        assert r.headers["Docker-Content-Digest"] == digest and r.headers["Content-Type"] == OCI_MANIFEST
+        r = await client.get(f"/v2/cache/app/manifests/{ref}")
+        assert await r.read() == body
+    # An index over it, and a Docker v2 manifest: both stored with their media types.
+    index = json.dumps(
+        {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [{"digest": digest, "size": len(body)}]}
+    ).encode()
+    r = await client.put("/v2/cache/app/manifests/index", data=index, headers={"Content-Type": OCI_INDEX})
+    assert r.status == 201
+    docker = image_manifest(config, [(layer, 11000)], DOCKER_MANIFEST)
+    r = await client.put("/v2/img/manifests/1", data=docker, headers={"Content-Type": DOCKER_MANIFEST})
+    assert r.status == 201
+    r = await client.get("/v2/img/manifests/1")
+    assert r.headers["Content-Type"] == DOCKER_MANIFEST
+    r = await client.get("/v2/cache/app/tags/list")
+    assert await r.json() == {"name": "cache/app", "tags": ["index", "ms"]}
+    r = await client.get("/v2/cache/app/tags/list?n=1")
+    assert (await r.json())["tags"] == ["index"] and "last=index" in r.headers["Link"]
+    # Held completely: announced in the manifest gossip with its tag.
+    entries, metas = client.registry.announcement()  # type: ignore[attr-defined]
+    parsed = oci.parse(entries[oci.entry_key(digest)])
+    assert parsed is not None and "cache/app:ms" in parsed[1]
+    meta = next(m for m in metas if m.id == oci.entry_key(digest))
+    assert set(meta.layers) == {config, layer}
+
+
+async def test_a_newer_push_moves_the_tag(client: TestClient) -> None:
+    config = await push_blob(client, "r", b"{}")
+    first = image_manifest(config, [])
+    second = image_manifest(config, [(config, 2)])
+    for body in (first, second):
+        r = await client.put("/v2/r/manifests/t", data=body, headers={"Content-Type": OCI_MANIFEST})
+        assert r.status == 201
+    r = await client.get("/v2/r/manifests/t")
+    assert await r.read() == second
+
+
+async def test_bad_input_leaves_the_store_unchanged(client: TestClient, workdir: Path) -> None:
+    good = await push_blob(client, "r", b"good")
+    before = store_files(workdir)
+
+    # A wrong digest: 400 DIGEST_INVALID, nothing stored.
+    r = await client.post("/v2/r/blobs/uploads/")
+    r = await client.put(f"{r.headers['Location']}?digest={digest_of(b'other')}", data=b"payload")
+    assert r.status == 400 and await error_code(r) == "DIGEST_INVALID"
+    assert not client.registry.store.has(digest_of(b"payload"))  # type: ignore[attr-defined]
+    r = await client.put(f"/v2/r/blobs/uploads/x?digest=sha256:{'0' * 63}", data=b"x")
+    assert r.status in (400, 404)
+
+    # An upload cut short: the PATCH body ends early (Content-Length says more). Nothing visible.
+    r = await client.post("/v2/r/blobs/uploads/")
+    location = r.headers["Location"]
+    host, port = client.host, client.port
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        f"PATCH {location} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 100000\r\n\r\n".encode() + b"x" * 1000
+    )
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    # An unknown upload ID.
+    r = await client.patch("/v2/r/blobs/uploads/not-an-upload", data=b"x")
+    assert r.status == 404 and await error_code(r) == "BLOB_UPLOAD_UNKNOWN"
+    r = await client.put(f"/v2/r/blobs/uploads/not-an-upload?digest={good}", data=b"x")
+    assert r.status == 404 and await error_code(r) == "BLOB_UPLOAD_UNKNOWN"
+    # A manifest over 4 MiB.
+    r = await client.put(
+        "/v2/r/manifests/big",
+        data=b"{" + b" " * (4 * 1024 * 1024) + b"}",
+        headers={"Content-Type": OCI_MANIFEST},
+    )
+    assert r.status == 413
+    # A manifest that references missing blobs.
+    missing = image_manifest(good, [(digest_of(b"never pushed"), 12)])
+    r = await client.put("/v2/r/manifests/m", data=missing, headers={"Content-Type": OCI_MANIFEST})
+    assert r.status == 400 and await error_code(r) == "MANIFEST_BLOB_UNKNOWN"
+    r = await client.put("/v2/r/manifests/m", data=b"not json", headers={"Content-Type": OCI_MANIFEST})
+    assert r.status == 400 and await error_code(r) == "MANIFEST_INVALID"
+    # Invalid and path-escaping names, sent raw (an HTTP client would normalise the dots away).
+    for path in (
+        "/v2/UPPER/blobs/uploads/",
+        "/v2/a/../../etc/blobs/uploads/",
+        "/v2/a/%2e%2e/b/blobs/uploads/",
+        "/v2/..%2f..%2fetc/blobs/uploads/",
+        "/v2/a%00b/blobs/uploads/",
+        "/v2/" + "a" * 300 + "/blobs/uploads/",
+    ):
+        status, body = await raw_request(client, "POST", path)
+        assert status in (400, 404), path
+        if status == 400:
+            assert json.loads(body)["errors"][0]["code"] == "NAME_INVALID", path
+    r = await client.get("/v2/a/manifests/..%2f..%2fpasswd")
+    assert r.status == 404
+    r = await client.get("/v2/r/blobs/sha256:../../x")
+    assert r.status == 400 and await error_code(r) == "DIGEST_INVALID"
+    # A Range past the end.
+    r = await client.get(f"/v2/r/blobs/{good}", headers={"Range": "bytes=100-200"})
+    assert r.status == 416 and r.headers["Content-Range"] == "bytes */4"
+    # Unknown content is a 404 at once.
+    r = await client.head(f"/v2/r/blobs/{digest_of(b'nobody has this')}")
+    assert r.status == 404
+    r = await client.get("/v2/r/manifests/unknown-tag")
+    assert r.status == 404 and await error_code(r) == "MANIFEST_UNKNOWN"
+
+    assert store_files(workdir) == before and before
+    r = await client.get(f"/v2/r/blobs/{good}")
+    assert r.status == 200 and await r.read() == b"good"
+
+
+async def test_deletes_are_unsupported(client: TestClient) -> None:
+    r = await client.delete(f"/v2/r/manifests/{digest_of(b'x')}")
+    assert r.status == 405 and await error_code(r) == "UNSUPPORTED"
+
+
+async def test_store_survives_leftovers(workdir: Path) -> None:
+    """A crash mid-write leaves temp and upload files, never a partial blob: they are wiped."""
+    root = workdir / "registry"
+    (root / "tmp").mkdir(parents=True)
+    (root / "tmp" / "partial").write_bytes(b"half")
+    (root / "uploads").mkdir()
+    (root / "uploads" / "abc").write_bytes(b"half")
+    from mesh.registry.store import Store
+
+    store = Store(root)
+    assert not any((root / "tmp").iterdir()) and not any((root / "uploads").iterdir())
+    assert store.digests() == []
