@@ -1,0 +1,192 @@
+"""Registry content across in-process nodes on loopback: a push on one is a pull on another."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from mesh.lab.poll import async_wait_until
+from mesh.net.client import ContentStream
+from mesh.node.node import Node
+from mesh.registry.manifest import BUILDKIT_CACHE_CONFIG, OCI_MANIFEST
+from tests.inproc import start_node
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+async def push(session: aiohttp.ClientSession, node: Node, ref: str, blobs: list[bytes]) -> str:
+    """Push blobs and a manifest naming them to `node`'s registry as `ref` (repo:tag)."""
+    name, _, tag = ref.rpartition(":")
+    base = f"http://{node.registry_addr}"
+    descriptors = []
+    for data in blobs:
+        digest = digest_of(data)
+        async with session.post(f"{base}/v2/{name}/blobs/uploads/") as r:
+            location = r.headers["Location"]
+        async with session.put(f"{base}{location}?digest={digest}", data=data) as r:
+            assert r.status == 201, await r.text()
+        descriptors.append({"mediaType": "application/octet-stream", "digest": digest, "size": len(data)})
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {**descriptors[0], "mediaType": BUILDKIT_CACHE_CONFIG},
+            "layers": descriptors[1:],
+        }
+    ).encode()
+    async with session.put(
+        f"{base}/v2/{name}/manifests/{tag}", data=manifest, headers={"Content-Type": OCI_MANIFEST}
+    ) as r:
+        assert r.status == 201, await r.text()
+        return r.headers["Docker-Content-Digest"]
+
+
+async def resolves(session: aiohttp.ClientSession, node: Node, ref: str) -> str | None:
+    name, _, tag = ref.rpartition(":")
+    async with session.head(f"http://{node.registry_addr}/v2/{name}/manifests/{tag}") as r:
+        return r.headers.get("Docker-Content-Digest") if r.status == 200 else None
+
+
+async def get_blob(session: aiohttp.ClientSession, node: Node, digest: str) -> bytes:
+    async with session.get(f"http://{node.registry_addr}/v2/any/blobs/{digest}") as r:
+        assert r.status == 200, await r.text()
+        return await r.read()
+
+
+def content_requests(node: Node) -> float:
+    return sum(
+        sample.value
+        for metric in node.metrics.registry.collect()
+        if metric.name == "cachemesh_peer_requests"
+        for sample in metric.samples
+        if sample.labels.get("endpoint") == "content" and sample.name.endswith("_total")
+    )
+
+
+@pytest.fixture
+async def pair(workdir: Path):  # type: ignore[no-untyped-def]
+    a = await start_node(workdir, "a")
+    b = await start_node(workdir, "b", seeds=(a.advertise,))
+    session = aiohttp.ClientSession()
+    try:
+        await async_wait_until(lambda: a.node_id in b.core.membership.live_ids(), 10, what="b sees a")
+        yield a, b, session
+    finally:
+        await session.close()
+        await b.stop()
+        await a.stop()
+
+
+async def test_pushed_on_a_pulled_from_b(pair) -> None:  # type: ignore[no-untyped-def]
+    a, b, session = pair
+    layer = bytes(range(256)) * 20_000  # 5 MB
+    config = b'{"layers": []}'
+    digest = await push(session, a, "cache/app:ms", [config, layer])
+    pushed = time.monotonic()
+    await async_wait_until(
+        lambda: resolves(session, b, "cache/app:ms"), 5, what="b resolves the tag a pushed"
+    )
+    served_after = time.monotonic() - pushed
+    assert await resolves(session, b, "cache/app:ms") == digest
+    async with session.get(f"http://{b.registry_addr}/v2/cache/app/manifests/ms") as r:
+        assert digest_of(await r.read()) == digest
+    # Three clients at once: one fetch from a.
+    before = content_requests(a)
+    results = await asyncio.gather(*(get_blob(session, b, digest_of(layer)) for _ in range(3)))
+    assert all(r == layer for r in results)
+    assert content_requests(a) - before == 1
+    assert b.registry.store.has(digest_of(layer))
+    assert await get_blob(session, b, digest_of(config)) == config
+    # b holds it all now, and says so: a's view of the mesh lists b as a holder.
+    await async_wait_until(
+        lambda: any(
+            "b" == t_holder
+            for repo in a.registry.status("")["repositories"]  # type: ignore[index, attr-defined]
+            for t in repo["tags"]  # type: ignore[index]
+            for t_holder in t["holders"]
+        ),
+        5,
+        what="a sees b hold the cache",
+    )
+    assert served_after < 2.0
+
+
+async def test_newest_push_wins_everywhere(pair) -> None:  # type: ignore[no-untyped-def]
+    a, b, session = pair
+    first = await push(session, a, "img:1", [b"{}", b"one"])
+    await async_wait_until(lambda: resolves(session, b, "img:1"), 5, what="b learns img:1")
+    second = await push(session, b, "img:1", [b"{}", b"two"])
+    assert first != second
+    await async_wait_until(
+        lambda: _equals(resolves(session, a, "img:1"), second), 5, what="a follows b's newer push"
+    )
+    assert await resolves(session, b, "img:1") == second
+
+
+async def _equals(value, expected) -> bool:  # type: ignore[no-untyped-def]
+    return await value == expected
+
+
+async def test_unknown_content_is_404_at_once(pair) -> None:  # type: ignore[no-untyped-def]
+    a, b, session = pair
+    started = time.monotonic()
+    async with session.get(f"http://{b.registry_addr}/v2/x/blobs/{digest_of(b'nobody')}") as r:
+        assert r.status == 404
+    async with session.get(f"http://{b.registry_addr}/v2/x/manifests/{digest_of(b'nobody')}") as r:
+        assert r.status == 404
+    assert time.monotonic() - started < 1.0
+
+
+async def test_a_source_dying_mid_blob_resumes_from_another(workdir: Path) -> None:
+    a = await start_node(workdir, "a")
+    c = await start_node(workdir, "c", seeds=(a.advertise,))
+    b = await start_node(workdir, "b", seeds=(a.advertise,))
+    session = aiohttp.ClientSession()
+    try:
+        await async_wait_until(lambda: len(b.core.membership.live_ids()) == 2, 10, what="b sees a and c")
+        layer = bytes(range(256)) * 40_000  # 10 MB
+        digest = await push(session, a, "big:1", [b"{}", layer])
+        await push(session, c, "big:2", [b"{}", layer])
+        blob = digest_of(layer)
+        await async_wait_until(
+            lambda: len(b.registry._holder_addrs(blob)) == 2, 5, what="b knows two holders"
+        )
+        # a breaks off after 3 MB, as a peer killed mid-stream does; b must be asked to use a first.
+        real_open = a.registry.open_content
+
+        def dying(digest_: str, offset: int) -> ContentStream | None:
+            stream = real_open(digest_, offset)
+            if stream is None or digest_ != blob:
+                return stream
+
+            async def chunks():  # type: ignore[no-untyped-def]
+                sent = 0
+                async for chunk in stream.chunks:
+                    if sent >= 3_000_000:
+                        raise ConnectionResetError("killed")
+                    sent += len(chunk)
+                    yield chunk
+
+            return ContentStream(stream.size, stream.media_type, chunks())
+
+        a.registry.open_content = dying  # type: ignore[method-assign]
+        b.peer_server  # noqa: B018 (started)
+        order = [a.advertise, c.advertise]
+        b.registry.fetcher.holders = lambda d: [x for x in order if x in b.registry._holder_addrs(d)]
+        before_c = content_requests(c)
+        assert await get_blob(session, b, blob) == layer
+        assert content_requests(c) - before_c == 1  # the rest came from c
+        assert b.registry.store.has(blob)
+        assert digest
+    finally:
+        await session.close()
+        for node in (b, c, a):
+            await node.stop()
