@@ -108,7 +108,7 @@ async def test_pushed_on_a_pulled_from_b(pair) -> None:  # type: ignore[no-untyp
     # b holds it all now, and says so: a's view of the mesh lists b as a holder.
     await async_wait_until(
         lambda: any(
-            "b" == t_holder
+            t_holder == "b"
             for repo in a.registry.status("")["repositories"]  # type: ignore[index, attr-defined]
             for t in repo["tags"]  # type: ignore[index]
             for t_holder in t["holders"]
