@@ -86,7 +86,8 @@ def test_docker_push_on_a_pull_on_b(two_hosts, workdir) -> None:  # type: ignore
     assert row["digest"] == digest
 
     b.engine.cli("pull", f"{REGISTRY}/app/hello:1")
-    repo_digests = b.engine.cli("image", "inspect", "--format", "{{json .RepoDigests}}", f"{REGISTRY}/app/hello:1")
+    image = f"{REGISTRY}/app/hello:1"
+    repo_digests = b.engine.cli("image", "inspect", "--format", "{{json .RepoDigests}}", image)
     assert digest in repo_digests.stdout
     out = b.engine.cli("run", "--rm", "--network", "none", f"{REGISTRY}/app/hello:1").stdout
     assert out.strip() == "hello from a"
