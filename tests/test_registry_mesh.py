@@ -190,3 +190,43 @@ async def test_a_source_dying_mid_blob_resumes_from_another(workdir: Path) -> No
         await session.close()
         for node in (b, c, a):
             await node.stop()
+
+
+async def test_warm_up_gates_readiness(workdir: Path) -> None:
+    a = await start_node(workdir, "a")
+    session = aiohttp.ClientSession()
+    b = None
+    try:
+        layer = bytes(range(256)) * 8_000
+        digest = await push(session, a, "cache/app:ms", [b"{}", layer])
+        await push(session, a, "other/app:1", [b"{}", b"not warmed"])
+        b = await start_node(workdir, "b", seeds=(a.advertise,), registry_warm=("cache/*",))
+        seen: list[str] = []
+
+        def ready() -> bool:
+            ok, reason = b.readiness.check()  # type: ignore[union-attr]
+            seen.append(reason)
+            return ok
+
+        await async_wait_until(ready, 15, what="b warm")
+        # Ready only once the matching tag's manifest and every blob are here; the rest is not.
+        assert b.registry.complete(digest) is not None
+        assert b.registry.tag("other/app", "1") is not None
+        assert not b.registry.store.has(digest_of(b"not warmed"))
+        async with session.get(f"http://{b.status_addr}/api/status") as r:
+            section = (await r.json())["registry"]
+        assert section["warm"] == {"globs": ["cache/*"], "held": 1, "wanted": 1, "errors": {}}
+        rows = {f"{repo['name']}:{t['tag']}": t for repo in section["repositories"] for t in repo["tags"]}
+        assert rows["cache/app:ms"]["here"] and rows["cache/app:ms"]["digest"] == digest
+        assert not rows["other/app:1"]["here"] and rows["other/app:1"]["holders"] == ["a"]
+        async with session.get(f"http://{b.status_addr}/metrics") as r:
+            metrics = await r.text()
+        assert 'cachemesh_registry_bytes_total{source="peers"}' in metrics
+        assert "cachemesh_registry_fetches_in_flight 0.0" in metrics
+        async with session.get(f"http://{b.status_addr}/") as r:
+            assert "Registry" in await r.text()
+    finally:
+        await session.close()
+        if b is not None:
+            await b.stop()
+        await a.stop()
