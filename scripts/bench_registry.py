@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""`docker pull` through the mesh against the reference registry, in the same run.
+
+Two private dockerds on this machine (root needed) and Debian's `docker-registry` (the reference
+implementation, distribution 2.8). An image of --mb megabytes of random data is built on engine A
+and pushed twice: to the reference registry, and to node A's registry endpoint. Each round, on
+engine B, with B's images removed before each pull:
+  reference: `docker pull 127.0.0.1:R/bench:1` from the reference registry;
+  mesh:      `docker pull 127.0.0.1:NB/bench:1` from node B, a fresh node that holds nothing, so
+             every blob is fetched from node A as B's engine asks for it.
+Prints the median of each, their ratio (mesh / reference), and node B's peak RSS.
+
+    sudo .venv/bin/python scripts/bench_registry.py --mb 500 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mesh.lab.dockerd import Dockerd, available, import_base
+from mesh.lab.nodes import NodeProcess
+from mesh.lab.poll import wait_until
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def reference_registry(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+    config = workdir / "registry.yml"
+    config.write_text(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
+        f"    rootdirectory: {workdir / 'registry-data'}\nhttp:\n  addr: 127.0.0.1:{port}\n"
+    )
+    log = open(workdir / "registry.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    wait_until(lambda: _answers(port), 30, 0.1, what="docker-registry answering")
+    return proc
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def clear(engine: Dockerd) -> None:
+    ids = engine.cli("images", "-a", "-q").stdout.split()
+    if ids:
+        engine.cli("rmi", "-f", *set(ids), check=False)
+
+
+def timed_pull(engine: Dockerd, ref: str) -> float:
+    clear(engine)
+    started = time.monotonic()
+    engine.cli("pull", "-q", ref, timeout=1800)
+    return time.monotonic() - started
+
+
+def knows(node: NodeProcess) -> bool:
+    return any(r["name"] == "bench" for r in node.api()["registry"]["repositories"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=int, default=500, help="image size in MB of random data")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if reason := available():
+        print(f"bench: {reason}", file=sys.stderr)
+        return 2
+    if not shutil.which("docker-registry"):
+        print("bench: docker-registry not installed (apt-get install docker-registry)", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="cachemesh-bench-registry-"))
+    a = Dockerd(workdir / "a", name="a").start()
+    b = Dockerd(workdir / "b", name="b").start()
+    ref_port, peer_a, reg_a, status_a = free_port(), free_port(), free_port(), free_port()
+    reference = reference_registry(workdir, ref_port)
+    node_a = NodeProcess(
+        "bench-a",
+        workdir,
+        env={
+            "CACHEMESH_DOCKER_HOST": a.host,
+            "CACHEMESH_LISTEN": f"127.0.0.1:{peer_a}",
+            "CACHEMESH_REGISTRY_LISTEN": f"127.0.0.1:{reg_a}",
+            "CACHEMESH_LOG_LEVEL": "warning",
+        },
+        status=f"127.0.0.1:{status_a}",
+    ).wait_up()
+    try:
+        import_base(a, "base:1")
+        layers = 4
+        per_layer = max(1, args.mb // layers)
+        dockerfile = "FROM base:1\n" + "".join(
+            f"RUN dd if=/dev/urandom of=/data{i} bs=1M count={per_layer} 2>/dev/null\n" for i in range(layers)
+        )
+        a.cli("build", "--network", "none", "-t", "bench:1", "-", input=dockerfile.encode(), timeout=1800)
+        size = int(a.cli("image", "inspect", "--format", "{{.Size}}", "bench:1").stdout) / 1e6
+        for port in (ref_port, reg_a):
+            a.cli("tag", "bench:1", f"127.0.0.1:{port}/bench:1")
+            started = time.monotonic()
+            a.cli("push", f"127.0.0.1:{port}/bench:1", timeout=1800)
+            print(f"pushed to 127.0.0.1:{port} in {time.monotonic() - started:.1f}s", flush=True)
+        print(f"image bench:1: {size:.0f} MB in {layers + 1} layers", flush=True)
+        refs, meshes, rss = [], [], []
+        for round_no in range(args.rounds):
+            refs.append(timed_pull(b, f"127.0.0.1:{ref_port}/bench:1"))
+            # A fresh node B each round: it holds nothing, so every blob comes from node A.
+            peer_b, reg_b, status_b = free_port(), free_port(), free_port()
+            node_b = NodeProcess(
+                f"bench-b{round_no}",
+                workdir,
+                env={
+                    "CACHEMESH_DOCKER_HOST": b.host,
+                    "CACHEMESH_LISTEN": f"127.0.0.1:{peer_b}",
+                    "CACHEMESH_REGISTRY_LISTEN": f"127.0.0.1:{reg_b}",
+                    "CACHEMESH_SEEDS": f"127.0.0.1:{peer_a}",
+                    "CACHEMESH_LOG_LEVEL": "warning",
+                },
+                status=f"127.0.0.1:{status_b}",
+            ).wait_up()
+            try:
+
+                wait_until(lambda n=node_b: knows(n), 30, 0.1, what="node B knows bench:1")
+                meshes.append(timed_pull(b, f"127.0.0.1:{reg_b}/bench:1"))
+                rss.append(peak_rss_mb(node_b.proc.pid))
+            finally:
+                node_b.stop()
+            print(
+                f"round {round_no + 1}: reference registry {refs[-1]:.2f}s, "
+                f"through node B (held only by A) {meshes[-1]:.2f}s, node B peak RSS {rss[-1]:.0f} MB",
+                flush=True,
+            )
+        r, m = statistics.median(refs), statistics.median(meshes)
+        print(f"reference docker-registry pull: {r:.2f}s ({size / r:.0f} MB/s)")
+        print(f"mesh pull via node B:           {m:.2f}s ({size / m:.0f} MB/s)")
+        print(f"ratio mesh/reference: {m / r:.2f}")
+        print(f"node B peak RSS: {max(rss):.0f} MB; node A peak RSS: {peak_rss_mb(node_a.proc.pid):.0f} MB")
+        return 0
+    finally:
+        node_a.stop()
+        reference.terminate()
+        reference.wait(timeout=10)
+        a.destroy()
+        b.destroy()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
