@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import time
 from pathlib import Path
 
 import aiohttp
 import pytest
+from rich.console import Console
 
 from mesh.lab.poll import async_wait_until
 from mesh.net.client import ContentStream
 from mesh.node.node import Node
 from mesh.registry.manifest import BUILDKIT_CACHE_CONFIG, OCI_MANIFEST
+from mesh.ui.status_cli import print_status
 from tests.inproc import start_node
 
 
@@ -214,7 +217,11 @@ async def test_warm_up_gates_readiness(workdir: Path) -> None:
         assert b.registry.tag("other/app", "1") is not None
         assert not b.registry.store.has(digest_of(b"not warmed"))
         async with session.get(f"http://{b.status_addr}/api/status") as r:
-            section = (await r.json())["registry"]
+            status = await r.json()
+        section = status["registry"]
+        out = io.StringIO()
+        print_status(status, Console(file=out, width=200))
+        assert "cache/app" in out.getvalue() and "Registry at" in out.getvalue()
         assert section["warm"] == {"globs": ["cache/*"], "held": 1, "wanted": 1, "errors": {}}
         rows = {f"{repo['name']}:{t['tag']}": t for repo in section["repositories"] for t in repo["tags"]}
         assert rows["cache/app:ms"]["here"] and rows["cache/app:ms"]["digest"] == digest

@@ -58,3 +58,17 @@ def print_status(s: dict[str, Any], console: Console | None = None) -> None:
                 size_text(t["rate"]) + "/s",
             )
         console.print(transfers)
+    registry = s.get("registry")
+    if registry:
+        rows = [(r["name"], t) for r in registry["repositories"] for t in r["tags"]]
+        table = Table(
+            title=f"Registry at {registry['listen']}: {size_text(registry['bytes_held'])} held here",
+            title_justify="left",
+        )
+        for column in ("repository", "tag", "digest", "here", "held by"):
+            table.add_column(column)
+        for name, t in rows:
+            table.add_row(
+                name, t["tag"], short_id(t["digest"]), "yes" if t["here"] else "no", ", ".join(t["holders"])
+            )
+        console.print(table)
