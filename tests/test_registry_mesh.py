@@ -237,3 +237,27 @@ async def test_warm_up_gates_readiness(workdir: Path) -> None:
         if b is not None:
             await b.stop()
         await a.stop()
+
+
+async def test_a_manifest_may_reference_what_a_peer_holds(pair) -> None:  # type: ignore[no-untyped-def]
+    """A build on B that took its cache from A pushes a manifest naming blobs only A holds."""
+    a, b, session = pair
+    layer = b"layer held by a" * 1000
+    await push(session, a, "cache/app:1", [b"{}", layer])
+    await async_wait_until(lambda: b.registry._holder_addrs(digest_of(layer)), 5, what="b learns a's blobs")
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": BUILDKIT_CACHE_CONFIG, "digest": digest_of(b"{}"), "size": 2},
+            "layers": [{"mediaType": "x", "digest": digest_of(layer), "size": len(layer)}],
+            "annotations": {"pushed": "from b"},
+        }
+    ).encode()
+    async with session.put(
+        f"http://{b.registry_addr}/v2/cache/app/manifests/2",
+        data=manifest,
+        headers={"Content-Type": OCI_MANIFEST},
+    ) as r:
+        assert r.status == 201, await r.text()
+    await async_wait_until(lambda: b.registry.complete(digest_of(manifest)), 5, what="b holds all it named")

@@ -259,11 +259,21 @@ class Registry:
         return data, media_type
 
     async def put_manifest(self, digest: str, data: bytes, parsed: Parsed) -> None:
-        missing = [d for d in (*parsed.blobs, *parsed.children) if not self.store.has(d)]
+        """Store a pushed manifest. Everything it references must be here, or on its way from a
+        live peer: a client that pushes from a host whose cache came from the mesh HEADs blobs this
+        node is still fetching, skips their upload, and then pushes the manifest."""
+        missing = []
+        for needed in (*parsed.blobs, *parsed.children):
+            if self.store.has(needed) or needed in self.fetcher.active:
+                continue
+            try:
+                self.fetcher.start(needed)  # held by a live peer: fetch it, so this node holds it all
+            except RegistryError:
+                missing.append(needed)
         if missing:
             raise RegistryError(
                 "MANIFEST_BLOB_UNKNOWN",
-                f"the manifest references {missing[0]}, which is not here",
+                f"the manifest references {missing[0]}, which neither this node nor a live peer holds",
                 detail={"digest": missing[0]},
             )
         await self.store.put_bytes(digest, data, parsed.media_type)
