@@ -106,7 +106,7 @@ async def test_pushed_on_a_pulled_from_b(pair) -> None:  # type: ignore[no-untyp
     results = await asyncio.gather(*(get_blob(session, b, digest_of(layer)) for _ in range(3)))
     assert all(r == layer for r in results)
     assert content_requests(a) - before == 1
-    assert b.registry.store.has(digest_of(layer))
+    await async_wait_until(lambda: b.registry.store.has(digest_of(layer)), 5, what="b stores the layer")
     assert await get_blob(session, b, digest_of(config)) == config
     # b holds it all now, and says so: a's view of the mesh lists b as a holder.
     await async_wait_until(
@@ -187,7 +187,7 @@ async def test_a_source_dying_mid_blob_resumes_from_another(workdir: Path) -> No
         before_c = content_requests(c)
         assert await get_blob(session, b, blob) == layer
         assert content_requests(c) - before_c == 1  # the rest came from c
-        assert b.registry.store.has(blob)
+        await async_wait_until(lambda: b.registry.store.has(blob), 5, what="b stores the blob")
         assert digest
     finally:
         await session.close()

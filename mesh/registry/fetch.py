@@ -42,6 +42,7 @@ class Fetch:
         self.written = 0
         self.source = ""
         self.started_at = time.time()
+        self.verified = False  # every byte is here and matches the digest (the fsync may still run)
         self.done = False
         self.error: RegistryError | None = None
         self.sized = asyncio.Event()  # size known, or failed
@@ -54,6 +55,9 @@ class Fetch:
     async def wait_progress(self, beyond: int) -> None:
         while self.written <= beyond and not self.done and self.error is None:
             await self._progress.wait()
+
+    async def wait_change(self) -> None:
+        await self._progress.wait()
 
 
 class Fetcher:
@@ -129,7 +133,11 @@ class Fetcher:
                             exc,
                             "trying the next holder" if len(sources) > 1 else "no other holder",
                         )
-                # Verify and publish (commit_file fsyncs in a thread and renames into the store).
+                if "sha256:" + hasher.hexdigest() != fetch.digest:
+                    raise RegistryError("DIGEST_INVALID", f"peers sent content that is not {fetch.digest}")
+                # Readers may finish now; the fsync and rename into the store follow, in a thread.
+                fetch.verified = True
+                fetch._notify()
                 await self.store.commit_file(fetch.temp, fetch.digest, hasher, open(fetch.temp, "ab"))
             if fetch.media_type:
                 await self.store.set_media_type(fetch.digest, fetch.media_type)
@@ -170,38 +178,35 @@ class Fetcher:
                 raise PeerError(f"{addr} ended at byte {fetch.written} of {fetch.size}")
 
 
-async def read_fetch(fetch: Fetch, store: Store, start: int, end: int) -> AsyncIterator[bytes]:
-    """Bytes [start, end) of a fetch in progress, as they arrive. Raises its error if it fails."""
+async def windows(
+    fetch: Fetch, store: Store, start: int, end: int
+) -> AsyncIterator[tuple[IO[bytes], int, int]]:
+    """(file, offset, count) windows covering bytes [start, end) of a fetch, as they arrive, for
+    the caller to send (with sendfile). The last byte of the blob waits for the digest check: a
+    client that reads to the end never completes a response whose content turned out wrong.
+    Raises the fetch's error if it fails."""
     fh: IO[bytes] | None = None
     try:
         # Open before the fetch can rename the file away; once renamed, the blob is in the store.
         try:
             fh = open(fetch.temp, "rb")
         except FileNotFoundError:
-            if not fetch.done:
-                await fetch.wait_progress(1 << 62)
+            await fetch.wait_progress(1 << 62)
             if fetch.error is not None:
                 raise fetch.error from None
             fh = open(store.path(fetch.digest), "rb")
         pos = start
-        fh.seek(pos)
         while pos < end:
-            if pos >= fetch.written:
-                if fetch.error is not None:
-                    raise fetch.error
-                await fetch.wait_progress(pos)
+            limit = min(fetch.written, end)
+            if end == fetch.size and not fetch.verified:
+                limit = min(limit, end - 1)
+            if pos < limit:
+                yield fh, pos, limit - pos
+                pos = limit
                 continue
-            chunk = fh.read(min(CHUNK, fetch.written - pos, end - pos))
-            if not chunk:
-                raise RegistryError("BLOB_UNKNOWN", "fetch file shorter than reported", status=502)
-            pos += len(chunk)
-            if pos == end == fetch.size:
-                # The last bytes wait for the digest check: a client that read to the end never
-                # completes a response whose content turned out to be wrong.
-                await fetch.wait_progress(1 << 62)
-                if fetch.error is not None:
-                    raise fetch.error
-            yield chunk
+            if fetch.error is not None:
+                raise fetch.error
+            await fetch.wait_change()
     finally:
         if fh is not None:
             with contextlib.suppress(OSError):

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 
 from mesh.config import Config
 from mesh.net.client import PeerClient
@@ -22,7 +22,7 @@ from mesh.protocol import oci
 from mesh.protocol.oci import TagState
 from mesh.protocol.wire import ImageMeta, Tags
 from mesh.registry.errors import RegistryError
-from mesh.registry.fetch import Fetch, Fetcher, read_fetch
+from mesh.registry.fetch import Fetch, Fetcher, windows
 from mesh.registry.manifest import MAX_MANIFEST, Parsed, closure, parse
 from mesh.registry.names import MAX_NAME as MAX_NAME_LEN
 from mesh.registry.names import NAME, valid_tag
@@ -235,14 +235,18 @@ class Registry:
             raise fetch.error or RegistryError("BLOB_UNKNOWN", f"{digest} could not be fetched")
         return fetch.size, fetch
 
-    async def read(self, digest: str, fetch: Fetch | None, start: int, end: int) -> AsyncIterator[bytes]:
+    async def windows(
+        self, digest: str, fetch: Fetch | None, start: int, end: int
+    ) -> AsyncIterator[tuple[IO[bytes], int, int]]:
+        """(file, offset, count) windows of bytes [start, end): one for a held blob, several as a
+        fetch from the mesh arrives."""
         if fetch is None:
-            for chunk in self.store.chunks(digest, start, end):
-                self.counters.served(len(chunk))
-                yield chunk
+            with open(self.store.path(digest), "rb") as fh:
+                self.counters.served(end - start)
+                yield fh, start, end - start
             return
-        async for chunk in read_fetch(fetch, self.store, start, end):
-            yield chunk
+        async for window in windows(fetch, self.store, start, end):
+            yield window
 
     async def manifest(self, digest: str) -> tuple[bytes, str]:
         """A manifest by digest: held, or fetched from the mesh (whole: manifests are small)."""
@@ -281,7 +285,7 @@ class Registry:
         self.changed()
 
     def open_content(self, digest: str, offset: int) -> ContentStream | None:
-        """For peers: content held here, from `offset` on."""
+        """For peers: content held here, from `offset` on (sent with sendfile from `path`)."""
         size = self.store.size(digest)
         if size is None:
             return None
@@ -290,7 +294,8 @@ class Registry:
             for chunk in self.store.chunks(digest, offset):
                 yield chunk
 
-        return ContentStream(size, self.store.media_type(digest) or "", chunks())
+        path = str(self.store.path(digest))
+        return ContentStream(size, self.store.media_type(digest) or "", chunks(), path)
 
     # --- status -------------------------------------------------------------------------------
 
