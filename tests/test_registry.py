@@ -318,3 +318,20 @@ async def test_store_survives_leftovers(workdir: Path) -> None:
     store = Store(root)
     assert not any((root / "tmp").iterdir()) and not any((root / "uploads").iterdir())
     assert store.digests() == []
+
+
+def test_registry_settings() -> None:
+    from mesh.config import ConfigError, resolve
+    from mesh.node.node import is_loopback
+
+    env = {"CACHEMESH_INSECURE": "1"}
+    assert resolve({}, env).registry_listen == "127.0.0.1:7613"
+    assert resolve({}, {**env, "CACHEMESH_REGISTRY_LISTEN": "OFF"}).registry_listen == "off"
+    config = resolve(
+        {}, {**env, "CACHEMESH_REGISTRY_LISTEN": "[::1]:5000", "CACHEMESH_REGISTRY_WARM": "cache/*, ci/*"}
+    )
+    assert config.registry_listen == "[::1]:5000" and config.registry_warm == ("cache/*", "ci/*")
+    with pytest.raises(ConfigError):
+        resolve({}, {**env, "CACHEMESH_REGISTRY_LISTEN": "nonsense:port"})
+    assert is_loopback("127.0.0.1:7613") and is_loopback("[::1]:1") and is_loopback("localhost:1")
+    assert not is_loopback("0.0.0.0:7613") and not is_loopback("10.0.0.1:7613")
