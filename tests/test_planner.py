@@ -108,3 +108,18 @@ def test_tag_filters():
     assert not tag_allowed("app:1", (), ("app:*",))
     assert tag_allowed("app:1", ("app:*",), ())
     assert not tag_allowed("tool:1", ("app:*",), ())
+
+
+def test_registry_entries_are_not_images():
+    """Registry manifests ride in the manifest gossip (mesh/protocol/oci.py); the planner skips them."""
+    from mesh.protocol import oci
+
+    manifest = d(200)
+    meta = oci.registry_meta(manifest, [d(201), d(202)], 300)
+    remote = {"a": {meta.id: oci.announce(manifest, {"cache/app:ms": 5}), BASE: ("base:1",)}}
+    result = run(remote=remote, metas={**METAS, meta.id: meta})
+    assert [p.image for p in result.pulls] == [BASE]
+    assert result.missing == [BASE]
+    assert oci.holders(d(202), remote, {meta.id: meta}) == ["a"]
+    assert oci.holders(manifest, remote, {}) == ["a"]
+    assert oci.holders(d(203), remote, {meta.id: meta}) == []

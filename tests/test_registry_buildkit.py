@@ -1,0 +1,105 @@
+"""BuildKit's registry cache through the mesh: Engine 28.5 with the containerd image store and
+buildx 0.29 (Debian unstable's, unpacked by scripts/engines.sh), on two hosts.
+
+Host A builds a multi-stage Dockerfile with `--cache-to type=registry,...,mode=max` into its own
+node (127.0.0.1:7613 inside A's namespace). Host B builds the same Dockerfile with
+`--cache-from type=registry,...` from its own node, which has never seen the cache: every step must
+be CACHED, the builder stage's included, and no RUN step may run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import pytest
+
+from mesh.lab.netns import Host
+from mesh.lab.nodes import NodeProcess
+from mesh.lab.poll import wait_until
+from tests.engine28 import Engine28, engine28_missing
+
+pytestmark = [pytest.mark.docker, pytest.mark.netns, pytest.mark.slow]
+
+REGISTRY = "127.0.0.1:7613"
+CACHE = f"{REGISTRY}/cache/app:ms"
+BASE = f"{REGISTRY}/base/busybox:1"
+
+DOCKERFILE = f"""FROM {BASE} AS builder
+RUN echo "compiled at $(date +%s%N)" > /artifact && sleep 2
+RUN dd if=/dev/urandom of=/blob bs=1k count=256 2>/dev/null
+
+FROM {BASE}
+COPY --from=builder /artifact /app/artifact
+RUN echo "final stage $(date +%s%N)" > /app/final
+CMD ["cat", "/app/artifact"]
+"""
+
+
+def start(network, workdir, name: str, seeds: str = "") -> tuple[Host, Engine28, NodeProcess]:  # type: ignore[no-untyped-def]
+    host = network.add_host(name)
+    engine = Engine28(workdir / f"engine-{name}", netns=host.netns, name=name).start()
+    env = {
+        "CACHEMESH_DOCKER_HOST": engine.host,
+        "CACHEMESH_STATUS_LISTEN": f"{host.address}:7612",
+        "CACHEMESH_REGISTRY_LISTEN": REGISTRY,
+        "CACHEMESH_PRESET": "lan",
+        "CACHEMESH_SEEDS": seeds,
+    }
+    node = NodeProcess(name, workdir, env=env, prefix=host.nsenter(), status=f"{host.address}:7612").wait_up()
+    return host, engine, node
+
+
+def ran_steps(progress: str) -> list[str]:
+    """RUN steps BuildKit executed (plain progress: `#N [stage i/n] RUN ...`, then `#N DONE`),
+    as opposed to those it answered from cache (`#N CACHED`)."""
+    steps = dict(re.findall(r"^#(\d+) \[[^\]]+\] (RUN .*)$", progress, re.M))
+    cached = set(re.findall(r"^#(\d+) CACHED$", progress, re.M))
+    return [command for step, command in steps.items() if step not in cached]
+
+
+def test_buildkit_mode_max_cache_from_another_host(network, workdir) -> None:  # type: ignore[no-untyped-def]
+    if reason := engine28_missing():
+        pytest.skip(reason)
+    started = []
+    try:
+        a = start(network, workdir, "a")
+        started.append(a)
+        b = start(network, workdir, "b", seeds=f"{a[0].address}:7611")
+        started.append(b)
+        _, engine_a, node_a = a
+        _, engine_b, node_b = b
+        wait_until(lambda: [p["state"] for p in node_b.api()["peers"]] == ["alive"], 20, what="b sees a")
+        # The base image travels through the mesh too, so both hosts build FROM the same digest.
+        engine_a.import_busybox(BASE)
+        engine_a.cli("push", BASE)
+        wait_until(lambda: "base/busybox" in repos(node_b), 5, what="b knows the base image")
+        engine_b.cli("pull", BASE)
+        context = workdir / "context"
+        context.mkdir()
+        (context / "Dockerfile").write_text(DOCKERFILE)
+
+        first = engine_a.build(context, "--cache-to", f"type=registry,ref={CACHE},mode=max")
+        pushed = time.monotonic()
+        assert len(ran_steps(first)) == 3, first[-3000:]
+        wait_until(lambda: "cache/app" in repos(node_b), 5, 0.05, what="b's node knows the cache")
+        known = time.monotonic() - pushed
+
+        second = engine_b.build(context, "--cache-from", f"type=registry,ref={CACHE}")
+        assert ran_steps(second) == [], second[-3000:]
+        assert second.count("CACHED") >= 4, second[-3000:]
+        print(f"cache pushed on a, known to b's node after {known:.2f}s")
+        assert known < 2.0
+        out = engine_b.cli("run", "--rm", "--network", "none", "app:1").stdout
+        assert out.startswith("compiled at")
+    finally:
+        for _, engine, node in reversed(started):
+            node.stop()
+            if os.environ.get("CACHEMESH_TEST_LOGS"):
+                print(node.tail(200))
+            engine.destroy()
+
+
+def repos(node: NodeProcess) -> set[str]:
+    return {r["name"] for r in node.api()["registry"]["repositories"]}
