@@ -26,6 +26,7 @@ from mesh.registry.fetch import Fetch, Fetcher, windows
 from mesh.registry.manifest import MAX_MANIFEST, Parsed, closure, parse
 from mesh.registry.names import MAX_NAME as MAX_NAME_LEN
 from mesh.registry.names import NAME, valid_tag
+from mesh.registry.status import registry_status
 from mesh.registry.store import Store
 
 log = logging.getLogger("cachemesh.registry")
@@ -297,44 +298,9 @@ class Registry:
         path = str(self.store.path(digest))
         return ContentStream(size, self.store.media_type(digest) or "", chunks(), path)
 
-    # --- status -------------------------------------------------------------------------------
-
     def status(self, listen: str) -> dict[str, object]:
         """The `registry` section of /api/status."""
-        resolved = self.resolve()
-        live = self.view.live_manifests()
-        metas = self.view.metas()
-        repos: dict[str, list[dict[str, object]]] = {}
-        for ref, state in sorted(resolved.items()):
-            name, _, tag = ref.rpartition(":")
-            holders = [self.view.name(n) for n in oci.holders(state.digest, live, metas)]
-            here = self.complete(state.digest) is not None
-            repos.setdefault(name, []).append(
-                {
-                    "tag": tag,
-                    "digest": state.digest,
-                    "pushed_ms": state.pushed_ms,
-                    "here": here,
-                    "holders": sorted(holders) + (["(this node)"] if here else []),
-                }
-            )
-        held, wanted = self.warm_progress()
-        return {
-            "listen": listen,
-            "repositories": [{"name": n, "tags": t} for n, t in repos.items()],
-            "bytes_held": self.store.bytes_held(),
-            "blobs_held": len(self.store.digests()),
-            "fetches": [
-                {"digest": f.digest, "source": f.source, "bytes": f.written, "total": f.size or 0}
-                for f in self.fetcher.active.values()
-            ],
-            "warm": {
-                "globs": list(self.config.registry_warm),
-                "held": held,
-                "wanted": wanted,
-                "errors": dict(self.warm_errors),
-            },
-        }
+        return registry_status(self, listen)
 
     # --- warm-up ------------------------------------------------------------------------------
 
