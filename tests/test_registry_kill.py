@@ -12,12 +12,12 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
 import threading
 import urllib.request
 
 import pytest
 
-from mesh.lab.netns import ip
 from mesh.lab.nodes import NodeProcess
 from mesh.lab.poll import wait_until
 
@@ -71,8 +71,8 @@ def test_a_peer_killed_mid_blob(network, workdir) -> None:  # type: ignore[no-un
         digest = "sha256:" + hashlib.sha256(blob).hexdigest()
         for name in ("a", "c"):
             push(f"{hosts[name].address}:7613", blob, b"{}")
-            shape = ["qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "40mbit"]
-            ip(*shape, "burst", "64kb", "latency", "100ms", netns=hosts[name].netns)
+            shape = ["qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "40mbit", "burst", "64kb"]
+            subprocess.run(["tc", "-n", hosts[name].netns, *shape, "latency", "100ms"], check=True)
 
         def holders() -> list[str]:
             rows = nodes["b"].api()["registry"]["repositories"]
