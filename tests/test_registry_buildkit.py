@@ -12,13 +12,15 @@ from __future__ import annotations
 import os
 import re
 import time
+from pathlib import Path
 
 import pytest
 
+from mesh.lab.dockerd import Dockerd, busybox_rootfs
+from mesh.lab.engines import KINDS
 from mesh.lab.netns import Host
 from mesh.lab.nodes import NodeProcess
 from mesh.lab.poll import wait_until
-from tests.engine28 import Engine28, engine28_missing
 
 pytestmark = [pytest.mark.docker, pytest.mark.netns, pytest.mark.slow]
 
@@ -37,9 +39,12 @@ CMD ["cat", "/app/artifact"]
 """
 
 
-def start(network, workdir, name: str, seeds: str = "") -> tuple[Host, Engine28, NodeProcess]:  # type: ignore[no-untyped-def]
+ENGINE = KINDS["28.5-containerd"]
+
+
+def start(network, engines, workdir, name: str, seeds: str = "") -> tuple[Host, Dockerd, NodeProcess]:  # type: ignore[no-untyped-def]
     host = network.add_host(name)
-    engine = Engine28(workdir / f"engine-{name}", netns=host.netns, name=name).start()
+    engine = engines(name, netns=host.netns, kind=ENGINE)
     env = {
         "CACHEMESH_DOCKER_HOST": engine.host,
         "CACHEMESH_STATUS_LISTEN": f"{host.address}:7612",
@@ -59,20 +64,36 @@ def ran_steps(progress: str) -> list[str]:
     return [command for step, command in steps.items() if step not in cached]
 
 
-def test_buildkit_mode_max_cache_from_another_host(network, workdir) -> None:  # type: ignore[no-untyped-def]
-    if reason := engine28_missing():
-        pytest.skip(reason)
+def build(engine: Dockerd, context: Path, *args: str) -> str:
+    """`docker buildx build` with the default (docker) driver; the plain progress output."""
+    result = engine.cli(
+        "buildx",
+        "build",
+        "--progress",
+        "plain",
+        "--network",
+        "none",
+        "-t",
+        "app:1",
+        *args,
+        str(context),
+        timeout=600,
+    )
+    return result.stdout + result.stderr
+
+
+def test_buildkit_mode_max_cache_from_another_host(network, engines, workdir) -> None:  # type: ignore[no-untyped-def]
     started = []
     try:
-        a = start(network, workdir, "a")
+        a = start(network, engines, workdir, "a")
         started.append(a)
-        b = start(network, workdir, "b", seeds=f"{a[0].address}:7611")
+        b = start(network, engines, workdir, "b", seeds=f"{a[0].address}:7611")
         started.append(b)
         _, engine_a, node_a = a
         _, engine_b, node_b = b
         wait_until(lambda: [p["state"] for p in node_b.api()["peers"]] == ["alive"], 20, what="b sees a")
         # The base image travels through the mesh too, so both hosts build FROM the same digest.
-        engine_a.import_busybox(BASE)
+        engine_a.cli("import", "-", BASE, input=busybox_rootfs())
         engine_a.cli("push", BASE)
         wait_until(lambda: "base/busybox" in repos(node_b), 5, what="b knows the base image")
         engine_b.cli("pull", BASE)
@@ -80,13 +101,13 @@ def test_buildkit_mode_max_cache_from_another_host(network, workdir) -> None:  #
         context.mkdir()
         (context / "Dockerfile").write_text(DOCKERFILE)
 
-        first = engine_a.build(context, "--cache-to", f"type=registry,ref={CACHE},mode=max")
+        first = build(engine_a, context, "--cache-to", f"type=registry,ref={CACHE},mode=max")
         pushed = time.monotonic()
         assert len(ran_steps(first)) == 3, first[-3000:]
         wait_until(lambda: "cache/app" in repos(node_b), 5, 0.05, what="b's node knows the cache")
         known = time.monotonic() - pushed
 
-        second = engine_b.build(context, "--cache-from", f"type=registry,ref={CACHE}")
+        second = build(engine_b, context, "--cache-from", f"type=registry,ref={CACHE}")
         assert ran_steps(second) == [], second[-3000:]
         assert second.count("CACHED") >= 4, second[-3000:]
         print(f"cache pushed on a, known to b's node after {known:.2f}s")
@@ -94,11 +115,10 @@ def test_buildkit_mode_max_cache_from_another_host(network, workdir) -> None:  #
         out = engine_b.cli("run", "--rm", "--network", "none", "app:1").stdout
         assert out.startswith("compiled at")
     finally:
-        for _, engine, node in reversed(started):
+        for _, _, node in reversed(started):
             node.stop()
             if os.environ.get("CACHEMESH_TEST_LOGS"):
                 print(node.tail(200))
-            engine.destroy()
 
 
 def repos(node: NodeProcess) -> set[str]:
