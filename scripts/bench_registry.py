@@ -105,6 +105,7 @@ def main() -> int:
             "CACHEMESH_DOCKER_HOST": a.host,
             "CACHEMESH_LISTEN": f"127.0.0.1:{peer_a}",
             "CACHEMESH_REGISTRY_LISTEN": f"127.0.0.1:{reg_a}",
+            "CACHEMESH_EXCLUDE": "*",  # no image sharing by docker save: only the registry path is timed
             "CACHEMESH_LOG_LEVEL": "warning",
         },
         status=f"127.0.0.1:{status_a}",
@@ -137,6 +138,7 @@ def main() -> int:
                     "CACHEMESH_LISTEN": f"127.0.0.1:{peer_b}",
                     "CACHEMESH_REGISTRY_LISTEN": f"127.0.0.1:{reg_b}",
                     "CACHEMESH_SEEDS": f"127.0.0.1:{peer_a}",
+                    "CACHEMESH_EXCLUDE": "*",
                     "CACHEMESH_LOG_LEVEL": "warning",
                 },
                 status=f"127.0.0.1:{status_b}",

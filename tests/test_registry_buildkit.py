@@ -50,6 +50,8 @@ def start(network, engines, workdir, name: str, seeds: str = "") -> tuple[Host, 
         "CACHEMESH_STATUS_LISTEN": f"{host.address}:7612",
         "CACHEMESH_REGISTRY_LISTEN": REGISTRY,
         "CACHEMESH_PRESET": "lan",
+        # Images are not shared by `docker save` here: what B gets, it gets through the registry.
+        "CACHEMESH_EXCLUDE": "*",
         "CACHEMESH_SEEDS": seeds,
     }
     node = NodeProcess(name, workdir, env=env, prefix=host.nsenter(), status=f"{host.address}:7612").wait_up()

@@ -38,6 +38,8 @@ def start_host(network, engines, workdir, name: str, seeds: str = "", **env: str
         "CACHEMESH_STATUS_LISTEN": f"{host.address}:7612",
         "CACHEMESH_REGISTRY_LISTEN": REGISTRY,
         "CACHEMESH_PRESET": "lan",
+        # Images are not shared by `docker save` here: what B gets, it gets through the registry.
+        "CACHEMESH_EXCLUDE": "*",
         **env,
     }
     if seeds:
