@@ -8,6 +8,8 @@ engine B, with B's images removed before each pull:
   reference: `docker pull 127.0.0.1:R/bench:1` from the reference registry;
   mesh:      `docker pull 127.0.0.1:NB/bench:1` from node B, a fresh node that holds nothing, so
              every blob is fetched from node A as B's engine asks for it.
+The order of the two alternates between rounds. Neither node shares images by `docker save`
+(CACHEMESH_EXCLUDE=*), so only the registry path moves bytes.
 Prints the median of each, their ratio (mesh / reference), and node B's peak RSS.
 
     sudo .venv/bin/python scripts/bench_registry.py --mb 500 --rounds 3
@@ -82,6 +84,30 @@ def knows(node: NodeProcess) -> bool:
     return any(r["name"] == "bench" for r in node.api()["registry"]["repositories"])
 
 
+def mesh_round(b: Dockerd, workdir: Path, peer_a: int, round_no: int) -> tuple[float, float]:
+    """A pull through a fresh node B, which holds nothing: every blob is fetched from node A.
+    Returns (seconds, B's peak RSS in MB)."""
+    peer_b, reg_b, status_b = free_port(), free_port(), free_port()
+    node_b = NodeProcess(
+        f"bench-b{round_no}",
+        workdir,
+        env={
+            "CACHEMESH_DOCKER_HOST": b.host,
+            "CACHEMESH_LISTEN": f"127.0.0.1:{peer_b}",
+            "CACHEMESH_REGISTRY_LISTEN": f"127.0.0.1:{reg_b}",
+            "CACHEMESH_SEEDS": f"127.0.0.1:{peer_a}",
+            "CACHEMESH_EXCLUDE": "*",
+            "CACHEMESH_LOG_LEVEL": "warning",
+        },
+        status=f"127.0.0.1:{status_b}",
+    ).wait_up()
+    try:
+        wait_until(lambda: knows(node_b), 30, 0.1, what="node B knows bench:1")
+        return timed_pull(b, f"127.0.0.1:{reg_b}/bench:1"), peak_rss_mb(node_b.proc.pid)
+    finally:
+        node_b.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=500, help="image size in MB of random data")
@@ -127,29 +153,14 @@ def main() -> int:
         print(f"image bench:1: {size:.0f} MB in {layers + 1} layers", flush=True)
         refs, meshes, rss = [], [], []
         for round_no in range(args.rounds):
-            refs.append(timed_pull(b, f"127.0.0.1:{ref_port}/bench:1"))
-            # A fresh node B each round: it holds nothing, so every blob comes from node A.
-            peer_b, reg_b, status_b = free_port(), free_port(), free_port()
-            node_b = NodeProcess(
-                f"bench-b{round_no}",
-                workdir,
-                env={
-                    "CACHEMESH_DOCKER_HOST": b.host,
-                    "CACHEMESH_LISTEN": f"127.0.0.1:{peer_b}",
-                    "CACHEMESH_REGISTRY_LISTEN": f"127.0.0.1:{reg_b}",
-                    "CACHEMESH_SEEDS": f"127.0.0.1:{peer_a}",
-                    "CACHEMESH_EXCLUDE": "*",
-                    "CACHEMESH_LOG_LEVEL": "warning",
-                },
-                status=f"127.0.0.1:{status_b}",
-            ).wait_up()
-            try:
-
-                wait_until(lambda n=node_b: knows(n), 30, 0.1, what="node B knows bench:1")
-                meshes.append(timed_pull(b, f"127.0.0.1:{reg_b}/bench:1"))
-                rss.append(peak_rss_mb(node_b.proc.pid))
-            finally:
-                node_b.stop()
+            # The order alternates between rounds, so neither side always finds a warmer machine.
+            if round_no % 2 == 0:
+                refs.append(timed_pull(b, f"127.0.0.1:{ref_port}/bench:1"))
+            elapsed, peak = mesh_round(b, workdir, peer_a, round_no)
+            meshes.append(elapsed)
+            rss.append(peak)
+            if round_no % 2 == 1:
+                refs.append(timed_pull(b, f"127.0.0.1:{ref_port}/bench:1"))
             print(
                 f"round {round_no + 1}: reference registry {refs[-1]:.2f}s, "
                 f"through node B (held only by A) {meshes[-1]:.2f}s, node B peak RSS {rss[-1]:.0f} MB",
