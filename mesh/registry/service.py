@@ -90,6 +90,7 @@ class Registry:
             client,
             self._holder_addrs,
             idle_timeout=config.transfer_idle_timeout,
+            concurrency=config.registry_fetches,
             on_bytes=self.counters.fetched,
             on_stored=lambda digest: self.changed(),
         )
