@@ -120,9 +120,6 @@ class Config:
     retry_backoff_max: float = 120.0
     """Longest retry delay."""
     max_attempts: int = 5
-    registry_fetches: int = 2
-    """Registry blobs fetched from peers at once. A client pulls layers several at a time but
-    unpacks them in order: fetched one or two at a time, the first layer arrives at full speed."""
     """After this many failures of one image, readiness stops waiting for it (it is still retried)."""
 
     # --- HTTP and auth -----------------------------------------------------------------
@@ -472,5 +469,5 @@ def validate(config: Config) -> None:
         raise ConfigError("--cluster must be 1 to 64 characters")
     if config.probe_timeout >= config.probe_interval:
         raise ConfigError("probe_timeout must be shorter than probe_interval")
-    if config.max_transfers_in < 1 or config.max_transfers_out < 1 or config.registry_fetches < 1:
+    if config.max_transfers_in < 1 or config.max_transfers_out < 1:
         raise ConfigError("transfer concurrency must be at least 1")

@@ -68,7 +68,6 @@ class Fetcher:
         holders: Callable[[str], list[str]],
         *,
         idle_timeout: float,
-        concurrency: int = 2,
         on_bytes: Callable[[int], None] = lambda n: None,
         on_stored: Callable[[str], None] = lambda digest: None,
     ) -> None:
@@ -79,7 +78,6 @@ class Fetcher:
         self.on_bytes = on_bytes
         self.on_stored = on_stored
         self.active: dict[str, Fetch] = {}
-        self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
@@ -111,10 +109,6 @@ class Fetcher:
         return fetch
 
     async def _run(self, fetch: Fetch) -> None:
-        async with self._slots:  # first come, first served: in the order the client asked
-            await self._fetch(fetch)
-
-    async def _fetch(self, fetch: Fetch) -> None:
         hasher = hashlib.sha256()
         failed: list[str] = []
         try:

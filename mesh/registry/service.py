@@ -90,7 +90,6 @@ class Registry:
             client,
             self._holder_addrs,
             idle_timeout=config.transfer_idle_timeout,
-            concurrency=config.registry_fetches,
             on_bytes=self.counters.fetched,
             on_stored=lambda digest: self.changed(),
         )
