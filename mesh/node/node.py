@@ -50,6 +50,7 @@ from mesh.protocol import wire
 from mesh.protocol.core import MeshCore
 from mesh.protocol.events import ManifestChanged, MetaLearned, PeerJoined, PeerStateChanged
 from mesh.protocol.liveness import State
+from mesh.protocol.oci import is_registry_entry
 from mesh.protocol.outbox import Outgoing
 from mesh.protocol.wire import ImageMeta, Tags
 from mesh.registry.router import registry_app
@@ -442,7 +443,12 @@ class Node:
 
     def _snapshot(self) -> dict[str, Any]:
         states = Counter(p.state.label for p in self.core.view.peers().values())
-        mesh_images = {i for held in self.core.view.all_holdings().values() for i in held}
+        mesh_images = {
+            i
+            for held in self.core.view.all_holdings().values()
+            for i, tags in held.items()
+            if not is_registry_entry(tags)
+        }
         plan = self.puller.plan
         return {
             "peers": {s.label: states.get(s.label, 0) for s in State},

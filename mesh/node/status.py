@@ -46,7 +46,7 @@ def build_status(node: Node) -> dict[str, Any]:
                 "state": m.state.label,
                 "incarnation": m.incarnation,
                 "rtt_ms": None if m.rtt is None else round(m.rtt * 1000, 2),
-                "images": len(holdings.get(member_id, ())),
+                "images": sum(not is_registry_entry(t) for t in holdings.get(member_id, {}).values()),
                 "since": round(time.monotonic() - m.since, 1),
                 "tls": node.tls_peers.state(member_id, m.addr),
             }
