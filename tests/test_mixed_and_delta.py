@@ -54,11 +54,17 @@ def test_a_mixed_pair_exchanges_images_both_ways(two_hosts):
     output = build(a.engine, FROM_B, "fromb:1", "--cache-from", "fromb:1")
     assert output.count("Using cache") == 1 and "Running in" not in output, output
 
-    # One image under two engine IDs is one image to the mesh: both nodes hold each.
-    status = b.node.api()
-    for tag in ("app:1", "fromb:1", "base:1"):
-        held = next(i for i in status["images"] if tag in i["tags"])
-        assert sorted(held["holders"]) == ["a", "b"], (tag, held)
+    # One image under two engine IDs is one image to the mesh: both nodes hold each, once the
+    # last pull has been gossiped.
+    def held_by_both() -> bool:
+        images = b.node.api()["images"]
+        return all(
+            any(tag in i["tags"] and sorted(i["holders"]) == ["a", "b"] for i in images)
+            for tag in ("app:1", "fromb:1", "base:1")
+        )
+
+    wait_until(held_by_both, 15, 0.1, what="B's view: a and b hold app:1, fromb:1 and base:1")
+    assert sum("fromb:1" in i["tags"] for i in b.node.api()["images"]) == 1  # one image, not two
     assert failed_pulls(a) == 0 and failed_pulls(b) == 0
 
 

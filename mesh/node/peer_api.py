@@ -50,7 +50,10 @@ class PeerApi:
         which the requester holds, where its `store` can load the result (docs/engines.md)."""
         if image not in self._local.shared:
             raise SaveRefused(404, f"{image[:19]} is not shared by this node")
-        chain = chain_of(image, self._local.metas())
+        # The containerd store records no parent links for loaded images (a classic build finds
+        # its cache through --cache-from and the image's history there), and it does not load
+        # several unnamed images from one tar reliably: send it the image alone.
+        chain = [image] if store == "containerd" else chain_of(image, self._local.metas())
         try:
             info = await self._engine.info()
         except EngineError as exc:
