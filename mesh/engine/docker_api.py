@@ -145,7 +145,9 @@ class DockerEngine:
                     layers,
                 )
                 seen = _Inspected(key, detail.get("Parent") or "", layers)
-                self._inspected[engine_id] = seen
+                if detail.get("Created") and layers:
+                    # An image still being written can answer without them; ask again next time.
+                    self._inspected[engine_id] = seen
             found.append((item, seen))
         keys = {item["Id"]: seen.key for item, seen in found}
         out: list[LocalImage] = []
