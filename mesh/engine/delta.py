@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mesh.engine.tarstream import MAX_CONFIG_BYTES, MAX_INDEX_BYTES, TarEntry, TarReader, TarStreamError
+from mesh.engine.tarstream import BLOB, MAX_CONFIG_BYTES, MAX_INDEX_BYTES, TarEntry, TarReader, TarStreamError
 
 SPOOL_CHUNK = 1 << 20
 
@@ -77,7 +77,7 @@ class DeltaReport:
 
 
 def _layer_file(name: str) -> bool:
-    return name.endswith("/layer.tar") or (name.startswith("blobs/sha256/") and len(name) == 77)
+    return name.endswith("/layer.tar") or BLOB.fullmatch(name) is not None
 
 
 async def without_layers(
@@ -97,12 +97,12 @@ async def without_layers(
     while (entry := await reader.next()) is not None:
         if entry.regular and entry.name == "manifest.json" and entry.size <= MAX_INDEX_BYTES:
             manifest = await reader.body(entry)
-            yield entry.headers + manifest + b"\0" * (entry.padded - entry.size)
+            yield entry.whole(manifest)
             continue
         if entry.regular and _layer_file(entry.name):
             diff_id = names.get(entry.name)
             if diff_id is None and entry.name.startswith("blobs/sha256/"):
-                candidate = "sha256:" + entry.name.rsplit("/", 1)[1]
+                candidate = "sha256:" + entry.name[-64:]
                 diff_id = candidate if candidate in unaccounted else None
             if diff_id is not None:
                 unaccounted.discard(diff_id)
@@ -118,7 +118,7 @@ async def without_layers(
         if entry.regular and entry.size <= MAX_CONFIG_BYTES and len(small) < 4096:
             body = await reader.body(entry)
             small[entry.name] = body
-            yield entry.headers + body + b"\0" * (entry.padded - entry.size)
+            yield entry.whole(body)
             continue
         yield entry.headers
         async for chunk in reader.stream(entry):

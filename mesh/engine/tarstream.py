@@ -139,6 +139,10 @@ class TarEntry:
     def regular(self) -> bool:
         return self.info.type in (tarfile.REGTYPE, tarfile.AREGTYPE)
 
+    def whole(self, body: bytes) -> bytes:
+        """The entry as it arrived, from its headers and its body read whole."""
+        return self.headers + body + b"\0" * (self.padded - self.size)
+
 
 class TarReader:
     """Walks a tar arriving as chunks: each entry's headers, then its body read whole (small files)
@@ -247,7 +251,7 @@ async def untagged(
             key = config_key(body)
             if key is not None:
                 report.keys.add(key)
-            yield entry.headers + body + b"\0" * _padding(entry.size)
+            yield entry.whole(body)
             continue
         yield entry.headers
         if verify_blobs and entry.regular and BLOB.fullmatch(entry.name):
@@ -277,7 +281,7 @@ async def _verified(chunks: AsyncIterator[bytes], entry: TarEntry) -> AsyncItera
         else:
             digest.update(body)
         held = chunk
-    if "sha256:" + digest.hexdigest() != "sha256:" + entry.name.rsplit("/", 1)[1]:
+    if digest.hexdigest() != entry.name[-64:]:
         raise TarStreamError(f"{entry.name} does not match its digest (tampered or corrupt)")
     if held:
         yield held

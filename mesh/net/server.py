@@ -73,6 +73,14 @@ class ContentSource(Protocol):
     def open_content(self, digest: str, offset: int) -> ContentStream | None: ...
 
 
+def _sha256(value: object, field: str) -> str:
+    """A request's `sha256:<64 hex>` field, or ValueError saying which field is wrong."""
+    if not isinstance(value, str) or not value.startswith("sha256:") or len(value) != 71:
+        raise ValueError(f"{field} must be a sha256 digest")
+    int(value[7:], 16)
+    return value
+
+
 def _error(status: int, message: str) -> web.Response:
     return web.Response(status=status, body=error_body(message), content_type=MSGPACK)
 
@@ -199,10 +207,7 @@ class PeerServer:
         body, requester = signed
         try:
             doc = msgpack.unpackb(body, raw=False)
-            image = doc["image"]
-            if not isinstance(image, str) or not image.startswith("sha256:") or len(image) != 71:
-                raise ValueError("image must be a sha256 digest")
-            int(image[7:], 16)
+            image = _sha256(doc["image"], "image")
             have = doc.get("have", 0)
             store = doc.get("store", "graph")
             if not isinstance(have, int) or not 0 <= have <= MAX_LAYERS:
@@ -253,10 +258,7 @@ class PeerServer:
         body, requester = signed
         try:
             doc = msgpack.unpackb(body, raw=False)
-            digest, offset = doc["digest"], doc["offset"]
-            if not isinstance(digest, str) or not digest.startswith("sha256:") or len(digest) != 71:
-                raise ValueError("digest must be a sha256 digest")
-            int(digest[7:], 16)
+            digest, offset = _sha256(doc["digest"], "digest"), doc["offset"]
             if type(offset) is not int or offset < 0:
                 raise ValueError("offset must be a non-negative integer")
         except Exception as exc:
