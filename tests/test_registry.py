@@ -396,6 +396,28 @@ async def test_a_subject_is_stored_but_not_acknowledged_without_referrers(client
     assert r.status == 200 and await r.read() == referrer
 
 
+async def test_cancel_anonymous_mount_and_inverted_range(client: TestClient) -> None:
+    """Spec cases the conformance suite walks that no other test here covers: a cancelled upload
+    is gone (404 BLOB_UPLOAD_UNKNOWN); a mount without `from` is 201 when the blob is held; a
+    `Range` whose end is before its start is unsatisfiable (416), as is one wholly past the end."""
+    r = await client.post("/v2/r/blobs/uploads/")
+    location = r.headers["Location"]
+    r = await client.delete(location)
+    assert r.status == 204
+    r = await client.get(location)
+    assert r.status == 404 and await error_code(r) == "BLOB_UPLOAD_UNKNOWN"
+    data = b"m" * 1000
+    digest = await push_blob(client, "r", data)
+    r = await client.post(f"/v2/elsewhere/blobs/uploads/?mount={digest}")
+    assert r.status == 201 and r.headers["Docker-Content-Digest"] == digest
+    for wanted in ("bytes=500-0", "bytes=5000-10000"):
+        r = await client.get(f"/v2/r/blobs/{digest}", headers={"Range": wanted})
+        assert r.status == 416 and r.headers["Content-Range"] == "bytes */1000", wanted
+    r = await client.get(f"/v2/r/blobs/{digest}", headers={"Range": "bytes=900-5000"})
+    assert r.status == 206 and r.headers["Content-Range"] == "bytes 900-999/1000"
+    assert await r.read() == data[900:]
+
+
 async def test_store_survives_leftovers(workdir: Path) -> None:
     """A crash mid-write leaves temp and upload files, never a partial blob: they are wiped."""
     root = workdir / "registry"
