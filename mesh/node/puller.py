@@ -7,20 +7,27 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Coroutine
+from typing import Any
 
 from mesh.config import Config
 from mesh.engine.base import Engine, EngineError, held_prefix
-from mesh.net.client import PeerClient
+from mesh.net.client import HandedOff, PeerBusy, PeerClient
 from mesh.node.local_images import LocalImages
+from mesh.node.relay import Relays, Spool
 from mesh.node.transfer import Transfer, TransferFailed, pull_image
 from mesh.protocol import planner
 from mesh.protocol.formulas import backoff
 from mesh.protocol.liveness import State
 from mesh.protocol.planner import Failure, Plan, Pull
+from mesh.protocol.sources import Penalty, penalise
 from mesh.protocol.view import MeshView
 from mesh.ui.metrics import Metrics
 
 log = logging.getLogger("cachemesh.pull")
+
+MAX_HANDOFFS = 8
+"""Hand-offs followed in one attempt (a burst's chain); then the last relay is asked to serve."""
 
 
 class Puller:
@@ -32,8 +39,12 @@ class Puller:
         local: LocalImages,
         client: PeerClient,
         metrics: Metrics,
+        relays: Relays | None = None,
     ) -> None:
         self.config = config
+        self.relays = relays
+        self.penalties: dict[str, Penalty] = {}  # peer -> its recent failures (any image)
+        self.store = ""  # the engine's image store, once known: relays serve only their own
         self.view = view
         self.engine = engine
         self.local = local
@@ -51,7 +62,12 @@ class Puller:
 
     def compute(self) -> Plan:
         view = self.view
-        peers = {i: planner.Peer(i, p.state is State.ALIVE, p.rtt) for i, p in view.peers().items()}
+        peers = {}
+        for i, p in view.peers().items():
+            status = view.status(i)
+            peers[i] = planner.Peer(
+                i, p.state is State.ALIVE, p.rtt, status.zone, status.uploads, status.receiving
+            )
         remote = {node: view.holdings(node) for node, peer in peers.items() if peer.alive}
         metas = {**view.metas(), **self.local.metas()}
         return planner.plan(
@@ -67,6 +83,10 @@ class Puller:
             max_pulls=self.config.max_transfers_in,
             max_attempts=self.config.max_attempts,
             now=time.monotonic(),
+            me=view.node_id,
+            zone=self.config.zone,
+            store=self.store,
+            penalties=self.penalties,
         )
 
     async def run(self) -> None:
@@ -77,6 +97,11 @@ class Puller:
             self._wake.clear()
             if not self.local.scanned or not self.local.available:
                 continue
+            if not self.store:
+                try:
+                    self.store = (await self.engine.info()).store
+                except EngineError:
+                    continue
             self.plan = self.compute()
             for action in self.plan.tags:
                 try:
@@ -96,42 +121,61 @@ class Puller:
         member = self.view.peer(pull.source)
         if member is None:
             return
-        record = Transfer(pull.image, pull.tags, member.addr, member.name, "in", pull.size)
-        self.active[pull.image] = record
-        log.info(
-            "pulling %s %s from %s (%s)", pull.image[:19], ",".join(pull.tags) or "", member.name, member.addr
+        record = Transfer(
+            pull.image, pull.tags, member.addr, member.name, "in", pull.size, relay=pull.via_relay
         )
+        self.active[pull.image] = record
         meta = self.view.metas().get(pull.image)
         have = held_prefix(meta.layers, self.local.held_chains()) if meta else 0
+        failure = self.failures.get(pull.image)
+        source = pull.source
+        spools: list[Spool] = []
         try:
-            chain = await pull_image(
-                self.engine,
-                self.client,
-                pull,
-                member.addr,
-                record,
-                have=have,
-                on_fallback=self.metrics.delta_fallbacks.inc,
-                chunk_bytes=self.config.transfer_chunk_bytes,
-                idle_timeout=self.config.transfer_idle_timeout,
-                on_bytes=self.metrics.transfer_bytes.labels("in").inc,
-            )
-        except TransferFailed as exc:
+            # A source may hand this pull on to a relay of the image (a burst's chain, see
+            # mesh/protocol/sources.py); after a failure, sources are asked to serve it themselves.
+            for hop in range(MAX_HANDOFFS + 1):
+                log.info(
+                    "pulling %s %s from %s (%s)%s",
+                    pull.image[:19],
+                    ",".join(pull.tags) or "",
+                    member.name,
+                    member.addr,
+                    " as it relays it" if record.relay else "",
+                )
+                try:
+                    chain = await self._watched(
+                        source,
+                        pull_image(
+                            self.engine,
+                            self.client,
+                            pull,
+                            member.addr,
+                            record,
+                            have=have,
+                            on_fallback=self.metrics.delta_fallbacks.inc,
+                            chunk_bytes=self.config.transfer_chunk_bytes,
+                            idle_timeout=self.config.transfer_idle_timeout,
+                            on_bytes=self.metrics.transfer_bytes.labels("in").inc,
+                            open_spool=lambda store: self._open_spool(pull.image, store, spools),
+                            handoff=failure is None and hop < MAX_HANDOFFS,
+                            queue_wait=self.config.transfer_queue_wait,
+                        ),
+                    )
+                    break
+                except HandedOff as handed:
+                    relay = self.view.peer(handed.relay)
+                    if relay is None or relay.state not in (State.ALIVE, State.SUSPECT):
+                        raise TransferFailed(f"{member.name} handed the pull to an unknown relay") from None
+                    log.info(
+                        "%s handed %s on to %s, which relays it", member.name, pull.image[:19], relay.name
+                    )
+                    self.metrics.handoffs.inc()
+                    source, member = handed.relay, relay
+                    record.peer, record.peer_name, record.relay = relay.addr, relay.name, True
+                    record.done = 0
+        except (TransferFailed, PeerBusy) as exc:
             record.outcome, record.error = "failed", str(exc)
-            failure = self.failures.setdefault(pull.image, Failure(0, 0.0))
-            failure.attempts += 1
-            failure.bad_sources.add(pull.source)
-            failure.retry_at = time.monotonic() + backoff(
-                failure.attempts, self.config.retry_backoff, self.config.retry_backoff_max
-            )
-            self.metrics.transfers.labels("in", "failed").inc()
-            log.warning(
-                "pull of %s from %s failed (attempt %d): %s",
-                pull.image[:19],
-                member.name,
-                failure.attempts,
-                exc,
-            )
+            self._failed(pull, source, member.name, exc)
         else:
             record.outcome = "ok"
             self.failures.pop(pull.image, None)
@@ -142,18 +186,70 @@ class Puller:
             self.metrics.transfers.labels("in", "ok").inc()
             self.metrics.transfer_seconds.observe(time.time() - record.started)
             log.info(
-                "pulled %s (%d images in chain, %.1f MB, %.1f MB/s) from %s",
+                "pulled %s (%d images in chain, %.1f MB, %.1f MB/s) from %s%s",
                 pull.image[:19],
                 len(chain),
                 record.done / 1e6,
                 record.rate / 1e6,
                 member.name,
+                " (a relay)" if record.relay else "",
             )
         finally:
+            for spool in spools:
+                if self.relays is not None:
+                    self.relays.close(spool)
             record.finished = time.time()
             self.active.pop(pull.image, None)
             self.recent.appendleft(record)
             self.poke()  # plan again: the next pull may start, or this one be retried
+
+    def _failed(self, pull: Pull, source: str, name: str, exc: Exception) -> None:
+        now = time.monotonic()
+        failure = self.failures.setdefault(pull.image, Failure(0, 0.0))
+        failure.attempts += 1
+        failure.bad_sources.add(source)
+        delay = backoff(failure.attempts, self.config.retry_backoff, self.config.retry_backoff_max)
+        if isinstance(exc, PeerBusy):
+            delay = max(delay, exc.retry_after)  # busy is not a fault: no penalty, but respect the ask
+        else:
+            # A peer that fails repeatedly loses preference for a while, for every image.
+            self.penalties[source] = penalise(
+                self.penalties.get(source), now, self.config.retry_backoff * 4, self.config.retry_backoff_max
+            )
+            self.metrics.failovers.inc()
+        failure.retry_at = now + delay
+        self.metrics.transfers.labels("in", "failed").inc()
+        log.warning(
+            "pull of %s from %s failed (attempt %d): %s", pull.image[:19], name, failure.attempts, exc
+        )
+
+    def _open_spool(self, image: str, store: str, spools: list[Spool]) -> Spool | None:
+        if self.relays is None:
+            return None
+        spool = self.relays.open(image, store)
+        spools.append(spool)
+        return spool
+
+    async def _watched(self, source: str, pulling: Coroutine[Any, Any, list[str]]) -> list[str]:
+        """Run a pull, cut short when the mesh declares its source dead or gone: a source that
+        is stopped while this pull waits in its queue sends no bytes for the idle timeout to see."""
+        task = asyncio.ensure_future(pulling)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=0.5)
+                if done:
+                    return task.result()
+                peer = self.view.peer(source)
+                if peer is None or peer.state in (State.DEAD, State.LEFT):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+                    raise TransferFailed(f"the source {peer.name if peer else source} left the mesh or died")
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     async def stop(self) -> None:
         for task in list(self._tasks):
