@@ -21,11 +21,15 @@ from mesh.protocol.formulas import backoff
 from mesh.protocol.liveness import State
 from mesh.protocol.planner import Failure, Plan, Pull
 from mesh.protocol.sources import Penalty, penalise
-from mesh.protocol.view import MeshView
+from mesh.protocol.view import MeshView, PeerInfo
 from mesh.ui.metrics import Metrics
 
 log = logging.getLogger("cachemesh.pull")
 
+FAILOVER_PAUSE = 0.5
+"""Seconds before a pull that failed once is retried, from the best-ranked other source."""
+SUSPECT_SILENCE = 2.0
+"""Seconds without bytes after which a pull from a source the mesh suspects fails over."""
 MAX_HANDOFFS = 8
 """Hand-offs followed in one attempt (a burst's chain); then the last relay is asked to serve."""
 
@@ -113,18 +117,20 @@ class Puller:
                     self.metrics.engine_errors.inc()
                     log.warning("cannot tag %s as %s: %s", action.image[:19], action.tag, exc)
             for pull in self.plan.pulls:
-                task = asyncio.create_task(self._pull(pull))
+                member = self.view.peer(pull.source)
+                if member is None:
+                    continue
+                record = Transfer(
+                    pull.image, pull.tags, member.addr, member.name, "in", pull.size, relay=pull.via_relay
+                )
+                # In flight from now, not from when the task first runs: the next plan may be
+                # computed before that, and must not start the same pull again.
+                self.active[pull.image] = record
+                task = asyncio.create_task(self._pull(pull, member, record))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-    async def _pull(self, pull: Pull) -> None:
-        member = self.view.peer(pull.source)
-        if member is None:
-            return
-        record = Transfer(
-            pull.image, pull.tags, member.addr, member.name, "in", pull.size, relay=pull.via_relay
-        )
-        self.active[pull.image] = record
+    async def _pull(self, pull: Pull, member: PeerInfo, record: Transfer) -> None:
         meta = self.view.metas().get(pull.image)
         have = held_prefix(meta.layers, self.local.held_chains()) if meta else 0
         failure = self.failures.get(pull.image)
@@ -145,6 +151,7 @@ class Puller:
                 try:
                     chain = await self._watched(
                         source,
+                        record,
                         pull_image(
                             self.engine,
                             self.client,
@@ -208,7 +215,10 @@ class Puller:
         failure = self.failures.setdefault(pull.image, Failure(0, 0.0))
         failure.attempts += 1
         failure.bad_sources.add(source)
-        delay = backoff(failure.attempts, self.config.retry_backoff, self.config.retry_backoff_max)
+        # The first failure fails over after a short pause (the planner then ranks the failed
+        # source last); repeated failures back off.
+        delay = backoff(failure.attempts - 1, self.config.retry_backoff, self.config.retry_backoff_max)
+        delay = max(delay, FAILOVER_PAUSE)
         if isinstance(exc, PeerBusy):
             delay = max(delay, exc.retry_after)  # busy is not a fault: no penalty, but respect the ask
         else:
@@ -230,21 +240,35 @@ class Puller:
         spools.append(spool)
         return spool
 
-    async def _watched(self, source: str, pulling: Coroutine[Any, Any, list[str]]) -> list[str]:
-        """Run a pull, cut short when the mesh declares its source dead or gone: a source that
-        is stopped while this pull waits in its queue sends no bytes for the idle timeout to see."""
+    async def _watched(
+        self, source: str, record: Transfer, pulling: Coroutine[Any, Any, list[str]]
+    ) -> list[str]:
+        """Run a pull, cut short when the mesh declares its source dead or gone, or suspects it
+        while its stream has been silent for SUSPECT_SILENCE: a stopped source sends nothing, and
+        the mesh's failure detector notices that sooner than a generous idle timeout would (and
+        also while the pull still waits in the source's queue, where no idle timeout runs)."""
         task = asyncio.ensure_future(pulling)
+        loop = asyncio.get_running_loop()
+        seen, progress_at = record.done, loop.time()
         try:
             while True:
-                done, _ = await asyncio.wait({task}, timeout=0.5)
+                done, _ = await asyncio.wait({task}, timeout=0.25)
                 if done:
                     return task.result()
+                if record.done != seen:
+                    seen, progress_at = record.done, loop.time()
                 peer = self.view.peer(source)
+                silent = loop.time() - progress_at
                 if peer is None or peer.state in (State.DEAD, State.LEFT):
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await task
-                    raise TransferFailed(f"the source {peer.name if peer else source} left the mesh or died")
+                    reason = f"the source {peer.name if peer else source} left the mesh or died"
+                elif peer.state is State.SUSPECT and silent >= SUSPECT_SILENCE:
+                    reason = f"the source {peer.name} is suspect and sent nothing for {silent:.0f}s"
+                else:
+                    continue
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                raise TransferFailed(reason)
         finally:
             if not task.done():
                 task.cancel()
