@@ -64,6 +64,8 @@ def run_once(lab: BurstLab, receivers: list[str], timeout: float) -> tuple[float
     finally:
         for client in clients.values():
             client.close()
+    # The engine shows the tag a moment before the node logs the pull it came from.
+    wait_until(lambda: all(lab.sources_used(r) for r in receivers), 10, 0.1, what="every pull logged")
     used = {r: lab.sources_used(r) for r in receivers}
     for name in names:
         lab.stop(name)

@@ -73,6 +73,8 @@ class Puller:
                 i, p.state is State.ALIVE, p.rtt, status.zone, status.uploads, status.receiving
             )
         remote = {node: view.holdings(node) for node, peer in peers.items() if peer.alive}
+        now = time.monotonic()
+        self.penalties = {p: penalty for p, penalty in self.penalties.items() if penalty.until > now}
         metas = {**view.metas(), **self.local.metas()}
         return planner.plan(
             local=self.local.tags(),
@@ -86,7 +88,7 @@ class Puller:
             exclude=self.config.exclude,
             max_pulls=self.config.max_transfers_in,
             max_attempts=self.config.max_attempts,
-            now=time.monotonic(),
+            now=now,
             me=view.node_id,
             zone=self.config.zone,
             store=self.store,
