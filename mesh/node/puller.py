@@ -230,6 +230,7 @@ class Puller:
             )
             self.metrics.failovers.inc()
         failure.retry_at = now + delay
+        asyncio.get_running_loop().call_later(delay, self.poke)  # plan again as soon as it may retry
         self.metrics.transfers.labels("in", "failed").inc()
         log.warning(
             "pull of %s from %s failed (attempt %d): %s", pull.image[:19], name, failure.attempts, exc
