@@ -403,7 +403,8 @@ class Node:
         if not hasattr(self, "core"):
             return
         entries, metas = self.registry.announcement()
-        status = NodeStatus(self.config.zone, self.peer_api.uploads, self.relays.receiving())
+        receiving = {**self.relays.receiving(), **dict.fromkeys(self.registry.relaying(), "blob")}
+        status = NodeStatus(self.config.zone, self.peer_api.uploads, receiving)
         shared = {**self._engine_shared, **entries, status_key(self.node_id): announce(status)}
         all_metas = [*self._engine_metas.values(), *metas, status_meta(self.node_id)]
         if self.core.set_local_images(shared, all_metas, time.monotonic()):

@@ -27,7 +27,7 @@ from mesh.protocol.wire import MAX_TAGS, ImageMeta, Tags
 MARK = "oci node-status"
 KEY_SALT = b"cachemesh/node-status\0"
 MAX_RECEIVING = MAX_TAGS - 3  # one slot each for the mark, the zone and the load
-STORES = ("graph", "containerd")
+STORES = ("graph", "containerd", "blob")  # "blob": registry content being fetched (by digest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +36,8 @@ class NodeStatus:
     uploads: int = 0
     """Uploads in flight plus queued: the load figure source choice weighs."""
     receiving: Mapping[str, str] = field(default_factory=dict)
-    """image -> store of the full stream this node is receiving and relays as it arrives."""
+    """image -> store of the full stream this node is receiving and relays as it arrives; or
+    registry digest -> "blob" for content it is fetching and relays as it arrives."""
 
 
 def status_key(node_id: str) -> str:
