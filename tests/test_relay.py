@@ -92,8 +92,9 @@ class Handler:
         self.started.append(request.requester)
 
         async def chunks() -> AsyncIterator[bytes]:
+            yield b"pay"
             await self.release.wait()
-            yield b"payload"
+            yield b"load"
 
         return SaveStream([IMAGE], chunks())
 
@@ -166,7 +167,7 @@ async def test_a_source_hands_a_requester_on_to_its_relay(server):
     assert handed.value.relay == "relay-node" and handler.started == []
 
 
-async def test_a_stream_that_stops_sending_is_cut_by_the_idle_timeout(server):
+async def test_a_stream_that_stops_sending_midway_is_cut_by_the_idle_timeout(server):
     handler, _, (c0, _, _), addr = server
 
     async def stalled() -> None:
