@@ -31,6 +31,9 @@ class Config:
     seeds: tuple[str, ...] = ()
     """host:port of peers to join through; DNS names are re-resolved, so a seed can be a DNS round robin."""
     mdns: bool = True
+    gossip_datagrams: bool = True
+    """Send gossip that fits in sealed UDP datagrams on the peer port (the rest goes over TLS).
+    Off: everything over the TLS peer API; set it the same on every node (docs/protocol.md)."""
     """Find peers on the local link by multicast DNS."""
     cluster: str = "default"
     """Cluster name. Nodes only talk within one cluster; the name is mixed into the signing key."""
@@ -317,6 +320,13 @@ OPTIONS: tuple[Option, ...] = (
         "LIST",
     ),
     Option("mdns", "--mdns", "CACHEMESH_MDNS", _parse_bool, "find peers by multicast DNS (default on)"),
+    Option(
+        "gossip_datagrams",
+        "--gossip-datagrams",
+        "CACHEMESH_GOSSIP_DATAGRAMS",
+        _parse_bool,
+        "send small gossip as sealed UDP datagrams on the peer port (default on; same on every node)",
+    ),
     Option("cluster", "--cluster", "CACHEMESH_CLUSTER", str, "cluster name (default 'default')", "NAME"),
     Option(
         "insecure",

@@ -33,6 +33,24 @@ def test_defaults():
     assert config.docker_host == "unix:///var/run/docker.sock" and config.mdns and config.cluster == "default"
 
 
+def test_gossip_datagrams_are_on_unless_turned_off_by_flag_or_env(monkeypatch):
+    from mesh.cli import main
+
+    env = {"CACHEMESH_SECRET": SECRET}
+    assert resolve({}, env).gossip_datagrams is True
+    assert resolve({}, {**env, "CACHEMESH_GOSSIP_DATAGRAMS": "false"}).gossip_datagrams is False
+    seen: list[Config] = []
+
+    async def serve(config: Config) -> int:
+        seen.append(config)
+        return 0
+
+    monkeypatch.setenv("CACHEMESH_SECRET", SECRET)
+    assert main(["run", "--no-gossip-datagrams"], serve=serve) == 0
+    assert main(["run"], serve=serve) == 0
+    assert [c.gossip_datagrams for c in seen] == [False, True]
+
+
 def test_no_secret_is_refused_unless_insecure(tmp_path):
     with pytest.raises(ConfigError, match="refusing to start without a cluster secret"):
         resolve({}, {})

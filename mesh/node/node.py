@@ -29,6 +29,7 @@ from mesh.engine.base import Engine
 from mesh.engine.docker_api import DockerEngine
 from mesh.net.auth import Signer, derive_key
 from mesh.net.client import PeerClient
+from mesh.net.datagram import GossipSocket, Sealer, bind_datagram_socket
 from mesh.net.server import PeerServer
 from mesh.net.tls import (
     CERT_RENEW_AFTER,
@@ -118,11 +119,17 @@ class Node:
         self._send_tasks: set[asyncio.Task[None]] = set()
         self._runners: list[web.AppRunner] = []
         self._stopping = False
+        self.datagrams: GossipSocket | None = None
+        self.gossip_secrets: dict[str, int] = {}  # node ID -> which held secret sealed its datagrams
 
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        peer_sock = bind_socket(self.config.listen)
+        # With an operator's PKI a certificate admits a node, which a datagram cannot show:
+        # gossip stays on TLS there (docs/protocol.md).
+        peer_sock, udp_sock = bind_peer_sockets(
+            self.config.listen, datagrams=self.tls is None or self.tls.mode == "derived"
+        )
         status_sock = bind_socket(self.config.status_listen)
         registry_sock = None
         if self.config.registry_listen != "off":
@@ -179,6 +186,18 @@ class Node:
                 self.mdns = None
         self.peer_server = peer
         self.peer_addr = await self._serve(peer.app, peer_sock, tls=True)
+        if udp_sock is not None:
+            sealer = Sealer(self.config.signing_secrets, self.config.cluster, self.config.auth_window)
+            _, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
+                lambda: GossipSocket(
+                    sealer,
+                    self.on_datagram,
+                    max_bytes=self.config.max_message_bytes,
+                    on_refused=lambda reason: self.metrics.gossip_refused.labels(reason).inc(),
+                ),
+                sock=udp_sock,
+            )
+            self.datagrams = protocol
         sources = StatusSources(
             status=lambda: build_status(self),
             readiness=self.readiness.check,
@@ -293,6 +312,8 @@ class Node:
         for task in list(self._send_tasks):
             task.cancel()
         await asyncio.gather(*self._send_tasks, return_exceptions=True)
+        if self.datagrams is not None:
+            self.datagrams.close()
         for runner in self._runners:
             await runner.cleanup()
         await self.client.close()
@@ -323,7 +344,15 @@ class Node:
             self._dispatch(out)
 
     def _dispatch(self, out: Outgoing) -> None:
-        """Send one envelope in the background, unless too many are already in flight to its peer."""
+        """Send one envelope: sealed in a datagram when it fits (most gossip), else over the peer
+        API in the background, unless too many requests are already in flight to that peer."""
+        if self.datagrams is not None and self.config.gossip_datagrams and self._members_at(out.addr):
+            # Only to members: a first contact (a seed, an mDNS find) goes over TLS, which checks
+            # the peer and says why when it is refused.
+            body = wire.encode(out.envelope)
+            if Sealer.fits(len(body)) and self.datagrams.send(out.addr, body):
+                self.metrics.gossip_datagrams.labels("out").inc()
+                return
         if self._sends[out.addr] >= MAX_SENDS_PER_PEER:
             self.metrics.gossip_errors.inc()
             return
@@ -375,6 +404,15 @@ class Node:
             self.registry.poke()
 
     # --- the peer API ---------------------------------------------------------------------------
+
+    def on_datagram(self, envelope: wire.Envelope, secret: int) -> None:
+        """A sealed gossip datagram: what the core says back goes out as datagrams of its own."""
+        self.metrics.gossip_datagrams.labels("in").inc()
+        self.gossip_secrets[envelope.sender] = secret
+        if not self._stopping:
+            self.core.receive(envelope, time.monotonic())
+            self._flush()
+            self.wake()
 
     def on_envelope(self, envelope: wire.Envelope) -> wire.Envelope | None:
         self.core.receive(envelope, time.monotonic())
@@ -487,6 +525,23 @@ def is_loopback(listen: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+def bind_peer_sockets(listen: str, *, datagrams: bool) -> tuple[socket.socket, socket.socket | None]:
+    """The peer API's TCP socket and, with `datagrams`, a UDP socket on the same port number. With
+    port 0 the kernel picks a free TCP port whose UDP twin may be taken: then try another."""
+    attempts = 10 if parse_hostport(listen)[1] == 0 else 1
+    for attempt in range(attempts):
+        tcp = bind_socket(listen)
+        if not datagrams:
+            return tcp, None
+        try:
+            return tcp, bind_datagram_socket(parse_hostport(listen)[0], tcp.getsockname()[1])
+        except OSError:
+            tcp.close()
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def bind_socket(listen: str) -> socket.socket:

@@ -50,6 +50,7 @@ def build_status(node: Node) -> dict[str, Any]:
                 "images": sum(not is_registry_entry(t) for t in holdings.get(member_id, {}).values()),
                 "since": round(time.monotonic() - m.since, 1),
                 "tls": node.tls_peers.state(member_id, m.addr),
+                "gossip": _gossip_state(node.gossip_secrets.get(member_id)),
             }
         )
     holders: dict[str, list[str]] = {}
@@ -113,3 +114,10 @@ def build_status(node: Node) -> dict[str, Any]:
         "recent_transfers": [_transfer(t) for t in node.puller.recent],
         "registry": node.registry.status(node.registry_addr or "off"),
     }
+
+
+def _gossip_state(secret: int | None) -> dict[str, str]:
+    """How a peer's gossip datagrams arrive: sealed with which of this node's secrets."""
+    if secret is None:
+        return {"datagrams": "none yet"}
+    return {"datagrams": "sealed", "secret": "current" if secret == 0 else "previous"}

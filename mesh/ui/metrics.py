@@ -90,6 +90,18 @@ class Metrics:
             "Gossip messages this node could not deliver",
             registry=self.registry,
         )
+        self.gossip_datagrams = Counter(
+            "cachemesh_gossip_datagrams",
+            "Sealed gossip datagrams sent (out) and accepted (in)",
+            ["direction"],
+            registry=self.registry,
+        )
+        self.gossip_refused = Counter(
+            "cachemesh_gossip_datagrams_refused",
+            "Datagrams on the peer port that did not open as this cluster's gossip, by error",
+            ["error"],
+            registry=self.registry,
+        )
         self.engine_errors = Counter(
             "cachemesh_engine_errors", "Failed calls to the local Docker Engine", registry=self.registry
         )

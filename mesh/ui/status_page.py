@@ -76,6 +76,12 @@ def _tls_cell(tls: dict[str, Any]) -> str:
     return escape(state)
 
 
+def _gossip_cell(gossip: dict[str, Any]) -> str:
+    if gossip.get("datagrams") != "sealed":
+        return escape(gossip.get("datagrams", "–"))
+    return f"<span class=ok>sealed</span> · secret: {escape(gossip.get('secret', ''))}"
+
+
 def _tls_mode(tls: dict[str, Any]) -> str:
     mode = tls.get("mode", "off")
     if mode == "off":
@@ -134,7 +140,7 @@ def render_html(s: dict[str, Any]) -> str:
     node = s["node"]
     badge = "ready" if s["ready"] else "not-ready"
     peers = _table(
-        ["name", "address", "state", "RTT", "images", "incarnation", "TLS"],
+        ["name", "address", "state", "RTT", "images", "incarnation", "TLS", "gossip datagrams"],
         [
             [
                 escape(p["name"]),
@@ -144,6 +150,7 @@ def render_html(s: dict[str, Any]) -> str:
                 str(p["images"]),
                 str(p["incarnation"]),
                 _tls_cell(p.get("tls", {})),
+                _gossip_cell(p.get("gossip", {})),
             ]
             for p in s["peers"]
         ],
