@@ -63,6 +63,7 @@ from mesh.ui.status_page import StatusSources, status_app
 
 log = logging.getLogger("cachemesh.node")
 
+STATUS_INTERVAL = 0.5  # seconds between announcements of this node's transfer status, at most
 MAX_SENDS_PER_PEER = 4  # more in flight to one peer means it is not answering; drop (SWIM copes)
 
 
@@ -119,6 +120,8 @@ class Node:
         self._send_tasks: set[asyncio.Task[None]] = set()
         self._runners: list[web.AppRunner] = []
         self._stopping = False
+        self._status_due: asyncio.TimerHandle | None = None
+        self._status_at = float("-inf")
         self.datagrams: GossipSocket | None = None
         self.gossip_secrets: dict[str, int] = {}  # node ID -> which held secret sealed its datagrams
 
@@ -148,7 +151,7 @@ class Node:
             incarnation=self.incarnation,
             manifest_version=int(time.time() * 1000),
         )
-        self.relays = Relays(Path(self.config.data_dir) / "relay", self.publish_local)
+        self.relays = Relays(Path(self.config.data_dir) / "relay", self._status_changed)
         self.puller = Puller(
             self.config, self.core.view, self.engine, self.local, self.client, self.metrics, self.relays
         )
@@ -160,7 +163,7 @@ class Node:
             self.metrics,
             spool=Path(self.config.data_dir),
             relays=self.relays,
-            on_load=self.publish_local,
+            on_load=self._status_changed,
             chunk_bytes=self.config.transfer_chunk_bytes,
             relay_start_timeout=self.config.transfer_idle_timeout,
         )
@@ -283,6 +286,8 @@ class Node:
         if self._stopping:
             return
         self._stopping = True
+        if self._status_due is not None:
+            self._status_due.cancel()
         if not hasattr(self, "core"):
             await self.client.close()
             await self.engine.close()
@@ -433,6 +438,21 @@ class Node:
         self._engine_shared, self._engine_metas = shared, metas
         self.publish_local()
         self.puller.poke()
+
+    def _status_changed(self) -> None:
+        """Uploads or relays changed: announce the status, at most every STATUS_INTERVAL (a burst
+        starts and ends many streams a second; peers need the gist, not every step)."""
+        if self._status_due is not None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, self._status_at + STATUS_INTERVAL - loop.time())
+        self._status_due = loop.call_later(delay, self._publish_status)
+
+    def _publish_status(self) -> None:
+        self._status_due = None
+        self._status_at = asyncio.get_running_loop().time()
+        if not self._stopping:
+            self.publish_local()
 
     def publish_local(self) -> None:
         """The local manifest: the engine's shared images, the registry's held manifests (IDs of

@@ -12,8 +12,8 @@ its own manifest, the way registry content rides it (mesh/protocol/oci.py):
 The first tag starts with the registry prefix but is no manifest digest, so a node from before
 this entry skips it as malformed registry content; current nodes take it out of every holdings
 view (MeshView.holdings) and read it with `parse`. Its metadata is a fixed empty `ImageMeta`,
-sent once like any other. A change (an upload starts or ends, a pull starts or ends) is one
-manifest version and one small rumour.
+sent once like any other. Changes (an upload starts or ends, a pull starts or ends) are
+announced at most every 0.5 s (mesh/node/node.py), each as one manifest version and one rumour.
 """
 
 from __future__ import annotations
