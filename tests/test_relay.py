@@ -64,6 +64,16 @@ async def test_when_the_upstream_breaks_every_reader_gets_an_error_not_a_short_s
     assert b"".join(got) == b"x" * 10
 
 
+async def test_a_spool_whose_upstream_never_answered_refuses_readers(workdir):
+    relays = Relays(workdir / "relay")
+    spool = relays.open(IMAGE, "graph")
+    with pytest.raises(RelayBroken, match="did not answer"):
+        await spool.wait_started(0.05)
+    spool.finish("handed off elsewhere")
+    with pytest.raises(RelayBroken, match="handed off elsewhere"):
+        await spool.wait_started(1)
+
+
 async def test_leftover_spools_of_a_killed_node_are_cleared(workdir):
     (workdir / "relay").mkdir()
     (workdir / "relay" / "relay-abc-1-2.tar").write_bytes(b"old")
