@@ -88,3 +88,24 @@ def test_hostport_formatting_is_the_inverse_of_parsing(host, text):
 def test_local_preset_is_faster_and_the_secret_is_not_printed():
     assert Config.local().probe_interval < Config.lan().probe_interval
     assert SECRET not in repr(Config(secret=SECRET.encode()))
+
+
+def test_burst_settings_zone_and_transfer_limits():
+    env = {
+        "CACHEMESH_SECRET": SECRET,
+        "CACHEMESH_ZONE": "eu-west-1a",
+        "CACHEMESH_MAX_UPLOADS": "2",
+        "CACHEMESH_MAX_DOWNLOADS": "3",
+        "CACHEMESH_UPLOAD_QUEUE": "0",
+        "CACHEMESH_TRANSFER_IDLE_TIMEOUT": "2.5",
+    }
+    config = resolve({}, env)
+    assert config.zone == "eu-west-1a" and config.max_transfers_out == 2 and config.max_transfers_in == 3
+    assert config.upload_queue == 0 and config.transfer_idle_timeout == 2.5
+    assert resolve({}, {"CACHEMESH_SECRET": SECRET}).transfer_idle_timeout == 10.0
+    with pytest.raises(ConfigError, match="zone must be at most 64 characters, without spaces"):
+        resolve({}, {**env, "CACHEMESH_ZONE": "two words"})
+    with pytest.raises(ConfigError, match="upload-queue"):
+        resolve({"upload_queue": -1}, env)
+    with pytest.raises(ConfigError, match="CACHEMESH_MAX_UPLOADS"):
+        resolve({}, {**env, "CACHEMESH_MAX_UPLOADS": "many"})

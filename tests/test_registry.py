@@ -15,10 +15,13 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from mesh.config import Config
+from mesh.lab.poll import async_wait_until
 from mesh.net.auth import Signer
 from mesh.net.client import PeerClient
 from mesh.protocol import oci
 from mesh.protocol.wire import ImageMeta, Tags
+from mesh.registry.errors import RegistryError
+from mesh.registry.fetch import Fetch
 from mesh.registry.manifest import BUILDKIT_CACHE_CONFIG, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from mesh.registry.names import BadName, Kind, parse_path
 from mesh.registry.router import registry_app
@@ -37,7 +40,10 @@ class NoMesh:
     def metas(self) -> Mapping[str, ImageMeta]:
         return {}
 
-    def nearest(self, nodes: list[str]) -> list[str]:
+    def sources(self, key: str, holders: list[str], relays: list[str]) -> list[str]:
+        return []
+
+    def fetching(self, digest: str) -> list[str]:
         return []
 
     def name(self, node: str) -> str:
@@ -447,3 +453,53 @@ def test_registry_settings() -> None:
         resolve({}, {**env, "CACHEMESH_REGISTRY_LISTEN": "nonsense:port"})
     assert is_loopback("127.0.0.1:7613") and is_loopback("[::1]:1") and is_loopback("localhost:1")
     assert not is_loopback("0.0.0.0:7613") and not is_loopback("10.0.0.1:7613")
+
+
+async def test_content_still_being_fetched_is_relayed_as_it_arrives_and_cut_if_the_fetch_fails(
+    client: TestClient,
+) -> None:
+    """A peer asking for a blob this node is still fetching gets the bytes that have arrived, then
+    the rest as it comes; the last byte only once the digest matched. A failed fetch cuts it."""
+    registry: Registry = client.registry  # type: ignore[attr-defined]
+    data = b"0123456789" * 1000
+    digest = digest_of(data)
+    assert registry.open_content(digest, 0) is None  # neither held nor being fetched
+    fetch = Fetch(digest, registry.store.temp_path())
+    registry.fetcher.active[digest] = fetch
+    with open(fetch.temp, "wb") as fh:  # noqa: ASYNC230 - the test plays the fetch's writer
+        assert registry.open_content(digest, 0) is None  # size not known yet: nothing to promise
+        fetch.size = len(data)
+        assert registry.relaying() == [digest]
+        fh.write(data[:4000])
+        fh.flush()
+        fetch.written = 4000
+        stream = registry.open_content(digest, 1000)
+        assert stream is not None and stream.size == len(data) and not stream.path
+        got = bytearray()
+
+        async def read() -> None:
+            async for chunk in stream.chunks:
+                got.extend(chunk)
+
+        reader = asyncio.create_task(read())
+        await async_wait_until(lambda: len(got) == 3000, 5)
+        fh.write(data[4000:])
+        fh.flush()
+        fetch.written = len(data)
+        fetch._notify()
+        await async_wait_until(lambda: len(got) == len(data) - 1001, 5)  # the last byte waits
+        assert not reader.done()
+        fetch.verified = True
+        fetch._notify()
+        await reader
+    assert bytes(got) == data[1000:]
+
+    broken = registry.open_content(digest, 0)
+    assert broken is not None
+    fetch.verified = False
+    fetch.error = RegistryError("DIGEST_INVALID", "peers sent something else")
+    fetch._notify()
+    with pytest.raises(ConnectionError, match="relayed fetch"):
+        async for _ in broken.chunks:
+            pass
+    del registry.fetcher.active[digest]

@@ -45,12 +45,14 @@ from mesh.node.persistence import NodeState
 from mesh.node.puller import Puller
 from mesh.node.readiness import Readiness, ReadinessSnapshot
 from mesh.node.registry_view import RegistryCounters, RegistryView
+from mesh.node.relay import Relays
 from mesh.node.status import build_status
 from mesh.node.transfer import Transfer
 from mesh.protocol import wire
 from mesh.protocol.core import MeshCore
 from mesh.protocol.events import ManifestChanged, MetaLearned, PeerJoined, PeerStateChanged
 from mesh.protocol.liveness import State
+from mesh.protocol.nodestatus import NodeStatus, announce, status_key, status_meta
 from mesh.protocol.oci import is_registry_entry
 from mesh.protocol.outbox import Outgoing
 from mesh.protocol.wire import ImageMeta, Tags
@@ -61,6 +63,7 @@ from mesh.ui.status_page import StatusSources, status_app
 
 log = logging.getLogger("cachemesh.node")
 
+STATUS_INTERVAL = 0.5  # seconds between announcements of this node's transfer status, at most
 MAX_SENDS_PER_PEER = 4  # more in flight to one peer means it is not answering; drop (SWIM copes)
 
 
@@ -117,6 +120,8 @@ class Node:
         self._send_tasks: set[asyncio.Task[None]] = set()
         self._runners: list[web.AppRunner] = []
         self._stopping = False
+        self._status_due: asyncio.TimerHandle | None = None
+        self._status_at = float("-inf")
         self.datagrams: GossipSocket | None = None
         self.gossip_secrets: dict[str, int] = {}  # node ID -> which held secret sealed its datagrams
 
@@ -146,7 +151,10 @@ class Node:
             incarnation=self.incarnation,
             manifest_version=int(time.time() * 1000),
         )
-        self.puller = Puller(self.config, self.core.view, self.engine, self.local, self.client, self.metrics)
+        self.relays = Relays(Path(self.config.data_dir) / "relay", self._status_changed)
+        self.puller = Puller(
+            self.config, self.core.view, self.engine, self.local, self.client, self.metrics, self.relays
+        )
         self.peer_api = PeerApi(
             self.on_envelope,
             self.core.view,
@@ -154,6 +162,10 @@ class Node:
             self.engine,
             self.metrics,
             spool=Path(self.config.data_dir),
+            relays=self.relays,
+            on_load=self._status_changed,
+            chunk_bytes=self.config.transfer_chunk_bytes,
+            relay_start_timeout=self.config.transfer_idle_timeout,
         )
         peer = PeerServer(
             self.peer_api,
@@ -162,6 +174,7 @@ class Node:
             request_timeout=self.config.request_timeout,
             auth_window=self.config.auth_window,
             max_saves=self.config.max_transfers_out,
+            upload_queue=self.config.upload_queue,
             tls=self.tls_peers,
             content=self.registry,
         )
@@ -273,6 +286,8 @@ class Node:
         if self._stopping:
             return
         self._stopping = True
+        if self._status_due is not None:
+            self._status_due.cancel()
         if not hasattr(self, "core"):
             await self.client.close()
             await self.engine.close()
@@ -424,14 +439,33 @@ class Node:
         self.publish_local()
         self.puller.poke()
 
+    def _status_changed(self) -> None:
+        """Uploads or relays changed: announce the status, at most every STATUS_INTERVAL (a burst
+        starts and ends many streams a second; peers need the gist, not every step)."""
+        if self._status_due is not None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, self._status_at + STATUS_INTERVAL - loop.time())
+        self._status_due = loop.call_later(delay, self._publish_status)
+
+    def _publish_status(self) -> None:
+        self._status_due = None
+        self._status_at = asyncio.get_running_loop().time()
+        if not self._stopping:
+            self.publish_local()
+
     def publish_local(self) -> None:
-        """The local manifest: the engine's shared images and the registry's held manifests (IDs of
-        their own namespace, see mesh/protocol/oci.py)."""
+        """The local manifest: the engine's shared images, the registry's held manifests (IDs of
+        their own namespace, see mesh/protocol/oci.py) and this node's transfer status (zone, load
+        figure, images it relays: mesh/protocol/nodestatus.py)."""
         if not hasattr(self, "core"):
             return
         entries, metas = self.registry.announcement()
-        shared = {**self._engine_shared, **entries}
-        if self.core.set_local_images(shared, [*self._engine_metas.values(), *metas], time.monotonic()):
+        receiving = {**self.relays.receiving(), **dict.fromkeys(self.registry.relaying(), "blob")}
+        status = NodeStatus(self.config.zone, self.peer_api.uploads, receiving)
+        shared = {**self._engine_shared, **entries, status_key(self.node_id): announce(status)}
+        all_metas = [*self._engine_metas.values(), *metas, status_meta(self.node_id)]
+        if self.core.set_local_images(shared, all_metas, time.monotonic()):
             self.wake()
 
     def _on_engine_error(self) -> None:
