@@ -439,6 +439,8 @@ class Node:
             ),
             plan=self.puller.plan,
             registry_pending=self.registry.warm_reason(),
+            since_start=time.time() - self.started,
+            ready_timeout=self.config.ready_timeout,
         )
 
     def _snapshot(self) -> dict[str, Any]:
