@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from mesh.node.readiness import TIMED_OUT
 from mesh.protocol.liveness import State
 from mesh.protocol.oci import is_registry_entry
 
@@ -28,6 +29,16 @@ def _transfer(t: Any) -> dict[str, Any]:
         "finished": t.finished,
         "outcome": t.outcome,
         "error": t.error,
+    }
+
+
+def _warmup(node: Node, ready: bool, reason: str) -> dict[str, Any]:
+    timeout = node.config.ready_timeout
+    return {
+        **node.puller.progress().as_dict(),
+        "ready_timeout": timeout or None,
+        "ready_timeout_left": max(0.0, round(timeout - (time.time() - node.started), 1)) if timeout else None,
+        "ready_by_timeout": ready and reason.startswith(TIMED_OUT),
     }
 
 
@@ -105,6 +116,7 @@ def build_status(node: Node) -> dict[str, Any]:
         "ready": ready,
         "ready_reason": reason,
         "missing": [] if plan is None else plan.missing,
+        "warmup": _warmup(node, ready, reason),
         "peers": peers,
         "images": images,
         "transfers": [_transfer(t) for t in node.puller.active.values()]
