@@ -123,3 +123,128 @@ def test_registry_entries_are_not_images():
     assert oci.holders(d(202), remote, {meta.id: meta}) == ["a"]
     assert oci.holders(manifest, remote, {}) == ["a"]
     assert oci.holders(d(203), remote, {meta.id: meta}) == []
+
+
+# --- source choice: a tree, not a star (mesh.protocol.sources) --------------------------------
+
+from mesh.protocol import nodestatus, sources  # noqa: E402
+from mesh.protocol.sources import Downstream, Penalty, penalise, relay_to  # noqa: E402
+
+
+def source_of(peers, remote=None, **kw):
+    remote = remote if remote is not None else {p: {OTHER: ("tool:1",)} for p in ("h1", "h2")}
+    p = run(remote=remote, peers=peers, **kw)
+    assert [x.image for x in p.pulls] == [OTHER]
+    return p.pulls[0]
+
+
+def test_a_busy_holder_loses_to_an_idle_one_even_if_nearer():
+    peers = {"h1": Peer("h1", True, 0.001, uploads=2), "h2": Peer("h2", True, 0.004)}
+    assert source_of(peers).source == "h2"
+    # Equal load: RTT decides.
+    peers = {"h1": Peer("h1", True, 0.001, uploads=1), "h2": Peer("h2", True, 0.004, uploads=1)}
+    assert source_of(peers).source == "h1"
+
+
+def test_same_zone_is_preferred_over_a_lighter_peer_elsewhere():
+    peers = {"h1": Peer("h1", True, 0.001, zone="b"), "h2": Peer("h2", True, 0.001, zone="a", uploads=2)}
+    assert source_of(peers, zone="a").source == "h2"
+    # No zone here: zones do not matter, load does.
+    assert source_of(peers).source == "h1"
+
+
+def test_a_relay_is_chosen_when_the_holder_is_busy_and_only_for_its_own_store():
+    remote = {"h1": {OTHER: ("tool:1",)}}
+    peers = {
+        "h1": Peer("h1", True, 0.001, uploads=1),
+        "r1": Peer("r1", True, 0.001, receiving={OTHER: "graph"}),
+    }
+    pull = source_of(peers, remote, store="graph", me="me")
+    assert (pull.source, pull.via_relay) == ("r1", True)
+    # A relay streams for its own store: a containerd receiver goes to the holder.
+    assert source_of(peers, remote, store="containerd").source == "h1"
+    # An idle holder beats an idle relay (a relay may still fail).
+    idle = {**peers, "h1": Peer("h1", True, 0.001)}
+    assert source_of(idle, remote, store="graph").source == "h1"
+
+
+def test_a_dead_relay_is_ignored():
+    remote = {"h1": {OTHER: ("tool:1",)}}
+    peers = {
+        "h1": Peer("h1", True, 0.001, uploads=3),
+        "r1": Peer("r1", False, 0.001, receiving={OTHER: "graph"}),
+    }
+    assert source_of(peers, remote, store="graph").source == "h1"
+
+
+def test_pulls_of_one_plan_and_pulls_in_flight_count_as_load():
+    remote = {p: {OTHER: ("tool:1",), APP2: ("app:2",), BASE: ("base:1",)} for p in ("h1", "h2")}
+    peers = {"h1": Peer("h1", True, 0.001), "h2": Peer("h2", True, 0.001)}
+    p = run(remote=remote, peers=peers, max_pulls=2)
+    assert len(p.pulls) == 2 and p.pulls[0].source != p.pulls[1].source
+    p = run(remote=remote, peers=peers, max_pulls=2, in_flight={BASE: "h1"})
+    assert [x.source for x in p.pulls] == ["h2"]
+
+
+def test_penalised_peers_lose_preference_until_the_penalty_expires():
+    peers = {"h1": Peer("h1", True, 0.001), "h2": Peer("h2", True, 0.004, uploads=1)}
+    assert source_of(peers).source == "h1"
+    hurt = {"h1": Penalty(1, 150.0)}
+    assert source_of(peers, penalties=hurt).source == "h2"
+    assert source_of(peers, penalties={"h1": Penalty(1, 99.0)}).source == "h1"  # expired (now=100)
+
+
+def test_penalties_grow_with_repeated_failures_and_reset_after_expiry():
+    first = penalise(None, 100.0, 2.0, 60.0)
+    assert first == Penalty(1, 102.0)
+    second = penalise(first, 101.0, 2.0, 60.0)
+    assert second == Penalty(2, 105.0)
+    assert penalise(Penalty(9, 100.0), 101.0, 2.0, 60.0) == Penalty(1, 103.0)
+    assert penalise(Penalty(20, 500.0), 101.0, 2.0, 60.0).until == 161.0
+
+
+def test_receivers_deciding_together_spread_over_equal_sources():
+    peers = {h: Peer(h, True, 0.001) for h in ("h1", "h2", "h3")}
+    remote = {h: {OTHER: ("tool:1",)} for h in peers}
+    chosen = {source_of(peers, remote, me=f"receiver-{n}").source for n in range(12)}
+    assert chosen == {"h1", "h2", "h3"}
+    # ... and one receiver decides the same way each time.
+    assert len({source_of(peers, remote, me="receiver-0").source for _ in range(3)}) == 1
+
+
+def test_a_source_hands_a_burst_on_as_a_chain():
+    sending = [Downstream("r1", OTHER, "graph", relays=True)]
+    assert relay_to(OTHER, "graph", "r2", sending) == "r1"
+    assert relay_to(OTHER, "containerd", "r2", sending) is None  # r1's stream is for another store
+    assert relay_to(APP, "graph", "r2", sending) is None
+    assert relay_to(OTHER, "graph", "r1", sending) is None  # never to itself
+    assert relay_to(OTHER, "graph", "r2", [Downstream("r1", OTHER, "graph", relays=False)]) is None
+    two = [*sending, Downstream("r3", OTHER, "graph", relays=True)]
+    assert relay_to(OTHER, "graph", "r4", two) == "r3"
+
+
+def test_a_simulated_burst_of_receivers_forms_a_chain_not_a_star():
+    """Four receivers decide one after another with fresh gossip: each takes the last relay."""
+    remote = {"src": {OTHER: ("tool:1",)}}
+    peers = {"src": Peer("src", True, 0.001)}
+    parents = {}
+    for n in range(1, 5):
+        me = f"r{n}"
+        pull = source_of({k: v for k, v in peers.items() if k != me}, remote, store="graph", me=me)
+        parents[me] = pull.source
+        src = peers[pull.source]
+        peers[pull.source] = Peer(src.id, True, src.rtt, uploads=src.uploads + 1, receiving=src.receiving)
+        peers[me] = Peer(me, True, 0.001, receiving={OTHER: "graph"})
+    assert parents == {"r1": "src", "r2": "r1", "r3": "r2", "r4": "r3"}
+    assert sources.RELAY_COST < 1  # an idle relay beats a holder with one upload
+
+
+def test_node_status_round_trips_and_ignores_garbage():
+    status = nodestatus.NodeStatus("eu-1", 3, {OTHER: "graph", APP: "containerd"})
+    tags = nodestatus.announce(status)
+    assert nodestatus.parse(tags) == status
+    assert nodestatus.is_status_entry(tags) and not nodestatus.is_status_entry(("app:1",))
+    assert nodestatus.parse(("app:1",)) is None
+    odd = (*tags, "oci recv sha256:zz graph", "oci load x", "oci future thing")
+    assert nodestatus.parse(odd) == status
+    assert nodestatus.status_key("a") != nodestatus.status_key("b")

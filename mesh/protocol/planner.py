@@ -8,7 +8,9 @@ Policy (the default; a disk budget comes later):
   because a rebuild needs its FROM image by name.
 - Images the operator removed here are not pulled back (they are remembered as evicted) until a
   newer image takes their tag.
-- The source is the live holder with the lowest measured RTT, skipping peers that just failed.
+- The source is chosen by `mesh.protocol.sources.rank`: live holders and live relays (peers still
+  receiving the image, cut-through), weighed by RTT, their gossiped uploads, zone and recent
+  failures, ties spread per receiver, so a burst of receivers forms a tree, not a star.
 - An image whose parent chain already brings another wanted image is pulled first, and the other
   waits for it instead of crossing the network twice.
 """
@@ -20,15 +22,24 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import takewhile
 
+from mesh.protocol import sources
 from mesh.protocol.oci import is_registry_entry
+from mesh.protocol.sources import Penalty
 from mesh.protocol.wire import ImageMeta, Tags
 
 
 @dataclass(frozen=True, slots=True)
 class Peer:
+    """A peer as source choice sees it. `zone`, `uploads` and `receiving` come from the peer's
+    gossiped status (mesh.protocol.nodestatus); `receiving` maps images it is receiving and
+    relaying to the image store its stream is for ("graph" or "containerd")."""
+
     id: str
     alive: bool
     rtt: float | None
+    zone: str = ""
+    uploads: int = 0
+    receiving: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -44,6 +55,8 @@ class Pull:
     source: str
     tags: tuple[str, ...]
     size: int
+    via_relay: bool = False
+    """The source is still receiving the image itself and relays it as it arrives."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,12 +137,24 @@ def plan(
     max_pulls: int,
     max_attempts: int,
     now: float,
+    me: str = "",
+    zone: str = "",
+    store: str = "",
+    penalties: Mapping[str, Penalty] | None = None,
 ) -> Plan:
     """Decide pulls and local tag moves.
 
     local: image -> tags held here. remote: peer ID -> its manifest (image -> tags), live peers only.
-    in_flight: image -> source of pulls under way. evicted: image -> tag it carried when the
-    operator removed it here.
+    in_flight: image -> source of pulls under way. failures: image -> its failed attempts (when
+    to retry it, which sources failed it). evicted: image -> tag it carried when the operator
+    removed it here.
+
+    Source choice (mesh.protocol.sources.rank): `me` is this node's ID (spreads ties between
+    receivers), `zone` its zone ("" = no preference), `store` its image store: a relay serves
+    only receivers of the store its own stream is for, so relays count only when their store is
+    `store` (with store "" relays are ignored: the caller cannot say). `penalties`: peer ->
+    its recent failures with any image (`sources.penalise`), which lower its preference until
+    they expire; `peers[p].uploads` is p's gossiped load.
     """
     live_remote = {p: m for p, m in remote.items() if p in peers and peers[p].alive}
     want_tags: dict[str, set[str]] = {}
@@ -148,6 +173,13 @@ def plan(
     for peer, manifest in live_remote.items():
         for image in manifest:
             holders.setdefault(image, []).append(peer)
+    relays: dict[str, list[str]] = {}
+    if store:
+        for peer_id, info in sorted(peers.items()):
+            if info.alive and peer_id != me:
+                for image, relay_store in info.receiving.items():
+                    if relay_store == store and peer_id not in holders.get(image, ()):
+                        relays.setdefault(image, []).append(peer_id)
 
     given_up = [i for i in missing if i in failures and failures[i].attempts >= max_attempts]
     # A wanted image that another wanted image's chain brings along waits for that pull.
@@ -168,14 +200,32 @@ def plan(
 
     pulls: list[Pull] = []
     budget = max(0, max_pulls - len(in_flight))
+    sent: dict[str, int] = {}  # pulls this node already runs or plans per source: load not yet gossiped
+    for source in in_flight.values():
+        sent[source] = sent.get(source, 0) + 1
     for image in candidates[:budget]:
         bad = failures[image].bad_sources if image in failures else set()
-        sources = sorted(
-            holders[image],
-            key=lambda p: (p in bad, peers[p].rtt if peers[p].rtt is not None else float("inf"), p),
-        )
+        options = [
+            sources.Candidate(p, peers[p].rtt, peers[p].uploads, peers[p].zone, relay=False)
+            for p in holders[image]
+        ]
+        options += [
+            sources.Candidate(p, peers[p].rtt, peers[p].uploads, peers[p].zone, relay=True)
+            for p in relays.get(image, ())
+        ]
+        best = sources.rank(
+            image,
+            options,
+            me=me,
+            zone=zone,
+            bad=bad,
+            penalties=penalties or {},
+            now=now,
+            extra_uploads=sent,
+        )[0]
+        sent[best.peer] = sent.get(best.peer, 0) + 1
         size = metas[image].size if image in metas else 0
-        pulls.append(Pull(image, sources[0], tuple(sorted(want_tags[image])), size))
+        pulls.append(Pull(image, best.peer, tuple(sorted(want_tags[image])), size, best.relay))
     return Plan(pulls, tags, missing, given_up)
 
 

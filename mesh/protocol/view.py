@@ -13,6 +13,7 @@ from types import MappingProxyType
 from mesh.protocol.liveness import State
 from mesh.protocol.manifests import Manifests
 from mesh.protocol.membership import Member, Membership
+from mesh.protocol.nodestatus import NodeStatus, is_status_entry, parse, status_key
 from mesh.protocol.wire import ImageMeta, Tags
 
 
@@ -70,9 +71,19 @@ class MeshView:
     # --- holdings -------------------------------------------------------------------------
 
     def holdings(self, node: str) -> dict[str, Tags]:
-        """What `node` holds as known here (image ID -> tags); empty if nothing is known."""
+        """What `node` holds as known here (image ID -> tags); empty if nothing is known. Its
+        status entry (mesh.protocol.nodestatus) is not a holding and is left out."""
         replica = self._manifests.replicas.get(node)
-        return {} if replica is None else {i: tags for i, (tags, _) in replica.entries.items()}
+        if replica is None:
+            return {}
+        return {i: tags for i, (tags, _) in replica.entries.items() if not is_status_entry(tags)}
+
+    def status(self, node: str) -> NodeStatus:
+        """`node`'s gossiped transfer status (zone, load, relays); empty until one is known."""
+        replica = self._manifests.replicas.get(node)
+        entry = replica.entries.get(status_key(node)) if replica is not None else None
+        found = parse(entry[0]) if entry is not None else None
+        return found or NodeStatus()
 
     def all_holdings(self) -> dict[str, dict[str, Tags]]:
         """Every node's holdings as known here, this node's own included."""

@@ -1,0 +1,76 @@
+"""A node's transfer status in the manifest gossip: zone, load figure, images it relays. Pure.
+
+Source choice (mesh.protocol.sources) needs three small facts about every peer: its zone, how
+many uploads it carries (in flight plus queued), and which images it is receiving and relays as
+they arrive. Rather than a new message type (which nodes of the same protocol version that
+predate it would reject, dropping the whole envelope), each node announces them as one entry of
+its own manifest, the way registry content rides it (mesh/protocol/oci.py):
+
+    ID   sha256 over a salt and the node ID (never an image ID or a registry key)
+    tags ("oci node-status", "oci zone <zone>", "oci load <n>", "oci recv <image> <store>", ...)
+
+The first tag starts with the registry prefix but is no manifest digest, so a node from before
+this entry skips it as malformed registry content; current nodes take it out of every holdings
+view (MeshView.holdings) and read it with `parse`. Its metadata is a fixed empty `ImageMeta`,
+sent once like any other. A change (an upload starts or ends, a pull starts or ends) is one
+manifest version and one small rumour.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from mesh.protocol.wire import MAX_TAGS, ImageMeta, Tags
+
+MARK = "oci node-status"
+KEY_SALT = b"cachemesh/node-status\0"
+MAX_RECEIVING = MAX_TAGS - 3  # one slot each for the mark, the zone and the load
+STORES = ("graph", "containerd")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    zone: str = ""
+    uploads: int = 0
+    """Uploads in flight plus queued: the load figure source choice weighs."""
+    receiving: Mapping[str, str] = field(default_factory=dict)
+    """image -> store of the full stream this node is receiving and relays as it arrives."""
+
+
+def status_key(node_id: str) -> str:
+    return "sha256:" + hashlib.sha256(KEY_SALT + node_id.encode()).hexdigest()
+
+
+def status_meta(node_id: str) -> ImageMeta:
+    return ImageMeta(status_key(node_id), "", (), 0, 0)
+
+
+def announce(status: NodeStatus) -> Tags:
+    receiving = sorted(f"oci recv {image} {store}" for image, store in status.receiving.items())
+    return (MARK, f"oci zone {status.zone}", f"oci load {status.uploads}", *receiving[:MAX_RECEIVING])
+
+
+def is_status_entry(tags: Tags | None) -> bool:
+    return bool(tags) and tags[0] == MARK  # type: ignore[index]
+
+
+def parse(tags: Tags | None) -> NodeStatus | None:
+    """The status in an entry's tags; None if it is not one. Malformed items (a newer peer's
+    extension, or garbage) are skipped, never fatal."""
+    if not is_status_entry(tags):
+        return None
+    assert tags is not None
+    zone, uploads, receiving = "", 0, {}
+    for text in tags[1:]:
+        kind, _, rest = text.removeprefix("oci ").partition(" ")
+        if kind == "zone":
+            zone = rest
+        elif kind == "load" and rest.isdigit():
+            uploads = int(rest)
+        elif kind == "recv":
+            image, _, store = rest.partition(" ")
+            if image.startswith("sha256:") and len(image) == 71 and store in STORES:
+                receiving[image] = store
+    return NodeStatus(zone, uploads, receiving)

@@ -1,0 +1,139 @@
+"""From whom to pull an image, and when a source hands a requester on to a relay. Pure.
+
+A burst (an autoscaler adding hosts at once) must become a tree, not a star: the first holder's
+uplink cannot carry every copy. Two rules make it one, with no tracker:
+
+1. The receiver's choice (`rank`). Every live holder of the image, and every live peer that is
+   still receiving it and can relay it (cut-through, docs/protocol.md), is a candidate. Each gets a
+   cost in "shares of an uplink", lowest first:
+
+       cost = (1 + uploads) * zone_factor + rtt / RTT_PER_SHARE + relay + penalties
+
+   - `uploads` is the peer's gossiped load figure (uploads in flight plus queued): one more
+     receiver gets about 1/(uploads + 1) of its uplink. Pulls this plan has already sent to a peer
+     count too, so one plan does not pile onto one source.
+   - `zone_factor` is ZONE_FACTOR when this node has a zone and the peer is not in it, else 1.
+   - `relay` is RELAY_COST for a peer that is still receiving: it is bounded by its own inflow and
+     may yet fail, so an idle holder beats an idle relay, but a busy holder does not.
+   - penalties: FAILED_HERE for a peer that already failed this image (`bad`), and PER_FAILURE per
+     recent failure of the peer with any image while its penalty lasts (`Penalty.until > now`).
+   Ties go to a hash of (this node, peer, image), so receivers that decide at the same moment
+   on the same information spread over equal sources instead of all taking the first.
+
+2. The source's hand-off (`relay_to`). Gossip lags a burst by a fraction of a second, so receivers
+   deciding together still pick the same holder. A node that is already streaming an image in
+   full to a peer that relays it answers a further request for that image (same image store,
+   hand-off allowed) with "ask that relay" instead of splitting its uplink. Relays apply the same
+   rule, so a burst becomes a chain: each hop gets a whole uplink, and with cut-through each
+   hop adds about one round trip and one chunk, not one image time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+ZONE_FACTOR = 4.0
+"""A peer outside this node's zone costs as much as one carrying three more uploads."""
+RTT_PER_SHARE = 0.05
+"""50 ms of round trip weighs as much as one more upload (inside a LAN, RTT barely counts)."""
+RELAY_COST = 0.5
+FAILED_HERE = 100.0
+PER_FAILURE = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Penalty:
+    """A peer's recent failures (any image) and until when they lower its preference."""
+
+    failures: int
+    until: float
+
+
+def penalise(previous: Penalty | None, now: float, base: float, cap: float) -> Penalty:
+    """One more failure from a peer: the penalty lasts base * 2^(failures-1), at most `cap` seconds."""
+    failures = (previous.failures if previous is not None and previous.until > now else 0) + 1
+    return Penalty(failures, now + min(cap, base * 2 ** (failures - 1)))
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One possible source for one image, as `rank` sees it."""
+
+    peer: str
+    rtt: float | None
+    uploads: int
+    zone: str
+    relay: bool
+
+
+def cost(
+    c: Candidate, *, zone: str, bad: bool, penalty: Penalty | None, now: float, extra_uploads: int = 0
+) -> float:
+    zone_factor = ZONE_FACTOR if zone and c.zone != zone else 1.0
+    total = (1 + c.uploads + extra_uploads) * zone_factor
+    total += (c.rtt / RTT_PER_SHARE) if c.rtt is not None else 1.0  # unmeasured: as if 50 ms
+    if c.relay:
+        total += RELAY_COST
+    if bad:
+        total += FAILED_HERE
+    if penalty is not None and penalty.until > now:
+        total += PER_FAILURE * penalty.failures
+    return total
+
+
+def spread(me: str, peer: str, image: str) -> bytes:
+    """The tie-breaker: differs per receiver, so equal sources are shared out, and stable."""
+    return hashlib.sha256(f"{me}\0{peer}\0{image}".encode()).digest()[:8]
+
+
+def rank(
+    image: str,
+    candidates: Iterable[Candidate],
+    *,
+    me: str,
+    zone: str,
+    bad: Iterable[str],
+    penalties: Mapping[str, Penalty],
+    now: float,
+    extra_uploads: Mapping[str, int] | None = None,
+) -> list[Candidate]:
+    """Candidates best first (see the module docstring for the cost)."""
+    bad = set(bad)
+    extra = extra_uploads or {}
+    return sorted(
+        candidates,
+        key=lambda c: (
+            cost(
+                c,
+                zone=zone,
+                bad=c.peer in bad,
+                penalty=penalties.get(c.peer),
+                now=now,
+                extra_uploads=extra.get(c.peer, 0),
+            ),
+            spread(me, c.peer, image),
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Downstream:
+    """A stream this node is sending now: to whom, of what, for which store, and whether the
+    receiver relays it (a full stream it spools and serves to others as it arrives)."""
+
+    peer: str
+    image: str
+    store: str
+    relays: bool
+
+
+def relay_to(image: str, store: str, requester: str, sending: Sequence[Downstream]) -> str | None:
+    """The peer a request for `image` from `requester` (whose engine uses `store`) is handed to,
+    or None to serve it here. The newest matching downstream is the chain's far end nearest to
+    this node's knowledge, so the next requester joins behind it."""
+    for out in reversed(sending):
+        if out.image == image and out.relays and out.store == store and out.peer != requester:
+            return out.peer
+    return None
