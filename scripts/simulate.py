@@ -68,6 +68,14 @@ def main() -> int:
         metavar="BYTES",
         help="what a relay holds whole before forwarding it (default 1 MiB, the stream's chunk)",
     )
+    parser.add_argument(
+        "--tree",
+        type=int,
+        default=0,
+        metavar="K",
+        help="what-if, not the node's rule: sources hand requests on as a balanced K-ary tree "
+        "instead of sources.relay_to's chain",
+    )
     args = parser.parse_args()
     counts = tuple(int(n) for n in args.fanout.split(",") if n.strip())
 
@@ -93,12 +101,16 @@ def main() -> int:
         )
     if counts:
         summary.update(
-            fanout_ratios(counts, relay=not args.no_relay, relay_chunk=args.relay_chunk, seed=args.seed)
+            fanout_ratios(
+                counts, relay=not args.no_relay, relay_chunk=args.relay_chunk, seed=args.seed, tree=args.tree
+            )
         )
         print(
             f"fan-out: one 64 MB image to {', '.join(map(str, counts))} new hosts at once against 1, "
             f"equal 200 Mbit/s links, {'no relaying' if args.no_relay else 'relays'} "
-            f"(chunk {args.relay_chunk} B), seed {args.seed}",
+            f"(chunk {args.relay_chunk} B), "
+            f"{f'WHAT-IF {args.tree}-ary tree hand-offs' if args.tree else 'hand-offs by sources.relay_to'}, "
+            f"seed {args.seed}",
             file=sys.stderr,
         )
     summary["wall_seconds"] = round(time.monotonic() - started, 1)

@@ -318,3 +318,11 @@ def test_fan_out_to_100_new_hosts_takes_at_most_3x_the_time_for_one():
     # without relaying it is the star: every copy from the first holder, one after another
     star = fanout_ratios((100,), relay=False)
     assert star["fanout_ratio_100"] == pytest.approx(100, rel=0.01)
+
+
+def test_the_tree_what_if_hands_requests_on_as_a_balanced_binary_tree():
+    # not the node's rule: the figure beside the chain that sources.relay_to builds
+    result = fanout_time(FanoutParams(100, tree=2))
+    assert result.depth == 6  # levels of at most 2, 4, 8, 16, 32 and 64 receivers
+    assert max(result.sources.values()) == 2
+    assert result.seconds / fanout_time(FanoutParams(1)).seconds < 2.5

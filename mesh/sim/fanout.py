@@ -15,8 +15,8 @@ happens, in simulated time:
   relay (one more round trip), and so on. Otherwise the source serves it, at most
   `max_uploads` streams at once and the rest queued in order.
 - A receiver relays the image as it arrives (cut-through) when `relay` is on: it can forward only
-  what it holds, less one chunk (`relay_chunk`: it passes on what it has received whole), so each
-  relay hop adds about one chunk's time.
+  what has reached it, less one chunk (`relay_chunk`: it passes on what it has received whole), so
+  each relay hop adds about one chunk's time and one one-way latency.
 
 The result is the time from the burst until every receiver holds the image, and the ratio to the
 time one receiver alone takes. A star (every receiver served by the first holder) is N times.
@@ -61,6 +61,10 @@ class FanoutParams:
     """Base one-way latency, seconds; plus up to `latency_spread` by distance (as in simnet)."""
     latency_spread: float = 0.004
     seed: int = 1
+    tree: int = 0
+    """0: the real hand-off rule (sources.relay_to). k > 0: a what-if, not the node's rule: a
+    source serves up to k relaying streams of the image itself and hands further requests to
+    the downstream with the fewest receivers below it, so hand-offs build a balanced k-ary tree."""
 
 
 @dataclass(slots=True)
@@ -85,6 +89,9 @@ class _Node:
     queue: list[str] = field(default_factory=list)
     uploads_log: list[tuple[float, int]] = field(default_factory=lambda: [(-INF, 0)])
     done_at: float | None = None
+    lag: float = 0.0
+    """Bytes what it relays stays behind what its source has sent: the chunk it must hold whole,
+    and what is still on the wire to it (at most the link's rate times the one-way latency)."""
     hops: int = 0  # hand-offs this node's request went through
 
 
@@ -124,6 +131,8 @@ class FanoutSim:
         self._seq = 0
         self.served: dict[str, int] = {}
         self.parent: dict[str, str] = {}
+        self.below: dict[str, int] = {}
+        self.pending: dict[str, int] = {}
         self.handoffs = 0
         self.synced_at, self.dirty = 0.0, True
         self.up = {n: params.bandwidth for n in self.nodes}
@@ -185,28 +194,46 @@ class FanoutSim:
     def _request(self, receiver: str, source: str) -> None:
         """A request from `receiver` reaches `source`: hand it on, serve it, or queue it."""
         src = self.nodes[source]
-        if self.p.relay:
+        if self.pending.get(source):
+            self.pending[source] -= 1
+        if self.p.relay and self.p.tree:
+            relay = self._tree_handoff(src, receiver)
+            if relay is not None:
+                self._hand_on(source, receiver, relay)
+                return
+        elif self.p.relay:
             sending = [
                 sources.Downstream(s.flow.dst, IMAGE, STORE, relays=True)
                 for s in sorted(src.outflows, key=lambda s: s.seq)
             ]
             relay = sources.relay_to(IMAGE, STORE, receiver, sending)
             if relay is not None:
-                self.handoffs += 1
-                self.nodes[receiver].hops += 1
-                # the answer goes back, then the receiver asks the relay
-                self._at(
-                    self.now + self.owd(source, receiver) + self.owd(receiver, relay),
-                    "request",
-                    receiver,
-                    relay,
-                )
+                self._hand_on(source, receiver, relay)
                 return
         if len(src.outflows) < self.p.max_uploads:
             self._start(source, receiver)
         else:
             src.queue.append(receiver)
             self._log_uploads(src)
+
+    def _hand_on(self, source: str, receiver: str, relay: str) -> None:
+        self.handoffs += 1
+        self.nodes[receiver].hops += 1
+        # the answer goes back, then the receiver asks the relay
+        self._at(
+            self.now + self.owd(source, receiver) + self.owd(receiver, relay), "request", receiver, relay
+        )
+
+    def _tree_handoff(self, src: _Node, receiver: str) -> str | None:
+        if len(src.outflows) < self.p.tree:
+            return None
+        # requests on their way to a relay count as below it already
+        relay = min(
+            (s.flow.dst for s in src.outflows),
+            key=lambda n: (self.below.get(n, 0) + self.pending.get(n, 0), n),
+        )
+        self.pending[relay] = self.pending.get(relay, 0) + 1
+        return relay
 
     def _start(self, source: str, receiver: str) -> None:
         self._sync()
@@ -216,7 +243,12 @@ class FanoutSim:
         src.outflows.append(stream)
         dst.inflow = stream
         dst.receiving_since = min(dst.receiving_since, self.now)
+        dst.lag = self.p.relay_chunk + self.p.bandwidth * self.owd(source, receiver)
         self.parent[receiver] = source
+        current = receiver
+        while current in self.parent:  # one more receiver below each of its relays
+            current = self.parent[current]
+            self.below[current] = self.below.get(current, 0) + 1
         self.served[source] = self.served.get(source, 0) + 1
         self._log_uploads(src)
 
@@ -234,7 +266,8 @@ class FanoutSim:
         src.outflows.remove(stream)
         dst.inflow = None
         dst.received = float(self.p.size)
-        dst.holder_since = dst.done_at = self.now
+        # the last byte is on the wire for one more one-way latency
+        dst.holder_since = dst.done_at = self.now + self.owd(src.id, dst.id)
         if src.queue:
             self._start(src.id, src.queue.pop(0))
         self._log_uploads(src)
@@ -245,11 +278,12 @@ class FanoutSim:
         return sorted((s for n in self.nodes.values() for s in n.outflows), key=lambda s: s.seq)
 
     def _available(self, stream: _Stream) -> float:
-        """What the stream's source can send so far: all of it, or what it holds less a chunk."""
+        """What the stream's source can send so far: all of it, or, for a relay, what has reached it
+        less the chunk it is still receiving whole."""
         src = self.nodes[stream.flow.src]
-        if src.holder_since <= self.now or src.done_at is not None:
+        if src.done_at is not None:
             return float(self.p.size)
-        return max(0.0, src.received - self.p.relay_chunk)
+        return max(0.0, src.received - src.lag)
 
     def _rates(self, streams: list[_Stream]) -> None:
         for s in streams:
@@ -282,7 +316,7 @@ class FanoutSim:
                 soonest = min(soonest, gap / (rate - inflow))  # catches up
             elif gap <= EPS and inflow > 0:
                 # stalled until the relay holds more than it has sent on
-                soonest = min(soonest, (s.sent + self.p.relay_chunk - src.received) / inflow + 1e-9)
+                soonest = min(soonest, (s.sent + src.lag - src.received) / inflow + 1e-9)
         return max(soonest, 0.0)
 
     def _sync(self) -> None:
