@@ -10,20 +10,24 @@ the lab paces (CACHEMESH_LAB_SAVE_RATE) so a warm-up lasts long enough to watch.
 from __future__ import annotations
 
 import asyncio
+import io
 import re
 import shutil
 import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from mesh.engine.fake import FakeEngine
 from mesh.lab.nodes import REPO, NodeProcess, free_ports
 from mesh.lab.poll import async_wait_until, wait_until
 from mesh.node.status import build_status
+from mesh.ui.status_cli import print_status
 from mesh.ui.status_page import render_html
 from tests.inproc import has_image, start_node
 
@@ -32,14 +36,19 @@ RATE = 1_000_000  # bytes/s each save leaves the source at
 SIZES = (4_000_000, 3_000_000)  # two images: about 4 s at that rate, pulled side by side
 
 
+@dataclass
+class Source:
+    node: NodeProcess
+    peer: str  # its peer API, for the newcomers' seeds
+
+
 @pytest.fixture(scope="module")
-def source() -> Iterator[NodeProcess]:
+def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Source]:
     """A node holding two images it serves at RATE."""
-    workdir = Path("/tmp/cachemesh-tests") / uuid.uuid4().hex[:8]
     peer, status, lab = free_ports(3)
     node = NodeProcess(
         "source",
-        workdir,
+        tmp_path_factory.mktemp("source"),
         env={"CACHEMESH_LISTEN": f"127.0.0.1:{peer}", "CACHEMESH_LAB_SAVE_RATE": str(RATE)},
         status=f"127.0.0.1:{status}",
         lab=f"127.0.0.1:{lab}",
@@ -48,16 +57,14 @@ def source() -> Iterator[NodeProcess]:
         node.wait_up()
         for i, size in enumerate(SIZES):
             node.build(f"big{i}:1", size)
-        node.peer = f"127.0.0.1:{peer}"  # type: ignore[attr-defined]
-        yield node
+        yield Source(node, f"127.0.0.1:{peer}")
     finally:
         node.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
-def newcomer(source: NodeProcess, workdir: Path, **env: str) -> NodeProcess:
+def newcomer(source: Source, workdir: Path) -> NodeProcess:
     peer, status, lab = free_ports(3)
-    env = {"CACHEMESH_LISTEN": f"127.0.0.1:{peer}", "CACHEMESH_SEEDS": source.peer, **env}  # type: ignore[attr-defined]
+    env = {"CACHEMESH_LISTEN": f"127.0.0.1:{peer}", "CACHEMESH_SEEDS": source.peer}
     return NodeProcess("newcomer", workdir, env=env, status=f"127.0.0.1:{status}", lab=f"127.0.0.1:{lab}")
 
 
@@ -156,6 +163,9 @@ async def test_ready_timeout_reports_ready_early_and_says_why_everywhere(workdir
         status = build_status(b)
         assert status["ready"] and status["ready_reason"] == reason
         assert status["warmup"]["ready_by_timeout"] is True and status["warmup"]["images_left"] == 1
+        out = io.StringIO()
+        print_status(status, Console(file=out, width=200))
+        assert f"ready ({reason})" in out.getvalue() and "warm-up: 0/1 images, " in out.getvalue()
         html = render_html(status)
         assert "Ready by <code>--ready-timeout</code> before the warm-up finished" in html and reason in html
         engine.release.set()

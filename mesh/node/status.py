@@ -34,10 +34,11 @@ def _transfer(t: Any) -> dict[str, Any]:
 
 def _warmup(node: Node, ready: bool, reason: str) -> dict[str, Any]:
     timeout = node.config.ready_timeout
+    left = max(0.0, round(timeout - (time.monotonic() - node.started_monotonic), 1))
     return {
         **node.puller.progress().as_dict(),
         "ready_timeout": timeout or None,
-        "ready_timeout_left": max(0.0, round(timeout - (time.time() - node.started), 1)) if timeout else None,
+        "ready_timeout_left": left if timeout else None,
         "ready_by_timeout": ready and reason.startswith(TIMED_OUT),
     }
 
