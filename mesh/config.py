@@ -113,13 +113,21 @@ class Config:
     event_debounce: float = 0.2
     """Wait this long after an engine event for more before rescanning (a build emits bursts)."""
     max_transfers_in: int = 2
-    """Concurrent pulls into the local engine. `docker load` is the bottleneck; more only thrash disk."""
+    """Concurrent pulls into the local engine (downloads). `docker load` is the bottleneck; more
+    only thrash disk."""
     max_transfers_out: int = 4
-    """Concurrent saves served to peers."""
+    """Concurrent saves served to peers (uploads); more wait in the upload queue."""
+    upload_queue: int = 32
+    """Save requests that wait for an upload slot; past this a requester gets 503 + Retry-After."""
+    transfer_queue_wait: float = 300.0
+    """How long a pull waits in a source's upload queue for its stream to start."""
+    zone: str = ""
+    """This node's zone (rack, AZ, site): sources in the same zone are preferred. "" = none."""
     transfer_chunk_bytes: int = 1024 * 1024
     """Chunk size of transfer streams (1 MiB matched a direct pipe in measurements)."""
-    transfer_idle_timeout: float = 60.0
-    """A transfer with no bytes for this long is aborted (peer died or engine hung)."""
+    transfer_idle_timeout: float = 10.0
+    """A transfer with no bytes for this long is aborted and fails over to another holder (the
+    peer died, stalled or was stopped). A save stream starts within a second on a healthy peer."""
     retry_backoff: float = 2.0
     """First retry delay after a failed transfer; doubles per failure up to retry_backoff_max."""
     retry_backoff_max: float = 120.0
@@ -272,6 +280,13 @@ def format_duration(seconds: float) -> str:
     return "".join(f"{n}{u}" for n, u in ((hours, "h"), (minutes, "m"), (secs, "s")) if n)
 
 
+def _parse_zone(raw: str) -> str:
+    zone = raw.strip()
+    if len(zone) > 64 or any(c.isspace() for c in zone):
+        raise ConfigError("--zone must be at most 64 characters, without spaces")
+    return zone
+
+
 def _parse_seeds(raw: str) -> tuple[str, ...]:
     seeds = _parse_list(raw)
     for seed in seeds:
@@ -407,6 +422,46 @@ OPTIONS: tuple[Option, ...] = (
         "HOST:PORT",
     ),
     Option(
+        "zone",
+        "--zone",
+        "CACHEMESH_ZONE",
+        _parse_zone,
+        "this node's zone: same-zone sources preferred",
+        "NAME",
+    ),
+    Option(
+        "max_transfers_out",
+        "--max-uploads",
+        "CACHEMESH_MAX_UPLOADS",
+        int,
+        "concurrent image uploads to peers (default 4); more wait in a queue",
+        "N",
+    ),
+    Option(
+        "max_transfers_in",
+        "--max-downloads",
+        "CACHEMESH_MAX_DOWNLOADS",
+        int,
+        "concurrent image pulls from peers (default 2)",
+        "N",
+    ),
+    Option(
+        "upload_queue",
+        "--upload-queue",
+        "CACHEMESH_UPLOAD_QUEUE",
+        int,
+        "upload requests that may wait for a slot (default 32); past that, 503 + Retry-After",
+        "N",
+    ),
+    Option(
+        "transfer_idle_timeout",
+        "--transfer-idle-timeout",
+        "CACHEMESH_TRANSFER_IDLE_TIMEOUT",
+        float,
+        "seconds without bytes before a pull fails over to another holder (default 10)",
+        "SECONDS",
+    ),
+    Option(
         "registry_warm",
         "--registry-warm",
         "CACHEMESH_REGISTRY_WARM",
@@ -513,3 +568,7 @@ def validate(config: Config) -> None:
         raise ConfigError("transfer concurrency must be at least 1")
     if config.ready_timeout < 0:
         raise ConfigError("--ready-timeout must be a duration (e.g. 10m) or off")
+    if config.upload_queue < 0:
+        raise ConfigError("--upload-queue must be 0 or more")
+    if config.transfer_idle_timeout <= 0:
+        raise ConfigError("--transfer-idle-timeout must be positive")

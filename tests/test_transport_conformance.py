@@ -25,9 +25,10 @@ def view(cores) -> dict[str, object]:
     for core in cores:
         names = {m.id: m.name for m in core.membership.members.values()}
         members = {names[i]: m.state.label for i, m in core.membership.members.items() if i != core.node_id}
+        # Holdings as the node's view gives them: a node's status entry (zone, load) is no holding.
         holdings = {
-            names.get(node, node): sorted(tags for tags, _ in r.entries.values())
-            for node, r in core.manifests.replicas.items()
+            names.get(node, node): sorted(core.view.holdings(node).values())
+            for node in core.manifests.replicas
             if node in names
         }
         out[core.membership.me.name] = (members, holdings)

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from mesh.net.auth import Signer, derive_key
 from mesh.net.client import PeerClient
-from mesh.net.contract import SaveStream
+from mesh.net.contract import SaveRequest, SaveStream
 from mesh.net.server import PeerServer, SaveRefused
 from mesh.protocol import wire
 
@@ -74,8 +74,14 @@ class _Handler:
     def on_envelope(self, envelope: wire.Envelope) -> wire.Envelope | None:
         return self.reply
 
-    async def open_save(self, image: str, requester: str, have: int, store: str) -> SaveStream:
+    def handoff(self, request: SaveRequest) -> str:
+        return ""
+
+    async def open_save(self, request: SaveRequest) -> SaveStream:
         raise SaveRefused(404, "not here")
+
+    def uploads_changed(self, uploads: int) -> None:
+        pass
 
     def count_request(self, endpoint: str, status: int) -> None:
         pass

@@ -90,6 +90,18 @@ class Network:
         self.hosts.append(host)
         return host
 
+    def limit(self, host: Host, mbit: int) -> None:
+        """Shape the host's link to `mbit` Mbit/s each way, like a NIC of that speed: a token
+        bucket on the bridge side of its veth (what the host receives) and on its eth0 (what it
+        sends). The bucket holds a few milliseconds of traffic, as a real link's queue would."""
+        burst = max(32 << 10, mbit * 1_000_000 // 8 // 200)  # 5 ms at line rate
+        for dev, netns in ((host.veth, None), ("eth0", host.netns)):
+            cmd = ["tc", *(["-n", netns] if netns else []), "qdisc", "replace", "dev", dev, "root"]
+            cmd += ["tbf", "rate", f"{mbit}mbit", "burst", str(burst), "latency", "50ms"]
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)}: {result.stderr.strip()}")
+
     def destroy(self) -> None:
         for host in self.hosts:
             ip("link", "del", host.veth, check=False)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import aiohttp
 import msgpack
@@ -16,6 +17,7 @@ from mesh.net.contract import (
     GOSSIP_PATH,
     MEDIA_TYPE_HEADER,
     MSGPACK,
+    RELAY_HEADER,
     SAVE_PATH,
     SIZE_HEADER,
     ContentStream,
@@ -29,6 +31,40 @@ from mesh.protocol import wire
 
 class PeerError(Exception):
     """A peer refused a request or broke the protocol. The message says which and why."""
+
+
+class HandedOff(PeerError):
+    """The peer sends this requester to a relay of the image (node ID `relay`) instead."""
+
+    def __init__(self, message: str, relay: str) -> None:
+        super().__init__(message)
+        self.relay = relay
+
+
+class PeerBusy(PeerError):
+    """The peer's upload queue is full: not a fault of the peer; ask again after `retry_after`."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class StreamStalled(PeerError):
+    """No bytes arrived for the idle timeout: the peer died, stalled or was stopped."""
+
+
+async def _idle_limited(chunks: AsyncIterator[bytes], idle_timeout: float, what: str) -> AsyncIterator[bytes]:
+    """The chunks, raising StreamStalled when the next one takes longer than `idle_timeout`. Only
+    the wait for the peer counts: a slow consumer (the engine's load) does not."""
+    while True:
+        try:
+            async with asyncio.timeout(idle_timeout):
+                chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise StreamStalled(f"{what}: no bytes for {idle_timeout:.0f}s") from None
+        yield chunk
 
 
 class PeerClient:
@@ -95,25 +131,50 @@ class PeerClient:
         *,
         have: int = 0,
         store: str = "graph",
+        relay: bool = False,
+        handoff: bool = True,
         chunk_bytes: int,
         idle_timeout: float,
+        queue_wait: float = 300.0,
     ) -> AsyncIterator[SaveStream]:
         """Open a `docker save` stream of `image` and its parent chain from a peer. `have`: how
         many leading layers of the image this side holds, to be left out; `store`: this side's
-        image store ("graph" or "containerd"), which decides the formats it can take a delta in."""
-        body: bytes = msgpack.packb({"image": image, "have": have, "store": store})
+        image store ("graph" or "containerd"), which decides the formats it can take a delta in;
+        `relay`: this side spools the stream and serves it on as it arrives; `handoff`: the peer
+        may send this side to a relay instead (HandedOff).
+
+        The answer may wait in the peer's upload queue for up to `queue_wait`; once streaming, a
+        gap of `idle_timeout` between chunks raises StreamStalled. A full queue raises PeerBusy."""
+        doc = {"image": image, "have": have, "store": store, "relay": relay, "handoff": handoff}
+        body: bytes = msgpack.packb(doc)
         headers = self._signer.sign_request("POST", SAVE_PATH, body, time.time())
         headers["Content-Type"] = MSGPACK
-        # No total timeout (a large image takes minutes); a stalled stream is cut by the idle timeout.
-        timeout = aiohttp.ClientTimeout(total=None, connect=self._timeout, sock_read=idle_timeout)
-        async with self._http().post(
-            peer_url(addr, SAVE_PATH), data=body, headers=headers, timeout=timeout
-        ) as r:
+        # No total timeout (a large image takes minutes) and no socket read timeout (the answer
+        # may wait in the peer's queue); the body's chunks are held to the idle timeout instead.
+        timeout = aiohttp.ClientTimeout(total=None, connect=self._timeout, sock_read=None)
+        async with AsyncExitStack() as stack:
+            try:
+                async with asyncio.timeout(queue_wait):
+                    r = await stack.enter_async_context(
+                        self._http().post(
+                            peer_url(addr, SAVE_PATH), data=body, headers=headers, timeout=timeout
+                        )
+                    )
+            except TimeoutError:
+                raise StreamStalled(
+                    f"{addr}: no answer to a save of {image[:19]} in {queue_wait:.0f}s"
+                ) from None
             if r.status != 200:
                 reason = error_text(await r.content.read(4096))
-                raise PeerError(f"{addr}: save of {image[:19]} refused: {r.status} {reason}")
+                message = f"{addr}: save of {image[:19]} refused: {r.status} {reason}"
+                if r.status == 503 and r.headers.get(RELAY_HEADER):
+                    raise HandedOff(message, r.headers[RELAY_HEADER])
+                if r.status == 503:
+                    raise PeerBusy(message, _retry_after(r.headers.get("Retry-After", "")))
+                raise PeerError(message)
             chain = [c for c in r.headers.get(CHAIN_HEADER, "").split(",") if c]
-            yield SaveStream(chain, r.content.iter_chunked(chunk_bytes))
+            chunks = _idle_limited(r.content.iter_chunked(chunk_bytes), idle_timeout, addr)
+            yield SaveStream(chain, chunks)
 
     @asynccontextmanager
     async def content(
@@ -139,3 +200,10 @@ class PeerClient:
                 raise PeerError(f"{addr}: no {SIZE_HEADER} header") from None
             media_type = r.headers.get(MEDIA_TYPE_HEADER, "")
             yield ContentStream(size, media_type, r.content.iter_chunked(chunk_bytes))
+
+
+def _retry_after(value: str) -> float:
+    try:
+        return max(0.0, min(float(value), 60.0))
+    except ValueError:
+        return 2.0

@@ -15,6 +15,7 @@ GOSSIP_PATH = "/v1/gossip"
 SAVE_PATH = "/v1/save"
 UNKNOWN_PATHS = "/v1/{tail:.*}"  # anything else under /v1/ is a 404 with an error body
 CHAIN_HEADER = "X-Cachemesh-Chain"  # on a save stream: the image's chain, child first, comma-separated
+RELAY_HEADER = "X-Cachemesh-Relay"  # on a 503 hand-off: the node ID of the relay to ask instead
 MSGPACK = "application/msgpack"  # gossip bodies, save requests and every error body
 TAR = "application/x-tar"  # save streams
 SAVE_REQUEST_MAX = 4096  # a save request is {"image": "sha256:..."}: anything longer is refused (413)
@@ -26,6 +27,20 @@ OCTET_STREAM = "application/octet-stream"  # content bodies
 
 def peer_url(addr: str, path: str) -> str:
     return f"http://{addr}{path}"
+
+
+@dataclass(frozen=True)
+class SaveRequest:
+    """A `POST /v1/save` body, checked: the image, the requester's held layer count and image
+    store, whether it will relay the stream (spool it and serve it as it arrives; only for a
+    full stream), and whether the server may hand it on to a relay instead of serving it."""
+
+    image: str
+    requester: str
+    have: int = 0
+    store: str = "graph"
+    relay: bool = False
+    handoff: bool = True
 
 
 @dataclass

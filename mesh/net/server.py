@@ -6,7 +6,11 @@ Every request is read under a size cap and a time limit, then authenticated, the
 - body not complete within `request_timeout`: 408 (a slow client holds one coroutine, nothing more);
 - unsigned, forged, stale or replayed: 401;
 - signed but malformed: 400 with the reason;
-- `POST /v1/save` when `max_transfers_out` saves are running: 503, so the puller tries another peer;
+- `POST /v1/save` when `max_transfers_out` saves are running waits in a queue of at most
+  `upload_queue` requests (first come, first served); past that, 503 with Retry-After, so the
+  puller backs off or tries another peer instead of storming this one;
+- a save the node hands on to a relay (mesh.protocol.sources.relay_to): 503, Retry-After: 0 and
+  the relay's node ID in X-Cachemesh-Relay;
 - a connection that has not delivered its first request's headers within `request_timeout` is
   closed by a sweeper (aiohttp times out idle keep-alive connections, but not a client stuck in its
   first request line, so half-open connections would otherwise pile up until file descriptors run out).
@@ -31,12 +35,14 @@ from mesh.net.contract import (
     MEDIA_TYPE_HEADER,
     MSGPACK,
     OCTET_STREAM,
+    RELAY_HEADER,
     SAVE_PATH,
     SAVE_REQUEST_MAX,
     SIZE_HEADER,
     TAR,
     UNKNOWN_PATHS,
     ContentStream,
+    SaveRequest,
     SaveStream,
     error_body,
 )
@@ -49,6 +55,9 @@ log = logging.getLogger("cachemesh.peer")
 MAX_LAYERS = 1000  # an image has at most 127 layers on overlay2; a chain repeats them
 
 
+BUSY_RETRY_AFTER = 2  # seconds a requester turned away by a full queue is asked to wait
+
+
 class SaveRefused(Exception):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
@@ -58,7 +67,13 @@ class SaveRefused(Exception):
 class PeerHandler(Protocol):
     def on_envelope(self, envelope: wire.Envelope) -> wire.Envelope | None: ...
 
-    async def open_save(self, image: str, requester: str, have: int, store: str) -> SaveStream: ...
+    def handoff(self, request: SaveRequest) -> str:
+        """The relay to send this requester to instead of serving it here, or ""."""
+
+    async def open_save(self, request: SaveRequest) -> SaveStream: ...
+
+    def uploads_changed(self, uploads: int) -> None:
+        """Saves in flight plus queued changed: the load figure this node gossips."""
 
     def count_request(self, endpoint: str, status: int) -> None: ...
 
@@ -81,8 +96,8 @@ def _sha256(value: object, field: str) -> str:
     return value
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.Response(status=status, body=error_body(message), content_type=MSGPACK)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=error_body(message), content_type=MSGPACK, headers=headers)
 
 
 class PeerServer:
@@ -95,6 +110,7 @@ class PeerServer:
         request_timeout: float,
         auth_window: float,
         max_saves: int,
+        upload_queue: int = 16,
         tls: TLSObserver | None = None,
         content: ContentSource | None = None,
     ) -> None:
@@ -106,6 +122,9 @@ class PeerServer:
         self._auth_window = auth_window
         self._replay = ReplayGuard(auth_window)
         self._saves = asyncio.Semaphore(max_saves)
+        self._upload_queue = upload_queue
+        self.saving = 0
+        self.queued = 0
         self.closed_half_open = 0
         self.app = web.Application(client_max_size=max_body)
         self.app.router.add_post(GOSSIP_PATH, self._gossip)
@@ -210,19 +229,41 @@ class PeerServer:
             image = _sha256(doc["image"], "image")
             have = doc.get("have", 0)
             store = doc.get("store", "graph")
+            relay, handoff = doc.get("relay", False), doc.get("handoff", True)
             if not isinstance(have, int) or not 0 <= have <= MAX_LAYERS:
                 raise ValueError(f"have must be a layer count from 0 to {MAX_LAYERS}")
             if store not in ("graph", "containerd"):
                 raise ValueError("store must be 'graph' or 'containerd'")
+            if type(relay) is not bool or type(handoff) is not bool:
+                raise ValueError("relay and handoff must be booleans")
         except Exception as exc:
             self._handler.count_request("save", 400)
             return _error(400, f"malformed save request: {exc}")
-        if self._saves.locked():
+        request_doc = SaveRequest(image, requester, have, store, relay and have == 0, handoff)
+        relay_id = self._handler.handoff(request_doc) if handoff else ""
+        if relay_id:
             self._handler.count_request("save", 503)
-            return _error(503, "busy: too many transfers out, try another peer")
-        async with self._saves:
+            return _error(
+                503,
+                f"handed on: {relay_id} relays {image[:19]}",
+                {RELAY_HEADER: relay_id, "Retry-After": "0"},
+            )
+        if self._saves.locked() and self.queued >= self._upload_queue:
+            self._handler.count_request("save", 503)
+            return _error(
+                503,
+                f"busy: {self.saving} uploads running and {self.queued} queued; retry later or elsewhere",
+                {"Retry-After": str(BUSY_RETRY_AFTER)},
+            )
+        self._set_load(queued=+1)
+        try:
+            await self._saves.acquire()
+        finally:
+            self._set_load(queued=-1)
+        self._set_load(saving=+1)
+        try:
             try:
-                served = await self._handler.open_save(image, requester, have, store)
+                served = await self._handler.open_save(request_doc)
             except SaveRefused as exc:
                 self._handler.count_request("save", exc.status)
                 return _error(exc.status, str(exc))
@@ -247,6 +288,14 @@ class PeerServer:
                 self._handler.save_finished(image, ok)
                 self._handler.count_request("save", 200 if ok else 500)
             return response
+        finally:
+            self._saves.release()
+            self._set_load(saving=-1)
+
+    def _set_load(self, *, saving: int = 0, queued: int = 0) -> None:
+        self.saving += saving
+        self.queued += queued
+        self._handler.uploads_changed(self.saving + self.queued)
 
     async def _serve_content(self, request: web.Request) -> web.StreamResponse:
         """Registry content by digest, from an offset (a fetch resumed from another holder)."""

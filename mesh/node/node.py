@@ -44,12 +44,14 @@ from mesh.node.persistence import NodeState
 from mesh.node.puller import Puller
 from mesh.node.readiness import Readiness, ReadinessSnapshot
 from mesh.node.registry_view import RegistryCounters, RegistryView
+from mesh.node.relay import Relays
 from mesh.node.status import build_status
 from mesh.node.transfer import Transfer
 from mesh.protocol import wire
 from mesh.protocol.core import MeshCore
 from mesh.protocol.events import ManifestChanged, MetaLearned, PeerJoined, PeerStateChanged
 from mesh.protocol.liveness import State
+from mesh.protocol.nodestatus import NodeStatus, announce, status_key, status_meta
 from mesh.protocol.oci import is_registry_entry
 from mesh.protocol.outbox import Outgoing
 from mesh.protocol.wire import ImageMeta, Tags
@@ -140,7 +142,10 @@ class Node:
             incarnation=self.incarnation,
             manifest_version=int(time.time() * 1000),
         )
-        self.puller = Puller(self.config, self.core.view, self.engine, self.local, self.client, self.metrics)
+        self.relays = Relays(Path(self.config.data_dir) / "relay", self.publish_local)
+        self.puller = Puller(
+            self.config, self.core.view, self.engine, self.local, self.client, self.metrics, self.relays
+        )
         self.peer_api = PeerApi(
             self.on_envelope,
             self.core.view,
@@ -148,6 +153,10 @@ class Node:
             self.engine,
             self.metrics,
             spool=Path(self.config.data_dir),
+            relays=self.relays,
+            on_load=self.publish_local,
+            chunk_bytes=self.config.transfer_chunk_bytes,
+            relay_start_timeout=self.config.transfer_idle_timeout,
         )
         peer = PeerServer(
             self.peer_api,
@@ -156,6 +165,7 @@ class Node:
             request_timeout=self.config.request_timeout,
             auth_window=self.config.auth_window,
             max_saves=self.config.max_transfers_out,
+            upload_queue=self.config.upload_queue,
             tls=self.tls_peers,
             content=self.registry,
         )
@@ -388,13 +398,16 @@ class Node:
         self.puller.poke()
 
     def publish_local(self) -> None:
-        """The local manifest: the engine's shared images and the registry's held manifests (IDs of
-        their own namespace, see mesh/protocol/oci.py)."""
+        """The local manifest: the engine's shared images, the registry's held manifests (IDs of
+        their own namespace, see mesh/protocol/oci.py) and this node's transfer status (zone, load
+        figure, images it relays: mesh/protocol/nodestatus.py)."""
         if not hasattr(self, "core"):
             return
         entries, metas = self.registry.announcement()
-        shared = {**self._engine_shared, **entries}
-        if self.core.set_local_images(shared, [*self._engine_metas.values(), *metas], time.monotonic()):
+        status = NodeStatus(self.config.zone, self.peer_api.uploads, self.relays.receiving())
+        shared = {**self._engine_shared, **entries, status_key(self.node_id): announce(status)}
+        all_metas = [*self._engine_metas.values(), *metas, status_meta(self.node_id)]
+        if self.core.set_local_images(shared, all_metas, time.monotonic()):
             self.wake()
 
     def _on_engine_error(self) -> None:

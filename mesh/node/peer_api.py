@@ -6,6 +6,7 @@ the core loop and open a save of an image this node shares, and that is all.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -14,12 +15,14 @@ from pathlib import Path
 from mesh.engine.base import Engine, EngineError
 from mesh.engine.delta import DeltaReport, LayerNames, without_layers
 from mesh.engine.tarstream import TarStreamError
-from mesh.net.contract import SaveStream
+from mesh.net.contract import SaveRequest, SaveStream
 from mesh.net.server import SaveRefused
 from mesh.node.local_images import LocalImages
+from mesh.node.relay import Relays, Spool
 from mesh.node.transfer import Transfer
 from mesh.protocol import wire
 from mesh.protocol.planner import chain_of
+from mesh.protocol.sources import Downstream, relay_to
 from mesh.protocol.view import MeshView
 from mesh.ui.metrics import Metrics
 
@@ -35,6 +38,10 @@ class PeerApi:
         engine: Engine,
         metrics: Metrics,
         spool: Path | None = None,
+        relays: Relays | None = None,
+        on_load: Callable[[], None] = lambda: None,
+        chunk_bytes: int = 1 << 20,
+        relay_start_timeout: float = 30.0,
     ) -> None:
         self.on_envelope = on_envelope
         self._view = view
@@ -44,11 +51,31 @@ class PeerApi:
         self.serving: dict[int, Transfer] = {}  # saves in progress, for the status page
         self.layer_names = LayerNames()  # which file of a save stream holds which layer
         self._spool = spool
+        self._relays = relays
+        self._on_load = on_load
+        self._chunk_bytes = chunk_bytes
+        self._relay_start_timeout = relay_start_timeout
+        self.uploads = 0  # saves in flight plus queued: the load figure this node gossips
+        self.sending: list[Downstream] = []  # streams going out now, oldest first
 
-    async def open_save(self, image: str, requester: str, have: int, store: str) -> SaveStream:
-        """A save of `image` and its chain, leaving out the files of its first `have` layers,
-        which the requester holds, where its `store` can load the result (docs/engines.md)."""
+    def uploads_changed(self, uploads: int) -> None:
+        self.uploads = uploads
+        self._on_load()
+
+    def handoff(self, request: SaveRequest) -> str:
+        """A relay to send the requester to: one this node already streams the image to, in full,
+        for the requester's store (mesh.protocol.sources.relay_to)."""
+        return relay_to(request.image, request.store, request.requester, self.sending) or ""
+
+    async def open_save(self, request: SaveRequest) -> SaveStream:
+        """A save of the image and its chain, leaving out the files of its first `have` layers,
+        which the requester holds, where its `store` can load the result (docs/engines.md). An
+        image this node is still receiving is served from its relay spool (mesh/node/relay.py)."""
+        image, requester, have, store = request.image, request.requester, request.have, request.store
         if image not in self._local.shared:
+            spool = self._relays.spools.get(image) if self._relays is not None else None
+            if spool is not None and spool.store == store and not spool.ended:
+                return await self._open_relay(spool, request)
             raise SaveRefused(404, f"{image[:19]} is not shared by this node")
         # The containerd store records no parent links for loaded images (a classic build finds
         # its cache through --cache-from and the image's history there), and it does not load
@@ -72,9 +99,12 @@ class PeerApi:
             "out",
             self._local.images[image].meta.size,
         )
-        self.serving[id(record)] = record
+        downstream = Downstream(requester, image, store, request.relay)
 
         async def chunks() -> AsyncIterator[bytes]:
+            # Registered once streaming starts: a response that never started leaves no trace.
+            self.serving[id(record)] = record
+            self.sending.append(downstream)
             saved = self._engine.save(chain)
             try:
                 async for chunk in without_layers(
@@ -99,8 +129,47 @@ class PeerApi:
                 await saved.aclose()  # type: ignore[attr-defined]
                 record.finished = time.time()
                 self.serving.pop(id(record), None)
+                self._stop_sending(downstream)
 
         return SaveStream(chain, chunks())
+
+    async def _open_relay(self, spool: Spool, request: SaveRequest) -> SaveStream:
+        await spool.wait_started(self._relay_start_timeout)
+        peer = self._view.peer(request.requester)
+        meta = self._view.metas().get(spool.image)
+        record = Transfer(
+            spool.image,
+            (),
+            peer.addr if peer else "?",
+            peer.name if peer else request.requester,
+            "out",
+            meta.size if meta else 0,
+            relay=True,
+        )
+        downstream = Downstream(request.requester, spool.image, spool.store, request.relay)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            self.serving[id(record)] = record
+            self.sending.append(downstream)
+            self._metrics.relays_served.inc()
+            log.info("relaying %s to %s as it arrives", spool.image[:19], record.peer_name)
+            try:
+                async for chunk in spool.read(self._chunk_bytes):
+                    record.done += len(chunk)
+                    yield chunk
+            except EngineError as exc:
+                record.error = str(exc)
+                raise
+            finally:
+                record.finished = time.time()
+                self.serving.pop(id(record), None)
+                self._stop_sending(downstream)
+
+        return SaveStream(spool.chain, chunks())
+
+    def _stop_sending(self, downstream: Downstream) -> None:
+        with contextlib.suppress(ValueError):
+            self.sending.remove(downstream)
 
     def count_request(self, endpoint: str, status: int) -> None:
         self._metrics.peer_requests.labels(endpoint, str(status)).inc()

@@ -7,21 +7,32 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Coroutine
+from typing import Any
 
 from mesh.config import Config
 from mesh.engine.base import Engine, EngineError, held_prefix
-from mesh.net.client import PeerClient
+from mesh.net.client import HandedOff, PeerBusy, PeerClient
 from mesh.node.local_images import LocalImages
+from mesh.node.relay import Relays, Spool
 from mesh.node.transfer import Transfer, TransferFailed, pull_image
 from mesh.node.warmup import RateMeter, WarmupProgress, progress
 from mesh.protocol import planner
 from mesh.protocol.formulas import backoff
 from mesh.protocol.liveness import State
 from mesh.protocol.planner import Failure, Plan, Pull
-from mesh.protocol.view import MeshView
+from mesh.protocol.sources import Penalty, penalise
+from mesh.protocol.view import MeshView, PeerInfo
 from mesh.ui.metrics import Metrics
 
 log = logging.getLogger("cachemesh.pull")
+
+FAILOVER_PAUSE = 0.5
+"""Seconds before a pull that failed once is retried, from the best-ranked other source."""
+SUSPECT_SILENCE = 2.0
+"""Seconds without bytes after which a pull from a source the mesh suspects fails over."""
+MAX_HANDOFFS = 8
+"""Hand-offs followed in one attempt (a burst's chain); then the last relay is asked to serve."""
 
 
 class Puller:
@@ -33,8 +44,12 @@ class Puller:
         local: LocalImages,
         client: PeerClient,
         metrics: Metrics,
+        relays: Relays | None = None,
     ) -> None:
         self.config = config
+        self.relays = relays
+        self.penalties: dict[str, Penalty] = {}  # peer -> its recent failures (any image)
+        self.store = ""  # the engine's image store, once known: relays serve only their own
         self.view = view
         self.engine = engine
         self.local = local
@@ -56,8 +71,15 @@ class Puller:
 
     def compute(self) -> Plan:
         view = self.view
-        peers = {i: planner.Peer(i, p.state is State.ALIVE, p.rtt) for i, p in view.peers().items()}
+        peers = {}
+        for i, p in view.peers().items():
+            status = view.status(i)
+            peers[i] = planner.Peer(
+                i, p.state is State.ALIVE, p.rtt, status.zone, status.uploads, status.receiving
+            )
         remote = {node: view.holdings(node) for node, peer in peers.items() if peer.alive}
+        now = time.monotonic()
+        self.penalties = {p: penalty for p, penalty in self.penalties.items() if penalty.until > now}
         metas = {**view.metas(), **self.local.metas()}
         return planner.plan(
             local=self.local.tags(),
@@ -71,7 +93,11 @@ class Puller:
             exclude=self.config.exclude,
             max_pulls=self.config.max_transfers_in,
             max_attempts=self.config.max_attempts,
-            now=time.monotonic(),
+            now=now,
+            me=view.node_id,
+            zone=self.config.zone,
+            store=self.store,
+            penalties=self.penalties,
         )
 
     async def run(self) -> None:
@@ -82,6 +108,11 @@ class Puller:
             self._wake.clear()
             if not self.local.scanned or not self.local.available:
                 continue
+            if not self.store:
+                try:
+                    self.store = (await self.engine.info()).store
+                except EngineError:
+                    continue
             self.plan = self.compute()
             self.wanted.update(self.plan.missing)
             for action in self.plan.tags:
@@ -94,50 +125,72 @@ class Puller:
                     self.metrics.engine_errors.inc()
                     log.warning("cannot tag %s as %s: %s", action.image[:19], action.tag, exc)
             for pull in self.plan.pulls:
-                task = asyncio.create_task(self._pull(pull))
+                member = self.view.peer(pull.source)
+                if member is None:
+                    continue
+                record = Transfer(
+                    pull.image, pull.tags, member.addr, member.name, "in", pull.size, relay=pull.via_relay
+                )
+                # In flight from now, not from when the task first runs: the next plan may be
+                # computed before that, and must not start the same pull again.
+                self.active[pull.image] = record
+                task = asyncio.create_task(self._pull(pull, member, record))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-    async def _pull(self, pull: Pull) -> None:
-        member = self.view.peer(pull.source)
-        if member is None:
-            return
-        record = Transfer(pull.image, pull.tags, member.addr, member.name, "in", pull.size)
-        self.active[pull.image] = record
-        log.info(
-            "pulling %s %s from %s (%s)", pull.image[:19], ",".join(pull.tags) or "", member.name, member.addr
-        )
+    async def _pull(self, pull: Pull, member: PeerInfo, record: Transfer) -> None:
         meta = self.view.metas().get(pull.image)
         have = held_prefix(meta.layers, self.local.held_chains()) if meta else 0
+        failure = self.failures.get(pull.image)
+        source = pull.source
+        spools: list[Spool] = []
         try:
-            chain = await pull_image(
-                self.engine,
-                self.client,
-                pull,
-                member.addr,
-                record,
-                have=have,
-                on_fallback=self.metrics.delta_fallbacks.inc,
-                chunk_bytes=self.config.transfer_chunk_bytes,
-                idle_timeout=self.config.transfer_idle_timeout,
-                on_bytes=self._received,
-            )
-        except TransferFailed as exc:
+            # A source may hand this pull on to a relay of the image (a burst's chain, see
+            # mesh/protocol/sources.py); after a failure, sources are asked to serve it themselves.
+            for hop in range(MAX_HANDOFFS + 1):
+                log.info(
+                    "pulling %s %s from %s (%s)%s",
+                    pull.image[:19],
+                    ",".join(pull.tags) or "",
+                    member.name,
+                    member.addr,
+                    " as it relays it" if record.relay else "",
+                )
+                try:
+                    chain = await self._watched(
+                        source,
+                        record,
+                        pull_image(
+                            self.engine,
+                            self.client,
+                            pull,
+                            member.addr,
+                            record,
+                            have=have,
+                            on_fallback=self.metrics.delta_fallbacks.inc,
+                            chunk_bytes=self.config.transfer_chunk_bytes,
+                            idle_timeout=self.config.transfer_idle_timeout,
+                            on_bytes=self._received,
+                            open_spool=lambda store: self._open_spool(pull.image, store, spools),
+                            handoff=failure is None and hop < MAX_HANDOFFS,
+                            queue_wait=self.config.transfer_queue_wait,
+                        ),
+                    )
+                    break
+                except HandedOff as handed:
+                    relay = self.view.peer(handed.relay)
+                    if relay is None or relay.state not in (State.ALIVE, State.SUSPECT):
+                        raise TransferFailed(f"{member.name} handed the pull to an unknown relay") from None
+                    log.info(
+                        "%s handed %s on to %s, which relays it", member.name, pull.image[:19], relay.name
+                    )
+                    self.metrics.handoffs.inc()
+                    source, member = handed.relay, relay
+                    record.peer, record.peer_name, record.relay = relay.addr, relay.name, True
+                    record.done = 0
+        except (TransferFailed, PeerBusy) as exc:
             record.outcome, record.error = "failed", str(exc)
-            failure = self.failures.setdefault(pull.image, Failure(0, 0.0))
-            failure.attempts += 1
-            failure.bad_sources.add(pull.source)
-            failure.retry_at = time.monotonic() + backoff(
-                failure.attempts, self.config.retry_backoff, self.config.retry_backoff_max
-            )
-            self.metrics.transfers.labels("in", "failed").inc()
-            log.warning(
-                "pull of %s from %s failed (attempt %d): %s",
-                pull.image[:19],
-                member.name,
-                failure.attempts,
-                exc,
-            )
+            self._failed(pull, source, member.name, exc)
         else:
             record.outcome = "ok"
             self.failures.pop(pull.image, None)
@@ -148,14 +201,18 @@ class Puller:
             self.metrics.transfers.labels("in", "ok").inc()
             self.metrics.transfer_seconds.observe(time.time() - record.started)
             log.info(
-                "pulled %s (%d images in chain, %.1f MB, %.1f MB/s) from %s",
+                "pulled %s (%d images in chain, %.1f MB, %.1f MB/s) from %s%s",
                 pull.image[:19],
                 len(chain),
                 record.done / 1e6,
                 record.rate / 1e6,
                 member.name,
+                " (a relay)" if record.relay else "",
             )
         finally:
+            for spool in spools:
+                if self.relays is not None:
+                    self.relays.close(spool)
             record.finished = time.time()
             self.active.pop(pull.image, None)
             self.recent.appendleft(record)
@@ -178,6 +235,71 @@ class Puller:
             received=self.received,
             rate=self.meter.rate(time.monotonic()),
         )
+
+    def _failed(self, pull: Pull, source: str, name: str, exc: Exception) -> None:
+        now = time.monotonic()
+        failure = self.failures.setdefault(pull.image, Failure(0, 0.0))
+        failure.attempts += 1
+        failure.bad_sources.add(source)
+        # The first failure fails over after a short pause (the planner then ranks the failed
+        # source last); repeated failures back off.
+        delay = backoff(failure.attempts - 1, self.config.retry_backoff, self.config.retry_backoff_max)
+        delay = max(delay, FAILOVER_PAUSE)
+        if isinstance(exc, PeerBusy):
+            delay = max(delay, exc.retry_after)  # busy is not a fault: no penalty, but respect the ask
+        else:
+            # A peer that fails repeatedly loses preference for a while, for every image.
+            self.penalties[source] = penalise(
+                self.penalties.get(source), now, self.config.retry_backoff * 4, self.config.retry_backoff_max
+            )
+            self.metrics.failovers.inc()
+        failure.retry_at = now + delay
+        self.metrics.transfers.labels("in", "failed").inc()
+        log.warning(
+            "pull of %s from %s failed (attempt %d): %s", pull.image[:19], name, failure.attempts, exc
+        )
+
+    def _open_spool(self, image: str, store: str, spools: list[Spool]) -> Spool | None:
+        if self.relays is None:
+            return None
+        spool = self.relays.open(image, store)
+        spools.append(spool)
+        return spool
+
+    async def _watched(
+        self, source: str, record: Transfer, pulling: Coroutine[Any, Any, list[str]]
+    ) -> list[str]:
+        """Run a pull, cut short when the mesh declares its source dead or gone, or suspects it
+        while its stream has been silent for SUSPECT_SILENCE: a stopped source sends nothing, and
+        the mesh's failure detector notices that sooner than a generous idle timeout would (and
+        also while the pull still waits in the source's queue, where no idle timeout runs)."""
+        task = asyncio.ensure_future(pulling)
+        loop = asyncio.get_running_loop()
+        seen, progress_at = record.done, loop.time()
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=0.25)
+                if done:
+                    return task.result()
+                if record.done != seen:
+                    seen, progress_at = record.done, loop.time()
+                peer = self.view.peer(source)
+                silent = loop.time() - progress_at
+                if peer is None or peer.state in (State.DEAD, State.LEFT):
+                    reason = f"the source {peer.name if peer else source} left the mesh or died"
+                elif peer.state is State.SUSPECT and silent >= SUSPECT_SILENCE:
+                    reason = f"the source {peer.name} is suspect and sent nothing for {silent:.0f}s"
+                else:
+                    continue
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                raise TransferFailed(reason)
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     async def stop(self) -> None:
         for task in list(self._tasks):

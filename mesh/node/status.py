@@ -29,6 +29,7 @@ def _transfer(t: Any) -> dict[str, Any]:
         "finished": t.finished,
         "outcome": t.outcome,
         "error": t.error,
+        "relay": t.relay,  # in: the source was still receiving it; out: served as it arrived
     }
 
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 from mesh.engine.base import Engine, EngineError, EngineUnavailable
 from mesh.engine.tarstream import TarReport, TarStreamError, untagged
-from mesh.net.client import PeerClient, PeerError
+from mesh.net.client import HandedOff, PeerBusy, PeerClient, PeerError
+from mesh.node.relay import Spool
 from mesh.protocol.planner import Pull, chain_of
 
 log = logging.getLogger("cachemesh.transfer")
@@ -45,6 +46,8 @@ class Transfer:
     finished: float | None = None
     outcome: str = "running"
     error: str = ""
+    relay: bool = False
+    """Out: served from a relay spool while still arriving. In: the source was a relay."""
 
     @property
     def rate(self) -> float:
@@ -53,17 +56,30 @@ class Transfer:
 
 
 async def _counted(
-    chunks: AsyncIterator[bytes], record: Transfer, on_bytes: Callable[[int], None], broke: list[str]
+    chunks: AsyncIterator[bytes],
+    record: Transfer,
+    on_bytes: Callable[[int], None],
+    broke: list[str],
+    spool: Spool | None,
 ) -> AsyncIterator[bytes]:
+    """The peer's chunks, counted, and teed into the relay spool (if any) before the engine sees
+    them. The spool ends cleanly only when the peer's stream did; anything else fails it."""
+    ended = False
     try:
         async for chunk in chunks:
             record.done += len(chunk)
             on_bytes(len(chunk))
+            if spool is not None:
+                spool.append(chunk)
             yield chunk
+        ended = True
     except Exception as exc:
         # Remember what broke on the peer's side: the engine only sees its upload cut short.
         broke.append(f"the peer's stream broke after {record.done} bytes ({type(exc).__name__}: {exc})")
         raise
+    finally:
+        if spool is not None:
+            spool.finish("" if ended else (broke[0] if broke else "the receiver stopped reading"))
 
 
 async def pull_image(
@@ -78,24 +94,28 @@ async def pull_image(
     idle_timeout: float,
     on_bytes: Callable[[int], None],
     on_fallback: Callable[[], None] = lambda: None,
+    open_spool: Callable[[str], Spool | None] = lambda store: None,
+    handoff: bool = True,
+    queue_wait: float = 300.0,
 ) -> list[str]:
-    """Run one pull; return the mesh keys of the verified chain. Raises TransferFailed.
+    """Run one pull; return the mesh keys of the verified chain. Raises TransferFailed, or
+    HandedOff (ask the relay it names) or PeerBusy (the peer's upload queue is full).
 
     `have` is how many leading layers of the image this engine holds already (by chain ID): the
     peer leaves them out of the stream. If the engine refuses that delta, the pull is made once
-    more in full, and `on_fallback` counts it."""
+    more in full, and `on_fallback` counts it. A full stream is teed into the spool that
+    `open_spool(store)` gives (None: no relaying), which peers read as it grows (relay.py)."""
     info = await engine.info()
     before = {i.meta.id for i in await engine.images()}
+    stream = _StreamOptions(info.store, chunk_bytes, idle_timeout, handoff, queue_wait, open_spool)
     try:
-        report = await _load_from_peer(engine, client, pull, addr, record, have, info.store, chunk_bytes,
-                              idle_timeout, on_bytes, before)  # fmt: skip
+        report = await _load_from_peer(engine, client, pull, addr, record, have, stream, on_bytes, before)
     except _EngineRefused as refused:
         if have == 0:
             raise TransferFailed(refused.reason) from None
         log.warning("engine refused a delta of %s (%s); pulling it in full", pull.image[:19], refused.reason)
         on_fallback()
-        report = await _load_from_peer(engine, client, pull, addr, record, 0, info.store, chunk_bytes,
-                              idle_timeout, on_bytes, before)  # fmt: skip
+        report = await _load_from_peer(engine, client, pull, addr, record, 0, stream, on_bytes, before)
     images = {i.meta.id: i for i in await engine.images()}
     if pull.image not in images:
         # The engine verified every layer against its config, so a present key means the stream
@@ -117,6 +137,16 @@ class _EngineRefused(Exception):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class _StreamOptions:
+    store: str
+    chunk_bytes: int
+    idle_timeout: float
+    handoff: bool
+    queue_wait: float
+    open_spool: Callable[[str], Spool | None]
+
+
 async def _load_from_peer(
     engine: Engine,
     client: PeerClient,
@@ -124,25 +154,40 @@ async def _load_from_peer(
     addr: str,
     record: Transfer,
     have: int,
-    store: str,
-    chunk_bytes: int,
-    idle_timeout: float,
+    options: _StreamOptions,
     on_bytes: Callable[[int], None],
     before: set[str],
 ) -> TarReport:
     report = TarReport()
     broke: list[str] = []
+    store = options.store
+    # Only a full stream is relayed: it is what the origin would send any receiver of this store.
+    spool = options.open_spool(store) if have == 0 else None
     try:
         async with client.save(
-            addr, pull.image, have=have, store=store, chunk_bytes=chunk_bytes, idle_timeout=idle_timeout
+            addr,
+            pull.image,
+            have=have,
+            store=store,
+            relay=spool is not None,
+            handoff=options.handoff,
+            chunk_bytes=options.chunk_bytes,
+            idle_timeout=options.idle_timeout,
+            queue_wait=options.queue_wait,
         ) as stream:
             if pull.image not in stream.chain[:1]:
                 raise TransferFailed(f"peer offered {stream.chain[:1]} instead of {pull.image[:19]}")
             report.chain = list(stream.chain)
-            chunks = _counted(stream.chunks, record, on_bytes, broke)
+            if spool is not None:
+                spool.start(report.chain)
+            chunks = _counted(stream.chunks, record, on_bytes, broke, spool)
             await engine.load(untagged(chunks, report, verify_blobs=store == "containerd"))
     except Exception as exc:
+        if spool is not None:
+            spool.finish(broke[0] if broke else str(exc) or type(exc).__name__)
         await _clean_up(engine, before, report.keys)
+        if isinstance(exc, HandedOff | PeerBusy):
+            raise
         if broke:
             raise TransferFailed(broke[0]) from None
         if isinstance(exc, EngineError) and not isinstance(exc, EngineUnavailable):

@@ -120,6 +120,21 @@ class Metrics:
             ["source"],
             registry=self.registry,
         )
+        self.failovers = Counter(
+            "cachemesh_failovers",
+            "Pulls that failed on a source (died, stalled, broke the stream) and move to another holder",
+            registry=self.registry,
+        )
+        self.handoffs = Counter(
+            "cachemesh_handoffs",
+            "Pulls a busy source handed on to a peer that relays the image as it arrives",
+            registry=self.registry,
+        )
+        self.relays_served = Counter(
+            "cachemesh_relays_served",
+            "Streams served to peers from an image still arriving here (cut-through relay)",
+            registry=self.registry,
+        )
         for source in ("local", "peers"):
             self.registry_bytes.labels(source)
         for direction in ("in", "out"):

@@ -1,0 +1,144 @@
+"""A burst lab: one source and several receivers, each a network namespace with its own dockerd,
+a link shaped to a fixed rate (tc), and a cachemesh node process run as an operator would.
+
+Used by scripts/bench_fanout.py and tests/test_fanout.py. The image is random data (it does not
+compress, and no receiver holds any of it), imported on the source under a tag the mesh does not
+share (`hold:1`, the nodes share only `burst:*`); tagging it `burst:1` starts the burst.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mesh.lab.dockerd import Dockerd, import_base
+from mesh.lab.engines import EngineKind
+from mesh.lab.netns import Host, Network
+from mesh.lab.nodes import NodeProcess
+from mesh.lab.poll import wait_until
+
+SHARED = "burst:*"
+TAG = "burst:1"
+PULLED = re.compile(r"pulled (sha256:[0-9a-f]+) .* from (\S+?)( \(a relay\))?$", re.MULTILINE)
+
+
+@dataclass
+class LabHost:
+    name: str
+    host: Host
+    engine: Dockerd
+    node: NodeProcess | None = None
+    runs: int = 0  # node processes started on this host: each run gets a fresh data dir
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class BurstLab:
+    def __init__(
+        self,
+        network: Network,
+        make_engine: Callable[[str, str, EngineKind], Dockerd],
+        workdir: Path,
+        kind: EngineKind,
+        *,
+        mbit: int,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.network = network
+        self.make_engine = make_engine
+        self.workdir = workdir
+        self.kind = kind
+        self.mbit = mbit
+        self.env = env or {}
+        self.hosts: dict[str, LabHost] = {}
+        self.source = ""
+
+    def add(self, name: str, kind: EngineKind | None = None) -> LabHost:
+        host = self.network.add_host(name)
+        self.network.limit(host, self.mbit)
+        engine = self.make_engine(name, host.netns, kind or self.kind)
+        lab_host = LabHost(name, host, engine)
+        self.hosts[name] = lab_host
+        self.source = self.source or name
+        return lab_host
+
+    @property
+    def seed(self) -> str:
+        return f"{self.hosts[self.source].host.address}:7611"
+
+    def start(self, name: str, **env: str) -> NodeProcess:
+        """A fresh node process on host `name` (new data dir: no memory of earlier runs)."""
+        h = self.hosts[name]
+        h.runs += 1
+        run_name = f"{name}" if h.runs == 1 else f"{name}.{h.runs}"
+        shutil.rmtree(self.workdir / f"{run_name}-data", ignore_errors=True)
+        full_env = {
+            "CACHEMESH_DOCKER_HOST": h.engine.host,
+            "CACHEMESH_STATUS_LISTEN": f"{h.host.address}:7612",
+            "CACHEMESH_PRESET": "lan",
+            "CACHEMESH_INCLUDE": SHARED,
+            "CACHEMESH_NODE_NAME": name,
+            **({"CACHEMESH_SEEDS": self.seed} if name != self.source else {}),
+            **self.env,
+            **env,
+        }
+        h.node = NodeProcess(
+            run_name, self.workdir, env=full_env, prefix=h.host.nsenter(), status=f"{h.host.address}:7612"
+        ).wait_up()
+        return h.node
+
+    def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
+        h = self.hosts[name]
+        if h.node is not None:
+            h.node.stop(sig)
+
+    def wait_joined(self, names: list[str], timeout: float = 30.0) -> None:
+        """Every named node sees every other as alive."""
+
+        def joined() -> bool:
+            for name in names:
+                node = self.hosts[name].node
+                assert node is not None
+                alive = {p["name"] for p in node.api()["peers"] if p["state"] == "alive"}
+                if not set(names) - {name} <= alive:
+                    return False
+            return True
+
+        wait_until(joined, timeout, 0.2, what=f"{names} joined")
+
+    def make_image(self, mb: int) -> str:
+        """The burst's image on the source, held under hold:1 (not shared)."""
+        return import_base(self.hosts[self.source].engine, "hold:1", payload=mb << 20)
+
+    def burst(self) -> float:
+        """Tag the image burst:1 on the source: the clock starts once the tag exists."""
+        self.hosts[self.source].engine.cli("tag", "hold:1", TAG)
+        return time.monotonic()
+
+    def reset(self, receivers: list[str]) -> None:
+        """The image off the receivers and the tag off the source (their nodes must be stopped
+        first, or they would remember the removal as an eviction)."""
+        for name in receivers:
+            engine = self.hosts[name].engine
+            engine.cli("rmi", "-f", TAG, check=False)
+            image = self.hosts[self.source].engine.image_id("hold:1")
+            if image:
+                engine.cli("rmi", "-f", image, check=False)
+        self.hosts[self.source].engine.cli("rmi", TAG, check=False)
+
+    def sources_used(self, name: str) -> list[tuple[str, bool]]:
+        """(source node, was it a relay) of each completed pull of host `name`'s current node."""
+        node = self.hosts[name].node
+        assert node is not None
+        return [(m.group(2), bool(m.group(3))) for m in PULLED.finditer(node.log.read_text(errors="replace"))]
+
+    def logs(self) -> str:
+        out = []
+        for h in self.hosts.values():
+            if h.node is not None:
+                out.append(f"--- node {h.node.name}'s log ---\n{h.node.tail(120)}")
+        return "\n".join(out)

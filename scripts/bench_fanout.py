@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""A burst of new hosts: the time for an image to reach 4 receivers against the time to reach 1,
+in the same run, on the same hosts.
+
+One source and N receivers, each a network namespace with a private dockerd and a link shaped to
+--mbit Mbit/s each way (tc), run as an operator would (LAN preset, TLS on). An image of --mb
+megabytes of random data is built on the source under a tag the mesh does not share; each way is
+timed from the moment the source tags it `burst:1` to the moment the last receiver's engine shows
+`burst:1`:
+  one:   the source and one receiver run nodes;
+  burst: the source and all N receivers run nodes.
+Before each way every node is stopped, the image leaves the receivers and the tag the source, and
+fresh node processes start (so no node remembers the removal as an eviction). The order alternates
+by round. Prints the median time of each way, their ratio (the target: 4 receivers in at most 1.5x
+the time of 1; a star is about 4x), and which source each receiver pulled from.
+
+    sudo .venv/bin/python scripts/bench_fanout.py [--mb 64] [--receivers 4] [--mbit 200] \\
+        [--engine 28.5-overlay2] [--rounds 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import docker
+
+from mesh.lab.dockerd import Dockerd, available
+from mesh.lab.engines import KINDS
+from mesh.lab.fanout import TAG, BurstLab
+from mesh.lab.netns import Network
+from mesh.lab.poll import wait_until
+
+POLL = 0.05
+
+
+def run_once(lab: BurstLab, receivers: list[str], timeout: float) -> tuple[float, dict[str, list]]:
+    names = [lab.source, *receivers]
+    for name in names:
+        lab.start(name)
+    lab.wait_joined(names)
+    clients = {r: docker.DockerClient(base_url=lab.hosts[r].engine.host) for r in receivers}
+    arrived: dict[str, float] = {}
+    started = lab.burst()
+
+    def all_arrived() -> bool:
+        for name, client in clients.items():
+            if name not in arrived:
+                try:
+                    client.images.get(TAG)
+                    arrived[name] = time.monotonic() - started
+                except docker.errors.ImageNotFound:
+                    pass
+        return len(arrived) == len(clients)
+
+    try:
+        wait_until(all_arrived, timeout, POLL, what=f"{TAG} on {receivers}")
+    finally:
+        for client in clients.values():
+            client.close()
+    # The engine shows the tag a moment before the node logs the pull it came from.
+    wait_until(lambda: all(lab.sources_used(r) for r in receivers), 10, 0.1, what="every pull logged")
+    used = {r: lab.sources_used(r) for r in receivers}
+    for name in names:
+        lab.stop(name)
+    lab.reset(receivers)
+    return max(arrived.values()), used
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--mb", type=int, default=64)
+    parser.add_argument("--receivers", type=int, default=4)
+    parser.add_argument("--mbit", type=int, default=200)
+    parser.add_argument("--engine", choices=sorted(KINDS), default="28.5-overlay2")
+    parser.add_argument("--rounds", type=int, default=1)
+    args = parser.parse_args()
+    reason = available()
+    if reason:
+        print(f"cannot run: {reason}", file=sys.stderr)
+        return 2
+    kind = KINDS[args.engine]
+    network = Network()
+    engines: list[Dockerd] = []
+    with tempfile.TemporaryDirectory(prefix="cachemesh-fanout-") as tmp:
+        workdir = Path(tmp)
+
+        def make_engine(name: str, netns: str, k=kind) -> Dockerd:  # type: ignore[no-untyped-def]
+            engine = Dockerd(workdir / f"engine-{name}", netns=netns, name=name, kind=k).start()
+            engines.append(engine)
+            return engine
+
+        lab = BurstLab(network, make_engine, workdir, kind, mbit=args.mbit)
+        try:
+            lab.add("src")
+            receivers = [lab.add(f"r{i}").name for i in range(1, args.receivers + 1)]
+            lab.make_image(args.mb)
+            one: list[float] = []
+            burst: list[float] = []
+            timeout = 20 + args.mb * 8 / args.mbit * (args.receivers + 2) * 3
+            for round_ in range(args.rounds):
+                ways = [("one", receivers[:1]), ("burst", receivers)]
+                for way, names in ways if round_ % 2 == 0 else ways[::-1]:
+                    elapsed, used = run_once(lab, names, timeout)
+                    (one if way == "one" else burst).append(elapsed)
+                    tree = ", ".join(
+                        f"{r}<-{src}{' (relay)' if relay else ''}"
+                        for r, pulls in used.items()
+                        for src, relay in pulls
+                    )
+                    print(f"round {round_ + 1} {way}: {elapsed:.2f}s  [{tree}]", flush=True)
+        except Exception:
+            print(lab.logs(), file=sys.stderr)
+            raise
+        finally:
+            for h in lab.hosts.values():
+                if h.node is not None:
+                    h.node.stop()
+            for engine in engines:
+                engine.destroy()
+            network.destroy()
+    t1, tn = statistics.median(one), statistics.median(burst)
+    print(
+        f"{args.mb} MB image, {args.mbit} Mbit/s links, engine {kind.name}: "
+        f"1 receiver {t1:.2f}s, {args.receivers} receivers {tn:.2f}s, ratio {tn / t1:.2f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
