@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +67,10 @@ class Config:
     Loopback needs no credentials: it is this host's builds talking to their own node."""
     registry_warm: tuple[str, ...] = ()
     """Registry `repo:tag` globs a new node fetches whole before it reports ready, e.g. `cache/*`."""
+    ready_timeout: float = 1800.0
+    """Seconds after start when /readyz says ready even if the warm-up is not done, and says why
+    (0: wait for the warm-up however long it takes). The cache only speeds builds up: past half an
+    hour, a host that builds without part of it serves better than one an autoscaler keeps waiting for."""
 
     # --- failure detection (SWIM, Das et al. 2002; Lifeguard, HashiCorp 2018) ----------
     probe_interval: float = 1.0
@@ -250,6 +255,32 @@ def _parse_registry_listen(raw: str) -> str:
     if raw.strip().lower() == "off":
         return "off"
     return _parse_hostport_text(raw)
+
+
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(raw: str) -> float:
+    """'90', '90s', '10m', '1h', '1h30m' -> seconds; 'off' or '0' -> 0 (none)."""
+    text = raw.strip().lower()
+    if text in ("off", "none", "0"):
+        return 0.0
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smh])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"expected a duration like 90s, 10m or 1h (or off), got {raw!r}")
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as parse_duration reads them back, in the largest whole units: 600 -> '10m'."""
+    whole = round(seconds)
+    if whole != seconds or whole < 60:
+        return f"{seconds:g}s"
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return "".join(f"{n}{u}" for n, u in ((hours, "h"), (minutes, "m"), (secs, "s")) if n)
 
 
 def _parse_zone(raw: str) -> str:
@@ -448,6 +479,15 @@ OPTIONS: tuple[Option, ...] = (
         "registry repo:tag globs fetched whole before the node reports ready, e.g. cache/*",
         "GLOBS",
     ),
+    Option(
+        "ready_timeout",
+        "--ready-timeout",
+        "CACHEMESH_READY_TIMEOUT",
+        parse_duration,
+        "report ready this long after start even if the warm-up is not done, e.g. 10m "
+        "(default 30m; off waits for the whole warm-up)",
+        "DURATION",
+    ),
 )
 
 
@@ -536,6 +576,8 @@ def validate(config: Config) -> None:
         raise ConfigError("probe_timeout must be shorter than probe_interval")
     if config.max_transfers_in < 1 or config.max_transfers_out < 1:
         raise ConfigError("transfer concurrency must be at least 1")
+    if config.ready_timeout < 0:
+        raise ConfigError("--ready-timeout must be a duration (e.g. 10m) or off")
     if config.upload_queue < 0:
         raise ConfigError("--upload-queue must be 0 or more")
     if config.transfer_idle_timeout <= 0:

@@ -1,6 +1,14 @@
 import pytest
 
-from mesh.config import Config, ConfigError, format_hostport, parse_hostport, resolve
+from mesh.config import (
+    Config,
+    ConfigError,
+    format_duration,
+    format_hostport,
+    parse_duration,
+    parse_hostport,
+    resolve,
+)
 
 SECRET = "0123456789abcdef0123456789abcdef"
 
@@ -65,7 +73,13 @@ def test_no_secret_is_refused_unless_insecure(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "env", [{"CACHEMESH_MDNS": "maybe"}, {"CACHEMESH_LISTEN": "nohost"}, {"CACHEMESH_SEEDS": "a:99999"}]
+    "env",
+    [
+        {"CACHEMESH_MDNS": "maybe"},
+        {"CACHEMESH_LISTEN": "nohost"},
+        {"CACHEMESH_SEEDS": "a:99999"},
+        {"CACHEMESH_READY_TIMEOUT": "10 minutes"},
+    ],
 )
 def test_malformed_settings_name_the_variable(env):
     with pytest.raises(ConfigError, match=next(iter(env))):
@@ -109,3 +123,17 @@ def test_burst_settings_zone_and_transfer_limits():
         resolve({"upload_queue": -1}, env)
     with pytest.raises(ConfigError, match="CACHEMESH_MAX_UPLOADS"):
         resolve({}, {**env, "CACHEMESH_MAX_UPLOADS": "many"})
+
+
+def test_ready_timeout_reads_durations_and_defaults_to_half_an_hour():
+    assert resolve({}, {"CACHEMESH_SECRET": SECRET}).ready_timeout == 1800.0
+    assert resolve({}, {"CACHEMESH_SECRET": SECRET, "CACHEMESH_READY_TIMEOUT": "10m"}).ready_timeout == 600.0
+    assert resolve({}, {"CACHEMESH_SECRET": SECRET, "CACHEMESH_READY_TIMEOUT": "off"}).ready_timeout == 0.0
+    cases = {"90": 90.0, "90s": 90.0, "1.5s": 1.5, "10m": 600.0, "1h30m": 5400.0, "0": 0.0, "OFF": 0.0}
+    assert {raw: parse_duration(raw) for raw in cases} == cases
+    for bad in ("", "-5s", "10x", "m", "10m5", "5s10m junk"):
+        with pytest.raises(ValueError, match="expected a duration"):
+            parse_duration(bad)
+    for seconds in (1.5, 45.0, 600.0, 5400.0, 3605.0):
+        assert parse_duration(format_duration(seconds)) == seconds
+    assert [format_duration(s) for s in (1.5, 45, 600, 5400)] == ["1.5s", "45s", "10m", "1h30m"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 
 import pytest
@@ -48,6 +49,13 @@ async def test_status_page_renders_in_chromium(workdir):
         assert "<td>alpha</td>" in html
         assert '<span class="alive">alive</span>' in html
         assert "web:1" in html and "alpha, beta" in html
+        # the warm-up as wait-ready shows it: the one image pulled, every byte of it, nothing left
+        warmup = re.search(
+            r'<p class="warmup"><progress max="(\d+)" value="(\d+)"></progress> (.*?)</p>', html
+        )
+        assert warmup is not None, html
+        assert warmup.group(1) == warmup.group(2)
+        assert warmup.group(3).startswith("1/1 images · ") and "(0 B left)" in warmup.group(3)
     finally:
         await b.stop()
         await a.stop()

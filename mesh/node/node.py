@@ -75,6 +75,7 @@ class Node:
         self.incarnation = self.state.next_incarnation()
         self.engine: Engine = engine or DockerEngine(config.docker_host)
         self.started = time.time()
+        self.started_monotonic = time.monotonic()  # for --ready-timeout: immune to clock steps
         keys = [derive_key(secret, config.cluster) for secret in config.signing_secrets]
         self.signer = Signer(keys[0], config.cluster, self.node_id, tuple(keys[1:]))
         self.tls = node_tls(
@@ -511,6 +512,8 @@ class Node:
             ),
             plan=self.puller.plan,
             registry_pending=self.registry.warm_reason(),
+            since_start=time.monotonic() - self.started_monotonic,
+            ready_timeout=self.config.ready_timeout,
         )
 
     def _snapshot(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from mesh.net.client import HandedOff, PeerBusy, PeerClient
 from mesh.node.local_images import LocalImages
 from mesh.node.relay import Relays, Spool
 from mesh.node.transfer import Transfer, TransferFailed, pull_image
+from mesh.node.warmup import RateMeter, WarmupProgress, progress
 from mesh.protocol import planner
 from mesh.protocol.formulas import backoff
 from mesh.protocol.liveness import State
@@ -58,6 +59,10 @@ class Puller:
         self.recent: deque[Transfer] = deque(maxlen=50)
         self.failures: dict[str, Failure] = {}
         self.plan: Plan | None = None
+        # For the warm-up's progress: every image found missing since start, the bytes received.
+        self.wanted: set[str] = set()
+        self.received = 0
+        self.meter = RateMeter()
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
 
@@ -109,6 +114,7 @@ class Puller:
                 except EngineError:
                     continue
             self.plan = self.compute()
+            self.wanted.update(self.plan.missing)
             for action in self.plan.tags:
                 try:
                     await self.engine.tag(action.image, action.tag)
@@ -164,7 +170,7 @@ class Puller:
                             on_fallback=self.metrics.delta_fallbacks.inc,
                             chunk_bytes=self.config.transfer_chunk_bytes,
                             idle_timeout=self.config.transfer_idle_timeout,
-                            on_bytes=self.metrics.transfer_bytes.labels("in").inc,
+                            on_bytes=self._received,
                             open_spool=lambda store: self._open_spool(pull.image, store, spools),
                             handoff=failure is None and hop < MAX_HANDOFFS,
                             queue_wait=self.config.transfer_queue_wait,
@@ -211,6 +217,24 @@ class Puller:
             self.active.pop(pull.image, None)
             self.recent.appendleft(record)
             self.poke()  # plan again: the next pull may start, or this one be retried
+
+    def _received(self, n: int) -> None:
+        self.metrics.transfer_bytes.labels("in").inc(n)
+        self.received += n
+        self.meter.add(time.monotonic(), n)
+
+    def progress(self) -> WarmupProgress:
+        plan = self.plan
+        return progress(
+            wanted=self.wanted,
+            held=self.local.images.keys(),
+            missing=plan.missing if plan else (),
+            given_up=plan.given_up if plan else (),
+            metas={**self.view.metas(), **self.local.metas()},
+            in_flight={i: t.done for i, t in self.active.items()},
+            received=self.received,
+            rate=self.meter.rate(time.monotonic()),
+        )
 
     def _failed(self, pull: Pull, source: str, name: str, exc: Exception) -> None:
         now = time.monotonic()

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from mesh.ui.humanize import short_id, size_text
+from mesh.ui.humanize import eta_text, short_id, size_text, warmup_figures
 
 
 @dataclass(frozen=True)
@@ -136,6 +136,32 @@ def _registry_html(r: dict[str, Any] | None) -> str:
     )
 
 
+def _warmup_html(s: dict[str, Any]) -> str:
+    """The warm-up as `cachemesh wait-ready` shows it: a bar over the bytes, images, rate, ETA."""
+    w = s.get("warmup")
+    if not w:
+        return ""
+    f = warmup_figures(w)
+    total = w["bytes_done"] + w["bytes_left"]
+    if w.get("ready_by_timeout"):
+        state = (
+            f"<p class=timeout>Ready by <code>--ready-timeout</code> before the warm-up finished: "
+            f"{escape(s['ready_reason'])}. Builds here may miss the cache until the rest arrives.</p>"
+        )
+    elif w.get("ready_timeout_left") is not None and not s["ready"]:
+        state = (
+            f"<p>Reports ready anyway in {eta_text(w['ready_timeout_left'])} "
+            "(<code>--ready-timeout</code>) if the warm-up has not finished by then.</p>"
+        )
+    else:
+        state = ""
+    return (
+        f"<h2>Warm-up</h2><p class=warmup><progress max={max(total, 1)} value={w['bytes_done']}></progress> "
+        f"{escape(f['images'])} · {escape(f['bytes'])} ({escape(f['left'])}) · {escape(f['rate'])} · "
+        f"{escape(f['eta'])}</p>{state}"
+    )
+
+
 def render_html(s: dict[str, Any]) -> str:
     node = s["node"]
     badge = "ready" if s["ready"] else "not-ready"
@@ -210,13 +236,14 @@ h1{{font-size:1.4em}} h2{{font-size:1.1em;margin-top:1.6em}}
 table{{border-collapse:collapse;width:100%}} th,td{{text-align:left;padding:.3em .6em;border-bottom:1px solid #ddd}}
 th{{background:#f4f4f4}} code{{font-size:.95em}} .empty{{color:#777}}
 .badge{{padding:.15em .6em;border-radius:1em;color:#fff}} .ready{{background:#2a7}} .not-ready{{background:#c63}}
-.alive,.ok{{color:#2a7}} .suspect{{color:#c80}} .dead,.failed{{color:#c33}} .left{{color:#777}}
+.timeout{{color:#c63}} .alive,.ok{{color:#2a7}} .suspect{{color:#c80}} .dead,.failed{{color:#c33}} .left{{color:#777}}
 </style></head><body>
 <h1>cachemesh · {escape(node["name"])} <span class="badge {badge}">{"ready" if s["ready"] else "not ready"}</span></h1>
 <p>{escape(s["ready_reason"])} · node <code>{escape(node["id"])}</code> at {escape(node["address"])} ·
 cluster <b>{escape(node["cluster"])}</b> · incarnation {node["incarnation"]} · up {node["uptime"]:.0f}s ·
 engine {escape(node["engine"])} ({"reachable" if node["engine_available"] else "UNREACHABLE"}) · v{escape(node["version"])} ·
 peer TLS: {escape(_tls_mode(node.get("tls", {})))}</p>
+{_warmup_html(s)}
 <h2>Peers ({len(s["peers"])})</h2>{peers}
 <h2>Images ({len(s["images"])})</h2>{images}
 <h2>Transfers in flight</h2>{transfers}
