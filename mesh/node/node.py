@@ -25,7 +25,7 @@ from mesh.config import Config, format_hostport, parse_hostport
 from mesh.discovery.addresses import derive_advertise
 from mesh.discovery.mdns import MdnsDiscovery, mdns_usable
 from mesh.discovery.seeds import resolve_seeds
-from mesh.engine.base import Engine
+from mesh.engine.base import Engine, chain_ids
 from mesh.engine.docker_api import DockerEngine
 from mesh.net.auth import Signer, derive_key
 from mesh.net.client import PeerClient
@@ -101,6 +101,7 @@ class Node:
         self.registry_addr = ""
         self._engine_shared: dict[str, Tags] = {}
         self._engine_metas: dict[str, ImageMeta] = {}
+        self._chain_cache: dict[str, tuple[str, ...]] = {}
         # Bound in start(): the advertised address needs the listening port, which may be 0.
         self.advertise = ""
         self.core: MeshCore
@@ -140,6 +141,7 @@ class Node:
             manifest_version=int(time.time() * 1000),
         )
         self.puller = Puller(self.config, self.core.view, self.engine, self.local, self.client, self.metrics)
+        self.local.mesh_layers = self._mesh_layers
         self.peer_api = PeerApi(
             self.on_envelope,
             self.core.view,
@@ -361,6 +363,7 @@ class Node:
             self.incarnation = self.core.incarnation
             self.state.save_incarnation(self.incarnation)
         if replan:
+            self.local.redecide()  # what the mesh holds changed: what is worth sharing may too
             self.puller.poke()
             self.registry.poke()
 
@@ -395,6 +398,28 @@ class Node:
         shared = {**self._engine_shared, **entries}
         if self.core.set_local_images(shared, [*self._engine_metas.values(), *metas], time.monotonic()):
             self.wake()
+
+    def _mesh_layers(self) -> set[str]:
+        """Chain IDs of every layer that a live peer holds (the share rule's "already in the mesh")."""
+        view = self.core.view
+        metas = view.metas()
+        held = {
+            image
+            for peer in view.live_peers()
+            for image, tags in view.holdings(peer.id).items()
+            if not is_registry_entry(tags)
+        }
+        out: set[str] = set()
+        for image in held:
+            meta = metas.get(image)
+            if meta is not None:
+                chains = self._chain_cache.get(image)
+                if chains is None:
+                    chains = self._chain_cache[image] = tuple(chain_ids(meta.layers))
+                out.update(chains)
+        if len(self._chain_cache) > 4 * len(held) + 1000:  # forget images the mesh let go of
+            self._chain_cache = {i: c for i, c in self._chain_cache.items() if i in held}
+        return out
 
     def _on_engine_error(self) -> None:
         self.metrics.engine_errors.inc()

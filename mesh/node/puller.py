@@ -135,6 +135,7 @@ class Puller:
         else:
             record.outcome = "ok"
             self.failures.pop(pull.image, None)
+            self.local.note_brought(list(chain), time.time())
             try:
                 await self.local.rescan()  # so the next plan sees the image here, not as missing
             except EngineError as exc:
