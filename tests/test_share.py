@@ -193,3 +193,20 @@ def test_unknown_history_is_shared_and_parents_of_shared_images_are_announced_un
     )
     assert decisions[child.id].code == "unmapped"
     assert shared == {child.id: ("c:1",), parent.id: ()}
+
+
+def test_a_decision_to_share_sticks_unless_the_label_or_globs_withdraw_it():
+    layers = [f"sha256:{i:064x}" for i in range(7)]
+    app = meta("sha256:" + "9" * 64, layers, 1)
+    first = share_manifest([candidate(app, ["app:1"], BUILDKIT)], mode="deps", in_mesh=set(chains(1)))[2]
+    assert first[app.id].code == "deps"
+    # Later another host's code-only sibling makes this image look like a code-only one; it stays.
+    deps_held = set(chain_ids(layers[:5]))
+    again = share_manifest(
+        [candidate(app, ["app:1"], BUILDKIT)], mode="deps", in_mesh=deps_held, previous=first
+    )
+    assert again[2][app.id] == first[app.id] and app.id in again[0]
+    withdrawn = share_manifest(
+        [candidate(app, ["app:1"], BUILDKIT)], mode="deps", in_mesh=set(), exclude=["app:*"], previous=first
+    )
+    assert withdrawn[2][app.id].code == "excluded" and app.id not in withdrawn[0]

@@ -124,6 +124,7 @@ class LocalImages:
             in_mesh=self.mesh_layers() if self.config.share == "deps" else set(),
             include=self.config.include,
             exclude=self.config.exclude,
+            previous=self.decisions,
         )
 
     def note_brought(self, images: list[str], now: float) -> None:

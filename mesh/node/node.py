@@ -485,6 +485,9 @@ class Node:
             "registry_fetches": len(self.registry.fetcher.active),
             "incarnation": self.core.incarnation,
             "core": self.core.stats,
+            "share": Counter(
+                ("shared" if d.share else "local", d.code) for d in self.local.decisions.values()
+            ),
         }
 
     @property

@@ -170,8 +170,13 @@ def decide_rule(
     )
 
 
+_LONG_HEX = re.compile(r"([0-9a-f]{12})[0-9a-f]{20,}")
+
+
 def _short(step: Step, limit: int = 80) -> str:
+    """A step for people: `COPY file:cdd15dab36f4 in /app/`, `RUN /bin/sh -c pip install ...`."""
     text = " ".join(step.created_by.replace("/bin/sh -c #(nop) ", "").split())
+    text = _LONG_HEX.sub(r"\1", text)
     text = text.removesuffix(" # buildkit") or "(import)"
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -230,12 +235,17 @@ def share_manifest(
     in_mesh: set[str],
     include: Iterable[str] = (),
     exclude: Iterable[str] = (),
+    previous: Mapping[str, Decision] | None = None,
 ) -> tuple[dict[str, Tags], dict[str, ImageMeta], dict[str, Decision]]:
     """What this node announces (image -> tags, with the parent chains of shared images as untagged
     entries), the metas of those, and the decision for every tagged image.
 
     Images are decided oldest first, and each shared one's layers count as held by the mesh for the
-    ones after it: a code-only rebuild of an image shared a minute ago stays local."""
+    ones after it: a code-only rebuild of an image shared a minute ago stays local. A decision to
+    share sticks (with its first reason) while the image is here: the mesh then holds its layers,
+    and peers may have pulled it, so withdrawing it would only make the mesh forget a source. The
+    label and the include/exclude globs still withdraw it."""
+    previous = previous or {}
     include, exclude = list(include), list(exclude)
     items = sorted(candidates, key=lambda c: (c.meta.created, c.meta.id))
     metas = {c.meta.id: c.meta for c in items}
@@ -256,6 +266,9 @@ def share_manifest(
             own_from=base_layers(c.meta, tagged),
             layers_of=layers_of,
         )
+        before = previous.get(c.meta.id)
+        if before is not None and before.share and decision.code not in ("label", "excluded"):
+            decision = before
         decisions[c.meta.id] = decision
         if decision.share:
             shared[c.meta.id] = allowed

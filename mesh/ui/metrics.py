@@ -43,6 +43,15 @@ class _Snapshot(Collector):
         yield GaugeMetricFamily(
             "cachemesh_incarnation", "This node's SWIM incarnation", value=snap["incarnation"]
         )
+        if "share" in snap:
+            decisions = GaugeMetricFamily(
+                "cachemesh_share_decisions",
+                "Tagged local images by share decision (shared, local) and reason",
+                labels=["decision", "reason"],
+            )
+            for (decision, reason), count in sorted(snap["share"].items()):
+                decisions.add_metric([decision, reason], count)
+            yield decisions
         if "registry_fetches" in snap:
             yield GaugeMetricFamily(
                 "cachemesh_registry_fetches_in_flight",

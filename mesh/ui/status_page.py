@@ -76,6 +76,14 @@ def _tls_cell(tls: dict[str, Any]) -> str:
     return escape(state)
 
 
+def _share_cell(share: dict[str, Any] | None) -> str:
+    """Whether this node announces a local image, and why (the share rule's reason)."""
+    if not share:
+        return ""
+    word = "<span class=ok>shared</span>" if share["shared"] else "<b>kept here</b>"
+    return f"{word}: {escape(share['reason'])}"
+
+
 def _tls_mode(tls: dict[str, Any]) -> str:
     mode = tls.get("mode", "off")
     if mode == "off":
@@ -150,14 +158,15 @@ def render_html(s: dict[str, Any]) -> str:
         "No peers yet.",
     )
     images = _table(
-        ["image", "tags", "size", "here", "held by"],
+        ["image", "tags", "size", "here", "held by", "shared from here"],
         [
             [
                 f"<code>{short_id(i['id'])}</code>",
                 escape(", ".join(i["tags"])) or "<i>untagged (parent)</i>",
                 size_text(i["size"]),
-                "yes" if i["local"] else "no",
+                ("yes, from the mesh" if i.get("from_mesh") else "yes") if i["local"] else "no",
                 escape(", ".join(i["holders"])),
+                _share_cell(i.get("share")),
             ]
             for i in s["images"]
         ],
