@@ -48,6 +48,8 @@ class EngineInfo:
     """The containerd image store (Engine 29's default) rather than a graph driver (overlay2)."""
     oci_save: bool
     """`docker save` writes an OCI layout beside manifest.json (Engine 25 and later)."""
+    data_root: str = ""
+    """The engine's data root (`docker info` DockerRootDir), where its images live; "" if unknown."""
 
     @property
     def store(self) -> str:

@@ -113,7 +113,12 @@ class DockerEngine:
             status = {str(k): str(v) for k, v in detail.get("DriverStatus") or ()}
             containerd = status.get("driver-type", "").startswith("io.containerd.snapshotter")
             api_version = tuple(int(x) for x in str(api.api_version).split(".")[:2])
-            self._info = EngineInfo(str(version.get("Version", "")), containerd, api_version >= (1, 44))
+            self._info = EngineInfo(
+                str(version.get("Version", "")),
+                containerd,
+                api_version >= (1, 44),
+                str(detail.get("DockerRootDir") or ""),
+            )
         return self._info
 
     async def images(self) -> list[LocalImage]:

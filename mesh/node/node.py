@@ -38,6 +38,7 @@ from mesh.net.tls import (
     limit_tls_read_buffers,
     node_tls,
 )
+from mesh.node.disk import DiskKeeper
 from mesh.node.local_images import LocalImages
 from mesh.node.peer_api import PeerApi
 from mesh.node.persistence import NodeState
@@ -142,6 +143,16 @@ class Node:
         )
         self.puller = Puller(self.config, self.core.view, self.engine, self.local, self.client, self.metrics)
         self.local.mesh_layers = self._mesh_layers
+        self.disk = DiskKeeper(
+            self.config,
+            self.engine,
+            self.local,
+            serving=lambda: [t.image for t in self.serving.values()],
+            metas=self.core.view.metas,
+            registry=self.registry,
+        )
+        self.disk.on_evict = lambda kind, reason, size: self.metrics.evictions.labels(kind, reason).inc()
+        self.puller.skip = self.disk.skip
         self.peer_api = PeerApi(
             self.on_envelope,
             self.core.view,
@@ -193,7 +204,14 @@ class Node:
         self._tasks.append(asyncio.create_task(peer.sweep(server)))
         if self.tls is not None and self.tls.mode == "derived":
             self._tasks.append(asyncio.create_task(self._renew_cert()))
-        for coro in (self._core_loop(), self.local.run(), self.puller.run(), self._discovery_loop()):
+        loops = (
+            self._core_loop(),
+            self.local.run(),
+            self.puller.run(),
+            self._discovery_loop(),
+            self.disk.run(),
+        )
+        for coro in loops:
             self._tasks.append(asyncio.create_task(coro))
         log.info(
             "node %s (%s) up: peers dial %s, status http://%s/, registry %s, cluster %r%s",
@@ -388,6 +406,8 @@ class Node:
         self._engine_shared, self._engine_metas = shared, metas
         self.publish_local()
         self.puller.poke()
+        if hasattr(self, "disk"):
+            self.disk.poke()
 
     def publish_local(self) -> None:
         """The local manifest: the engine's shared images and the registry's held manifests (IDs of
@@ -485,6 +505,7 @@ class Node:
             "registry_fetches": len(self.registry.fetcher.active),
             "incarnation": self.core.incarnation,
             "core": self.core.stats,
+            "disk": self.disk.status() if hasattr(self, "disk") else None,
             "share": Counter(
                 ("shared" if d.share else "local", d.code) for d in self.local.decisions.values()
             ),

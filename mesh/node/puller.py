@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Mapping
 
 from mesh.config import Config
 from mesh.engine.base import Engine, EngineError, held_prefix
@@ -43,6 +44,8 @@ class Puller:
         self.recent: deque[Transfer] = deque(maxlen=50)
         self.failures: dict[str, Failure] = {}
         self.plan: Plan | None = None
+        self.skip: Callable[[list[str]], Mapping[str, str]] = lambda wanted: {}
+        """Of the images a plan wants, those not to pull (they do not fit the disk budget)."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
 
@@ -54,20 +57,27 @@ class Puller:
         peers = {i: planner.Peer(i, p.state is State.ALIVE, p.rtt) for i, p in view.peers().items()}
         remote = {node: view.holdings(node) for node, peer in peers.items() if peer.alive}
         metas = {**view.metas(), **self.local.metas()}
-        return planner.plan(
-            local=self.local.tags(),
-            remote=remote,
-            metas=metas,
-            peers=peers,
-            in_flight={i: t.peer for i, t in self.active.items()},
-            failures=self.failures,
-            evicted=self.local.evicted,
-            include=self.config.include,
-            exclude=self.config.exclude,
-            max_pulls=self.config.max_transfers_in,
-            max_attempts=self.config.max_attempts,
-            now=time.monotonic(),
-        )
+
+        def plan(evicted: Mapping[str, str]) -> Plan:
+            return planner.plan(
+                local=self.local.tags(),
+                remote=remote,
+                metas=metas,
+                peers=peers,
+                in_flight={i: t.peer for i, t in self.active.items()},
+                failures=self.failures,
+                evicted=evicted,
+                include=self.config.include,
+                exclude=self.config.exclude,
+                max_pulls=self.config.max_transfers_in,
+                max_attempts=self.config.max_attempts,
+                now=time.monotonic(),
+            )
+
+        first = plan(self.local.evicted)
+        # What does not fit the disk budget is treated like an evicted image: not pulled, not waited for.
+        skip = self.skip([i for i in first.missing if i not in self.active])
+        return plan({**self.local.evicted, **skip}) if skip else first
 
     async def run(self) -> None:
         while True:

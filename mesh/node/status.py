@@ -117,4 +117,5 @@ def build_status(node: Node) -> dict[str, Any]:
         + [_transfer(t) for t in node.serving.values()],
         "recent_transfers": [_transfer(t) for t in node.puller.recent],
         "registry": node.registry.status(node.registry_addr or "off"),
+        "disk": node.disk.status(),
     }

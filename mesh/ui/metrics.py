@@ -43,6 +43,19 @@ class _Snapshot(Collector):
         yield GaugeMetricFamily(
             "cachemesh_incarnation", "This node's SWIM incarnation", value=snap["incarnation"]
         )
+        disk = snap.get("disk")
+        if disk:
+            yield GaugeMetricFamily(
+                "cachemesh_disk_budget_bytes",
+                "The disk budget for what the mesh brings here (0: none)",
+                value=disk["budget"],
+            )
+            if disk["held"] is not None:
+                yield GaugeMetricFamily(
+                    "cachemesh_mesh_bytes_held",
+                    "Bytes the mesh brought here (pulled images, registry content), at the last check",
+                    value=disk["held"],
+                )
         if "share" in snap:
             decisions = GaugeMetricFamily(
                 "cachemesh_share_decisions",
@@ -127,6 +140,12 @@ class Metrics:
             "cachemesh_registry_bytes",
             "Registry bytes served to local clients from this node's store (local) and fetched from peers",
             ["source"],
+            registry=self.registry,
+        )
+        self.evictions = Counter(
+            "cachemesh_evictions",
+            "Mesh-brought content evicted, by kind (image, manifest) and reason (budget, watermark)",
+            ["kind", "reason"],
             registry=self.registry,
         )
         for source in ("local", "peers"):
