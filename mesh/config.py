@@ -167,6 +167,7 @@ class Config:
             retry_backoff=0.5,
             retry_backoff_max=5.0,
             join_grace=2.0,
+            disk_check_interval=1.0,
         )
         fast.update(overrides)
         return cls(**fast)

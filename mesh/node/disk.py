@@ -101,6 +101,9 @@ class DiskKeeper:
         self.filesystems: list[FsUse] = []
         self.on_evict: Callable[[str, str, int], None] = lambda kind, reason, size: None
         self.recent: list[dict[str, Any]] = []
+        self.checks = 0
+        self.limit_reason = ""
+        """What sets the limit now: "budget", "watermark" (a filesystem is above --disk-high) or ""."""
         self._wake = asyncio.Event()
         self._data_root = ""
         self._registry_items: list[Item] = []  # read at each check, in a thread (file stats)
@@ -181,8 +184,10 @@ class DiskKeeper:
         await self._measure()
         items = self.items()
         limit, reason = self.budget_now(items)
+        self.limit_reason = reason if limit < NO_BUDGET else ""
         result = budget.fit(items, limit)
         self.last = result
+        self.checks += 1
         kinds = {i.id: i for i in items}
         keep_parts = {part for i in items if i.id in result.keep for part in i.parts}
         evicted_any = False
@@ -266,6 +271,8 @@ class DiskKeeper:
             "held": last.held_bytes if last else None,
             "kept": last.kept_bytes if last else None,
             "pinned": last.pinned_bytes if last else None,
+            "limit_reason": self.limit_reason,
+            "checks": self.checks,
             "evictions": dict(self.evictions),
             "evicted_bytes": dict(self.evicted_bytes),
             "recent_evictions": list(self.recent),
