@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import os
 
+import aiohttp
+
 from mesh.engine.fake import FakeEngine
 from mesh.lab.poll import async_wait_until
+from mesh.protocol import oci
 from tests.inproc import has_image, start_node
+from tests.test_registry_mesh import digest_of, push
 
 APP = 10_000  # bytes each app adds over the base
 
@@ -87,3 +91,34 @@ async def test_images_in_use_and_what_local_builds_stand_on_are_never_evicted(wo
     finally:
         await b.stop()
         await a.stop()
+
+
+async def test_registry_content_under_the_budget_keeps_every_blob_of_a_kept_manifest(workdir):
+    node = await start_node(workdir, "r", disk_budget=10_000 + 2 * 21_000, disk_check_interval=60)
+    shared = os.urandom(10_000)  # a layer every manifest references: kept while any of them is
+    try:
+        async with aiohttp.ClientSession() as session:
+            pushed = {}
+            for i in range(4):
+                pushed[i] = await push(session, node, f"cache/app:{i}", [b"{}", shared, os.urandom(20_000)])
+            blobs = {i: node.registry.parsed(d).blobs for i, d in pushed.items()}  # type: ignore[union-attr]
+            result = await node.disk.check()
+            assert {e.id for e in result.evict} == {pushed[0], pushed[1]}
+            for i in (2, 3):
+                assert all(node.registry.store.has(b) for b in blobs[i]) and node.registry.complete(pushed[i])
+            for i in (0, 1):
+                assert not node.registry.store.has(pushed[i]) and not node.registry.store.has(blobs[i][2])
+            assert node.registry.store.has(digest_of(shared))
+            entries, _ = node.registry.announcement()
+            assert oci.entry_key(pushed[0]) not in entries and oci.entry_key(pushed[3]) in entries
+
+            # A client reads app:2: it is now more recently used than app:3, which goes for app:4.
+            async with session.get(f"http://{node.registry_addr}/v2/cache/app/manifests/2") as r:
+                assert r.status == 200
+            pushed[4] = await push(session, node, "cache/app:4", [b"{}", shared, os.urandom(20_000)])
+            result = await node.disk.check()
+            assert [e.id for e in result.evict] == [pushed[3]]
+            assert node.registry.complete(pushed[2]) and node.registry.complete(pushed[4])
+            assert node.disk.status()["evictions"] == {"budget": 3}
+    finally:
+        await node.stop()
