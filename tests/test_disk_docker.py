@@ -3,6 +3,7 @@ processes configured by env vars as an operator runs them."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,24 @@ def start(network, engines, workdir, name: str, kind: EngineKind, env: dict[str,
         name, workdir, env=full, prefix=host.nsenter(), status=f"{host.address}:7612"
     ).wait_up()
     return MeshHost(host, engine, node)
+
+
+@pytest.fixture
+def small_fs(workdir: Path):  # type: ignore[no-untyped-def]
+    """A 96 MB ext4 filesystem in an image file, loop-mounted; unmounted and removed afterwards."""
+    image, mount = workdir / "small.ext4", workdir / "small"
+    mount.mkdir()
+    with open(image, "wb") as fh:
+        fh.truncate(96 * 1024 * 1024)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True, capture_output=True)
+    try:
+        yield mount
+    finally:
+        # The engine on it is stopped by then (its fixture tears down first); lazy as a last resort.
+        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+        image.unlink(missing_ok=True)
 
 
 def build_blob(engine: Dockerd, tag: str, kb: int = 600) -> str:
@@ -129,3 +148,60 @@ def build_blob_on(engine: Dockerd, tag: str, base: str) -> None:
 def _sizes(host, tags: list[str]) -> dict[str, int] | None:  # type: ignore[no-untyped-def]
     found = {t: i["size"] for t, i in images_by_tag(host).items() if i["local"] and i["size"]}
     return found if all(t in found for t in tags) else None
+
+
+def test_above_the_high_watermark_mesh_content_goes_oldest_first_until_below_low(
+    network, engines, workdir, small_fs
+):
+    """B's engine keeps its data on a small filesystem. Five images of 8 MB from A fill it past
+    --disk-high 50%; B evicts the oldest until use is under --disk-low 35%, keeps the newest, and
+    pulls nothing back."""
+    a = start(network, engines, workdir, "a", KINDS["28.5-overlay2"], {})
+    host_b = network.add_host("b")
+    engine_b = Dockerd(workdir / "engine-b", netns=host_b.netns, name="b", kind=KINDS["28.5-overlay2"])
+    (workdir / "engine-b").mkdir()
+    (workdir / "engine-b" / "data").symlink_to(small_fs)  # the engine's data root is on it
+    engine_b.start()
+    b = None
+    try:
+        import_base(a.engine)
+        for i in range(5):
+            build_blob(a.engine, f"big:{i}", kb=8 * 1024)
+        env = {
+            "CACHEMESH_DOCKER_HOST": engine_b.host,
+            "CACHEMESH_STATUS_LISTEN": f"{host_b.address}:7612",
+            "CACHEMESH_SEEDS": f"{a.host.address}:7611",
+            "CACHEMESH_DISK_HIGH": "50%",
+            "CACHEMESH_DISK_LOW": "35%",
+        }
+        node_b = NodeProcess("b", workdir, env=env, prefix=host_b.nsenter(), status=f"{host_b.address}:7612")
+        b = MeshHost(host_b, engine_b, node_b.wait_up())
+
+        def settled():  # type: ignore[no-untyped-def]
+            disk = b.node.api()["disk"]
+            fs = [f for f in disk["filesystems"] if f["path"] == str(small_fs)]  # the resolved data root
+            done = disk["evictions"].get("watermark", 0) >= 1 and fs and fs[0]["fraction"] < 0.5
+            return disk if done and b.engine.image_id("big:4") else None
+
+        disk = wait_until(settled, 90, 0.5, what="B evicted past the high watermark")
+        evicted = [i for i in range(5) if b.engine.image_id(f"big:{i}") is None]
+        kept = [i for i in range(5) if i not in evicted]
+        assert evicted and evicted == list(range(len(evicted))), (evicted, disk)  # oldest first
+        assert 4 in kept and b.engine.image_id("base:1")
+        assert disk["limit_reason"] in ("watermark", ""), disk
+
+        pulls = metric(b.node.get("/metrics")[1], 'cachemesh_transfers_total{direction="in",outcome="ok"}')
+        checks = b.node.api()["disk"]["checks"]
+        wait_until(lambda: b.node.api()["disk"]["checks"] >= checks + 3, 20, 0.2, what="three more checks")
+        assert (
+            metric(b.node.get("/metrics")[1], 'cachemesh_transfers_total{direction="in",outcome="ok"}')
+            == pulls
+        )
+        assert [i for i in range(5) if b.engine.image_id(f"big:{i}") is None] == evicted  # none back
+        assert (
+            metric(b.node.get("/metrics")[1], 'cachemesh_evictions_total{kind="image",reason="watermark"}')
+            >= 1
+        )
+    finally:
+        stop_all(a, *([b] if b else []))
+        engine_b.destroy()
