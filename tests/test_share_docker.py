@@ -126,3 +126,33 @@ def rebuild_twice(a, b, context: Path, tag: str, *, buildkit: bool) -> None:  # 
     # The code-only build never reached B: gossip is ordered, and v3 came after it.
     assert b.engine.cli("image", "inspect", code_only, check=False).returncode != 0
     assert all(i["id"] != code_only_key for i in b.node.api()["images"])
+
+
+@pytest.mark.parametrize("two_hosts", [KINDS["28.5-containerd"]], ids=["28.5-containerd"], indirect=True)
+def test_tags_never_move_off_a_newer_local_build_and_follow_a_move_on_their_origin(two_hosts):
+    a, b = two_hosts
+    import_base(a.engine)
+
+    def image(host, tag: str, dockerfile: str) -> str:  # type: ignore[no-untyped-def]
+        env = {"DOCKER_BUILDKIT": "0"}
+        host.engine.cli("build", "--network", "none", "-t", tag, "-", input=dockerfile.encode(), env=env)
+        found = host.engine.image_id(tag)
+        assert found
+        return found  # type: ignore[no-any-return]
+
+    first = image(a, "web:latest", "FROM base:1\nRUN echo one > /v\n")
+    wait_until(lambda: b.engine.image_id("web:latest") == first, 30, 0.1, what="web:latest on B")
+
+    # B builds its own, newer web:latest and keeps it to itself: the mesh's older one never moves it.
+    mine = image(b, "web:latest", "FROM base:1\nLABEL cachemesh.share=false\nRUN echo mine > /v\n")
+    wait_until(lambda: (decision(b, "web:latest") or {}).get("code") == "label", 20, what="B's decision")
+    marker = image(a, "marker:1", "FROM base:1\nRUN echo marker > /m\n")  # arrives after B planned
+    wait_until(lambda: b.engine.image_id("marker:1") == marker, 30, 0.1, what="marker on B")
+    assert b.engine.image_id("web:latest") == mine and a.engine.image_id("web:latest") == first
+
+    # On A, web:latest moves to a newer shared image: it moves on B too (off B's older build).
+    newer = image(a, "web:candidate", "FROM base:1\nRUN echo three > /v\n")
+    a.engine.cli("tag", "web:candidate", "web:latest")
+    wait_until(lambda: b.engine.image_id("web:latest") == newer, 30, 0.1, what="web:latest moved on B")
+    assert b.engine.image_id("web:candidate") == newer
+    assert b.engine.cli("image", "inspect", mine, check=False).returncode == 0  # B's build stays

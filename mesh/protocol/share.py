@@ -195,15 +195,14 @@ class Candidate:
     """The mesh brought it here: shared content, announced again whatever the rule says."""
 
 
-def base_layers(image: ImageMeta, tagged: Iterable[ImageMeta]) -> int:
+def base_layers(image: ImageMeta, tagged: Mapping[tuple[str, ...], str]) -> int:
     """How many leading layers `image` has from the image it was built FROM: the longest other
-    tagged image here whose layers are a strict prefix of its own."""
-    best = 0
-    for other in tagged:
-        n = len(other.layers)
-        if other.id != image.id and best < n < len(image.layers) and image.layers[:n] == other.layers:
-            best = n
-    return best
+    tagged image here (`tagged`: layers -> image ID) whose layers are a strict prefix of its own."""
+    for n in range(len(image.layers) - 1, 0, -1):
+        other = tagged.get(image.layers[:n])
+        if other is not None and other != image.id:
+            return n
+    return 0
 
 
 def decide(
@@ -250,7 +249,7 @@ def share_manifest(
     items = sorted(candidates, key=lambda c: (c.meta.created, c.meta.id))
     metas = {c.meta.id: c.meta for c in items}
     layers_of = {c.meta.id: len(c.meta.layers) for c in items}
-    tagged = [c.meta for c in items if c.tags]
+    tagged = {c.meta.layers: c.meta.id for c in items if c.tags}
     held = set(in_mesh)
     shared: dict[str, Tags] = {}
     decisions: dict[str, Decision] = {}
