@@ -64,6 +64,14 @@ async def test_many_images_into_a_small_budget_keep_the_newest_and_never_churn(w
         assert has_image(b, mine, "mine:1")  # the host's own image is untouched
         status = b.disk.status()
         assert status["budget"] == 1000 + 3 * APP + 500 and status["held"] <= status["budget"]
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://{b.status_addr}/") as r:
+                page = await r.text()
+            async with session.get(f"http://{b.status_addr}/metrics") as r:
+                metrics = await r.text()
+        assert "brought by the mesh of a 31.5 kB budget" in page and "evicted: 1 for the budget" in page
+        assert 'cachemesh_evictions_total{kind="image",reason="budget"} 1.0' in metrics
+        assert "cachemesh_disk_budget_bytes 31500.0" in metrics
     finally:
         await b.stop()
         await a.stop()

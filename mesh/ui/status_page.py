@@ -138,6 +138,41 @@ def _registry_html(r: dict[str, Any] | None) -> str:
     )
 
 
+def _disk_html(d: dict[str, Any] | None) -> str:
+    """Bytes the mesh brought here against the budget, the watermarks, evictions by reason."""
+    if not d:
+        return ""
+    held = "not measured yet" if d.get("held") is None else size_text(d["held"])
+    budget = f" of a {size_text(d['budget'])} budget" if d.get("budget") else " (no budget)"
+    marks = ""
+    if d.get("high"):
+        marks = f" · watermarks {d['high']:.0%} / {d['low']:.0%}"
+    if d.get("limit_reason") == "watermark":
+        marks += " · <b>above the high watermark: evicting</b>"
+    fs = "".join(f" · {escape(f['path'])} {f['fraction']:.0%} full" for f in d.get("filesystems", []))
+    reasons = ", ".join(
+        f"{n} for the {escape(r)} ({size_text(d.get('evicted_bytes', {}).get(r, 0))})"
+        for r, n in sorted(d.get("evictions", {}).items())
+    )
+    recent = _table(
+        ["what", "kind", "reason", "bytes"],
+        [
+            [
+                f"<code>{short_id(e['id'])}</code>",
+                escape(e["kind"]),
+                escape(e["reason"]),
+                size_text(e["bytes"]),
+            ]
+            for e in d.get("recent_evictions", [])[:10]
+        ],
+        "No evictions.",
+    )
+    return (
+        f"<h2>Disk</h2><p>{held} brought by the mesh{budget}{marks}{fs}"
+        f" · evicted: {reasons or 'nothing'}</p>{recent}"
+    )
+
+
 def render_html(s: dict[str, Any]) -> str:
     node = s["node"]
     badge = "ready" if s["ready"] else "not-ready"
@@ -202,7 +237,7 @@ def render_html(s: dict[str, Any]) -> str:
         ],
         "None yet.",
     )
-    registry = _registry_html(s.get("registry"))
+    registry = _registry_html(s.get("registry")) + _disk_html(s.get("disk"))
     return f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><meta http-equiv=refresh content=2>
 <title>cachemesh · {escape(node["name"])}</title>
