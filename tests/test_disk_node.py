@@ -11,6 +11,7 @@ import aiohttp
 from mesh.engine.fake import FakeEngine
 from mesh.lab.poll import async_wait_until
 from mesh.protocol import oci
+from mesh.registry import upkeep
 from tests.inproc import has_image, start_node
 from tests.test_registry_mesh import digest_of, push
 
@@ -128,5 +129,7 @@ async def test_registry_content_under_the_budget_keeps_every_blob_of_a_kept_mani
             assert [e.id for e in result.evict] == [pushed[3]]
             assert node.registry.complete(pushed[2]) and node.registry.complete(pushed[4])
             assert node.disk.status()["evictions"] == {"budget": 3}
+            assert node.registry.evicted == {pushed[0], pushed[1], pushed[3]}  # kept on disk too
+            assert upkeep.load_evicted(node.registry.store) == node.registry.evicted
     finally:
         await node.stop()

@@ -100,7 +100,7 @@ class Registry:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.warm_errors: dict[str, str] = {}
-        self.evicted: set[str] = set()
+        self.evicted: set[str] = upkeep.load_evicted(self.store)
         """Manifests evicted for space: warm-up leaves them be (no churn)."""
 
     async def start(self) -> None:
@@ -255,7 +255,9 @@ class Registry:
 
     async def manifest(self, digest: str) -> tuple[bytes, str]:
         """A manifest by digest: held, or fetched from the mesh (whole: manifests are small)."""
-        self.evicted.discard(digest)  # asked for again: it is wanted here after all
+        if digest in self.evicted:  # asked for again: it is wanted here after all
+            self.evicted.discard(digest)
+            upkeep.save_evicted(self.store, self.evicted)
         media_type = self.store.media_type(digest)
         if media_type is None:
             try:
@@ -280,6 +282,7 @@ class Registry:
         freed = await asyncio.to_thread(upkeep.evict, self.store, digest, self.parsed, keep_parts)
         self._parsed.pop(digest, None)
         self.evicted.add(digest)
+        await asyncio.to_thread(upkeep.save_evicted, self.store, self.evicted)
         self.changed()  # announced without it: peers stop choosing this node for it
         return freed
 

@@ -11,8 +11,10 @@ set when it is stored, and again each time a client reads it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 from mesh.protocol.budget import Item
 from mesh.registry.manifest import Parsed, closure
@@ -81,3 +83,17 @@ def _mtime(store: Store, digest: str) -> float:
         return store.path(digest).stat().st_mtime
     except OSError:
         return 0.0
+
+
+def load_evicted(store: Store) -> set[str]:
+    """Manifests evicted for space, remembered across restarts (so warm-up does not fetch them)."""
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        return {str(d) for d in json.loads((store.root / "evicted.json").read_text())}
+    return set()
+
+
+def save_evicted(store: Store, evicted: set[str]) -> None:
+    path: Path = store.root / "evicted.json"
+    temp = path.with_suffix(".tmp")
+    temp.write_text(json.dumps(sorted(evicted)))
+    os.replace(temp, path)
