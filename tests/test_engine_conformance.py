@@ -190,7 +190,9 @@ async def test_save_of_an_unknown_image_is_an_engine_error(kind):
         pass
 
 
-async def test_history_names_the_step_behind_each_layer(kind):
+async def test_history_names_each_layers_step_and_evict_spares_images_in_use(kind):
+    """One test for both (each engine pair costs seconds to start): what the share rule reads,
+    and what the disk budget does."""
     image = await kind.build("app:7", 2)
     images = {i.meta.id: i for i in await kind.a.images()}
     steps = await kind.a.history(image)
@@ -203,8 +205,6 @@ async def test_history_names_the_step_behind_each_layer(kind):
     assert mapping == [0, 1, 2]
     assert "app:7 step 1" in steps[-1].created_by
 
-
-async def test_evict_untags_and_prunes_unless_a_container_uses_the_image(kind):
     image = await kind.build("app:8", 2)
     metas = {i.meta.id: i.meta for i in await kind.a.images()}
     chain = chain_of(image, metas)
