@@ -47,6 +47,8 @@ class LocalImages:
         """Chain IDs of the layers the rest of the mesh holds (set by the node once its core runs)."""
         self._histories: dict[str, list[Step]] = {}
         self._chains: dict[str, tuple[str, ...]] = {}
+        self._evicted_at: dict[str, float] = {}
+        self._scan_lock = asyncio.Lock()
         self.scanned = False
         self.available = False
         self.last_error = ""
@@ -70,6 +72,12 @@ class LocalImages:
         return {i: img.meta for i, img in self.images.items()}
 
     async def rescan(self) -> None:
+        # One at a time: a scan that began before an eviction must not be the last word after it.
+        async with self._scan_lock:
+            await self._rescan()
+
+    async def _rescan(self) -> None:
+        started = time.monotonic()
         images = await self.engine.images()
         self.images = {i.meta.id: i for i in images}
         if self.config.share == "deps":
@@ -83,8 +91,10 @@ class LocalImages:
             del self._histories[key]
         for key in [i for i in self._chains if i not in self.images]:
             del self._chains[key]
-        back = [i for i in self.evicted if i in self.images]
-        if back:  # rebuilt or pulled here again: no longer evicted
+        # Rebuilt or pulled here again: no longer evicted. Only by a listing that began after the
+        # eviction: a scan already under way when the node evicted still lists the image.
+        back = [i for i in self.evicted if i in self.images and self._evicted_at.get(i, 0.0) < started]
+        if back:
             for key in back:
                 del self.evicted[key]
             self.state.save_evicted(self.evicted)
@@ -136,6 +146,7 @@ class LocalImages:
     def note_evicted(self, image: str, tag: str) -> None:
         """The node removed this image for space: not pulled back until a newer image takes its tag."""
         self.evicted[image] = tag
+        self._evicted_at[image] = time.monotonic()
         self.brought.pop(image, None)
         self.state.save_evicted(self.evicted)
         self.state.save_brought(self.brought)
@@ -148,6 +159,7 @@ class LocalImages:
         if self.shared.get(image):
             # The operator removed an image the mesh gave or shares: remember, so it is not pulled back.
             self.evicted[image] = self.shared[image][0]
+            self._evicted_at[image] = time.monotonic()
             self.state.save_evicted(self.evicted)
             log.info(
                 "%s (%s) was removed here; it will not be pulled back", image[:19], self.shared[image][0]

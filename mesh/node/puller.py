@@ -75,8 +75,9 @@ class Puller:
             )
 
         first = plan(self.local.evicted)
-        # What does not fit the disk budget is treated like an evicted image: not pulled, not waited for.
-        skip = self.skip([i for i in first.missing if i not in self.active])
+        # What does not fit the disk budget is treated like an evicted image: not pulled, not waited
+        # for. Pulls under way count: they will be held (the budget evicts later if need be).
+        skip = {i: v for i, v in self.skip(first.missing).items() if i not in self.active}
         return plan({**self.local.evicted, **skip}) if skip else first
 
     async def run(self) -> None:
