@@ -176,6 +176,8 @@ class DiskKeeper:
                 await self.check()
             except EngineError as exc:
                 log.warning("disk check: %s", exc)
+            except Exception:  # a bug here must not end the keeper: log it, and check again later
+                log.exception("disk check failed")
 
     async def check(self) -> Fit:
         """One round: measure, decide, evict."""
@@ -191,9 +193,13 @@ class DiskKeeper:
         kinds = {i.id: i for i in items}
         keep_parts = {part for i in items if i.id in result.keep for part in i.parts}
         evicted_any = False
+
         # Children before the images they stand on: the engine refuses to remove a parent first.
-        order = sorted(result.evict, key=lambda e: -len(self.local.images[e.id].meta.layers)
-                       if e.id in self.local.images else 0)  # fmt: skip
+        def depth(eviction: budget.Eviction) -> int:
+            held = self.local.images.get(eviction.id)
+            return -len(held.meta.layers) if held else 0
+
+        order = sorted(result.evict, key=depth)
         for eviction in order:
             item = kinds[eviction.id]
             if eviction.kind in ("manifest", "blob"):
