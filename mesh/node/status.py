@@ -85,6 +85,7 @@ def build_status(node: Node) -> dict[str, Any]:
         if not tags[image] and local_image is None and image not in node.local.shared:
             continue
         meta = metas.get(image)
+        decision = node.local.decisions.get(image)
         images.append(
             {
                 "id": image,
@@ -93,6 +94,11 @@ def build_status(node: Node) -> dict[str, Any]:
                 "created": meta.created if meta else None,
                 "local": local_image is not None,
                 "holders": sorted(holders.get(image, [])),
+                # Why a tagged local image is (not) announced; None for others' and untagged ones.
+                "share": None
+                if decision is None
+                else {"shared": decision.share, "reason": decision.reason, "code": decision.code},
+                "from_mesh": image in node.local.brought,
             }
         )
     plan = node.puller.plan
@@ -126,6 +132,7 @@ def build_status(node: Node) -> dict[str, Any]:
         + [_transfer(t) for t in node.serving.values()],
         "recent_transfers": [_transfer(t) for t in node.puller.recent],
         "registry": node.registry.status(node.registry_addr or "off"),
+        "disk": node.disk.status(),
     }
 
 
