@@ -4,6 +4,7 @@ processes configured by env vars as an operator runs them."""
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,10 @@ def build_blob(engine: Dockerd, tag: str, kb: int = 600) -> str:
     )
     image = engine.image_id(tag)
     assert image
+    # Images carry their creation time to the second, and the budget keeps the newest first: the
+    # next image must be newer, not a tie.
+    built_in = int(time.time())
+    wait_until(lambda: int(time.time()) > built_in, 2, 0.05, what="the next second")
     return image
 
 

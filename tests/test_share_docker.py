@@ -36,7 +36,13 @@ def build_app(engine: Dockerd, context: Path, tag: str, deps: str, code: str, *,
     (context / "deps.txt").write_text(deps + "\n")
     (context / "code.txt").write_text(code + "\n")
     env = {"DOCKER_BUILDKIT": "1" if buildkit else "0"}
-    engine.cli("build", "--network", "none", "-t", tag, str(context), env=env)
+    result = engine.cli("build", "--network", "none", "-t", tag, str(context), env=env, check=False)
+    if result.returncode and "failed to prepare extraction snapshot" in result.stdout + result.stderr:
+        # BuildKit on the containerd store, unpacking its result, sometimes loses a parent snapshot
+        # on a loaded machine (an engine-side race, seen with no image removed anywhere); the
+        # build's cache makes a second attempt the same build.
+        result = engine.cli("build", "--network", "none", "-t", tag, str(context), env=env, check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     image = engine.image_id(tag)
     assert image
     return image
