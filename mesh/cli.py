@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Coroutine
@@ -187,19 +186,17 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _wait_ready(args: argparse.Namespace) -> int:
+    from mesh.ui.warmup_cli import watch
+
     addr = _status_addr(args)
-    deadline = time.monotonic() + args.timeout
-    reason = "no answer yet"
-    while True:
+
+    def fetch() -> dict[str, Any]:
         try:
-            code, data = _get(addr, "/readyz", timeout=2.0)
-            if code == 200:
-                print(f"ready: {data.get('reason', '')}")
-                return 0
-            reason = str(data.get("reason", code))
-        except (OSError, ValueError) as exc:
-            reason = f"no node answers at {addr} ({exc})"
-        if time.monotonic() >= deadline:
-            print(f"cachemesh: not ready after {args.timeout:g}s: {reason}", file=sys.stderr)
-            return 1
-        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+            _, data = _get(addr, "/api/status", timeout=2.0)
+        except OSError as exc:
+            raise OSError(f"at {addr}: {exc}") from None
+        if not isinstance(data, dict) or "ready" not in data:
+            raise ValueError(f"{addr} answered something other than a cachemesh status")
+        return data
+
+    return watch(fetch, timeout=args.timeout, out=sys.stdout, err=sys.stderr, terminal=sys.stdout.isatty())

@@ -5,7 +5,11 @@
 
 A human-readable summary goes to stderr; with --json the last line of stdout is one JSON object
 with nodes, rounds_to_converge_p99, seconds_to_detect_failure_max, false_dead,
-bytes_per_node_per_second_p99 and seconds_to_converge_after_heal. See mesh/sim/scenario.py for the
+bytes_per_node_per_second_p99, seconds_to_converge_after_heal, and fanout_ratio_10,
+fanout_ratio_100 and fanout_ratio_1000: the time for one 64 MB image to reach that many new hosts
+at once over the time for one, on equal 200 Mbit/s links, with the real planner choosing sources
+and relays forwarding as they receive (mesh/sim/fanout.py). `--fanout 10,100` picks the counts,
+`--fanout-only` skips the fleet scenario. See mesh/sim/scenario.py for the
 timeline. Bytes are what a real node would put on the wire: each envelope as a signed HTTP request and
 its signed response, with the HTTP overhead measured from the real client and server (mesh/sim/wirecost.py).
 False deaths are counted over the whole run.
@@ -23,6 +27,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from mesh.config import Config
+from mesh.sim.fanout import fanout_ratios
 from mesh.sim.scenario import FleetScenario
 
 TARGETS = {
@@ -31,6 +36,8 @@ TARGETS = {
     "false_dead": 0,
     "bytes_per_node_per_second_p99": 10_240,
     "seconds_to_converge_after_heal": 30,
+    "fanout_ratio_100": 3,
+    "fanout_ratio_1000": 5,
 }
 
 
@@ -44,33 +51,75 @@ def main() -> int:
     parser.add_argument(
         "--breakdown", action="store_true", help="split steady-state bytes by message type (busiest 1%%)"
     )
+    parser.add_argument(
+        "--fanout",
+        default="10,100,1000",
+        metavar="N,N",
+        help="receiver counts for the fan-out ratios (default 10,100,1000; '' for none)",
+    )
+    parser.add_argument("--fanout-only", action="store_true", help="only the fan-out, not the fleet scenario")
+    parser.add_argument(
+        "--no-relay", action="store_true", help="fan-out without relaying while receiving (the star it was)"
+    )
+    parser.add_argument(
+        "--relay-chunk",
+        type=int,
+        default=1 << 20,
+        metavar="BYTES",
+        help="what a relay holds whole before forwarding it (default 1 MiB, the stream's chunk)",
+    )
+    parser.add_argument(
+        "--tree",
+        type=int,
+        default=0,
+        metavar="K",
+        help="what-if, not the node's rule: sources hand requests on as a balanced K-ary tree "
+        "instead of sources.relay_to's chain",
+    )
     args = parser.parse_args()
+    counts = tuple(int(n) for n in args.fanout.split(",") if n.strip())
 
     # A thousand cores hold millions of small objects and make almost no reference cycles: the
     # cyclic collector's frequent full scans cost more than they free.
     gc.set_threshold(200_000, 20, 100)
     started = time.monotonic()
-    scenario = FleetScenario(
-        args.nodes,
-        loss=args.loss,
-        seed=args.seed,
-        minutes=args.minutes,
-        config=Config.lan(secret=b"simulated-cluster-secret"),
-        breakdown=args.breakdown,
-    )
-    summary = scenario.run().summary()
+    summary: dict[str, object] = {}
+    if not args.fanout_only:
+        scenario = FleetScenario(
+            args.nodes,
+            loss=args.loss,
+            seed=args.seed,
+            minutes=args.minutes,
+            config=Config.lan(secret=b"simulated-cluster-secret"),
+            breakdown=args.breakdown,
+        )
+        summary.update(scenario.run().summary())
+        print(
+            f"cachemesh simulation: {args.nodes} nodes, {args.loss:.0%} loss, "
+            f"{args.minutes:g} simulated minutes, seed {args.seed}, LAN config",
+            file=sys.stderr,
+        )
+    if counts:
+        summary.update(
+            fanout_ratios(
+                counts, relay=not args.no_relay, relay_chunk=args.relay_chunk, seed=args.seed, tree=args.tree
+            )
+        )
+        print(
+            f"fan-out: one 64 MB image to {', '.join(map(str, counts))} new hosts at once against 1, "
+            f"equal 200 Mbit/s links, {'no relaying' if args.no_relay else 'relays'} "
+            f"(chunk {args.relay_chunk} B), "
+            f"{f'WHAT-IF {args.tree}-ary tree hand-offs' if args.tree else 'hand-offs by sources.relay_to'}, "
+            f"seed {args.seed}",
+            file=sys.stderr,
+        )
     summary["wall_seconds"] = round(time.monotonic() - started, 1)
 
-    print(
-        f"cachemesh simulation: {args.nodes} nodes, {args.loss:.0%} loss, "
-        f"{args.minutes:g} simulated minutes, seed {args.seed}, LAN config",
-        file=sys.stderr,
-    )
     for key, value in summary.items():
         target = TARGETS.get(key)
         verdict = ""
         if target is not None:
-            ok = value is not None and value <= target
+            ok = isinstance(value, int | float) and value <= target
             verdict = f"  (target <= {target}: {'ok' if ok else 'MISSED'})"
         print(f"  {key:34} {value}{verdict}", file=sys.stderr)
     if args.json:

@@ -1,6 +1,16 @@
 import pytest
 
-from mesh.config import Config, ConfigError, format_hostport, parse_hostport, resolve
+from mesh.config import (
+    Config,
+    ConfigError,
+    format_duration,
+    format_hostport,
+    parse_duration,
+    parse_fraction,
+    parse_hostport,
+    parse_size,
+    resolve,
+)
 
 SECRET = "0123456789abcdef0123456789abcdef"
 
@@ -65,7 +75,13 @@ def test_no_secret_is_refused_unless_insecure(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "env", [{"CACHEMESH_MDNS": "maybe"}, {"CACHEMESH_LISTEN": "nohost"}, {"CACHEMESH_SEEDS": "a:99999"}]
+    "env",
+    [
+        {"CACHEMESH_MDNS": "maybe"},
+        {"CACHEMESH_LISTEN": "nohost"},
+        {"CACHEMESH_SEEDS": "a:99999"},
+        {"CACHEMESH_READY_TIMEOUT": "10 minutes"},
+    ],
 )
 def test_malformed_settings_name_the_variable(env):
     with pytest.raises(ConfigError, match=next(iter(env))):
@@ -109,3 +125,47 @@ def test_burst_settings_zone_and_transfer_limits():
         resolve({"upload_queue": -1}, env)
     with pytest.raises(ConfigError, match="CACHEMESH_MAX_UPLOADS"):
         resolve({}, {**env, "CACHEMESH_MAX_UPLOADS": "many"})
+
+
+def test_ready_timeout_reads_durations_and_defaults_to_half_an_hour():
+    assert resolve({}, {"CACHEMESH_SECRET": SECRET}).ready_timeout == 1800.0
+    assert resolve({}, {"CACHEMESH_SECRET": SECRET, "CACHEMESH_READY_TIMEOUT": "10m"}).ready_timeout == 600.0
+    assert resolve({}, {"CACHEMESH_SECRET": SECRET, "CACHEMESH_READY_TIMEOUT": "off"}).ready_timeout == 0.0
+    cases = {"90": 90.0, "90s": 90.0, "1.5s": 1.5, "10m": 600.0, "1h30m": 5400.0, "0": 0.0, "OFF": 0.0}
+    assert {raw: parse_duration(raw) for raw in cases} == cases
+    for bad in ("", "-5s", "10x", "m", "10m5", "5s10m junk"):
+        with pytest.raises(ValueError, match="expected a duration"):
+            parse_duration(bad)
+    for seconds in (1.5, 45.0, 600.0, 5400.0, 3605.0):
+        assert parse_duration(format_duration(seconds)) == seconds
+    assert [format_duration(s) for s in (1.5, 45, 600, 5400)] == ["1.5s", "45s", "10m", "1h30m"]
+
+
+def test_share_budget_and_watermarks_from_env():
+    base = {"CACHEMESH_INSECURE": "1"}
+    config = resolve(
+        {},
+        {**base, "CACHEMESH_SHARE": "all", "CACHEMESH_DISK_BUDGET": "20GB", "CACHEMESH_DISK_HIGH": "85%"},
+    )
+    assert config.share == "all" and config.disk_budget == 20 * 1000**3
+    assert config.disk_high == 0.85 and round(config.disk_low, 2) == 0.70  # 15 points under by default
+    assert resolve({}, base).share == "deps" and resolve({}, base).disk_budget == 0
+    assert parse_size("500MiB") == 500 * 1024**2 and parse_size("1.5g") == 1_500_000_000
+    assert parse_size("off") == 0 and parse_fraction("0.9") == 0.9
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"CACHEMESH_SHARE": "some"},
+        {"CACHEMESH_DISK_BUDGET": "lots"},
+        {"CACHEMESH_DISK_BUDGET": "12XB"},
+        {"CACHEMESH_DISK_HIGH": "120%"},
+        {"CACHEMESH_DISK_HIGH": "70%", "CACHEMESH_DISK_LOW": "80%"},
+        {"CACHEMESH_DISK_LOW": "70%"},
+    ],
+)
+def test_bad_share_and_disk_settings_are_refused_with_the_reason(env):
+    with pytest.raises(ConfigError) as info:
+        resolve({}, {"CACHEMESH_INSECURE": "1", **env})
+    assert "CACHEMESH_" in str(info.value) or "--disk-" in str(info.value)

@@ -50,3 +50,41 @@ def test_the_latch_holds_while_new_images_arrive_but_not_through_an_engine_outag
     assert readiness.check()[0] is False
     cold = Readiness(lambda: replace(READY, plan=Plan([], [], ["sha256:new"], [])))
     assert cold.check() == (False, "pulling 1 image(s)")
+
+
+PULLING = replace(READY, plan=Plan([], [], ["sha256:a", "sha256:b"], []), ready_timeout=600.0)
+
+
+def test_the_ready_timeout_makes_a_warming_node_ready_and_says_what_it_still_lacks():
+    assert assess(replace(PULLING, since_start=599.9), warm=False) == (False, "pulling 2 image(s)")
+    assert assess(replace(PULLING, since_start=600.0), warm=False) == (
+        True,
+        "ready-timeout 10m passed, still pulling 2 image(s)",
+    )
+    # off (0) waits however long the warm-up takes
+    assert assess(replace(PULLING, ready_timeout=0.0, since_start=1e9), warm=False)[0] is False
+    # a finished warm-up is plain warm, timeout or not
+    assert assess(replace(READY, ready_timeout=600.0, since_start=700.0), warm=False) == (True, "warm")
+
+
+def test_the_ready_timeout_never_hides_an_unreachable_engine():
+    down = replace(PULLING, since_start=700.0, engine_available=False, engine_error="refused")
+    assert assess(down, warm=False) == (False, "Docker Engine unreachable: refused")
+
+
+def test_only_a_finished_warm_up_latches_a_node_ready_by_timeout_says_why_until_it_is_warm(caplog):
+    snapshot = [replace(PULLING, since_start=10.0)]
+    readiness = Readiness(lambda: snapshot[0])
+    assert readiness.check() == (False, "pulling 2 image(s)")
+    snapshot[0] = replace(PULLING, since_start=601.0, plan=Plan([], [], ["sha256:b"], []))
+    with caplog.at_level("WARNING", logger="cachemesh.readiness"):
+        assert readiness.check() == (True, "ready-timeout 10m passed, still pulling 1 image(s)")
+        assert readiness.check()[0] is True
+    assert [r.getMessage() for r in caplog.records] == [
+        "reporting ready before the warm-up is done: ready-timeout 10m passed, still pulling 1 image(s)"
+    ]  # logged once, not on every probe
+    snapshot[0] = replace(READY, ready_timeout=600.0, since_start=602.0)
+    assert readiness.check() == (True, "warm")
+    # now latched: a new image arriving does not change the reason
+    snapshot[0] = replace(PULLING, since_start=603.0)
+    assert readiness.check() == (True, "warm")

@@ -5,6 +5,7 @@ import pytest
 from mesh.config import Config
 from mesh.protocol.liveness import State
 from mesh.protocol.wire import ImageMeta, Suspect
+from mesh.sim.fanout import FanoutParams, fanout_ratios, fanout_time
 from mesh.sim.simnet import SimNetwork
 
 CONFIG = Config.lan(secret=b"test-secret-0123456789")
@@ -305,3 +306,23 @@ def test_the_bytes_breakdown_changes_no_figure_and_accounts_for_every_byte():
     shares = split.pop("busiest_1pct_seconds_by_kind")
     assert split == plain
     assert abs(sum(shares.values()) - 1) < 0.01 and any(kind.startswith("Ping") for kind in shares)
+
+
+def test_fan_out_to_100_new_hosts_takes_at_most_3x_the_time_for_one():
+    """One 64 MB image to 100 new hosts at once on equal 200 Mbit/s links: the real planner picks
+    the sources, the real hand-off rule answers, receivers relay as they receive."""
+    ratios = fanout_ratios((100,))
+    assert ratios["fanout_ratio_100"] <= 3.0, ratios
+    # the first holder's uplink carried one copy, not a hundred
+    assert fanout_time(FanoutParams(100)).sources["n0"] == 1
+    # without relaying it is the star: every copy from the first holder, one after another
+    star = fanout_ratios((100,), relay=False)
+    assert star["fanout_ratio_100"] == pytest.approx(100, rel=0.01)
+
+
+def test_the_tree_what_if_hands_requests_on_as_a_balanced_binary_tree():
+    # not the node's rule: the figure beside the chain that sources.relay_to builds
+    result = fanout_time(FanoutParams(100, tree=2))
+    assert result.depth == 6  # levels of at most 2, 4, 8, 16, 32 and 64 receivers
+    assert max(result.sources.values()) == 2
+    assert result.seconds / fanout_time(FanoutParams(1)).seconds < 2.5

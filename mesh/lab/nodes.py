@@ -89,10 +89,11 @@ class NodeProcess:
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"{}")
 
-    def build(self, tag: str) -> str:
-        """A new image tagged `tag` on this lab node's in-memory engine; returns its ID."""
+    def build(self, tag: str, size: int = 0) -> str:
+        """A new image tagged `tag` on this lab node's in-memory engine (with a layer of `size`
+        random bytes); returns its ID."""
         assert self.lab, "only a lab node (lab=ADDR) can build"
-        request = urllib.request.Request(f"http://{self.lab}/lab/build?tag={tag}", method="POST")
+        request = urllib.request.Request(f"http://{self.lab}/lab/build?tag={tag}&bytes={size}", method="POST")
         with urllib.request.urlopen(request, timeout=5) as r:
             return str(json.loads(r.read())["id"])
 

@@ -25,7 +25,7 @@ from mesh.config import Config, format_hostport, parse_hostport
 from mesh.discovery.addresses import derive_advertise
 from mesh.discovery.mdns import MdnsDiscovery, mdns_usable
 from mesh.discovery.seeds import resolve_seeds
-from mesh.engine.base import Engine
+from mesh.engine.base import Engine, chain_ids
 from mesh.engine.docker_api import DockerEngine
 from mesh.net.auth import Signer, derive_key
 from mesh.net.client import PeerClient
@@ -39,6 +39,7 @@ from mesh.net.tls import (
     limit_tls_read_buffers,
     node_tls,
 )
+from mesh.node.disk import DiskKeeper
 from mesh.node.local_images import LocalImages
 from mesh.node.peer_api import PeerApi
 from mesh.node.persistence import NodeState
@@ -75,6 +76,7 @@ class Node:
         self.incarnation = self.state.next_incarnation()
         self.engine: Engine = engine or DockerEngine(config.docker_host)
         self.started = time.time()
+        self.started_monotonic = time.monotonic()  # for --ready-timeout: immune to clock steps
         keys = [derive_key(secret, config.cluster) for secret in config.signing_secrets]
         self.signer = Signer(keys[0], config.cluster, self.node_id, tuple(keys[1:]))
         self.tls = node_tls(
@@ -105,6 +107,7 @@ class Node:
         self.registry_addr = ""
         self._engine_shared: dict[str, Tags] = {}
         self._engine_metas: dict[str, ImageMeta] = {}
+        self._chain_cache: dict[str, tuple[str, ...]] = {}
         # Bound in start(): the advertised address needs the listening port, which may be 0.
         self.advertise = ""
         self.core: MeshCore
@@ -155,6 +158,17 @@ class Node:
         self.puller = Puller(
             self.config, self.core.view, self.engine, self.local, self.client, self.metrics, self.relays
         )
+        self.local.mesh_layers = self._mesh_layers
+        self.disk = DiskKeeper(
+            self.config,
+            self.engine,
+            self.local,
+            serving=lambda: [t.image for t in self.serving.values()],
+            metas=self.core.view.metas,
+            registry=self.registry,
+        )
+        self.disk.on_evict = lambda kind, reason, size: self.metrics.evictions.labels(kind, reason).inc()
+        self.puller.skip = self.disk.skip
         self.peer_api = PeerApi(
             self.on_envelope,
             self.core.view,
@@ -223,7 +237,14 @@ class Node:
         self._tasks.append(asyncio.create_task(peer.sweep(server)))
         if self.tls is not None and self.tls.mode == "derived":
             self._tasks.append(asyncio.create_task(self._renew_cert()))
-        for coro in (self._core_loop(), self.local.run(), self.puller.run(), self._discovery_loop()):
+        loops = (
+            self._core_loop(),
+            self.local.run(),
+            self.puller.run(),
+            self._discovery_loop(),
+            self.disk.run(),
+        )
+        for coro in loops:
             self._tasks.append(asyncio.create_task(coro))
         log.info(
             "node %s (%s) up: peers dial %s, status http://%s/, registry %s, cluster %r%s",
@@ -405,6 +426,7 @@ class Node:
             self.incarnation = self.core.incarnation
             self.state.save_incarnation(self.incarnation)
         if replan:
+            self.local.redecide()  # what the mesh holds changed: what is worth sharing may too
             self.puller.poke()
             self.registry.poke()
 
@@ -438,6 +460,8 @@ class Node:
         self._engine_shared, self._engine_metas = shared, metas
         self.publish_local()
         self.puller.poke()
+        if hasattr(self, "disk"):
+            self.disk.poke()
 
     def _status_changed(self) -> None:
         """Uploads or relays changed: announce the status, at most every STATUS_INTERVAL (a burst
@@ -467,6 +491,28 @@ class Node:
         all_metas = [*self._engine_metas.values(), *metas, status_meta(self.node_id)]
         if self.core.set_local_images(shared, all_metas, time.monotonic()):
             self.wake()
+
+    def _mesh_layers(self) -> set[str]:
+        """Chain IDs of every layer that a live peer holds (the share rule's "already in the mesh")."""
+        view = self.core.view
+        metas = view.metas()
+        held = {
+            image
+            for peer in view.live_peers()
+            for image, tags in view.holdings(peer.id).items()
+            if not is_registry_entry(tags)
+        }
+        out: set[str] = set()
+        for image in held:
+            meta = metas.get(image)
+            if meta is not None:
+                chains = self._chain_cache.get(image)
+                if chains is None:
+                    chains = self._chain_cache[image] = tuple(chain_ids(meta.layers))
+                out.update(chains)
+        if len(self._chain_cache) > 4 * len(held) + 1000:  # forget images the mesh let go of
+            self._chain_cache = {i: c for i, c in self._chain_cache.items() if i in held}
+        return out
 
     def _on_engine_error(self) -> None:
         self.metrics.engine_errors.inc()
@@ -511,6 +557,8 @@ class Node:
             ),
             plan=self.puller.plan,
             registry_pending=self.registry.warm_reason(),
+            since_start=time.monotonic() - self.started_monotonic,
+            ready_timeout=self.config.ready_timeout,
         )
 
     def _snapshot(self) -> dict[str, Any]:
@@ -532,6 +580,10 @@ class Node:
             "registry_fetches": len(self.registry.fetcher.active),
             "incarnation": self.core.incarnation,
             "core": self.core.stats,
+            "disk": self.disk.status() if hasattr(self, "disk") else None,
+            "share": Counter(
+                ("shared" if d.share else "local", d.code) for d in self.local.decisions.values()
+            ),
         }
 
     @property

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from mesh.config import Config
@@ -16,6 +16,7 @@ from mesh.net.client import HandedOff, PeerBusy, PeerClient
 from mesh.node.local_images import LocalImages
 from mesh.node.relay import Relays, Spool
 from mesh.node.transfer import Transfer, TransferFailed, pull_image
+from mesh.node.warmup import RateMeter, WarmupProgress, progress
 from mesh.protocol import planner
 from mesh.protocol.formulas import backoff
 from mesh.protocol.liveness import State
@@ -58,6 +59,12 @@ class Puller:
         self.recent: deque[Transfer] = deque(maxlen=50)
         self.failures: dict[str, Failure] = {}
         self.plan: Plan | None = None
+        # For the warm-up's progress: every image found missing since start, the bytes received.
+        self.wanted: set[str] = set()
+        self.received = 0
+        self.meter = RateMeter()
+        self.skip: Callable[[list[str]], Mapping[str, str]] = lambda wanted: {}
+        """Of the images a plan wants, those not to pull (they do not fit the disk budget)."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
 
@@ -76,24 +83,32 @@ class Puller:
         now = time.monotonic()
         self.penalties = {p: penalty for p, penalty in self.penalties.items() if penalty.until > now}
         metas = {**view.metas(), **self.local.metas()}
-        return planner.plan(
-            local=self.local.tags(),
-            remote=remote,
-            metas=metas,
-            peers=peers,
-            in_flight={i: t.peer for i, t in self.active.items()},
-            failures=self.failures,
-            evicted=self.local.evicted,
-            include=self.config.include,
-            exclude=self.config.exclude,
-            max_pulls=self.config.max_transfers_in,
-            max_attempts=self.config.max_attempts,
-            now=now,
-            me=view.node_id,
-            zone=self.config.zone,
-            store=self.store,
-            penalties=self.penalties,
-        )
+
+        def plan(evicted: Mapping[str, str]) -> Plan:
+            return planner.plan(
+                local=self.local.tags(),
+                remote=remote,
+                metas=metas,
+                peers=peers,
+                in_flight={i: t.peer for i, t in self.active.items()},
+                failures=self.failures,
+                evicted=evicted,
+                include=self.config.include,
+                exclude=self.config.exclude,
+                max_pulls=self.config.max_transfers_in,
+                max_attempts=self.config.max_attempts,
+                now=now,
+                me=view.node_id,
+                zone=self.config.zone,
+                store=self.store,
+                penalties=self.penalties,
+            )
+
+        first = plan(self.local.evicted)
+        # What does not fit the disk budget is treated like an evicted image: not pulled, not waited
+        # for. Pulls under way count: they will be held (the budget evicts later if need be).
+        skip = {i: v for i, v in self.skip(first.missing).items() if i not in self.active}
+        return plan({**self.local.evicted, **skip}) if skip else first
 
     async def run(self) -> None:
         while True:
@@ -109,6 +124,7 @@ class Puller:
                 except EngineError:
                     continue
             self.plan = self.compute()
+            self.wanted.update(self.plan.missing)
             for action in self.plan.tags:
                 try:
                     await self.engine.tag(action.image, action.tag)
@@ -164,7 +180,7 @@ class Puller:
                             on_fallback=self.metrics.delta_fallbacks.inc,
                             chunk_bytes=self.config.transfer_chunk_bytes,
                             idle_timeout=self.config.transfer_idle_timeout,
-                            on_bytes=self.metrics.transfer_bytes.labels("in").inc,
+                            on_bytes=self._received,
                             open_spool=lambda store: self._open_spool(pull.image, store, spools),
                             handoff=failure is None and hop < MAX_HANDOFFS,
                             queue_wait=self.config.transfer_queue_wait,
@@ -188,6 +204,7 @@ class Puller:
         else:
             record.outcome = "ok"
             self.failures.pop(pull.image, None)
+            self.local.note_brought(list(chain), time.time())
             try:
                 await self.local.rescan()  # so the next plan sees the image here, not as missing
             except EngineError as exc:
@@ -211,6 +228,24 @@ class Puller:
             self.active.pop(pull.image, None)
             self.recent.appendleft(record)
             self.poke()  # plan again: the next pull may start, or this one be retried
+
+    def _received(self, n: int) -> None:
+        self.metrics.transfer_bytes.labels("in").inc(n)
+        self.received += n
+        self.meter.add(time.monotonic(), n)
+
+    def progress(self) -> WarmupProgress:
+        plan = self.plan
+        return progress(
+            wanted=self.wanted,
+            held=self.local.images.keys(),
+            missing=plan.missing if plan else (),
+            given_up=plan.given_up if plan else (),
+            metas={**self.view.metas(), **self.local.metas()},
+            in_flight={i: t.done for i, t in self.active.items()},
+            received=self.received,
+            rate=self.meter.rate(time.monotonic()),
+        )
 
     def _failed(self, pull: Pull, source: str, name: str, exc: Exception) -> None:
         now = time.monotonic()

@@ -4,14 +4,27 @@ Readiness is a pure function of a snapshot (`assess`); the node takes the snapsh
 `Readiness` only adds the latch: once warm, a node stays ready while new images arrive (an
 autoscaler should not pull a serving build host out of rotation because someone pushed a new base
 image), and only an unreachable engine takes it back out.
+
+`--ready-timeout` bounds the warm-up: once that long has passed since the node started, it is
+ready even if the warm-up is not done, and the reason says so and what is still missing. The
+cache only makes builds faster, so a host that cannot warm up in time (a huge mesh, a slow link)
+should take builds rather than hold an autoscaler forever. The timeout never overrides an
+unreachable engine: without one the host cannot build at all.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mesh.config import format_duration
 from mesh.protocol.planner import Plan
+
+log = logging.getLogger("cachemesh.readiness")
+
+TIMED_OUT = "ready-timeout"
+"""How a reason given by the timeout starts, so tools can tell it from a finished warm-up."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +39,37 @@ class ReadinessSnapshot:
     metas_missing: bool  # a live peer holds an image whose metadata is neither learnt nor local
     plan: Plan | None  # the puller's last plan
     registry_pending: str = ""  # why --registry-warm is not satisfied yet, or ""
+    since_start: float = 0.0  # seconds since the node started
+    ready_timeout: float = 0.0  # --ready-timeout in seconds; 0: none
+
+
+def warming(s: ReadinessSnapshot) -> str:
+    """What the warm-up still waits for, or "" when it is done (the engine aside)."""
+    if not s.scanned:
+        return "scanning local images"
+    if not s.synced:
+        if s.has_leads:
+            return "joining the mesh"
+        if s.in_join_grace:
+            return "looking for peers"
+    if s.manifest_pending:
+        return f"fetching the manifest of {s.manifest_pending}"
+    if s.metas_missing:
+        return "fetching image metadata"
+    if s.registry_pending:
+        return s.registry_pending
+    if s.plan is None:
+        return "planning"
+    if not s.plan.warm:
+        pending = [i for i in s.plan.missing if i not in s.plan.given_up]
+        if pending:
+            return f"pulling {len(pending)} image(s)"
+        return f"tagging {len(s.plan.tags)} image(s)"
+    return ""
+
+
+def timed_out(s: ReadinessSnapshot) -> bool:
+    return s.ready_timeout > 0 and s.since_start >= s.ready_timeout
 
 
 def assess(s: ReadinessSnapshot, *, warm: bool) -> tuple[bool, str]:
@@ -34,35 +78,22 @@ def assess(s: ReadinessSnapshot, *, warm: bool) -> tuple[bool, str]:
         return False, f"Docker Engine unreachable: {s.engine_error or 'connecting'}"
     if warm:
         return True, "warm"
-    if not s.scanned:
-        return False, "scanning local images"
-    if not s.synced:
-        if s.has_leads:
-            return False, "joining the mesh"
-        if s.in_join_grace:
-            return False, "looking for peers"
-    if s.manifest_pending:
-        return False, f"fetching the manifest of {s.manifest_pending}"
-    if s.metas_missing:
-        return False, "fetching image metadata"
-    if s.registry_pending:
-        return False, s.registry_pending
-    if s.plan is None:
-        return False, "planning"
-    if not s.plan.warm:
-        pending = [i for i in s.plan.missing if i not in s.plan.given_up]
-        if pending:
-            return False, f"pulling {len(pending)} image(s)"
-        return False, f"tagging {len(s.plan.tags)} image(s)"
-    return True, "warm"
+    pending = warming(s)
+    if not pending:
+        return True, "warm"
+    if timed_out(s):
+        return True, f"{TIMED_OUT} {format_duration(s.ready_timeout)} passed, still {pending}"
+    return False, pending
 
 
 class Readiness:
-    """The latch around `assess`, fed snapshots by `snapshot`."""
+    """The latch around `assess`, fed snapshots by `snapshot`. Only a finished warm-up latches:
+    a node ready by the timeout keeps saying what it still lacks until it has it."""
 
     def __init__(self, snapshot: Callable[[], ReadinessSnapshot]) -> None:
         self._snapshot = snapshot
         self._warm = False
+        self._timeout_logged = False
 
     @property
     def ready(self) -> bool:
@@ -70,5 +101,8 @@ class Readiness:
 
     def check(self) -> tuple[bool, str]:
         ready, reason = assess(self._snapshot(), warm=self._warm)
-        self._warm = self._warm or ready
+        self._warm = self._warm or (ready and reason == "warm")
+        if ready and reason.startswith(TIMED_OUT) and not self._timeout_logged:
+            self._timeout_logged = True
+            log.warning("reporting ready before the warm-up is done: %s", reason)
         return ready, reason

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from mesh.node.readiness import TIMED_OUT
 from mesh.protocol.liveness import State
 from mesh.protocol.oci import is_registry_entry
 
@@ -29,6 +30,17 @@ def _transfer(t: Any) -> dict[str, Any]:
         "outcome": t.outcome,
         "error": t.error,
         "relay": t.relay,  # in: the source was still receiving it; out: served as it arrived
+    }
+
+
+def _warmup(node: Node, ready: bool, reason: str) -> dict[str, Any]:
+    timeout = node.config.ready_timeout
+    left = max(0.0, round(timeout - (time.monotonic() - node.started_monotonic), 1))
+    return {
+        **node.puller.progress().as_dict(),
+        "ready_timeout": timeout or None,
+        "ready_timeout_left": left if timeout else None,
+        "ready_by_timeout": ready and reason.startswith(TIMED_OUT),
     }
 
 
@@ -73,6 +85,7 @@ def build_status(node: Node) -> dict[str, Any]:
         if not tags[image] and local_image is None and image not in node.local.shared:
             continue
         meta = metas.get(image)
+        decision = node.local.decisions.get(image)
         images.append(
             {
                 "id": image,
@@ -81,6 +94,11 @@ def build_status(node: Node) -> dict[str, Any]:
                 "created": meta.created if meta else None,
                 "local": local_image is not None,
                 "holders": sorted(holders.get(image, [])),
+                # Why a tagged local image is (not) announced; None for others' and untagged ones.
+                "share": None
+                if decision is None
+                else {"shared": decision.share, "reason": decision.reason, "code": decision.code},
+                "from_mesh": image in node.local.brought,
             }
         )
     plan = node.puller.plan
@@ -107,12 +125,14 @@ def build_status(node: Node) -> dict[str, Any]:
         "ready": ready,
         "ready_reason": reason,
         "missing": [] if plan is None else plan.missing,
+        "warmup": _warmup(node, ready, reason),
         "peers": peers,
         "images": images,
         "transfers": [_transfer(t) for t in node.puller.active.values()]
         + [_transfer(t) for t in node.serving.values()],
         "recent_transfers": [_transfer(t) for t in node.puller.recent],
         "registry": node.registry.status(node.registry_addr or "off"),
+        "disk": node.disk.status(),
     }
 
 

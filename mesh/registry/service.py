@@ -19,8 +19,10 @@ from mesh.config import Config
 from mesh.net.client import PeerClient
 from mesh.net.contract import ContentStream
 from mesh.protocol import oci
+from mesh.protocol.budget import Item
 from mesh.protocol.oci import TagState
 from mesh.protocol.wire import ImageMeta, Tags
+from mesh.registry import upkeep
 from mesh.registry.errors import RegistryError
 from mesh.registry.fetch import Fetch, Fetcher, windows
 from mesh.registry.manifest import MAX_MANIFEST, Parsed, closure, parse
@@ -104,6 +106,8 @@ class Registry:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.warm_errors: dict[str, str] = {}
+        self.evicted: set[str] = upkeep.load_evicted(self.store)
+        """Manifests evicted for space: warm-up leaves them be (no churn)."""
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="registry")
@@ -259,6 +263,9 @@ class Registry:
 
     async def manifest(self, digest: str) -> tuple[bytes, str]:
         """A manifest by digest: held, or fetched from the mesh (whole: manifests are small)."""
+        if digest in self.evicted:  # asked for again: it is wanted here after all
+            self.evicted.discard(digest)
+            upkeep.save_evicted(self.store, self.evicted)
         media_type = self.store.media_type(digest)
         if media_type is None:
             try:
@@ -269,7 +276,23 @@ class Registry:
             if not media_type:
                 raise RegistryError("MANIFEST_UNKNOWN", f"{digest} is a blob, not a manifest")
         data = self.store.read(digest, MAX_MANIFEST)
+        upkeep.touch(self.store, digest)
         return data, media_type
+
+    # --- the disk budget (mesh.node.disk) -----------------------------------------------------
+
+    def disk_items(self) -> list[Item]:
+        return upkeep.disk_items(self.store, self.parsed)
+
+    async def evict_manifest(self, digest: str, keep_parts: set[str]) -> int:
+        """Evict a held manifest and its blobs that no kept manifest needs; warm-up does not fetch
+        it again (a client asking for it does)."""
+        freed = await asyncio.to_thread(upkeep.evict, self.store, digest, self.parsed, keep_parts)
+        self._parsed.pop(digest, None)
+        self.evicted.add(digest)
+        await asyncio.to_thread(upkeep.save_evicted, self.store, self.evicted)
+        self.changed()  # announced without it: peers stop choosing this node for it
+        return freed
 
     async def put_manifest(self, digest: str, data: bytes, parsed: Parsed) -> None:
         """Store a pushed manifest. Everything it references must be here, or on its way from a
@@ -349,7 +372,7 @@ class Registry:
         return {
             ref: state.digest
             for ref, state in self.resolve().items()
-            if any(fnmatch.fnmatchcase(ref, g) for g in globs)
+            if any(fnmatch.fnmatchcase(ref, g) for g in globs) and state.digest not in self.evicted
         }
 
     def warm_progress(self) -> tuple[int, int]:

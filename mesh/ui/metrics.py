@@ -43,6 +43,28 @@ class _Snapshot(Collector):
         yield GaugeMetricFamily(
             "cachemesh_incarnation", "This node's SWIM incarnation", value=snap["incarnation"]
         )
+        disk = snap.get("disk")
+        if disk:
+            yield GaugeMetricFamily(
+                "cachemesh_disk_budget_bytes",
+                "The disk budget for what the mesh brings here (0: none)",
+                value=disk["budget"],
+            )
+            if disk["held"] is not None:
+                yield GaugeMetricFamily(
+                    "cachemesh_mesh_bytes_held",
+                    "Bytes the mesh brought here (pulled images, registry content), at the last check",
+                    value=disk["held"],
+                )
+        if "share" in snap:
+            decisions = GaugeMetricFamily(
+                "cachemesh_share_decisions",
+                "Tagged local images by share decision (shared, local) and reason",
+                labels=["decision", "reason"],
+            )
+            for (decision, reason), count in sorted(snap["share"].items()):
+                decisions.add_metric([decision, reason], count)
+            yield decisions
         if "registry_fetches" in snap:
             yield GaugeMetricFamily(
                 "cachemesh_registry_fetches_in_flight",
@@ -145,6 +167,12 @@ class Metrics:
         self.relays_served = Counter(
             "cachemesh_relays_served",
             "Streams served to peers from an image still arriving here (cut-through relay)",
+            registry=self.registry,
+        )
+        self.evictions = Counter(
+            "cachemesh_evictions",
+            "Mesh-brought content evicted, by kind (image, manifest) and reason (budget, watermark)",
+            ["kind", "reason"],
             registry=self.registry,
         )
         for source in ("local", "peers"):

@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from mesh.ui.humanize import short_id, size_text
+from mesh.ui.humanize import short_id, size_text, warmup_figures
 
 
 def print_status(s: dict[str, Any], console: Console | None = None) -> None:
@@ -18,6 +18,10 @@ def print_status(s: dict[str, Any], console: Console | None = None) -> None:
         f"[bold]{node['name']}[/] ({node['id']}) at {node['address']}, cluster {node['cluster']}: "
         f"{state} ({s['ready_reason']})"
     )
+    w = s.get("warmup")
+    if w and (w["images_left"] or w.get("ready_by_timeout")):
+        f = warmup_figures(w)
+        console.print(f"warm-up: {f['images']}, {f['bytes']} ({f['left']}), {f['rate']}, {f['eta']}")
     peers = Table(title=f"Peers ({len(s['peers'])})", title_justify="left")
     for column in ("name", "address", "state", "RTT", "images", "incarnation"):
         peers.add_column(column)

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from mesh.ui.humanize import short_id, size_text
+from mesh.ui.humanize import eta_text, short_id, size_text, warmup_figures
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,14 @@ def _gossip_cell(gossip: dict[str, Any]) -> str:
     return f"<span class=ok>sealed</span> · secret: {escape(gossip.get('secret', ''))}"
 
 
+def _share_cell(share: dict[str, Any] | None) -> str:
+    """Whether this node announces a local image, and why (the share rule's reason)."""
+    if not share:
+        return ""
+    word = "<span class=ok>shared</span>" if share["shared"] else "<b>kept here</b>"
+    return f"{word}: {escape(share['reason'])}"
+
+
 def _tls_mode(tls: dict[str, Any]) -> str:
     mode = tls.get("mode", "off")
     if mode == "off":
@@ -136,6 +144,67 @@ def _registry_html(r: dict[str, Any] | None) -> str:
     )
 
 
+def _warmup_html(s: dict[str, Any]) -> str:
+    """The warm-up as `cachemesh wait-ready` shows it: a bar over the bytes, images, rate, ETA."""
+    w = s.get("warmup")
+    if not w:
+        return ""
+    f = warmup_figures(w)
+    total = w["bytes_done"] + w["bytes_left"]
+    if w.get("ready_by_timeout"):
+        state = (
+            f"<p class=timeout>Ready by <code>--ready-timeout</code> before the warm-up finished: "
+            f"{escape(s['ready_reason'])}. Builds here may miss the cache until the rest arrives.</p>"
+        )
+    elif w.get("ready_timeout_left") is not None and not s["ready"]:
+        state = (
+            f"<p>Reports ready anyway in {eta_text(w['ready_timeout_left'])} "
+            "(<code>--ready-timeout</code>) if the warm-up has not finished by then.</p>"
+        )
+    else:
+        state = ""
+    return (
+        f"<h2>Warm-up</h2><p class=warmup><progress max={max(total, 1)} value={w['bytes_done']}></progress> "
+        f"{escape(f['images'])} · {escape(f['bytes'])} ({escape(f['left'])}) · {escape(f['rate'])} · "
+        f"{escape(f['eta'])}</p>{state}"
+    )
+
+
+def _disk_html(d: dict[str, Any] | None) -> str:
+    """Bytes the mesh brought here against the budget, the watermarks, evictions by reason."""
+    if not d:
+        return ""
+    held = "not measured yet" if d.get("held") is None else size_text(d["held"])
+    budget = f" of a {size_text(d['budget'])} budget" if d.get("budget") else " (no budget)"
+    marks = ""
+    if d.get("high"):
+        marks = f" · watermarks {d['high']:.0%} / {d['low']:.0%}"
+    if d.get("limit_reason") == "watermark":
+        marks += " · <b>above the high watermark: evicting</b>"
+    fs = "".join(f" · {escape(f['path'])} {f['fraction']:.0%} full" for f in d.get("filesystems", []))
+    reasons = ", ".join(
+        f"{n} for the {escape(r)} ({size_text(d.get('evicted_bytes', {}).get(r, 0))})"
+        for r, n in sorted(d.get("evictions", {}).items())
+    )
+    recent = _table(
+        ["what", "kind", "reason", "bytes"],
+        [
+            [
+                f"<code>{short_id(e['id'])}</code>",
+                escape(e["kind"]),
+                escape(e["reason"]),
+                size_text(e["bytes"]),
+            ]
+            for e in d.get("recent_evictions", [])[:10]
+        ],
+        "No evictions.",
+    )
+    return (
+        f"<h2>Disk</h2><p>{held} brought by the mesh{budget}{marks}{fs}"
+        f" · evicted: {reasons or 'nothing'}</p>{recent}"
+    )
+
+
 def render_html(s: dict[str, Any]) -> str:
     node = s["node"]
     badge = "ready" if s["ready"] else "not-ready"
@@ -157,14 +226,15 @@ def render_html(s: dict[str, Any]) -> str:
         "No peers yet.",
     )
     images = _table(
-        ["image", "tags", "size", "here", "held by"],
+        ["image", "tags", "size", "here", "held by", "shared from here"],
         [
             [
                 f"<code>{short_id(i['id'])}</code>",
                 escape(", ".join(i["tags"])) or "<i>untagged (parent)</i>",
                 size_text(i["size"]),
-                "yes" if i["local"] else "no",
+                ("yes, from the mesh" if i.get("from_mesh") else "yes") if i["local"] else "no",
                 escape(", ".join(i["holders"])),
+                _share_cell(i.get("share")),
             ]
             for i in s["images"]
         ],
@@ -200,7 +270,7 @@ def render_html(s: dict[str, Any]) -> str:
         ],
         "None yet.",
     )
-    registry = _registry_html(s.get("registry"))
+    registry = _registry_html(s.get("registry")) + _disk_html(s.get("disk"))
     return f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><meta http-equiv=refresh content=2>
 <title>cachemesh · {escape(node["name"])}</title>
@@ -210,13 +280,14 @@ h1{{font-size:1.4em}} h2{{font-size:1.1em;margin-top:1.6em}}
 table{{border-collapse:collapse;width:100%}} th,td{{text-align:left;padding:.3em .6em;border-bottom:1px solid #ddd}}
 th{{background:#f4f4f4}} code{{font-size:.95em}} .empty{{color:#777}}
 .badge{{padding:.15em .6em;border-radius:1em;color:#fff}} .ready{{background:#2a7}} .not-ready{{background:#c63}}
-.alive,.ok{{color:#2a7}} .suspect{{color:#c80}} .dead,.failed{{color:#c33}} .left{{color:#777}}
+.timeout{{color:#c63}} .alive,.ok{{color:#2a7}} .suspect{{color:#c80}} .dead,.failed{{color:#c33}} .left{{color:#777}}
 </style></head><body>
 <h1>cachemesh · {escape(node["name"])} <span class="badge {badge}">{"ready" if s["ready"] else "not ready"}</span></h1>
 <p>{escape(s["ready_reason"])} · node <code>{escape(node["id"])}</code> at {escape(node["address"])} ·
 cluster <b>{escape(node["cluster"])}</b> · incarnation {node["incarnation"]} · up {node["uptime"]:.0f}s ·
 engine {escape(node["engine"])} ({"reachable" if node["engine_available"] else "UNREACHABLE"}) · v{escape(node["version"])} ·
 peer TLS: {escape(_tls_mode(node.get("tls", {})))}</p>
+{_warmup_html(s)}
 <h2>Peers ({len(s["peers"])})</h2>{peers}
 <h2>Images ({len(s["images"])})</h2>{images}
 <h2>Transfers in flight</h2>{transfers}

@@ -1,0 +1,163 @@
+"""`cachemesh wait-ready`: the node's warm-up as a progress bar on a terminal, as plain lines
+elsewhere (a CI log, a pipe), until the node says ready or the wait times out.
+
+It reads the node's `/api/status` (`ready`, `ready_reason`, `warmup`) through a callable, so the
+view knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn
+
+from mesh.ui.humanize import warmup_figures
+
+Fetch = Callable[[], dict[str, Any]]
+"""Returns the status document; raises OSError or ValueError when the node does not answer."""
+
+PLAIN_EVERY = 5.0  # seconds between plain lines while nothing else changes
+
+
+def plain_line(status: dict[str, Any]) -> str:
+    w = status.get("warmup")
+    if not w:
+        return f"waiting: {status.get('ready_reason', '')}"
+    f = warmup_figures(w)
+    return (
+        f"warming up: {f['images']}, {f['bytes']} ({f['left']}), {f['rate']}, {f['eta']}"
+        f" · {status.get('ready_reason', '')}"
+    )
+
+
+def watch(
+    fetch: Fetch,
+    *,
+    timeout: float,
+    out: TextIO,
+    err: TextIO,
+    terminal: bool,
+    clock: Callable[[], float] = time.monotonic,
+    pause: Callable[[float], None] = time.sleep,
+    interval: float = 0.5,
+) -> int:
+    """Show the warm-up until ready (0) or `timeout` seconds pass (1)."""
+    deadline = clock() + timeout
+    view: _View = _Bar(out) if terminal else _Lines(out, clock)
+    reason = "no answer yet"
+    try:
+        while True:
+            try:
+                status = fetch()
+                reason = str(status.get("ready_reason", ""))
+                if status.get("ready"):
+                    view.show(status)  # the final figures: everything done, or what the timeout left
+                    view.close()
+                    print(f"ready: {reason}", file=out, flush=True)
+                    return 0
+                view.show(status)
+            except (OSError, ValueError) as exc:
+                reason = f"no node answers ({exc})"
+                view.note(reason)
+            if clock() >= deadline:
+                view.close()
+                print(f"cachemesh: not ready after {timeout:g}s: {reason}", file=err, flush=True)
+                return 1
+            pause(min(interval, max(0.0, deadline - clock())))
+    finally:
+        view.close()
+
+
+class _View:
+    def show(self, status: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def note(self, text: str) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class _Lines(_View):
+    """One line per change of images, reason or what answers, and one every few seconds."""
+
+    def __init__(self, out: TextIO, clock: Callable[[], float]) -> None:
+        self.out = out
+        self.clock = clock
+        self.last_key: object = None
+        self.last_at = float("-inf")
+
+    def _emit(self, key: object, line: str) -> None:
+        now = self.clock()
+        if key != self.last_key or now - self.last_at >= PLAIN_EVERY:
+            print(line, file=self.out, flush=True)
+            self.last_key, self.last_at = key, now
+
+    def show(self, status: dict[str, Any]) -> None:
+        w = status.get("warmup") or {}
+        key = (w.get("images_done"), w.get("images_left"), status.get("ready_reason"))
+        self._emit(key, plain_line(status))
+
+    def note(self, text: str) -> None:
+        self._emit(text, f"waiting: {text}")
+
+
+class _Bar(_View):
+    """A rich progress bar over the bytes, with the node's own figures beside it."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[images]}"),
+            TextColumn("{task.fields[bytes]}"),
+            TextColumn("{task.fields[rate]}"),
+            TextColumn("{task.fields[eta]}"),
+            console=Console(file=out, force_terminal=True),
+            auto_refresh=False,
+            transient=False,
+        )
+        self.task: TaskID | None = None
+        self.started = False
+
+    def _task(self) -> TaskID:
+        if not self.started:
+            self.progress.start()
+            self.started = True
+        if self.task is None:
+            self.task = self.progress.add_task("warming up", total=None, images="", bytes="", rate="", eta="")
+        return self.task
+
+    def show(self, status: dict[str, Any]) -> None:
+        task = self._task()
+        w = status.get("warmup")
+        reason = str(status.get("ready_reason", ""))
+        if w:
+            f = warmup_figures(w)
+            total = w["bytes_done"] + w["bytes_left"]
+            self.progress.update(
+                task,
+                description=reason,
+                completed=w["bytes_done"],
+                total=total or None,
+                images=f["images"],
+                bytes=f["bytes"],
+                rate=f["rate"],
+                eta=f["eta"],
+            )
+        else:
+            self.progress.update(task, description=reason)
+        self.progress.refresh()
+
+    def note(self, text: str) -> None:
+        self.progress.update(self._task(), description=text)
+        self.progress.refresh()
+
+    def close(self) -> None:
+        if self.started:
+            self.progress.stop()
+            self.started = False
