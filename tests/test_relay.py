@@ -175,6 +175,11 @@ async def test_a_source_hands_a_requester_on_to_its_relay(server):
     with pytest.raises(HandedOff) as handed:
         await fetch(c0, addr)
     assert handed.value.relay == "relay-node" and handler.started == []
+    # A receiver that may not be handed on (after a failure, or one that predates hand-offs and
+    # so sends no such field) is served here.
+    handler.release.set()
+    async with c0.save(addr, IMAGE, handoff=False, chunk_bytes=1024, idle_timeout=5) as stream:
+        assert await collect(stream.chunks) == b"payload"
 
 
 async def test_a_stream_that_stops_sending_midway_is_cut_by_the_idle_timeout(server):

@@ -40,7 +40,7 @@ class SaveRequest:
     have: int = 0
     store: str = "graph"
     relay: bool = False
-    handoff: bool = True
+    handoff: bool = False
 
 
 @dataclass

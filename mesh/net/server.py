@@ -229,7 +229,7 @@ class PeerServer:
             image = _sha256(doc["image"], "image")
             have = doc.get("have", 0)
             store = doc.get("store", "graph")
-            relay, handoff = doc.get("relay", False), doc.get("handoff", True)
+            relay, handoff = doc.get("relay", False), doc.get("handoff", False)
             if not isinstance(have, int) or not 0 <= have <= MAX_LAYERS:
                 raise ValueError(f"have must be a layer count from 0 to {MAX_LAYERS}")
             if store not in ("graph", "containerd"):
