@@ -22,7 +22,7 @@ RUN python3 -m venv /opt/cachemesh \
  && rm -rf /src
 
 VOLUME /var/lib/cachemesh
-EXPOSE 7611
+EXPOSE 7611/tcp 7611/udp
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 CMD ["cachemesh", "healthcheck"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["cachemesh", "run"]

@@ -24,7 +24,7 @@ def _run_parser(sub: Any) -> None:
     run = sub.add_parser("run", help="run a node (every flag also reads a CACHEMESH_* env var)")
     for option in OPTIONS:
         help_text = f"{option.help} [{option.env}]"
-        if option.field == "mdns":  # on by default, so it needs a --no-mdns
+        if option.field in ("mdns", "gossip_datagrams"):  # on by default: they need a --no-…
             run.add_argument(
                 option.flag,
                 dest=option.field,

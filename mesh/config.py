@@ -32,6 +32,9 @@ class Config:
     seeds: tuple[str, ...] = ()
     """host:port of peers to join through; DNS names are re-resolved, so a seed can be a DNS round robin."""
     mdns: bool = True
+    gossip_datagrams: bool = True
+    """Send gossip that fits in sealed UDP datagrams on the peer port (the rest goes over TLS).
+    Off: everything over the TLS peer API; set it the same on every node (docs/protocol.md)."""
     """Find peers on the local link by multicast DNS."""
     cluster: str = "default"
     """Cluster name. Nodes only talk within one cluster; the name is mixed into the signing key."""
@@ -68,6 +71,19 @@ class Config:
     """Seconds after start when /readyz says ready even if the warm-up is not done, and says why
     (0: wait for the warm-up however long it takes). The cache only speeds builds up: past half an
     hour, a host that builds without part of it serves better than one an autoscaler keeps waiting for."""
+    share: str = "deps"
+    """Which local builds are announced: "deps" (only when a dependency step changed, i.e. the
+    first layer new to the mesh comes before the image's last ADD/COPY; bases always) or "all"."""
+    disk_budget: int = 0
+    """Bytes the mesh may bring onto this host (pulled images, fetched or pushed registry blobs);
+    least recently used content beyond it is evicted and not pulled. 0: no budget."""
+    disk_high: float = 0.0
+    """Fraction of the engine's or the data dir's filesystem above which mesh-brought content is
+    evicted, oldest use first, until use is below disk_low. 0: off."""
+    disk_low: float = 0.0
+    """Where watermark eviction stops (fraction of the filesystem)."""
+    disk_check_interval: float = 10.0
+    """Seconds between checks of the budget and the watermarks."""
 
     # --- failure detection (SWIM, Das et al. 2002; Lifeguard, HashiCorp 2018) ----------
     probe_interval: float = 1.0
@@ -167,6 +183,7 @@ class Config:
             retry_backoff=0.5,
             retry_backoff_max=5.0,
             join_grace=2.0,
+            disk_check_interval=1.0,
         )
         fast.update(overrides)
         return cls(**fast)
@@ -287,6 +304,53 @@ def _parse_zone(raw: str) -> str:
     return zone
 
 
+def _parse_share(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("deps", "all"):
+        raise ValueError(f"expected deps or all, got {raw!r}")
+    return value
+
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+    "t": 1000**4, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+}  # fmt: skip
+
+
+def parse_size(raw: str) -> int:
+    """'20GB', '500MiB', '1.5g', '1048576' -> bytes; '0' or 'off' -> 0 (no budget)."""
+    text = raw.strip().lower().replace(" ", "")
+    if text in ("off", "none", "0"):
+        return 0
+    number = text.rstrip("kmgtib")
+    unit = text[len(number) :]
+    if unit not in _UNITS or not number:
+        raise ValueError(f"expected a size such as 20GB or 500MiB, got {raw!r}")
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"expected a size such as 20GB or 500MiB, got {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"a size cannot be negative: {raw!r}")
+    return int(value * _UNITS[unit])
+
+
+def parse_fraction(raw: str) -> float:
+    """'85%' or '0.85' -> 0.85; 'off' -> 0."""
+    text = raw.strip().lower()
+    if text in ("off", "none", "0", "0%"):
+        return 0.0
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise ValueError(f"expected a percentage such as 85%, got {raw!r}") from None
+    if not 0 < value < 1:
+        raise ValueError(f"expected a percentage between 0% and 100%, got {raw!r}")
+    return value
+
+
 def _parse_seeds(raw: str) -> tuple[str, ...]:
     seeds = _parse_list(raw)
     for seed in seeds:
@@ -348,6 +412,13 @@ OPTIONS: tuple[Option, ...] = (
         "LIST",
     ),
     Option("mdns", "--mdns", "CACHEMESH_MDNS", _parse_bool, "find peers by multicast DNS (default on)"),
+    Option(
+        "gossip_datagrams",
+        "--gossip-datagrams",
+        "CACHEMESH_GOSSIP_DATAGRAMS",
+        _parse_bool,
+        "send small gossip as sealed UDP datagrams on the peer port (default on; same on every node)",
+    ),
     Option("cluster", "--cluster", "CACHEMESH_CLUSTER", str, "cluster name (default 'default')", "NAME"),
     Option(
         "insecure",
@@ -478,6 +549,38 @@ OPTIONS: tuple[Option, ...] = (
         "(default 30m; off waits for the whole warm-up)",
         "DURATION",
     ),
+    Option(
+        "share",
+        "--share",
+        "CACHEMESH_SHARE",
+        _parse_share,
+        "which builds to spread: deps (when a dependency step changed; default) or all",
+        "deps|all",
+    ),
+    Option(
+        "disk_budget",
+        "--disk-budget",
+        "CACHEMESH_DISK_BUDGET",
+        parse_size,
+        "cap on bytes the mesh brings here (pulled images, registry blobs), e.g. 20GB (default: none)",
+        "SIZE",
+    ),
+    Option(
+        "disk_high",
+        "--disk-high",
+        "CACHEMESH_DISK_HIGH",
+        parse_fraction,
+        "evict mesh-brought content when the engine's or data dir's filesystem is fuller, e.g. 85%",
+        "PERCENT",
+    ),
+    Option(
+        "disk_low",
+        "--disk-low",
+        "CACHEMESH_DISK_LOW",
+        parse_fraction,
+        "watermark eviction stops below this, e.g. 70% (default: 15 points under --disk-high)",
+        "PERCENT",
+    ),
 )
 
 
@@ -511,6 +614,8 @@ def resolve(
     values["secret"], values["previous_secret"] = _read_secrets(
         secret_file or env.get("CACHEMESH_SECRET_FILE"), env
     )
+    if values.get("disk_high") and not values.get("disk_low"):
+        values["disk_low"] = max(0.01, values["disk_high"] - 0.15)
     config = Config.local(**values) if preset == "local" else Config.lan(**values)
     validate(config)
     return config
@@ -564,6 +669,16 @@ def validate(config: Config) -> None:
         raise ConfigError("--cluster must be 1 to 64 characters")
     if config.probe_timeout >= config.probe_interval:
         raise ConfigError("probe_timeout must be shorter than probe_interval")
+    if config.share not in ("deps", "all"):
+        raise ConfigError("--share must be deps or all")
+    if config.disk_budget < 0:
+        raise ConfigError("--disk-budget cannot be negative")
+    if config.disk_low and not config.disk_high:
+        raise ConfigError("--disk-low needs --disk-high")
+    if config.disk_high and config.disk_low >= config.disk_high:
+        raise ConfigError(
+            f"--disk-low ({config.disk_low:.0%}) must be below --disk-high ({config.disk_high:.0%})"
+        )
     if config.max_transfers_in < 1 or config.max_transfers_out < 1:
         raise ConfigError("transfer concurrency must be at least 1")
     if config.ready_timeout < 0:

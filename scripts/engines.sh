@@ -10,13 +10,10 @@
 CACHEMESH_ENGINES="${CACHEMESH_ENGINES:-/var/cache/cachemesh/engines}"
 export CACHEMESH_ENGINES
 
-fetch_engine() {
-    local suite="$1"; shift
-    local dir="$CACHEMESH_ENGINES/$suite"
-    if [ -x "$dir/root/usr/sbin/dockerd" ] && [ -f "$dir/done" ]; then
-        return 0
-    fi
-    echo "Fetching Docker Engine packages from Debian $suite into $dir: $*"
+# Downloads PACKAGES from Debian SUITE with apt sources, lists and cache of their own under DIR,
+# and unpacks them into DIR/root (no dpkg database, no maintainer scripts).
+unpack_debs() {
+    local suite="$1" dir="$2"; shift 2
     rm -rf "$dir/root" "$dir/debs"
     mkdir -p "$dir/etc" "$dir/lists/partial" "$dir/cache/archives/partial" "$dir/debs" "$dir/root"
     cat >"$dir/etc/$suite.sources" <<SOURCES
@@ -34,6 +31,16 @@ SOURCES
     for deb in "$dir"/debs/*.deb; do
         dpkg -x "$deb" "$dir/root"
     done
+}
+
+fetch_engine() {
+    local suite="$1"; shift
+    local dir="$CACHEMESH_ENGINES/$suite"
+    if [ -x "$dir/root/usr/sbin/dockerd" ] && [ -f "$dir/done" ]; then
+        return 0
+    fi
+    echo "Fetching Docker Engine packages from Debian $suite into $dir: $*"
+    unpack_debs "$suite" "$dir" "$@"
     if [ ! -x "$dir/root/usr/sbin/dockerd" ]; then
         echo "engines.sh: no dockerd in Debian $suite's packages ($*)" >&2
         return 1

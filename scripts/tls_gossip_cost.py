@@ -2,11 +2,13 @@
 """What TLS adds to gossip bytes at N simulated nodes: the simulator's steady phase, priced twice.
 
 Runs the simulator's join, announce and steady phases (mesh.sim.scenario, as scripts/simulate.py
-does) and prices every envelope with mesh.net.tls.TLSWireCost on top of the simulator's own count
-(HTTP framing included): a request costs one TLS record for the sender and one for the receiver's
-response, plus a full mutual handshake from each side when the sender has not dialled that peer
-within the keep-alive; an envelope sent as an HTTP response costs one record. Prints the p99 and
-p50 of bytes sent per node per second without and with TLS, for a few keep-alives.
+does) and prices every envelope that travels over the peer API (too big for a sealed datagram, or
+a reply in an HTTP response) with mesh.net.tls.TLSWireCost on top of the simulator's own count
+(HTTP framing and datagram sealing included): a request costs one TLS record for the sender and
+one for the receiver's response, plus a full mutual handshake from each side when the sender has
+not dialled that peer within the keep-alive; an envelope sent as an HTTP response costs one
+record. Prints the p99 and p50 of bytes sent per node per second without and with TLS, for a few
+keep-alives.
 
     python scripts/tls_gossip_cost.py --nodes 1000        # about 5 minutes, several GB of memory
 
@@ -30,6 +32,7 @@ from mesh.net.tls import TLSWireCost, tls_overhead
 from mesh.protocol import wire
 from mesh.sim import simnet
 from mesh.sim.scenario import FleetScenario, _pct
+from mesh.sim.wirecost import datagram_fits
 
 
 def main() -> int:
@@ -73,6 +76,8 @@ def main() -> int:
         for at, src, dst, body, as_reply in sends:
             if before is None and at >= start:
                 before = cost.handshakes
+            if not as_reply and datagram_fits(body):
+                continue  # a sealed datagram: the simulator's count is all it costs
             if as_reply:
                 to_src, to_dst = tls_overhead(body), 0
             else:

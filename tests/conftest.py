@@ -11,9 +11,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
+import re
 import shutil
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +34,50 @@ __all__ = ["pytest_sessionfinish", "pytest_terminal_summary"]  # hooks: skips fa
 ROOT = Path(os.environ.get("CACHEMESH_TEST_ROOT", "/tmp/cachemesh-tests"))
 
 
+class _Stalls:
+    """Notices when the whole test process was not running (a busy CI host descheduling it) or was
+    collecting garbage (a full collection late in a long suite), so the blocking detector does not
+    blame the event loop for time the code under test did not spend.
+
+    A thread wakes every 20 ms. A wake-up late by more than 0.2 s during which this process used
+    little CPU means it was descheduled: the loop blocking in Python or in a C call that holds the
+    GIL would have burnt CPU, and a loop blocked in a system call would have let this thread run.
+    """
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[float, float]] = []
+        self._lock = threading.Lock()
+        self._collecting = 0.0
+        threading.Thread(target=self._tick, name="stall-watch", daemon=True).start()
+        gc.callbacks.append(self._gc)
+
+    def _gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._collecting = time.monotonic()
+        elif self._collecting and time.monotonic() - self._collecting > 0.05:
+            with self._lock:
+                self.spans.append((self._collecting, time.monotonic()))
+
+    def _tick(self) -> None:
+        while True:
+            wall, cpu = time.monotonic(), time.process_time()
+            time.sleep(0.02)
+            late = time.monotonic() - wall - 0.02
+            if late > 0.2 and time.process_time() - cpu < late / 2:
+                with self._lock:
+                    self.spans.append((wall, time.monotonic()))
+                    del self.spans[:-100]
+
+    def covered(self, start: float, end: float) -> float:
+        """Seconds of [start, end] during which the process was descheduled."""
+        with self._lock:
+            return sum(max(0.0, min(end, b) - max(start, a)) for a, b in self.spans)
+
+
+_STALLS = _Stalls()
+_SLOW = 0.25
+
+
 class _BlockingDetector(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -37,7 +85,11 @@ class _BlockingDetector(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
-        if message.startswith("Executing") and " took " in message:
+        found = re.search(r"^Executing .* took (\d+\.\d+) seconds$", message, re.DOTALL)
+        if not found:
+            return
+        took, end = float(found.group(1)), time.monotonic()
+        if took - _STALLS.covered(end - took - 0.05, end) > _SLOW:
             self.slow.append(message)
 
 
@@ -59,7 +111,7 @@ async def _loop_guard(request: pytest.FixtureRequest):  # type: ignore[no-untype
     """Runs inside each async test's loop: debug timing on, and no task may outlive the test."""
     loop = asyncio.get_running_loop()
     loop.set_debug(True)
-    loop.slow_callback_duration = 0.25
+    loop.slow_callback_duration = _SLOW
     before = asyncio.all_tasks()
     yield
     pending = [t for t in asyncio.all_tasks() - before if t is not asyncio.current_task() and not t.done()]

@@ -6,7 +6,9 @@ from mesh.config import (
     format_duration,
     format_hostport,
     parse_duration,
+    parse_fraction,
     parse_hostport,
+    parse_size,
     resolve,
 )
 
@@ -39,6 +41,24 @@ def test_defaults():
     config = resolve({}, {"CACHEMESH_SECRET": SECRET})
     assert config.listen == "0.0.0.0:7611" and config.status_listen == "127.0.0.1:7612"
     assert config.docker_host == "unix:///var/run/docker.sock" and config.mdns and config.cluster == "default"
+
+
+def test_gossip_datagrams_are_on_unless_turned_off_by_flag_or_env(monkeypatch):
+    from mesh.cli import main
+
+    env = {"CACHEMESH_SECRET": SECRET}
+    assert resolve({}, env).gossip_datagrams is True
+    assert resolve({}, {**env, "CACHEMESH_GOSSIP_DATAGRAMS": "false"}).gossip_datagrams is False
+    seen: list[Config] = []
+
+    async def serve(config: Config) -> int:
+        seen.append(config)
+        return 0
+
+    monkeypatch.setenv("CACHEMESH_SECRET", SECRET)
+    assert main(["run", "--no-gossip-datagrams"], serve=serve) == 0
+    assert main(["run"], serve=serve) == 0
+    assert [c.gossip_datagrams for c in seen] == [False, True]
 
 
 def test_no_secret_is_refused_unless_insecure(tmp_path):
@@ -86,6 +106,27 @@ def test_local_preset_is_faster_and_the_secret_is_not_printed():
     assert SECRET not in repr(Config(secret=SECRET.encode()))
 
 
+def test_burst_settings_zone_and_transfer_limits():
+    env = {
+        "CACHEMESH_SECRET": SECRET,
+        "CACHEMESH_ZONE": "eu-west-1a",
+        "CACHEMESH_MAX_UPLOADS": "2",
+        "CACHEMESH_MAX_DOWNLOADS": "3",
+        "CACHEMESH_UPLOAD_QUEUE": "0",
+        "CACHEMESH_TRANSFER_IDLE_TIMEOUT": "2.5",
+    }
+    config = resolve({}, env)
+    assert config.zone == "eu-west-1a" and config.max_transfers_out == 2 and config.max_transfers_in == 3
+    assert config.upload_queue == 0 and config.transfer_idle_timeout == 2.5
+    assert resolve({}, {"CACHEMESH_SECRET": SECRET}).transfer_idle_timeout == 10.0
+    with pytest.raises(ConfigError, match="zone must be at most 64 characters, without spaces"):
+        resolve({}, {**env, "CACHEMESH_ZONE": "two words"})
+    with pytest.raises(ConfigError, match="upload-queue"):
+        resolve({"upload_queue": -1}, env)
+    with pytest.raises(ConfigError, match="CACHEMESH_MAX_UPLOADS"):
+        resolve({}, {**env, "CACHEMESH_MAX_UPLOADS": "many"})
+
+
 def test_ready_timeout_reads_durations_and_defaults_to_half_an_hour():
     assert resolve({}, {"CACHEMESH_SECRET": SECRET}).ready_timeout == 1800.0
     assert resolve({}, {"CACHEMESH_SECRET": SECRET, "CACHEMESH_READY_TIMEOUT": "10m"}).ready_timeout == 600.0
@@ -98,3 +139,33 @@ def test_ready_timeout_reads_durations_and_defaults_to_half_an_hour():
     for seconds in (1.5, 45.0, 600.0, 5400.0, 3605.0):
         assert parse_duration(format_duration(seconds)) == seconds
     assert [format_duration(s) for s in (1.5, 45, 600, 5400)] == ["1.5s", "45s", "10m", "1h30m"]
+
+
+def test_share_budget_and_watermarks_from_env():
+    base = {"CACHEMESH_INSECURE": "1"}
+    config = resolve(
+        {},
+        {**base, "CACHEMESH_SHARE": "all", "CACHEMESH_DISK_BUDGET": "20GB", "CACHEMESH_DISK_HIGH": "85%"},
+    )
+    assert config.share == "all" and config.disk_budget == 20 * 1000**3
+    assert config.disk_high == 0.85 and round(config.disk_low, 2) == 0.70  # 15 points under by default
+    assert resolve({}, base).share == "deps" and resolve({}, base).disk_budget == 0
+    assert parse_size("500MiB") == 500 * 1024**2 and parse_size("1.5g") == 1_500_000_000
+    assert parse_size("off") == 0 and parse_fraction("0.9") == 0.9
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"CACHEMESH_SHARE": "some"},
+        {"CACHEMESH_DISK_BUDGET": "lots"},
+        {"CACHEMESH_DISK_BUDGET": "12XB"},
+        {"CACHEMESH_DISK_HIGH": "120%"},
+        {"CACHEMESH_DISK_HIGH": "70%", "CACHEMESH_DISK_LOW": "80%"},
+        {"CACHEMESH_DISK_LOW": "70%"},
+    ],
+)
+def test_bad_share_and_disk_settings_are_refused_with_the_reason(env):
+    with pytest.raises(ConfigError) as info:
+        resolve({}, {"CACHEMESH_INSECURE": "1", **env})
+    assert "CACHEMESH_" in str(info.value) or "--disk-" in str(info.value)

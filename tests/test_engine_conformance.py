@@ -18,6 +18,7 @@ from mesh.engine.tarstream import TarReport, TarStreamError, untagged
 from mesh.lab.dockerd import import_base
 from mesh.lab.engines import KINDS, EngineKind
 from mesh.protocol.planner import chain_of
+from mesh.protocol.share import instruction, step_layers
 
 
 class FakeKind:
@@ -29,9 +30,17 @@ class FakeKind:
         parent = self._base
         for i in range(steps):
             parent = self.a.build(
-                tag if i == steps - 1 else None, [f"{tag} step {i}".encode()], parent=parent, created=1001 + i
+                tag if i == steps - 1 else None,
+                [f"{tag} step {i}".encode()],
+                parent=parent,
+                created=1001 + i,
+                steps=[f"/bin/sh -c echo '{tag} step {i}' > /step{i}"],
             )
         return parent
+
+    async def use(self, image: str) -> None:
+        """A stopped container made from the image."""
+        self.a.containers_of.add(image)
 
     def close(self) -> None:
         pass
@@ -52,6 +61,10 @@ class RealKind:
             env={"DOCKER_BUILDKIT": "0"},
         )  # fmt: skip
         return next(i.meta.id for i in await self.a.images() if tag in i.tags)
+
+    async def use(self, image: str) -> None:
+        ref = next(i.tags[0] for i in await self.a.images() if i.meta.id == image)
+        await asyncio.to_thread(self.da.cli, "create", "--network", "none", ref, "true")
 
 
 @pytest.fixture(params=["fake", *(pytest.param(k, marks=pytest.mark.docker) for k in KINDS)])
@@ -175,3 +188,37 @@ async def test_save_of_an_unknown_image_is_an_engine_error(kind):
         await collect(kind.a.save(["sha256:" + "0" * 64]))
     with contextlib.suppress(Exception):
         pass
+
+
+async def test_history_names_each_layers_step_and_evict_spares_images_in_use(kind):
+    """One test for both (each engine pair costs seconds to start): what the share rule reads,
+    and what the disk budget does."""
+    image = await kind.build("app:7", 2)
+    images = {i.meta.id: i for i in await kind.a.images()}
+    steps = await kind.a.history(image)
+    assert [instruction(s) for s in steps] == ["", "RUN", "RUN"]  # the import, then two RUNs
+    base = chain_of(image, {i: x.meta for i, x in images.items()})[-1]
+    assert steps[0].size > 0 and steps[0].image == base
+    assert steps[-1].image == image  # a classic build's steps name their intermediate images
+    layers_of = {i: len(x.meta.layers) for i, x in images.items()}
+    mapping = step_layers(steps, len(images[image].meta.layers), layers_of)
+    assert mapping == [0, 1, 2]
+    assert "app:7 step 1" in steps[-1].created_by
+
+    image = await kind.build("app:8", 2)
+    metas = {i.meta.id: i.meta for i in await kind.a.images()}
+    chain = chain_of(image, metas)
+    await kind.a.tag(image, "app:8-again")
+    await kind.use(image)
+    assert image in await kind.a.containers()
+    with pytest.raises(EngineError):
+        await kind.a.evict(image)
+    assert image in {i.meta.id for i in await kind.a.images()}
+
+    other = await kind.build("app:9", 2)
+    other_chain = chain_of(other, {i.meta.id: i.meta for i in await kind.a.images()})
+    assert other not in await kind.a.containers()
+    await kind.a.evict(other)
+    left = {i.meta.id for i in await kind.a.images()}
+    assert other not in left and other_chain[1] not in left  # its untagged parent went with it
+    assert other_chain[-1] in left and set(chain) <= left  # the tagged base and app:8 stay

@@ -176,9 +176,11 @@ def test_a_source_that_dies_or_stalls_mid_transfer_is_replaced_by_another_holder
         f"{how} of {victim} at {done} bytes: r2 completed {took:.1f}s later "
         f"(rest {rest:.1f}s, whole {whole:.1f}s)"
     )
-    # A save stream cannot resume, so the other holder sends it whole; detection and the first
-    # backoff must fit in the 5 s (SIGSTOP: the mesh suspects the source, its stream is silent).
-    assert took <= whole + 5 + (2 if how == "SIGSTOP" else 0), took
+    # The target: done within the time the rest of the image takes, plus 5 s. A save
+    # stream cannot resume, so the other holder sends it whole: the kill comes early enough that
+    # the whole fits. A stopped source is noticed first (the mesh suspects it, or the idle
+    # timeout, 3 s here, runs out), which the allowance for SIGSTOP covers.
+    assert took <= rest + 5 + (4 if how == "SIGSTOP" else 0), took
     other = "r1" if victim == "src" else "src"
     assert lab.sources_used("r2") == [(other, False)]
     assert failovers(lab, "r2") >= 1

@@ -15,10 +15,13 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from mesh.config import Config
+from mesh.lab.poll import async_wait_until
 from mesh.net.auth import Signer
 from mesh.net.client import PeerClient
 from mesh.protocol import oci
 from mesh.protocol.wire import ImageMeta, Tags
+from mesh.registry.errors import RegistryError
+from mesh.registry.fetch import Fetch
 from mesh.registry.manifest import BUILDKIT_CACHE_CONFIG, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from mesh.registry.names import BadName, Kind, parse_path
 from mesh.registry.router import registry_app
@@ -37,7 +40,10 @@ class NoMesh:
     def metas(self) -> Mapping[str, ImageMeta]:
         return {}
 
-    def nearest(self, nodes: list[str]) -> list[str]:
+    def sources(self, key: str, holders: list[str], relays: list[str]) -> list[str]:
+        return []
+
+    def fetching(self, digest: str) -> list[str]:
         return []
 
     def name(self, node: str) -> str:
@@ -306,6 +312,118 @@ async def test_deletes_are_unsupported(client: TestClient) -> None:
     assert r.status == 405 and await error_code(r) == "UNSUPPORTED"
 
 
+async def test_the_empty_blob_is_served_on_a_kept_alive_connection(client: TestClient) -> None:
+    """A zero-byte blob is served with an empty body, and the connection carries the next request:
+    sendfile refuses a count of 0, which used to break the connection after the headers went out."""
+    empty = await push_blob(client, "r", b"")
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    request = f"GET /v2/r/blobs/{empty} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    writer.write(request + b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    answers = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    await writer.wait_closed()
+    first, _, rest = answers.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200") and b"Content-Length: 0" in first
+    assert rest.startswith(b"HTTP/1.1 200"), rest[:200]  # the second answer, on the same connection
+    assert rest.endswith(b"{}")
+
+
+async def test_an_out_of_order_final_chunk_is_416_and_keeps_the_upload(client: TestClient) -> None:
+    """The final PUT may carry the last chunk: a `Content-Range` that does not start where the
+    upload stands is refused like an out-of-order PATCH (416 with the upload's `Range`), and the
+    upload is unchanged, so the client can send the right chunk."""
+    data = bytes(range(256)) * 12  # 3072 bytes: 1024 by PATCH, then 2048 by the final PUT
+    digest = digest_of(data)
+    r = await client.post("/v2/r/blobs/uploads/")
+    location = r.headers["Location"]
+    r = await client.patch(location, data=data[:1024], headers={"Content-Range": "0-1023"})
+    assert r.status == 202 and r.headers["Range"] == "0-1023"
+    r = await client.put(
+        f"{location}?digest={digest}", data=data[2048:], headers={"Content-Range": "2048-3071"}
+    )
+    assert r.status == 416 and r.headers["Range"] == "0-1023"
+    assert not client.registry.store.has(digest)  # type: ignore[attr-defined]
+    r = await client.put(
+        f"{location}?digest={digest}", data=data[1024:], headers={"Content-Range": "1024-3071"}
+    )
+    assert r.status == 201, await r.text()
+    r = await client.get(f"/v2/r/blobs/{digest}")
+    assert await r.read() == data
+
+
+async def test_nondistributable_layers_need_not_be_pushed(client: TestClient) -> None:
+    """Non-distributable (and Docker foreign) layers are fetched from their `urls`, never pushed: a
+    manifest naming them is accepted without them, and the node holds it whole without them."""
+    config = await push_blob(client, "r", b"{}")
+    layer = await push_blob(client, "r", b"a distributable layer")
+    foreign = digest_of(b"never pushed")
+    doc = json.loads(image_manifest(config, [(layer, 21)]))
+    doc["layers"].insert(
+        0,
+        {
+            "mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+            "digest": foreign,
+            "size": 12,
+            "urls": ["https://store.example.com/blob"],
+        },
+    )
+    body = json.dumps(doc).encode()
+    r = await client.put("/v2/r/manifests/nd", data=body, headers={"Content-Type": OCI_MANIFEST})
+    assert r.status == 201, await r.text()
+    needed = client.registry.complete(digest_of(body))  # type: ignore[attr-defined]
+    assert needed is not None and sorted(needed[0]) == sorted([config, layer])
+    # A distributable layer that was never pushed is still refused.
+    doc["layers"][0]["mediaType"] = "application/vnd.oci.image.layer.v1.tar+gzip"
+    r = await client.put(
+        "/v2/r/manifests/nd2", data=json.dumps(doc).encode(), headers={"Content-Type": OCI_MANIFEST}
+    )
+    assert r.status == 400 and await error_code(r) == "MANIFEST_BLOB_UNKNOWN"
+
+
+async def test_a_subject_is_stored_but_not_acknowledged_without_referrers(client: TestClient) -> None:
+    """The referrers API is left out, so a push with `subject` gets no `OCI-Subject` header: that
+    header tells clients the registry indexed the referrer, and without it they keep the spec's
+    fallback tag (`sha256-<subject hex>`), which the mesh gossips like any tag."""
+    config = await push_blob(client, "r", b"{}")
+    subject = image_manifest(config, [])
+    r = await client.put("/v2/r/manifests/base", data=subject, headers={"Content-Type": OCI_MANIFEST})
+    assert r.status == 201
+    doc = json.loads(image_manifest(config, []))
+    doc["subject"] = {"mediaType": OCI_MANIFEST, "digest": digest_of(subject), "size": len(subject)}
+    referrer = json.dumps(doc).encode()
+    r = await client.put(
+        f"/v2/r/manifests/{digest_of(referrer)}", data=referrer, headers={"Content-Type": OCI_MANIFEST}
+    )
+    assert r.status == 201 and "OCI-Subject" not in r.headers
+    r = await client.get(f"/v2/r/referrers/{digest_of(subject)}")
+    assert r.status == 404 and await error_code(r) == "UNSUPPORTED"
+    r = await client.get(f"/v2/r/manifests/{digest_of(referrer)}")
+    assert r.status == 200 and await r.read() == referrer
+
+
+async def test_cancel_anonymous_mount_and_inverted_range(client: TestClient) -> None:
+    """Spec cases the conformance suite walks that no other test here covers: a cancelled upload
+    is gone (404 BLOB_UPLOAD_UNKNOWN); a mount without `from` is 201 when the blob is held; a
+    `Range` whose end is before its start is unsatisfiable (416), as is one wholly past the end."""
+    r = await client.post("/v2/r/blobs/uploads/")
+    location = r.headers["Location"]
+    r = await client.delete(location)
+    assert r.status == 204
+    r = await client.get(location)
+    assert r.status == 404 and await error_code(r) == "BLOB_UPLOAD_UNKNOWN"
+    data = b"m" * 1000
+    digest = await push_blob(client, "r", data)
+    r = await client.post(f"/v2/elsewhere/blobs/uploads/?mount={digest}")
+    assert r.status == 201 and r.headers["Docker-Content-Digest"] == digest
+    for wanted in ("bytes=500-0", "bytes=5000-10000"):
+        r = await client.get(f"/v2/r/blobs/{digest}", headers={"Range": wanted})
+        assert r.status == 416 and r.headers["Content-Range"] == "bytes */1000", wanted
+    r = await client.get(f"/v2/r/blobs/{digest}", headers={"Range": "bytes=900-5000"})
+    assert r.status == 206 and r.headers["Content-Range"] == "bytes 900-999/1000"
+    assert await r.read() == data[900:]
+
+
 async def test_store_survives_leftovers(workdir: Path) -> None:
     """A crash mid-write leaves temp and upload files, never a partial blob: they are wiped."""
     root = workdir / "registry"
@@ -335,3 +453,53 @@ def test_registry_settings() -> None:
         resolve({}, {**env, "CACHEMESH_REGISTRY_LISTEN": "nonsense:port"})
     assert is_loopback("127.0.0.1:7613") and is_loopback("[::1]:1") and is_loopback("localhost:1")
     assert not is_loopback("0.0.0.0:7613") and not is_loopback("10.0.0.1:7613")
+
+
+async def test_content_still_being_fetched_is_relayed_as_it_arrives_and_cut_if_the_fetch_fails(
+    client: TestClient,
+) -> None:
+    """A peer asking for a blob this node is still fetching gets the bytes that have arrived, then
+    the rest as it comes; the last byte only once the digest matched. A failed fetch cuts it."""
+    registry: Registry = client.registry  # type: ignore[attr-defined]
+    data = b"0123456789" * 1000
+    digest = digest_of(data)
+    assert registry.open_content(digest, 0) is None  # neither held nor being fetched
+    fetch = Fetch(digest, registry.store.temp_path())
+    registry.fetcher.active[digest] = fetch
+    with open(fetch.temp, "wb") as fh:  # noqa: ASYNC230 - the test plays the fetch's writer
+        assert registry.open_content(digest, 0) is None  # size not known yet: nothing to promise
+        fetch.size = len(data)
+        assert registry.relaying() == [digest]
+        fh.write(data[:4000])
+        fh.flush()
+        fetch.written = 4000
+        stream = registry.open_content(digest, 1000)
+        assert stream is not None and stream.size == len(data) and not stream.path
+        got = bytearray()
+
+        async def read() -> None:
+            async for chunk in stream.chunks:
+                got.extend(chunk)
+
+        reader = asyncio.create_task(read())
+        await async_wait_until(lambda: len(got) == 3000, 5)
+        fh.write(data[4000:])
+        fh.flush()
+        fetch.written = len(data)
+        fetch._notify()
+        await async_wait_until(lambda: len(got) == len(data) - 1001, 5)  # the last byte waits
+        assert not reader.done()
+        fetch.verified = True
+        fetch._notify()
+        await reader
+    assert bytes(got) == data[1000:]
+
+    broken = registry.open_content(digest, 0)
+    assert broken is not None
+    fetch.verified = False
+    fetch.error = RegistryError("DIGEST_INVALID", "peers sent something else")
+    fetch._notify()
+    with pytest.raises(ConnectionError, match="relayed fetch"):
+        async for _ in broken.chunks:
+            pass
+    del registry.fetcher.active[digest]

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
+from mesh.engine.fake import FakeEngine
 from mesh.lab.poll import async_wait_until
 from mesh.net.auth import Signer, derive_key
 from mesh.net.client import HandedOff, PeerBusy, PeerClient, StreamStalled
@@ -16,6 +17,7 @@ from mesh.net.contract import SaveRequest, SaveStream
 from mesh.net.server import PeerServer, SaveRefused
 from mesh.node.relay import RelayBroken, Relays
 from mesh.protocol import wire
+from tests.inproc import has_image, start_node
 
 IMAGE = "sha256:" + "ab" * 32
 
@@ -62,6 +64,16 @@ async def test_when_the_upstream_breaks_every_reader_gets_an_error_not_a_short_s
     assert b"".join(got) == b"x" * 10
 
 
+async def test_a_spool_whose_upstream_never_answered_refuses_readers(workdir):
+    relays = Relays(workdir / "relay")
+    spool = relays.open(IMAGE, "graph")
+    with pytest.raises(RelayBroken, match="did not answer"):
+        await spool.wait_started(0.05)
+    spool.finish("handed off elsewhere")
+    with pytest.raises(RelayBroken, match="handed off elsewhere"):
+        await spool.wait_started(1)
+
+
 async def test_leftover_spools_of_a_killed_node_are_cleared(workdir):
     (workdir / "relay").mkdir()
     (workdir / "relay" / "relay-abc-1-2.tar").write_bytes(b"old")
@@ -90,8 +102,9 @@ class Handler:
         self.started.append(request.requester)
 
         async def chunks() -> AsyncIterator[bytes]:
+            yield b"pay"
             await self.release.wait()
-            yield b"payload"
+            yield b"load"
 
         return SaveStream([IMAGE], chunks())
 
@@ -164,7 +177,7 @@ async def test_a_source_hands_a_requester_on_to_its_relay(server):
     assert handed.value.relay == "relay-node" and handler.started == []
 
 
-async def test_a_stream_that_stops_sending_is_cut_by_the_idle_timeout(server):
+async def test_a_stream_that_stops_sending_midway_is_cut_by_the_idle_timeout(server):
     handler, _, (c0, _, _), addr = server
 
     async def stalled() -> None:
@@ -174,3 +187,66 @@ async def test_a_stream_that_stops_sending_is_cut_by_the_idle_timeout(server):
     with pytest.raises(StreamStalled, match="no bytes for"):
         await stalled()
     handler.release.set()
+
+
+# --- relays between in-process nodes ------------------------------------------------------------
+
+
+class SlowEngine(FakeEngine):
+    """A source whose save streams trickle: a pull lasts long enough to be relayed."""
+
+    async def save(self, image_ids, chunk_size=4096):  # type: ignore[override]
+        async for chunk in super().save(image_ids, chunk_size=4096):
+            await asyncio.sleep(0.01)
+            yield chunk
+
+
+@pytest.fixture
+async def relay_mesh(workdir):
+    source_engine = SlowEngine()
+    image = source_engine.build("app:1", [bytes(range(256)) * 2048, b"top layer" * 1000])
+    nodes = [await start_node(workdir, "src", engine=source_engine)]
+    first = FakeEngine()
+    nodes.append(await start_node(workdir, "r1", engine=first, seeds=(nodes[0].peer_addr,)))
+    yield nodes, image, workdir
+    for node in reversed(nodes):
+        await node.stop()
+
+
+def receiving(node, image) -> int:  # type: ignore[no-untyped-def]
+    record = node.puller.active.get(image)
+    return record.done if record is not None else 0
+
+
+async def test_a_node_still_receiving_an_image_relays_it_and_the_receiver_verifies_it(relay_mesh):
+    nodes, image, workdir = relay_mesh
+    src, r1 = nodes
+    await async_wait_until(lambda: receiving(r1, image) > 0, 10, what="r1 receiving from src")
+    nodes.append(await start_node(workdir, "r2", engine=FakeEngine(), seeds=(src.peer_addr,)))
+    r2 = nodes[2]
+    await async_wait_until(lambda: has_image(r2, image, "app:1"), 20, what="app:1 on r2")
+    pulled = next(t for t in r2.puller.recent if t.outcome == "ok")
+    assert (pulled.peer_name, pulled.relay) == ("r1", True)
+    assert r1.metrics.relays_served._value.get() == 1
+    await async_wait_until(lambda: has_image(r1, image, "app:1"), 20, what="app:1 on r1")
+    assert not r1.relays.spools and not list((workdir / "r1" / "relay").iterdir())  # spool removed
+
+
+async def test_when_a_relay_leaves_mid_relay_its_receiver_fails_over_to_a_holder(relay_mesh):
+    nodes, image, workdir = relay_mesh
+    src, r1 = nodes
+    await async_wait_until(lambda: receiving(r1, image) > 0, 10, what="r1 receiving from src")
+    r2_engine = FakeEngine()
+    nodes.append(await start_node(workdir, "r2", engine=r2_engine, seeds=(src.peer_addr,)))
+    r2 = nodes[2]
+    await async_wait_until(
+        lambda: (t := r2.puller.active.get(image)) is not None and t.peer_name == "r1" and t.done > 0,
+        10,
+        what="r2 receiving from r1's relay",
+    )
+    await r1.stop()
+    await async_wait_until(lambda: has_image(r2, image, "app:1"), 30, what="app:1 on r2 from src")
+    outcomes = [(t.peer_name, t.outcome) for t in reversed(r2.puller.recent)]
+    assert outcomes == [("r1", "failed"), ("src", "ok")], outcomes
+    assert r2.metrics.failovers._value.get() == 1
+    assert [i.tags for i in await r2_engine.images()] == [("app:1",)]  # nothing partial left

@@ -305,7 +305,7 @@ def test_the_bytes_breakdown_changes_no_figure_and_accounts_for_every_byte():
     split = FleetScenario(30, loss=0.05, seed=2, minutes=2, breakdown=True).run().summary()
     shares = split.pop("busiest_1pct_seconds_by_kind")
     assert split == plain
-    assert abs(sum(shares.values()) - 1) < 0.01 and "Ping" in shares
+    assert abs(sum(shares.values()) - 1) < 0.01 and any(kind.startswith("Ping") for kind in shares)
 
 
 def test_fan_out_to_100_new_hosts_meets_3x_only_without_the_hand_off_cap():

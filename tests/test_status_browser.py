@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-import tempfile
 
 import pytest
 
@@ -24,24 +23,26 @@ async def test_status_page_renders_in_chromium(workdir):
     b = await start_node(workdir, "beta", engine=FakeEngine(), seeds=(a.peer_addr,))
     try:
         await async_wait_until(lambda: b.readiness.ready and b.local.images, 10, what="beta warm")
-        with tempfile.TemporaryDirectory() as profile:
-            proc = await asyncio.create_subprocess_exec(
-                CHROMIUM,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={profile}",
-                "--dump-dom",
-                f"http://{b.status_addr}/",
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
-            dom, _ = await asyncio.wait_for(proc.communicate(), 60)
+        # The profile lives in workdir, removed after the test: removing chromium's profile takes
+        # a few hundred milliseconds of file I/O, which must not run on the event loop.
+        profile = workdir / "chromium-profile"
+        proc = await asyncio.create_subprocess_exec(
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--dump-dom",
+            f"http://{b.status_addr}/",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        dom, _ = await asyncio.wait_for(proc.communicate(), 60)
         html = dom.decode()
         assert "cachemesh · beta" in html
         assert "badge ready" in html

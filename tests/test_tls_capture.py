@@ -1,6 +1,7 @@
 """Two namespaced hosts with real engines move an image whose layer holds a known marker, while
-tcpdump captures the peer port on the link. With TLS (the default) the capture holds neither the
-marker nor any msgpack key or HTTP header of the protocol. The same run with `--tls off
+tcpdump captures the peer port (TCP and UDP) on the link. With TLS (the default) the capture holds
+neither the marker nor any msgpack key or HTTP header of the protocol, nor the node IDs every
+gossip envelope names (small gossip crosses in sealed datagrams). The same run with `--tls off
 --insecure` is the control: there the capture does show them, so the check can fail."""
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class Capture:
                     "-n",
                     "-w",
                     str(path),
-                    "tcp port 7611",
+                    "port 7611",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -71,26 +72,31 @@ class Capture:
         return self.path.read_bytes()
 
 
-def tcp_streams(pcap: bytes) -> bytes:
-    """The TCP payloads of a capture (Ethernet, IPv4), reassembled per connection and direction in
-    capture order, so a marker that straddles two segments is still found; streams joined by NUL."""
+def link_payloads(pcap: bytes) -> tuple[bytes, bytes]:
+    """(TCP, UDP) payloads of a capture (Ethernet, IPv4). TCP is reassembled per connection and
+    direction in capture order, so a marker that straddles two segments is still found; streams
+    and datagrams are joined by NUL."""
     assert pcap[:4] == b"\xd4\xc3\xb2\xa1", "expected a little-endian microsecond pcap"
     flows: dict[bytes, list[bytes]] = {}
+    datagrams: list[bytes] = []
     offset = 24
     while offset + 16 <= len(pcap):
         length = int.from_bytes(pcap[offset + 8 : offset + 12], "little")
         frame = pcap[offset + 16 : offset + 16 + length]
         offset += 16 + length
-        if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != 6:  # IPv4, TCP
+        if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] not in (6, 17):  # IPv4 TCP/UDP
             continue
         ip = frame[14:]
         ihl = (ip[0] & 0x0F) * 4
         total = int.from_bytes(ip[2:4], "big")
+        if ip[9] == 17:
+            datagrams.append(ip[ihl + 8 : total])
+            continue
         tcp = ip[ihl:total]
         payload = tcp[(tcp[12] >> 4) * 4 :]
         if payload:
             flows.setdefault(ip[12:20] + tcp[:4], []).append(payload)
-    return b"\0".join(b"".join(parts) for parts in flows.values())
+    return b"\0".join(b"".join(parts) for parts in flows.values()), b"\0".join(datagrams)
 
 
 @pytest.mark.parametrize("tls", ["on", "off"])
@@ -109,7 +115,8 @@ def test_the_link_carries_no_image_content_or_protocol_in_the_clear(network, eng
         image = a.engine.image_id("secret:1")
         wait_until(lambda: b.engine.image_id("secret:1") == image, 30, 0.1, what="secret:1 on B")
         peer = b.node.api()["peers"][0]
-        data = tcp_streams(capture.stop(a.host.address))
+        data, datagrams = link_payloads(capture.stop(a.host.address))
+        node_ids = [a.node.api()["node"]["id"].encode(), b.node.api()["node"]["id"].encode()]
     finally:
         for key in env:
             os.environ.pop(key, None)
@@ -120,10 +127,13 @@ def test_the_link_carries_no_image_content_or_protocol_in_the_clear(network, eng
     # The capture holds the transfer: the stream of the image and its base (the engine's size
     # figure runs a little above the saved tar's) crossed the link.
     assert len(data) > size // 2, (len(data), size)
-    leaked = [p for p in [marker.encode(), *PROTOCOL_BYTES] if p in data]
+    leaked = [p for p in [marker.encode(), *PROTOCOL_BYTES] if p in data + datagrams]
+    # Gossip crossed in datagrams, and no datagram names a node.
+    assert len(datagrams) > 1000 and not [i for i in node_ids if i in datagrams]
     if tls == "on":
         assert peer["tls"]["state"] == "verified" and peer["tls"]["version"] == "TLSv1.3"
-        assert not leaked, f"in the clear on the link: {leaked}"
+        assert peer["gossip"] == {"datagrams": "sealed", "secret": "current"}
+        assert not leaked and not [i for i in node_ids if i in data], f"in the clear on the link: {leaked}"
     else:
         assert peer["tls"] == {"state": "off"}
         assert marker.encode() in data and b"\xa5image" in data and b"/v1/save" in data  # the control

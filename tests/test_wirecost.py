@@ -1,7 +1,9 @@
-"""The simulator's per-message HTTP overhead is what the real client and server put on the wire."""
+"""The simulator's per-message overhead is what the real node puts on the wire: sealed datagrams
+for what fits, HTTP requests and responses for the rest."""
 
 from mesh.config import Config
 from mesh.lab.http_overhead import measure
+from mesh.net import datagram
 from mesh.protocol import wire
 from mesh.sim import wirecost
 from mesh.sim.simnet import SimNetwork
@@ -23,10 +25,50 @@ def test_a_message_costs_its_body_plus_the_framing():
     assert wirecost.reply_bytes(1000) == 1000 + 234 + 4
 
 
-def test_the_simulator_counts_a_request_and_its_response_once():
-    """A ping is a request; the ack travels in its response (not a request of its own), and a
-    response is not answered again."""
+HTTP_ONLY = Config.lan(secret=b"test-secret-0123456789").replace(gossip_datagrams=False)
+
+
+def test_the_simulated_datagram_is_the_real_sealed_datagram():
+    sealer = datagram.Sealer((b"test-secret-0123456789",), "default", 120.0)
+    for body in (b"", b"x" * 60, b"y" * 1000):
+        assert len(sealer.seal(body, 1.0)) == wirecost.datagram_bytes(len(body))
+    assert (wirecost.DATAGRAM_OVERHEAD, wirecost.MAX_DATAGRAM) == (datagram.OVERHEAD, datagram.MAX_DATAGRAM)
+    assert wirecost.datagram_fits(1188) and not wirecost.datagram_fits(1189)
+
+
+def test_a_ping_and_its_ack_are_one_datagram_each():
     net = SimNetwork(Config.lan(secret=b"test-secret-0123456789"), seed=1)
+    a, b = net.add_node(), net.add_node()
+    sent = []
+    net.drop_hook = lambda src, dst, envelope: sent.append((src, len(wire.encode(envelope)))) or False
+    a.core.out.send(b.addr, wire.Ping(1, b.core.node_id))
+    net.kick(a)
+    net.run_until(0.9)
+    assert [src for src, _ in sent] == [a.addr, b.addr]
+    (_, ping), (_, ack) = sent
+    assert net.traffic.per_second[(a.addr, 0)] == wirecost.datagram_bytes(ping)
+    assert net.traffic.per_second[(b.addr, 0)] == wirecost.datagram_bytes(ack)
+
+
+def test_an_envelope_too_big_for_a_datagram_is_an_http_request():
+    net = SimNetwork(Config.lan(secret=b"test-secret-0123456789"), seed=1)
+    a, b = net.add_node(), net.add_node()
+    sent = []
+    net.drop_hook = lambda src, dst, envelope: sent.append((src, len(wire.encode(envelope)))) or False
+    for seq in range(100):  # a hundred pings to one peer pack into one envelope over 1,188 bytes
+        a.core.out.send(b.addr, wire.Ping(seq, "someone-else"))
+    net.kick(a)
+    net.run_until(0.9)
+    (_, body), *_ = sent
+    assert body > 1188
+    assert net.traffic.per_second[(a.addr, 0)] == wirecost.request_bytes(body, b.addr)
+    assert net.traffic.per_second[(b.addr, 0)] == wirecost.RESPONSE_EMPTY
+
+
+def test_the_simulator_counts_a_request_and_its_response_once():
+    """Over HTTP, a ping is a request; the ack travels in its response (not a request of its own),
+    and a response is not answered again."""
+    net = SimNetwork(HTTP_ONLY, seed=1)
     a, b = net.add_node(), net.add_node()
     sent = []
     net.drop_hook = lambda src, dst, envelope: sent.append((src, len(wire.encode(envelope)))) or False
@@ -40,7 +82,7 @@ def test_the_simulator_counts_a_request_and_its_response_once():
 
 
 def test_a_request_with_nothing_to_say_back_costs_an_empty_response():
-    net = SimNetwork(Config.lan(secret=b"test-secret-0123456789"), seed=1)
+    net = SimNetwork(HTTP_ONLY, seed=1)
     a, b = net.add_node(), net.add_node()
     a.core.out.send(b.addr, wire.Ping(1, "someone-else"))  # not for b: no ack
     net.kick(a)

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from mesh.protocol.share import Step
 from mesh.protocol.wire import ImageMeta
 
 
@@ -31,6 +32,9 @@ class LocalImage:
     """The engine's own ID: the config digest on a graph driver, the manifest or index digest on
     the containerd image store. "" where it equals meta.id."""
 
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """The image config's labels (`cachemesh.share=false` keeps an image local)."""
+
     @property
     def native(self) -> str:
         return self.engine_id or self.meta.id
@@ -44,6 +48,8 @@ class EngineInfo:
     """The containerd image store (Engine 29's default) rather than a graph driver (overlay2)."""
     oci_save: bool
     """`docker save` writes an OCI layout beside manifest.json (Engine 25 and later)."""
+    data_root: str = ""
+    """The engine's data root (`docker info` DockerRootDir), where its images live; "" if unknown."""
 
     @property
     def store(self) -> str:
@@ -65,6 +71,15 @@ class Engine(Protocol):
         """Every image, tagged or not, with its parent and layers."""
         ...
 
+    async def history(self, image_id: str) -> list[Step]:
+        """The image's history, oldest step first (`docker history`, reversed): each step's command,
+        the size of the layer it made, and the image it produced where the engine names one."""
+        ...
+
+    async def containers(self) -> set[str]:
+        """Mesh keys of the images that containers (running or stopped) were created from."""
+        ...
+
     def save(self, image_ids: Iterable[str]) -> AsyncIterator[bytes]:
         """A `docker save` tar of these images (by mesh key, so it carries no tags), streamed."""
         ...
@@ -77,6 +92,11 @@ class Engine(Protocol):
 
     async def remove(self, image_id: str) -> None:
         """Remove an untagged image by mesh key (only to clean up what a failed transfer loaded)."""
+        ...
+
+    async def evict(self, image_id: str) -> None:
+        """Untag and remove an image, and the untagged parents nothing else needs. Never forced:
+        the engine refuses (EngineError) while a container uses it or another image builds on it."""
         ...
 
     def events(self) -> AsyncIterator[dict[str, Any]]:

@@ -32,6 +32,7 @@ from mesh.engine.base import (
     image_key,
     split_ref,
 )
+from mesh.protocol.share import Step
 from mesh.protocol.wire import ImageMeta
 
 
@@ -41,6 +42,7 @@ class _Inspected:
     parent: str
     """The parent's engine ID ("" if none; the containerd store records none for BuildKit images)."""
     layers: tuple[str, ...]
+    labels: dict[str, str]
 
 
 class DockerEngine:
@@ -52,6 +54,7 @@ class DockerEngine:
         self._inspected: dict[str, _Inspected] = {}  # by engine ID: its content never changes
         self._native: dict[str, str] = {}  # mesh key -> engine ID, from the last listing
         self._info: EngineInfo | None = None
+        self._history: dict[str, list[tuple[str, int, str, str]]] = {}  # by engine ID, as reported
 
     # --- connections -------------------------------------------------------------------------
 
@@ -110,7 +113,12 @@ class DockerEngine:
             status = {str(k): str(v) for k, v in detail.get("DriverStatus") or ()}
             containerd = status.get("driver-type", "").startswith("io.containerd.snapshotter")
             api_version = tuple(int(x) for x in str(api.api_version).split(".")[:2])
-            self._info = EngineInfo(str(version.get("Version", "")), containerd, api_version >= (1, 44))
+            self._info = EngineInfo(
+                str(version.get("Version", "")),
+                containerd,
+                api_version >= (1, 44),
+                str(detail.get("DockerRootDir") or ""),
+            )
         return self._info
 
     async def images(self) -> list[LocalImage]:
@@ -144,7 +152,10 @@ class DockerEngine:
                     str(detail.get("Os") or ""),
                     layers,
                 )
-                seen = _Inspected(key, detail.get("Parent") or "", layers)
+                labels = (detail.get("Config") or {}).get("Labels") or {}
+                seen = _Inspected(
+                    key, detail.get("Parent") or "", layers, {str(k): str(v) for k, v in labels.items()}
+                )
                 if detail.get("Created") and layers:
                     # An image still being written can answer without them; ask again next time.
                     self._inspected[engine_id] = seen
@@ -160,10 +171,12 @@ class DockerEngine:
                 created=int(item.get("Created") or 0),
             )
             tags = tuple(sorted(t for t in item.get("RepoTags") or () if t != "<none>:<none>"))
-            out.append(LocalImage(meta, tags, item["Id"] if item["Id"] != seen.key else ""))
+            engine_id = item["Id"] if item["Id"] != seen.key else ""
+            out.append(LocalImage(meta, tags, engine_id, seen.labels))
         self._native = {i.meta.id: i.native for i in out}
         for stale in [i for i in self._inspected if i not in keys]:
             del self._inspected[stale]
+            self._history.pop(stale, None)
         return out
 
     async def _engine_id(self, key: str) -> str:
@@ -180,6 +193,48 @@ class DockerEngine:
 
     async def remove(self, image_id: str) -> None:
         await self._call("remove_image", await self._engine_id(image_id), noprune=True)
+
+    async def history(self, image_id: str) -> list[Step]:
+        native = await self._engine_id(image_id)
+        raw = self._history.get(native)
+        if raw is None:
+            # Newest first; "Id" names the image a step produced where the engine holds one (the
+            # classic builder's intermediate images on this host), else "<missing>".
+            reported = await self._call("history", native)
+            raw = [
+                (
+                    str(h.get("CreatedBy") or ""),
+                    int(h.get("Size") or 0),
+                    str(h.get("Id") or ""),
+                    str(h.get("Comment") or ""),
+                )
+                for h in reversed(reported)
+            ]
+            self._history[native] = raw
+        keys = {engine_id: key for key, engine_id in self._native.items()}
+        return [
+            Step(created_by, size, keys.get(ident, ""), comment) for created_by, size, ident, comment in raw
+        ]
+
+    async def containers(self) -> set[str]:
+        listed = await self._call("containers", all=True)
+        natives = {str(c.get("ImageID") or "") for c in listed}
+        keys = {engine_id: key for key, engine_id in self._native.items()}
+        if natives - set(keys):
+            await self.images()
+            keys = {engine_id: key for key, engine_id in self._native.items()}
+        return {keys[n] for n in natives if n in keys}
+
+    async def evict(self, image_id: str) -> None:
+        native = await self._engine_id(image_id)
+        detail = await self._call("inspect_image", native)
+        refs = [t for t in detail.get("RepoTags") or () if t != "<none>:<none>"]
+        # All but the last tag only untag; the last reference goes with the image and prunes the
+        # untagged parents that nothing else needs. Without force the engine refuses while a
+        # container uses the image.
+        for ref in refs[:-1]:
+            await self._call("remove_image", ref, noprune=True)
+        await self._call("remove_image", refs[-1] if refs else native, noprune=False)
 
     # --- streams --------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from mesh.engine.base import EngineError, EngineInfo, LoadResult, LocalImage, split_ref
 from mesh.engine.tarstream import config_key
+from mesh.protocol.share import Step
 from mesh.protocol.wire import ImageMeta
 
 
@@ -42,6 +43,9 @@ class _Image:
         assert key is not None
         return key
 
+    def labels(self) -> dict[str, str]:
+        return dict(json.loads(self.config).get("config", {}).get("Labels") or {})
+
     def meta(self) -> ImageMeta:
         doc = json.loads(self.config)
         return ImageMeta(
@@ -57,18 +61,44 @@ class FakeEngine:
     def __init__(self) -> None:
         self._images: dict[str, _Image] = {}
         self._subscribers: list[asyncio.Queue[dict[str, Any]]] = []
+        self.containers_of: set[str] = set()
+        """Test helper: images that containers were created from (the engine refuses to evict them)."""
 
     # --- test helpers ------------------------------------------------------------------------
 
     def build(
-        self, tag: str | None, layers: Iterable[bytes], *, parent: str = "", created: int | None = None
+        self,
+        tag: str | None,
+        layers: Iterable[bytes],
+        *,
+        parent: str = "",
+        created: int | None = None,
+        steps: Iterable[str | tuple[str, bool]] | None = None,
+        labels: dict[str, str] | None = None,
     ) -> str:
-        """Create an image the way a build would: config over the parent's layers plus new ones."""
+        """Create an image the way a build would: config over the parent's layers plus new ones.
+        `steps` are the history's commands, one per new layer, or (command, False) for a step that
+        made no layer (ENV, CMD). By default each layer is a classic-builder RUN; a base, an import."""
         base = self._images[parent].layers if parent else []
-        all_layers = [*base, *layers]
+        new = list(layers)
+        all_layers = [*base, *new]
         when = created if created is not None else int(time.time())
+        history = list(json.loads(self._images[parent].config)["history"]) if parent else []
+        if steps is None:
+            default = "/bin/sh -c layer {}" if parent else ""
+            steps = [default.format(i) for i in range(len(new))]
+        for step in steps:
+            command, makes_layer = step if isinstance(step, tuple) else (step, True)
+            entry: dict[str, Any] = {"created_by": command}
+            if not makes_layer:
+                entry["empty_layer"] = True
+            elif not command:
+                entry["comment"] = "Imported from -"
+            history.append(entry)
         config = json.dumps(
             {
+                "history": history,
+                "config": {"Labels": labels or None},
                 "architecture": "amd64",
                 "os": "linux",
                 "rootfs": {"type": "layers", "diff_ids": [_sha(layer) for layer in all_layers]},
@@ -111,7 +141,53 @@ class FakeEngine:
 
     async def images(self) -> list[LocalImage]:
         await asyncio.sleep(0)
-        return [LocalImage(i.meta(), tuple(sorted(i.tags))) for i in self._images.values()]
+        return [LocalImage(i.meta(), tuple(sorted(i.tags)), labels=i.labels()) for i in self._images.values()]
+
+    async def history(self, image_id: str) -> list[Step]:
+        image = self._images.get(image_id)
+        if image is None:
+            raise EngineError(f"No such image: {image_id}")
+        # Like a graph driver: a step names the image it produced when that image is in the
+        # image's parent chain here (a classic build's intermediates).
+        produced: dict[int, str] = {}
+        current: _Image | None = image
+        while current is not None:
+            produced[len(json.loads(current.config)["history"]) - 1] = current.id
+            current = self._images.get(current.parent) if current.parent else None
+        steps, layer = [], 0
+        for index, entry in enumerate(json.loads(image.config)["history"]):
+            size = 0
+            if not entry.get("empty_layer"):
+                size = len(image.layers[layer])
+                layer += 1
+            steps.append(
+                Step(entry.get("created_by", ""), size, produced.get(index, ""), entry.get("comment", ""))
+            )
+        return steps
+
+    async def containers(self) -> set[str]:
+        return set(self.containers_of) & set(self._images)
+
+    async def evict(self, image_id: str) -> None:
+        image = self._images.get(image_id)
+        if image is None:
+            raise EngineError(f"No such image: {image_id}")
+        if image_id in self.containers_of:
+            raise EngineError("conflict: unable to remove image: a container is using it")
+        if any(other.parent == image_id for other in self._images.values()):
+            raise EngineError("conflict: image has dependent child images")
+        for tag in sorted(image.tags):
+            image.tags.discard(tag)
+            self._emit("untag", image_id)
+        await self.remove(image_id)
+        parent = image.parent
+        # Prune untagged parents nothing else builds on, as the engine does.
+        while parent in self._images and not self._images[parent].tags:
+            if any(other.parent == parent for other in self._images.values()):
+                break
+            grandparent = self._images[parent].parent
+            await self.remove(parent)
+            parent = grandparent
 
     async def save(self, image_ids: Iterable[str], chunk_size: int = 1 << 16) -> AsyncIterator[bytes]:
         ids = list(image_ids)

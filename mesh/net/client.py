@@ -53,17 +53,25 @@ class StreamStalled(PeerError):
     """No bytes arrived for the idle timeout: the peer died, stalled or was stopped."""
 
 
+FIRST_BYTE_TIMEOUT = 60.0
+"""The first chunk may take longer than the idle timeout: the peer's engine starts its save then
+(a stopped peer is noticed sooner by the mesh's failure detector; see mesh/node/puller.py)."""
+
+
 async def _idle_limited(chunks: AsyncIterator[bytes], idle_timeout: float, what: str) -> AsyncIterator[bytes]:
-    """The chunks, raising StreamStalled when the next one takes longer than `idle_timeout`. Only
-    the wait for the peer counts: a slow consumer (the engine's load) does not."""
+    """The chunks, raising StreamStalled when the next one takes longer than `idle_timeout`
+    (FIRST_BYTE_TIMEOUT for the first). Only the wait for the peer counts: a slow consumer (the
+    engine's load) does not."""
+    limit = max(idle_timeout, FIRST_BYTE_TIMEOUT)
     while True:
         try:
-            async with asyncio.timeout(idle_timeout):
+            async with asyncio.timeout(limit):
                 chunk = await anext(chunks)
         except StopAsyncIteration:
             return
         except TimeoutError:
-            raise StreamStalled(f"{what}: no bytes for {idle_timeout:.0f}s") from None
+            raise StreamStalled(f"{what}: no bytes for {limit:.0f}s") from None
+        limit = idle_timeout
         yield chunk
 
 

@@ -110,7 +110,7 @@ class PeerServer:
         request_timeout: float,
         auth_window: float,
         max_saves: int,
-        upload_queue: int = 16,
+        upload_queue: int = 32,
         tls: TLSObserver | None = None,
         content: ContentSource | None = None,
     ) -> None:
@@ -239,8 +239,8 @@ class PeerServer:
         except Exception as exc:
             self._handler.count_request("save", 400)
             return _error(400, f"malformed save request: {exc}")
-        request_doc = SaveRequest(image, requester, have, store, relay and have == 0, handoff)
-        relay_id = self._handler.handoff(request_doc) if handoff else ""
+        save_request = SaveRequest(image, requester, have, store, relay and have == 0, handoff)
+        relay_id = self._handler.handoff(save_request) if handoff else ""
         if relay_id:
             self._handler.count_request("save", 503)
             return _error(
@@ -263,7 +263,7 @@ class PeerServer:
         self._set_load(saving=+1)
         try:
             try:
-                served = await self._handler.open_save(request_doc)
+                served = await self._handler.open_save(save_request)
             except SaveRefused as exc:
                 self._handler.count_request("save", exc.status)
                 return _error(exc.status, str(exc))

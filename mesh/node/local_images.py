@@ -1,4 +1,5 @@
-"""Keeps this node's view of its own engine current: scans, engine events, evictions.
+"""Keeps this node's view of its own engine current: scans, engine events, evictions, and what
+of it the node shares (mesh.protocol.share decides; this reads the histories it needs).
 
 Engine events (tag, untag, delete, load, import, pull) trigger a rescan after a short debounce, so
 a build's burst of events costs one scan and the manifest changes within a second. A periodic
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from mesh.config import Config
 from mesh.engine.base import Engine, EngineError, LocalImage, chain_ids
 from mesh.node.persistence import NodeState
-from mesh.protocol.planner import local_manifest
+from mesh.protocol.share import Candidate, Decision, Step, share_manifest
 from mesh.protocol.wire import ImageMeta, Tags
 
 log = logging.getLogger("cachemesh.engine")
@@ -36,7 +37,18 @@ class LocalImages:
         self.state = state
         self.images: dict[str, LocalImage] = {}
         self.shared: dict[str, Tags] = {}
+        self.shared_metas: dict[str, ImageMeta] = {}
+        self.decisions: dict[str, Decision] = {}
+        """Why each tagged local image is shared or kept here."""
         self.evicted: dict[str, str] = state.evicted()
+        self.brought: dict[str, float] = state.brought()
+        """Images the mesh brought here -> when last used (wall clock): what a budget may evict."""
+        self.mesh_layers: Callable[[], set[str]] = set
+        """Chain IDs of the layers the rest of the mesh holds (set by the node once its core runs)."""
+        self._histories: dict[str, list[Step]] = {}
+        self._chains: dict[str, tuple[str, ...]] = {}
+        self._evicted_at: dict[str, float] = {}
+        self._scan_lock = asyncio.Lock()
         self.scanned = False
         self.available = False
         self.last_error = ""
@@ -48,25 +60,96 @@ class LocalImages:
 
     def held_chains(self) -> set[str]:
         """The chain ID of every layer prefix of every image here: layers a pull can skip."""
-        return {chain for image in self.images.values() for chain in chain_ids(image.meta.layers)}
+        return {chain for image in self.images.values() for chain in self.chains(image.meta)}
+
+    def chains(self, meta: ImageMeta) -> tuple[str, ...]:
+        found = self._chains.get(meta.id)
+        if found is None:
+            found = self._chains[meta.id] = tuple(chain_ids(meta.layers))
+        return found
 
     def metas(self) -> dict[str, ImageMeta]:
         return {i: img.meta for i, img in self.images.items()}
 
     async def rescan(self) -> None:
+        # One at a time: a scan that began before an eviction must not be the last word after it.
+        async with self._scan_lock:
+            await self._rescan()
+
+    async def _rescan(self) -> None:
+        started = time.monotonic()
         images = await self.engine.images()
         self.images = {i.meta.id: i for i in images}
-        shared, metas = local_manifest(
-            ((i.meta, i.tags) for i in images), self.config.include, self.config.exclude
-        )
-        self.shared = shared
-        back = [i for i in self.evicted if i in self.images]
-        if back:  # rebuilt or pulled here again: no longer evicted
-            for image in back:
-                del self.evicted[image]
+        if self.config.share == "deps":
+            for image in images:
+                if image.tags and image.meta.id not in self._histories:
+                    try:
+                        self._histories[image.meta.id] = await self.engine.history(image.meta.id)
+                    except EngineError as exc:  # removed meanwhile, or the engine hiccuped: next scan
+                        log.debug("no history for %s: %s", image.meta.id[:19], exc)
+        for key in [i for i in self._histories if i not in self.images]:
+            del self._histories[key]
+        for key in [i for i in self._chains if i not in self.images]:
+            del self._chains[key]
+        # Rebuilt or pulled here again: no longer evicted. Only by a listing that began after the
+        # eviction: a scan already under way when the node evicted still lists the image.
+        back = [i for i in self.evicted if i in self.images and self._evicted_at.get(i, 0.0) < started]
+        if back:
+            for key in back:
+                del self.evicted[key]
             self.state.save_evicted(self.evicted)
+        gone_brought = [i for i in self.brought if i not in self.images]
+        if gone_brought:
+            for key in gone_brought:
+                del self.brought[key]
+            self.state.save_brought(self.brought)
         self.scanned = True
-        self._on_change(shared, metas)
+        self._decide()
+        self._on_change(self.shared, self.shared_metas)
+
+    def redecide(self) -> None:
+        """Decide again what to share, with what the mesh holds now (a peer's manifest changed)."""
+        if not self.scanned:
+            return
+        before = self.shared
+        self._decide()
+        if self.shared != before:
+            self._on_change(self.shared, self.shared_metas)
+
+    def _decide(self) -> None:
+        candidates = [
+            Candidate(
+                image.meta,
+                image.tags,
+                self.chains(image.meta),
+                image.labels,
+                self._histories.get(image.meta.id),
+                image.meta.id in self.brought,
+            )
+            for image in self.images.values()
+        ]
+        self.shared, self.shared_metas, self.decisions = share_manifest(
+            candidates,
+            mode=self.config.share,
+            in_mesh=self.mesh_layers() if self.config.share == "deps" else set(),
+            include=self.config.include,
+            exclude=self.config.exclude,
+            previous=self.decisions,
+        )
+
+    def note_brought(self, images: list[str], now: float) -> None:
+        """The mesh brought these images here (a pull and its chain)."""
+        for image in images:
+            self.brought[image] = max(now, self.brought.get(image, 0.0))
+        self.state.save_brought(self.brought)
+
+    def note_evicted(self, image: str, tag: str) -> None:
+        """The node removed this image for space: not pulled back until a newer image takes its tag."""
+        self.evicted[image] = tag
+        self._evicted_at[image] = time.monotonic()
+        self.brought.pop(image, None)
+        self.state.save_evicted(self.evicted)
+        self.state.save_brought(self.brought)
 
     def _note(self, event: dict[str, object]) -> None:
         if event.get("Action") != "delete":
@@ -76,6 +159,7 @@ class LocalImages:
         if self.shared.get(image):
             # The operator removed an image the mesh gave or shares: remember, so it is not pulled back.
             self.evicted[image] = self.shared[image][0]
+            self._evicted_at[image] = time.monotonic()
             self.state.save_evicted(self.evicted)
             log.info(
                 "%s (%s) was removed here; it will not be pulled back", image[:19], self.shared[image][0]

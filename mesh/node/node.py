@@ -25,10 +25,11 @@ from mesh.config import Config, format_hostport, parse_hostport
 from mesh.discovery.addresses import derive_advertise
 from mesh.discovery.mdns import MdnsDiscovery, mdns_usable
 from mesh.discovery.seeds import resolve_seeds
-from mesh.engine.base import Engine
+from mesh.engine.base import Engine, chain_ids
 from mesh.engine.docker_api import DockerEngine
 from mesh.net.auth import Signer, derive_key
 from mesh.net.client import PeerClient
+from mesh.net.datagram import GossipSocket, Sealer, bind_datagram_socket
 from mesh.net.server import PeerServer
 from mesh.net.tls import (
     CERT_RENEW_AFTER,
@@ -38,6 +39,7 @@ from mesh.net.tls import (
     limit_tls_read_buffers,
     node_tls,
 )
+from mesh.node.disk import DiskKeeper
 from mesh.node.local_images import LocalImages
 from mesh.node.peer_api import PeerApi
 from mesh.node.persistence import NodeState
@@ -62,6 +64,7 @@ from mesh.ui.status_page import StatusSources, status_app
 
 log = logging.getLogger("cachemesh.node")
 
+STATUS_INTERVAL = 0.5  # seconds between announcements of this node's transfer status, at most
 MAX_SENDS_PER_PEER = 4  # more in flight to one peer means it is not answering; drop (SWIM copes)
 
 
@@ -104,6 +107,7 @@ class Node:
         self.registry_addr = ""
         self._engine_shared: dict[str, Tags] = {}
         self._engine_metas: dict[str, ImageMeta] = {}
+        self._chain_cache: dict[str, tuple[str, ...]] = {}
         # Bound in start(): the advertised address needs the listening port, which may be 0.
         self.advertise = ""
         self.core: MeshCore
@@ -119,11 +123,19 @@ class Node:
         self._send_tasks: set[asyncio.Task[None]] = set()
         self._runners: list[web.AppRunner] = []
         self._stopping = False
+        self._status_due: asyncio.TimerHandle | None = None
+        self._status_at = float("-inf")
+        self.datagrams: GossipSocket | None = None
+        self.gossip_secrets: dict[str, int] = {}  # node ID -> which held secret sealed its datagrams
 
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        peer_sock = bind_socket(self.config.listen)
+        # With an operator's PKI a certificate admits a node, which a datagram cannot show:
+        # gossip stays on TLS there (docs/protocol.md).
+        peer_sock, udp_sock = bind_peer_sockets(
+            self.config.listen, datagrams=self.tls is None or self.tls.mode == "derived"
+        )
         status_sock = bind_socket(self.config.status_listen)
         registry_sock = None
         if self.config.registry_listen != "off":
@@ -142,10 +154,21 @@ class Node:
             incarnation=self.incarnation,
             manifest_version=int(time.time() * 1000),
         )
-        self.relays = Relays(Path(self.config.data_dir) / "relay", self.publish_local)
+        self.relays = Relays(Path(self.config.data_dir) / "relay", self._status_changed)
         self.puller = Puller(
             self.config, self.core.view, self.engine, self.local, self.client, self.metrics, self.relays
         )
+        self.local.mesh_layers = self._mesh_layers
+        self.disk = DiskKeeper(
+            self.config,
+            self.engine,
+            self.local,
+            serving=lambda: [t.image for t in self.serving.values()],
+            metas=self.core.view.metas,
+            registry=self.registry,
+        )
+        self.disk.on_evict = lambda kind, reason, size: self.metrics.evictions.labels(kind, reason).inc()
+        self.puller.skip = self.disk.skip
         self.peer_api = PeerApi(
             self.on_envelope,
             self.core.view,
@@ -154,7 +177,7 @@ class Node:
             self.metrics,
             spool=Path(self.config.data_dir),
             relays=self.relays,
-            on_load=self.publish_local,
+            on_load=self._status_changed,
             chunk_bytes=self.config.transfer_chunk_bytes,
             relay_start_timeout=self.config.transfer_idle_timeout,
         )
@@ -180,6 +203,18 @@ class Node:
                 self.mdns = None
         self.peer_server = peer
         self.peer_addr = await self._serve(peer.app, peer_sock, tls=True)
+        if udp_sock is not None:
+            sealer = Sealer(self.config.signing_secrets, self.config.cluster, self.config.auth_window)
+            _, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
+                lambda: GossipSocket(
+                    sealer,
+                    self.on_datagram,
+                    max_bytes=self.config.max_message_bytes,
+                    on_refused=lambda reason: self.metrics.gossip_refused.labels(reason).inc(),
+                ),
+                sock=udp_sock,
+            )
+            self.datagrams = protocol
         sources = StatusSources(
             status=lambda: build_status(self),
             readiness=self.readiness.check,
@@ -202,7 +237,14 @@ class Node:
         self._tasks.append(asyncio.create_task(peer.sweep(server)))
         if self.tls is not None and self.tls.mode == "derived":
             self._tasks.append(asyncio.create_task(self._renew_cert()))
-        for coro in (self._core_loop(), self.local.run(), self.puller.run(), self._discovery_loop()):
+        loops = (
+            self._core_loop(),
+            self.local.run(),
+            self.puller.run(),
+            self._discovery_loop(),
+            self.disk.run(),
+        )
+        for coro in loops:
             self._tasks.append(asyncio.create_task(coro))
         log.info(
             "node %s (%s) up: peers dial %s, status http://%s/, registry %s, cluster %r%s",
@@ -265,6 +307,8 @@ class Node:
         if self._stopping:
             return
         self._stopping = True
+        if self._status_due is not None:
+            self._status_due.cancel()
         if not hasattr(self, "core"):
             await self.client.close()
             await self.engine.close()
@@ -294,6 +338,8 @@ class Node:
         for task in list(self._send_tasks):
             task.cancel()
         await asyncio.gather(*self._send_tasks, return_exceptions=True)
+        if self.datagrams is not None:
+            self.datagrams.close()
         for runner in self._runners:
             await runner.cleanup()
         await self.client.close()
@@ -324,7 +370,15 @@ class Node:
             self._dispatch(out)
 
     def _dispatch(self, out: Outgoing) -> None:
-        """Send one envelope in the background, unless too many are already in flight to its peer."""
+        """Send one envelope: sealed in a datagram when it fits (most gossip), else over the peer
+        API in the background, unless too many requests are already in flight to that peer."""
+        if self.datagrams is not None and self.config.gossip_datagrams and self._members_at(out.addr):
+            # Only to members: a first contact (a seed, an mDNS find) goes over TLS, which checks
+            # the peer and says why when it is refused.
+            body = wire.encode(out.envelope)
+            if Sealer.fits(len(body)) and self.datagrams.send(out.addr, body):
+                self.metrics.gossip_datagrams.labels("out").inc()
+                return
         if self._sends[out.addr] >= MAX_SENDS_PER_PEER:
             self.metrics.gossip_errors.inc()
             return
@@ -372,10 +426,20 @@ class Node:
             self.incarnation = self.core.incarnation
             self.state.save_incarnation(self.incarnation)
         if replan:
+            self.local.redecide()  # what the mesh holds changed: what is worth sharing may too
             self.puller.poke()
             self.registry.poke()
 
     # --- the peer API ---------------------------------------------------------------------------
+
+    def on_datagram(self, envelope: wire.Envelope, secret: int) -> None:
+        """A sealed gossip datagram: what the core says back goes out as datagrams of its own."""
+        self.metrics.gossip_datagrams.labels("in").inc()
+        self.gossip_secrets[envelope.sender] = secret
+        if not self._stopping:
+            self.core.receive(envelope, time.monotonic())
+            self._flush()
+            self.wake()
 
     def on_envelope(self, envelope: wire.Envelope) -> wire.Envelope | None:
         self.core.receive(envelope, time.monotonic())
@@ -396,6 +460,23 @@ class Node:
         self._engine_shared, self._engine_metas = shared, metas
         self.publish_local()
         self.puller.poke()
+        if hasattr(self, "disk"):
+            self.disk.poke()
+
+    def _status_changed(self) -> None:
+        """Uploads or relays changed: announce the status, at most every STATUS_INTERVAL (a burst
+        starts and ends many streams a second; peers need the gist, not every step)."""
+        if self._status_due is not None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, self._status_at + STATUS_INTERVAL - loop.time())
+        self._status_due = loop.call_later(delay, self._publish_status)
+
+    def _publish_status(self) -> None:
+        self._status_due = None
+        self._status_at = asyncio.get_running_loop().time()
+        if not self._stopping:
+            self.publish_local()
 
     def publish_local(self) -> None:
         """The local manifest: the engine's shared images, the registry's held manifests (IDs of
@@ -404,11 +485,34 @@ class Node:
         if not hasattr(self, "core"):
             return
         entries, metas = self.registry.announcement()
-        status = NodeStatus(self.config.zone, self.peer_api.uploads, self.relays.receiving())
+        receiving = {**self.relays.receiving(), **dict.fromkeys(self.registry.relaying(), "blob")}
+        status = NodeStatus(self.config.zone, self.peer_api.uploads, receiving)
         shared = {**self._engine_shared, **entries, status_key(self.node_id): announce(status)}
         all_metas = [*self._engine_metas.values(), *metas, status_meta(self.node_id)]
         if self.core.set_local_images(shared, all_metas, time.monotonic()):
             self.wake()
+
+    def _mesh_layers(self) -> set[str]:
+        """Chain IDs of every layer that a live peer holds (the share rule's "already in the mesh")."""
+        view = self.core.view
+        metas = view.metas()
+        held = {
+            image
+            for peer in view.live_peers()
+            for image, tags in view.holdings(peer.id).items()
+            if not is_registry_entry(tags)
+        }
+        out: set[str] = set()
+        for image in held:
+            meta = metas.get(image)
+            if meta is not None:
+                chains = self._chain_cache.get(image)
+                if chains is None:
+                    chains = self._chain_cache[image] = tuple(chain_ids(meta.layers))
+                out.update(chains)
+        if len(self._chain_cache) > 4 * len(held) + 1000:  # forget images the mesh let go of
+            self._chain_cache = {i: c for i, c in self._chain_cache.items() if i in held}
+        return out
 
     def _on_engine_error(self) -> None:
         self.metrics.engine_errors.inc()
@@ -476,6 +580,10 @@ class Node:
             "registry_fetches": len(self.registry.fetcher.active),
             "incarnation": self.core.incarnation,
             "core": self.core.stats,
+            "disk": self.disk.status() if hasattr(self, "disk") else None,
+            "share": Counter(
+                ("shared" if d.share else "local", d.code) for d in self.local.decisions.values()
+            ),
         }
 
     @property
@@ -489,6 +597,23 @@ def is_loopback(listen: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+def bind_peer_sockets(listen: str, *, datagrams: bool) -> tuple[socket.socket, socket.socket | None]:
+    """The peer API's TCP socket and, with `datagrams`, a UDP socket on the same port number. With
+    port 0 the kernel picks a free TCP port whose UDP twin may be taken: then try another."""
+    attempts = 10 if parse_hostport(listen)[1] == 0 else 1
+    for attempt in range(attempts):
+        tcp = bind_socket(listen)
+        if not datagrams:
+            return tcp, None
+        try:
+            return tcp, bind_datagram_socket(parse_hostport(listen)[0], tcp.getsockname()[1])
+        except OSError:
+            tcp.close()
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def bind_socket(listen: str) -> socket.socket:

@@ -18,7 +18,7 @@ from mesh.engine.tarstream import TarStreamError
 from mesh.net.contract import SaveRequest, SaveStream
 from mesh.net.server import SaveRefused
 from mesh.node.local_images import LocalImages
-from mesh.node.relay import Relays, Spool
+from mesh.node.relay import RelayBroken, Relays, Spool
 from mesh.node.transfer import Transfer
 from mesh.protocol import wire
 from mesh.protocol.planner import chain_of
@@ -134,7 +134,10 @@ class PeerApi:
         return SaveStream(chain, chunks())
 
     async def _open_relay(self, spool: Spool, request: SaveRequest) -> SaveStream:
-        await spool.wait_started(self._relay_start_timeout)
+        try:
+            await spool.wait_started(self._relay_start_timeout)
+        except RelayBroken as exc:
+            raise SaveRefused(503, str(exc)) from None
         peer = self._view.peer(request.requester)
         meta = self._view.metas().get(spool.image)
         record = Transfer(

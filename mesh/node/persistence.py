@@ -3,7 +3,10 @@
 - `node-id`: a random ID, so a restarted node is the same member to its peers.
 - `incarnation`: bumped at every start, so a node that comes back outranks what peers remember
   of its previous life (suspect or dead at the old incarnation).
-- `evicted.json`: images the operator removed here, so the mesh does not pull them straight back.
+- `evicted.json`: images the operator removed here, or the node evicted for space, so the mesh does
+  not pull them straight back.
+- `brought.json`: images the mesh brought here (pulled), with when each was last used: what a
+  disk budget may evict, oldest use first.
 Writes are atomic (write, fsync, rename): a crash never leaves a half-written file.
 """
 
@@ -70,3 +73,13 @@ class NodeState:
 
     def save_evicted(self, evicted: dict[str, str]) -> None:
         _write_atomic(self.dir / "evicted.json", json.dumps(evicted, indent=1, sort_keys=True))
+
+    def brought(self) -> dict[str, float]:
+        try:
+            data = json.loads((self.dir / "brought.json").read_text())
+            return {str(k): float(v) for k, v in data.items()}
+        except (OSError, ValueError, AttributeError, TypeError):
+            return {}
+
+    def save_brought(self, brought: dict[str, float]) -> None:
+        _write_atomic(self.dir / "brought.json", json.dumps(brought, indent=1, sort_keys=True))

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from mesh.config import Config
@@ -63,6 +63,8 @@ class Puller:
         self.wanted: set[str] = set()
         self.received = 0
         self.meter = RateMeter()
+        self.skip: Callable[[list[str]], Mapping[str, str]] = lambda wanted: {}
+        """Of the images a plan wants, those not to pull (they do not fit the disk budget)."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
 
@@ -81,24 +83,32 @@ class Puller:
         now = time.monotonic()
         self.penalties = {p: penalty for p, penalty in self.penalties.items() if penalty.until > now}
         metas = {**view.metas(), **self.local.metas()}
-        return planner.plan(
-            local=self.local.tags(),
-            remote=remote,
-            metas=metas,
-            peers=peers,
-            in_flight={i: t.peer for i, t in self.active.items()},
-            failures=self.failures,
-            evicted=self.local.evicted,
-            include=self.config.include,
-            exclude=self.config.exclude,
-            max_pulls=self.config.max_transfers_in,
-            max_attempts=self.config.max_attempts,
-            now=now,
-            me=view.node_id,
-            zone=self.config.zone,
-            store=self.store,
-            penalties=self.penalties,
-        )
+
+        def plan(evicted: Mapping[str, str]) -> Plan:
+            return planner.plan(
+                local=self.local.tags(),
+                remote=remote,
+                metas=metas,
+                peers=peers,
+                in_flight={i: t.peer for i, t in self.active.items()},
+                failures=self.failures,
+                evicted=evicted,
+                include=self.config.include,
+                exclude=self.config.exclude,
+                max_pulls=self.config.max_transfers_in,
+                max_attempts=self.config.max_attempts,
+                now=now,
+                me=view.node_id,
+                zone=self.config.zone,
+                store=self.store,
+                penalties=self.penalties,
+            )
+
+        first = plan(self.local.evicted)
+        # What does not fit the disk budget is treated like an evicted image: not pulled, not waited
+        # for. Pulls under way count: they will be held (the budget evicts later if need be).
+        skip = {i: v for i, v in self.skip(first.missing).items() if i not in self.active}
+        return plan({**self.local.evicted, **skip}) if skip else first
 
     async def run(self) -> None:
         while True:
@@ -194,6 +204,7 @@ class Puller:
         else:
             record.outcome = "ok"
             self.failures.pop(pull.image, None)
+            self.local.note_brought(list(chain), time.time())
             try:
                 await self.local.rescan()  # so the next plan sees the image here, not as missing
             except EngineError as exc:
@@ -254,6 +265,7 @@ class Puller:
             )
             self.metrics.failovers.inc()
         failure.retry_at = now + delay
+        asyncio.get_running_loop().call_later(delay, self.poke)  # plan again as soon as it may retry
         self.metrics.transfers.labels("in", "failed").inc()
         log.warning(
             "pull of %s from %s failed (attempt %d): %s", pull.image[:19], name, failure.attempts, exc

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from mesh.protocol.liveness import State
 from mesh.protocol.oci import is_registry_entry
+from mesh.protocol.sources import Candidate, rank
 from mesh.protocol.wire import ImageMeta, Tags
 from mesh.ui.metrics import Metrics
 
@@ -39,11 +40,27 @@ class RegistryView:
         core = getattr(self._node, "core", None)
         return core.view.metas() if core is not None else {}
 
-    def nearest(self, nodes: list[str]) -> list[str]:
+    def sources(self, key: str, holders: list[str], relays: list[str]) -> list[str]:
         view = self._node.core.view
-        known = [p for p in (view.peer(n) for n in nodes) if p is not None]
-        known.sort(key=lambda p: (p.rtt if p.rtt is not None else float("inf"), p.id))
-        return [p.addr for p in known]
+        addrs: dict[str, str] = {}
+        candidates = []
+        for node, relay in [*((n, False) for n in holders), *((n, True) for n in relays)]:
+            peer = view.peer(node)
+            if peer is not None:
+                status = view.status(node)
+                addrs[node] = peer.addr
+                candidates.append(Candidate(node, peer.rtt, status.uploads, status.zone, relay))
+        zone = self._node.config.zone
+        ranked = rank(key, candidates, me=view.node_id, zone=zone, bad=(), penalties={}, now=0.0)
+        return [addrs[c.peer] for c in ranked]
+
+    def fetching(self, digest: str) -> list[str]:
+        view = self._node.core.view
+        return [
+            p.id
+            for p in view.live_peers()
+            if p.state is State.ALIVE and view.status(p.id).receiving.get(digest) == "blob"
+        ]
 
     def name(self, node: str) -> str:
         peer = self._node.core.view.peer(node)

@@ -62,6 +62,7 @@ def build_status(node: Node) -> dict[str, Any]:
                 "images": sum(not is_registry_entry(t) for t in holdings.get(member_id, {}).values()),
                 "since": round(time.monotonic() - m.since, 1),
                 "tls": node.tls_peers.state(member_id, m.addr),
+                "gossip": _gossip_state(node.gossip_secrets.get(member_id)),
             }
         )
     holders: dict[str, list[str]] = {}
@@ -84,6 +85,7 @@ def build_status(node: Node) -> dict[str, Any]:
         if not tags[image] and local_image is None and image not in node.local.shared:
             continue
         meta = metas.get(image)
+        decision = node.local.decisions.get(image)
         images.append(
             {
                 "id": image,
@@ -92,6 +94,11 @@ def build_status(node: Node) -> dict[str, Any]:
                 "created": meta.created if meta else None,
                 "local": local_image is not None,
                 "holders": sorted(holders.get(image, [])),
+                # Why a tagged local image is (not) announced; None for others' and untagged ones.
+                "share": None
+                if decision is None
+                else {"shared": decision.share, "reason": decision.reason, "code": decision.code},
+                "from_mesh": image in node.local.brought,
             }
         )
     plan = node.puller.plan
@@ -125,4 +132,12 @@ def build_status(node: Node) -> dict[str, Any]:
         + [_transfer(t) for t in node.serving.values()],
         "recent_transfers": [_transfer(t) for t in node.puller.recent],
         "registry": node.registry.status(node.registry_addr or "off"),
+        "disk": node.disk.status(),
     }
+
+
+def _gossip_state(secret: int | None) -> dict[str, str]:
+    """How a peer's gossip datagrams arrive: sealed with which of this node's secrets."""
+    if secret is None:
+        return {"datagrams": "none yet"}
+    return {"datagrams": "sealed", "secret": "current" if secret == 0 else "previous"}

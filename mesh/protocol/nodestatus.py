@@ -12,8 +12,8 @@ its own manifest, the way registry content rides it (mesh/protocol/oci.py):
 The first tag starts with the registry prefix but is no manifest digest, so a node from before
 this entry skips it as malformed registry content; current nodes take it out of every holdings
 view (MeshView.holdings) and read it with `parse`. Its metadata is a fixed empty `ImageMeta`,
-sent once like any other. A change (an upload starts or ends, a pull starts or ends) is one
-manifest version and one small rumour.
+sent once like any other. Changes (an upload starts or ends, a pull starts or ends) are
+announced at most every 0.5 s (mesh/node/node.py), each as one manifest version and one rumour.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from mesh.protocol.wire import MAX_TAGS, ImageMeta, Tags
 MARK = "oci node-status"
 KEY_SALT = b"cachemesh/node-status\0"
 MAX_RECEIVING = MAX_TAGS - 3  # one slot each for the mark, the zone and the load
-STORES = ("graph", "containerd")
+STORES = ("graph", "containerd", "blob")  # "blob": registry content being fetched (by digest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +36,8 @@ class NodeStatus:
     uploads: int = 0
     """Uploads in flight plus queued: the load figure source choice weighs."""
     receiving: Mapping[str, str] = field(default_factory=dict)
-    """image -> store of the full stream this node is receiving and relays as it arrives."""
+    """image -> store of the full stream this node is receiving and relays as it arrives; or
+    registry digest -> "blob" for content it is fetching and relays as it arrives."""
 
 
 def status_key(node_id: str) -> str:

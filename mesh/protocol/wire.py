@@ -26,7 +26,7 @@ import msgpack
 
 # 1: first version. 2: images named by their mesh key (mesh.engine.base.image_key), not the
 # engine's ID; `/v1/save` takes the receiver's held layer count and store (docs/protocol.md).
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 MAX_NAME = 256  # node IDs, names, addresses, tags
 MAX_TAGS = 64  # per image

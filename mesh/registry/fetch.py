@@ -3,8 +3,11 @@
 - One fetch per digest, however many clients ask: later readers join the running fetch.
 - Bytes go to a temp file, hashed as they arrive; readers stream from that file as it grows, so a
   client gets the first bytes while the rest is still on the wire.
-- Sources are the live holders, nearest first. If one fails mid-blob, the fetch asks the next
+- Sources are the live holders, and peers still fetching it (relays), best first: load, RTT
+  and zone (mesh.protocol.sources.rank). If one fails mid-blob, the fetch asks the next
   holder for the rest from the offset reached; the hash runs on over the whole.
+- Peers that ask for it meanwhile get what has arrived, as it arrives (Registry.open_content);
+  `on_change` tells the node when a fetch can be relayed (its size is known) and when it ends.
 - At the end the digest is checked, and only then is the file renamed into the store. A mismatch
   stores nothing, and readers that already got bytes see their connection cut (they had a
   Content-Length, so a cut is never mistaken for a whole blob).
@@ -70,13 +73,15 @@ class Fetcher:
         idle_timeout: float,
         on_bytes: Callable[[int], None] = lambda n: None,
         on_stored: Callable[[str], None] = lambda digest: None,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
         self.client = client
-        self.holders = holders  # digest -> addresses of live holders, nearest first
+        self.holders = holders  # digest -> addresses of live holders and relays, best first
         self.idle_timeout = idle_timeout
         self.on_bytes = on_bytes
         self.on_stored = on_stored
+        self.on_change = on_change
         self.active: dict[str, Fetch] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -154,6 +159,7 @@ class Fetcher:
             self.active.pop(fetch.digest, None)
             fetch.sized.set()
             fetch._notify()
+            self.on_change()
 
     async def _from(self, addr: str, fetch: Fetch, fh: IO[bytes], hasher: hashlib._Hash) -> None:
         async with self.client.content(
@@ -162,6 +168,7 @@ class Fetcher:
             if fetch.size is None:
                 fetch.size, fetch.media_type = stream.size, stream.media_type
                 fetch.sized.set()
+                self.on_change()
             elif stream.size != fetch.size:
                 raise PeerError(f"{addr} has {stream.size} bytes, another holder had {fetch.size}")
             fetch.source = addr

@@ -20,6 +20,13 @@ INDEXES = {OCI_INDEX, DOCKER_LIST}
 MANIFESTS = {OCI_MANIFEST, DOCKER_MANIFEST}
 # What a client gets when it accepts anything: every manifest type this registry stores.
 KNOWN = INDEXES | MANIFESTS
+# Layers that are never pushed to a registry: clients fetch them from the descriptor's `urls`
+# (image-spec "Non-distributable layers"; Docker's foreign layers). A manifest may name them
+# without the registry holding them, and a node needs none of them to hold the manifest whole.
+NONDISTRIBUTABLE = (
+    "application/vnd.oci.image.layer.nondistributable.",
+    "application/vnd.docker.image.rootfs.foreign.",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +43,11 @@ def _digest_of(descriptor: object, what: str) -> str:
     if not valid_digest(digest):
         raise RegistryError("MANIFEST_INVALID", f"{what}: unsupported digest {digest[:80]!r}")
     return digest
+
+
+def _nondistributable(descriptor: object) -> bool:
+    media_type = descriptor.get("mediaType") if isinstance(descriptor, dict) else None
+    return isinstance(media_type, str) and media_type.startswith(NONDISTRIBUTABLE)
 
 
 def parse(data: bytes, content_type: str | None) -> Parsed:
@@ -67,7 +79,7 @@ def parse(data: bytes, content_type: str | None) -> Parsed:
     layers = doc.get("layers", [])
     if not isinstance(layers, list):
         raise RegistryError("MANIFEST_INVALID", "layers is not a list")
-    blobs += [_digest_of(d, "layers") for d in layers]
+    blobs += [_digest_of(d, "layers") for d in layers if not _nondistributable(d)]
     if not blobs and "schemaVersion" not in doc:
         raise RegistryError("MANIFEST_INVALID", "neither an image manifest nor an index")
     return Parsed(media_type, tuple(blobs), ())

@@ -19,15 +19,17 @@ from mesh.config import Config
 from mesh.net.client import PeerClient
 from mesh.net.contract import ContentStream
 from mesh.protocol import oci
+from mesh.protocol.budget import Item
 from mesh.protocol.oci import TagState
 from mesh.protocol.wire import ImageMeta, Tags
+from mesh.registry import upkeep
 from mesh.registry.errors import RegistryError
 from mesh.registry.fetch import Fetch, Fetcher, windows
 from mesh.registry.manifest import MAX_MANIFEST, Parsed, closure, parse
 from mesh.registry.names import MAX_NAME as MAX_NAME_LEN
 from mesh.registry.names import NAME, valid_tag
 from mesh.registry.status import registry_status
-from mesh.registry.store import Store
+from mesh.registry.store import CHUNK, Store
 
 log = logging.getLogger("cachemesh.registry")
 
@@ -41,8 +43,13 @@ class MeshView(Protocol):
 
     def metas(self) -> Mapping[str, ImageMeta]: ...
 
-    def nearest(self, nodes: list[str]) -> list[str]:
-        """Addresses of these nodes, lowest RTT first."""
+    def sources(self, key: str, holders: list[str], relays: list[str]) -> list[str]:
+        """Addresses of holders and relays of `key`, best first (mesh.protocol.sources.rank:
+        load, RTT, zone; a relay after an idle holder)."""
+        ...
+
+    def fetching(self, digest: str) -> list[str]:
+        """Live peers that announce they are fetching `digest` now and relay it as it arrives."""
         ...
 
     def name(self, node: str) -> str:
@@ -92,12 +99,15 @@ class Registry:
             idle_timeout=config.transfer_idle_timeout,
             on_bytes=self.counters.fetched,
             on_stored=lambda digest: self.changed(),
+            on_change=lambda: self.view.publish(),
         )
         self._parsed: dict[str, Parsed] = {}
         self._announcement: tuple[dict[str, Tags], list[ImageMeta]] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.warm_errors: dict[str, str] = {}
+        self.evicted: set[str] = upkeep.load_evicted(self.store)
+        """Manifests evicted for space: warm-up leaves them be (no churn)."""
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="registry")
@@ -214,7 +224,9 @@ class Registry:
 
     def _holder_addrs(self, digest: str) -> list[str]:
         nodes = oci.holders(digest, self.view.live_manifests(), self.view.metas())
-        return self.view.nearest(nodes)
+        # Peers still fetching it serve what they have (docs/protocol.md, Bursts).
+        relays = [n for n in self.view.fetching(digest) if n not in nodes]
+        return self.view.sources(digest, nodes, relays)
 
     def locate(self, digest: str) -> tuple[int, Fetch | None]:
         """(size, running fetch) for a blob: held here (no fetch), or being fetched from the mesh.
@@ -251,6 +263,9 @@ class Registry:
 
     async def manifest(self, digest: str) -> tuple[bytes, str]:
         """A manifest by digest: held, or fetched from the mesh (whole: manifests are small)."""
+        if digest in self.evicted:  # asked for again: it is wanted here after all
+            self.evicted.discard(digest)
+            upkeep.save_evicted(self.store, self.evicted)
         media_type = self.store.media_type(digest)
         if media_type is None:
             try:
@@ -261,7 +276,23 @@ class Registry:
             if not media_type:
                 raise RegistryError("MANIFEST_UNKNOWN", f"{digest} is a blob, not a manifest")
         data = self.store.read(digest, MAX_MANIFEST)
+        upkeep.touch(self.store, digest)
         return data, media_type
+
+    # --- the disk budget (mesh.node.disk) -----------------------------------------------------
+
+    def disk_items(self) -> list[Item]:
+        return upkeep.disk_items(self.store, self.parsed)
+
+    async def evict_manifest(self, digest: str, keep_parts: set[str]) -> int:
+        """Evict a held manifest and its blobs that no kept manifest needs; warm-up does not fetch
+        it again (a client asking for it does)."""
+        freed = await asyncio.to_thread(upkeep.evict, self.store, digest, self.parsed, keep_parts)
+        self._parsed.pop(digest, None)
+        self.evicted.add(digest)
+        await asyncio.to_thread(upkeep.save_evicted, self.store, self.evicted)
+        self.changed()  # announced without it: peers stop choosing this node for it
+        return freed
 
     async def put_manifest(self, digest: str, data: bytes, parsed: Parsed) -> None:
         """Store a pushed manifest. Everything it references must be here, or on its way from a
@@ -286,10 +317,11 @@ class Registry:
         self.changed()
 
     def open_content(self, digest: str, offset: int) -> ContentStream | None:
-        """For peers: content held here, from `offset` on (sent with sendfile from `path`)."""
+        """For peers: content held here, from `offset` on (sent with sendfile from `path`); or
+        content this node is still fetching, relayed as it arrives once its size is known."""
         size = self.store.size(digest)
         if size is None:
-            return None
+            return self._relay_content(digest, offset)
 
         async def chunks() -> AsyncIterator[bytes]:
             for chunk in self.store.chunks(digest, offset):
@@ -297,6 +329,34 @@ class Registry:
 
         path = str(self.store.path(digest))
         return ContentStream(size, self.store.media_type(digest) or "", chunks(), path)
+
+    def _relay_content(self, digest: str, offset: int) -> ContentStream | None:
+        """A fetch under way, from `offset` on, following its temp file. Its last byte waits for
+        the digest check (fetch.windows); if the fetch fails, the stream is cut (ConnectionError:
+        the peer server aborts it) and the reader resumes from another holder at its offset."""
+        fetch = self.fetcher.active.get(digest)
+        if fetch is None or fetch.size is None or fetch.error is not None or offset > fetch.size:
+            return None
+        size = fetch.size
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async for fh, start, count in windows(fetch, self.store, offset, size):
+                    fh.seek(start)
+                    while count > 0:
+                        data = fh.read(min(CHUNK, count))
+                        if not data:
+                            raise ConnectionError(f"{digest[:19]}: the relayed fetch's file ended early")
+                        count -= len(data)
+                        yield data
+            except RegistryError as exc:
+                raise ConnectionError(f"the relayed fetch of {digest[:19]} failed: {exc}") from None
+
+        return ContentStream(size, fetch.media_type, chunks())
+
+    def relaying(self) -> list[str]:
+        """Digests being fetched whose size is known: what this node can relay to peers now."""
+        return [d for d, f in self.fetcher.active.items() if f.size is not None and f.error is None]
 
     def status(self, listen: str) -> dict[str, object]:
         """The `registry` section of /api/status."""
@@ -312,7 +372,7 @@ class Registry:
         return {
             ref: state.digest
             for ref, state in self.resolve().items()
-            if any(fnmatch.fnmatchcase(ref, g) for g in globs)
+            if any(fnmatch.fnmatchcase(ref, g) for g in globs) and state.digest not in self.evicted
         }
 
     def warm_progress(self) -> tuple[int, int]:

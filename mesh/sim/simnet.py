@@ -2,10 +2,11 @@
 
 Not a model of the protocol: each simulated node is the same MeshCore the asyncio node runs.
 The network routes drained envelopes with per-message loss, a per-link latency, partitions and
-crashes, and counts the bytes each node sends as a real node would put them on the wire: each
-envelope as a signed HTTP request, each delivered envelope answered by a signed response that
-carries the receiver's first reply to the sender, as the peer API does (see wirecost.py for the
-measured HTTP overhead). Same seed, same run.
+crashes, and counts the bytes each node sends as a real node would put them on the wire: an
+envelope that fits in a datagram as a sealed datagram (answers are datagrams of their own); a
+larger one as a signed HTTP request, answered by a signed response that carries the receiver's
+first reply to the sender, as the peer API does (see wirecost.py for the measured overhead).
+Same seed, same run.
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ from mesh.config import Config
 from mesh.protocol import wire
 from mesh.protocol.core import MeshCore
 from mesh.protocol.outbox import Outgoing
-from mesh.sim.wirecost import RESPONSE_EMPTY, reply_bytes, request_bytes
+from mesh.sim.wirecost import (
+    RESPONSE_EMPTY,
+    datagram_bytes,
+    datagram_fits,
+    reply_bytes,
+    request_bytes,
+)
 
 
 @dataclass(slots=True)
@@ -74,7 +81,8 @@ class SimNetwork:
         self.drop_hook: Callable[[str, str, wire.Envelope], bool] | None = None
         self.on_deliver: Callable[[SimNode], None] | None = None
         # (time, sequence, kind, node, payload): kind 0 is a tick (payload: token), 1 the delivery of a
-        # request (envelope), 2 the delivery of a reply that came back in an HTTP response (envelope)
+        # request (envelope), 2 the delivery of a reply that came back in an HTTP response, 3 the
+        # delivery of a datagram (envelope)
         self._queue: list[tuple[float, int, int, SimNode, Any]] = []
         self._seq = 0
         self._next_id = 0
@@ -153,7 +161,7 @@ class SimNetwork:
             self._push(at, 0, node, node.tick_token)
 
     def _flush(self, node: SimNode, reply_to: str | None = None) -> None:
-        """Send what the node's core has drained. After a request from `reply_to`, the first
+        """Send what the node's core has drained. After an HTTP request from `reply_to`, the first
         envelope back to it travels as the HTTP response (its framing is a response's, and it is
         not answered again), and with none the request is answered by an empty signed 204."""
         replied = False
@@ -170,16 +178,23 @@ class SimNetwork:
     def _send(self, node: SimNode, out: Outgoing, as_reply: bool = False) -> None:
         traffic = self.traffic
         traffic.messages += 1
-        if self.count_bytes or self.strict_wire:
+        datagram = False
+        if self.count_bytes or self.strict_wire or self.config.gossip_datagrams:
             data = wire.encode(out.envelope)
+            # A reply to an HTTP request rides in its response, as the peer API does.
+            datagram = self.config.gossip_datagrams and not as_reply and datagram_fits(len(data))
             if self.count_bytes:
-                size = reply_bytes(len(data)) if as_reply else request_bytes(len(data), out.addr)
+                if datagram:
+                    size = datagram_bytes(len(data))
+                elif as_reply:
+                    size = reply_bytes(len(data))
+                else:
+                    size = request_bytes(len(data), out.addr)
                 traffic.per_second[(node.addr, int(self.now))] += size
                 if self.count_kinds:
                     kind = "+".join(sorted({type(m).__name__ for m in out.envelope.messages}))
-                    traffic.kinds[(node.addr, int(self.now))][
-                        kind + (" in a response" if as_reply else "")
-                    ] += size
+                    how = " in a datagram" if datagram else " in a response" if as_reply else ""
+                    traffic.kinds[(node.addr, int(self.now))][kind + how] += size
             envelope = (
                 wire.decode(data, max_bytes=self.config.max_message_bytes)
                 if self.strict_wire
@@ -198,7 +213,7 @@ class SimNetwork:
             traffic.dropped += 1
             return
         latency = self.base_latency + abs(node.position - dest.position) * self.spread_latency
-        self._push(self.now + latency, 2 if as_reply else 1, dest, envelope)
+        self._push(self.now + latency, 3 if datagram else 2 if as_reply else 1, dest, envelope)
 
     def run_until(self, until: float) -> None:
         queue = self._queue
@@ -215,7 +230,7 @@ class SimNetwork:
                 self._flush(node)
             else:
                 node.core.receive(payload, at)
-                # What a node sends after reading a response goes out as new requests.
+                # What a node sends after reading a response or a datagram goes out as new sends.
                 self._flush(node, reply_to=payload.addr if kind == 1 else None)
             if kind != 0 and self.on_deliver is not None:
                 self.on_deliver(node)

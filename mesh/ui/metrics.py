@@ -43,6 +43,28 @@ class _Snapshot(Collector):
         yield GaugeMetricFamily(
             "cachemesh_incarnation", "This node's SWIM incarnation", value=snap["incarnation"]
         )
+        disk = snap.get("disk")
+        if disk:
+            yield GaugeMetricFamily(
+                "cachemesh_disk_budget_bytes",
+                "The disk budget for what the mesh brings here (0: none)",
+                value=disk["budget"],
+            )
+            if disk["held"] is not None:
+                yield GaugeMetricFamily(
+                    "cachemesh_mesh_bytes_held",
+                    "Bytes the mesh brought here (pulled images, registry content), at the last check",
+                    value=disk["held"],
+                )
+        if "share" in snap:
+            decisions = GaugeMetricFamily(
+                "cachemesh_share_decisions",
+                "Tagged local images by share decision (shared, local) and reason",
+                labels=["decision", "reason"],
+            )
+            for (decision, reason), count in sorted(snap["share"].items()):
+                decisions.add_metric([decision, reason], count)
+            yield decisions
         if "registry_fetches" in snap:
             yield GaugeMetricFamily(
                 "cachemesh_registry_fetches_in_flight",
@@ -90,6 +112,18 @@ class Metrics:
             "Gossip messages this node could not deliver",
             registry=self.registry,
         )
+        self.gossip_datagrams = Counter(
+            "cachemesh_gossip_datagrams",
+            "Sealed gossip datagrams sent (out) and accepted (in)",
+            ["direction"],
+            registry=self.registry,
+        )
+        self.gossip_refused = Counter(
+            "cachemesh_gossip_datagrams_refused",
+            "Datagrams on the peer port that did not open as this cluster's gossip, by error",
+            ["error"],
+            registry=self.registry,
+        )
         self.engine_errors = Counter(
             "cachemesh_engine_errors", "Failed calls to the local Docker Engine", registry=self.registry
         )
@@ -133,6 +167,12 @@ class Metrics:
         self.relays_served = Counter(
             "cachemesh_relays_served",
             "Streams served to peers from an image still arriving here (cut-through relay)",
+            registry=self.registry,
+        )
+        self.evictions = Counter(
+            "cachemesh_evictions",
+            "Mesh-brought content evicted, by kind (image, manifest) and reason (budget, watermark)",
+            ["kind", "reason"],
             registry=self.registry,
         )
         for source in ("local", "peers"):

@@ -76,6 +76,20 @@ def _tls_cell(tls: dict[str, Any]) -> str:
     return escape(state)
 
 
+def _gossip_cell(gossip: dict[str, Any]) -> str:
+    if gossip.get("datagrams") != "sealed":
+        return escape(gossip.get("datagrams", "–"))
+    return f"<span class=ok>sealed</span> · secret: {escape(gossip.get('secret', ''))}"
+
+
+def _share_cell(share: dict[str, Any] | None) -> str:
+    """Whether this node announces a local image, and why (the share rule's reason)."""
+    if not share:
+        return ""
+    word = "<span class=ok>shared</span>" if share["shared"] else "<b>kept here</b>"
+    return f"{word}: {escape(share['reason'])}"
+
+
 def _tls_mode(tls: dict[str, Any]) -> str:
     mode = tls.get("mode", "off")
     if mode == "off":
@@ -156,11 +170,46 @@ def _warmup_html(s: dict[str, Any]) -> str:
     )
 
 
+def _disk_html(d: dict[str, Any] | None) -> str:
+    """Bytes the mesh brought here against the budget, the watermarks, evictions by reason."""
+    if not d:
+        return ""
+    held = "not measured yet" if d.get("held") is None else size_text(d["held"])
+    budget = f" of a {size_text(d['budget'])} budget" if d.get("budget") else " (no budget)"
+    marks = ""
+    if d.get("high"):
+        marks = f" · watermarks {d['high']:.0%} / {d['low']:.0%}"
+    if d.get("limit_reason") == "watermark":
+        marks += " · <b>above the high watermark: evicting</b>"
+    fs = "".join(f" · {escape(f['path'])} {f['fraction']:.0%} full" for f in d.get("filesystems", []))
+    reasons = ", ".join(
+        f"{n} for the {escape(r)} ({size_text(d.get('evicted_bytes', {}).get(r, 0))})"
+        for r, n in sorted(d.get("evictions", {}).items())
+    )
+    recent = _table(
+        ["what", "kind", "reason", "bytes"],
+        [
+            [
+                f"<code>{short_id(e['id'])}</code>",
+                escape(e["kind"]),
+                escape(e["reason"]),
+                size_text(e["bytes"]),
+            ]
+            for e in d.get("recent_evictions", [])[:10]
+        ],
+        "No evictions.",
+    )
+    return (
+        f"<h2>Disk</h2><p>{held} brought by the mesh{budget}{marks}{fs}"
+        f" · evicted: {reasons or 'nothing'}</p>{recent}"
+    )
+
+
 def render_html(s: dict[str, Any]) -> str:
     node = s["node"]
     badge = "ready" if s["ready"] else "not-ready"
     peers = _table(
-        ["name", "address", "state", "RTT", "images", "incarnation", "TLS"],
+        ["name", "address", "state", "RTT", "images", "incarnation", "TLS", "gossip datagrams"],
         [
             [
                 escape(p["name"]),
@@ -170,20 +219,22 @@ def render_html(s: dict[str, Any]) -> str:
                 str(p["images"]),
                 str(p["incarnation"]),
                 _tls_cell(p.get("tls", {})),
+                _gossip_cell(p.get("gossip", {})),
             ]
             for p in s["peers"]
         ],
         "No peers yet.",
     )
     images = _table(
-        ["image", "tags", "size", "here", "held by"],
+        ["image", "tags", "size", "here", "held by", "shared from here"],
         [
             [
                 f"<code>{short_id(i['id'])}</code>",
                 escape(", ".join(i["tags"])) or "<i>untagged (parent)</i>",
                 size_text(i["size"]),
-                "yes" if i["local"] else "no",
+                ("yes, from the mesh" if i.get("from_mesh") else "yes") if i["local"] else "no",
                 escape(", ".join(i["holders"])),
+                _share_cell(i.get("share")),
             ]
             for i in s["images"]
         ],
@@ -219,7 +270,7 @@ def render_html(s: dict[str, Any]) -> str:
         ],
         "None yet.",
     )
-    registry = _registry_html(s.get("registry"))
+    registry = _registry_html(s.get("registry")) + _disk_html(s.get("disk"))
     return f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><meta http-equiv=refresh content=2>
 <title>cachemesh · {escape(node["name"])}</title>
