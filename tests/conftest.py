@@ -123,6 +123,19 @@ async def _loop_guard(request: pytest.FixtureRequest):  # type: ignore[no-untype
     assert not leaked, f"tasks leaked: {[t.get_stack(limit=3) for t in leaked][:2]}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_engine_outlives_the_tests() -> Iterator[None]:
+    """Engines left by a run that was killed before its teardown are stopped before this run
+    starts; any engine this run leaves running is stopped at its end, and named."""
+    if os.geteuid() == 0:
+        dockerd_mod.reap_engines(ROOT)
+    yield
+    if os.geteuid() == 0:
+        leaked = dockerd_mod.reap_engines(ROOT, owner=os.getpid())
+        if leaked:
+            logging.getLogger("tests").warning("stopped engines a test left running: %s", leaked)
+
+
 @pytest.fixture
 def workdir() -> Iterator[Path]:
     path = ROOT / uuid.uuid4().hex[:8]

@@ -4,6 +4,7 @@ no iptables, optionally inside a network namespace. Which engine and store: mesh
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -153,12 +154,68 @@ class Dockerd:
 
     def destroy(self) -> None:
         self.stop()
-        subprocess.run(["umount", "-R", str(self.root / "exec")], capture_output=True)
+        unmount_under(self.root)
         deadline = time.monotonic() + 10
         while self.root.exists() and time.monotonic() < deadline:
             shutil.rmtree(self.root, ignore_errors=True)
             if self.root.exists():
                 time.sleep(0.2)
+
+
+def unmount_under(root: Path) -> None:
+    """Unmount everything mounted at or below `root`, deepest first: what a stopped engine leaves
+    (its exec root's netns bind mount, a data root it bind-mounted onto itself). Unmounting only
+    the exec root itself missed the mounts below it, and the directories could never be removed."""
+    prefix = f"{root}/"
+    points = [
+        line.split()[1].replace("\\040", " ")
+        for line in Path("/proc/self/mounts").read_text().splitlines()
+        if len(line.split()) > 1
+    ]
+    for point in sorted((p for p in points if p == str(root) or p.startswith(prefix)), key=len, reverse=True):
+        if subprocess.run(["umount", point], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", point], capture_output=True)
+
+
+def _dockerds_under(root: Path) -> list[tuple[int, int, str]]:
+    """(pid, parent pid, data root) of every dockerd whose data root lies below `root`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            data_root = args[args.index(b"--data-root") + 1].decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or not an engine
+        if args[0].endswith(b"dockerd") and data_root.startswith(f"{root}/"):
+            found.append((int(proc.name), ppid, data_root))
+    return found
+
+
+def reap_engines(root: Path, *, owner: int | None = None) -> list[int]:
+    """Stop the private engines below `root` that nobody else will stop: orphans (their test
+    process died before its teardown, so init adopted them) and, given `owner`, those that process
+    started and left running. Then unmount what stopped engines left below `root`. Returns the
+    PIDs stopped. Engines of another live test session are left alone."""
+    doomed = [pid for pid, ppid, _ in _dockerds_under(root) if ppid in (1, owner)]
+
+    def gone() -> bool:
+        return not any(Path(f"/proc/{pid}").exists() for pid in doomed)
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in doomed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        with contextlib.suppress(AssertionError):
+            wait_until(gone, 20, 0.1, what="leftover engines to stop")
+            break
+    running = [data_root for _, _, data_root in _dockerds_under(root)]
+    for engine in root.glob("*/engine-*"):
+        if not any(data_root.startswith(f"{engine}/") for data_root in running):
+            unmount_under(engine)
+    return doomed
 
 
 _IP6: dict[str, bool] = {}
