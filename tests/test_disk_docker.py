@@ -18,6 +18,15 @@ from tests.test_integration_docker import MeshHost, metric
 pytestmark = [pytest.mark.docker, pytest.mark.netns, pytest.mark.slow]
 
 
+def assert_no_pulls_over_three_checks(host) -> None:  # type: ignore[no-untyped-def]
+    """Steady state: several disk checks and planner rounds pass, and nothing is pulled (no churn)."""
+    pulled = 'cachemesh_transfers_total{direction="in",outcome="ok"}'
+    before = metric(host.node.get("/metrics")[1], pulled)
+    checks = host.node.api()["disk"]["checks"]
+    wait_until(lambda: host.node.api()["disk"]["checks"] >= checks + 3, 20, 0.2, what="three more checks")
+    assert metric(host.node.get("/metrics")[1], pulled) == before
+
+
 def start(network, engines, workdir, name: str, kind: EngineKind, env: dict[str, str], seeds: str = ""):  # type: ignore[no-untyped-def]
     host = network.add_host(name)
     engine = engines(name, netns=host.netns, kind=kind)
@@ -126,13 +135,7 @@ def test_many_images_into_a_small_budget_on_the_containerd_store(network, engine
         wait_until(lambda: images_by_tag(a)["img:4"]["holders"] == ["a"], 20, 0.2, what="A sees it")
 
         # Steady state: several disk checks and planner rounds later, nothing came back.
-        pulls = metric(b.node.get("/metrics")[1], 'cachemesh_transfers_total{direction="in",outcome="ok"}')
-        checks = b.node.api()["disk"]["checks"]
-        wait_until(lambda: b.node.api()["disk"]["checks"] >= checks + 3, 20, 0.2, what="three more checks")
-        assert (
-            metric(b.node.get("/metrics")[1], 'cachemesh_transfers_total{direction="in",outcome="ok"}')
-            == pulls
-        )
+        assert_no_pulls_over_three_checks(b)
         assert not any(b.engine.image_id(f"img:{i}") for i in (0, 2, 3, 4))
         disk = b.node.api()["disk"]
         assert disk["evictions"] == {"budget": 4} and disk["held"] <= budget + own, disk
@@ -195,13 +198,7 @@ def test_above_the_high_watermark_mesh_content_goes_oldest_first_until_below_low
         assert 4 in kept and b.engine.image_id("base:1")
         assert disk["limit_reason"] in ("watermark", ""), disk
 
-        pulls = metric(b.node.get("/metrics")[1], 'cachemesh_transfers_total{direction="in",outcome="ok"}')
-        checks = b.node.api()["disk"]["checks"]
-        wait_until(lambda: b.node.api()["disk"]["checks"] >= checks + 3, 20, 0.2, what="three more checks")
-        assert (
-            metric(b.node.get("/metrics")[1], 'cachemesh_transfers_total{direction="in",outcome="ok"}')
-            == pulls
-        )
+        assert_no_pulls_over_three_checks(b)
         assert [i for i in range(5) if b.engine.image_id(f"big:{i}") is None] == evicted  # none back
         assert (
             metric(b.node.get("/metrics")[1], 'cachemesh_evictions_total{kind="image",reason="watermark"}')
