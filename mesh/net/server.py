@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgpack
 from aiohttp import web
@@ -218,14 +218,26 @@ class PeerServer:
         headers = self._signer.sign_response(request.headers[HEADER_NONCE], status, payload)
         return web.Response(status=status, body=payload or None, headers=headers, content_type=MSGPACK)
 
-    async def _save(self, request: web.Request) -> web.StreamResponse:
+    async def _read_request(self, request: web.Request, endpoint: str) -> tuple[Any, str] | web.Response:
+        """A small signed msgpack request (save, content): (its document, the requester), or the
+        refusal to send back, already counted."""
         signed = await self._read_signed(request, SAVE_REQUEST_MAX)
         if isinstance(signed, web.Response):
-            self._handler.count_request("save", signed.status)
+            self._handler.count_request(endpoint, signed.status)
             return signed
         body, requester = signed
         try:
-            doc = msgpack.unpackb(body, raw=False)
+            return msgpack.unpackb(body, raw=False), requester
+        except Exception as exc:
+            self._handler.count_request(endpoint, 400)
+            return _error(400, f"malformed {endpoint} request: {exc}")
+
+    async def _save(self, request: web.Request) -> web.StreamResponse:
+        read = await self._read_request(request, "save")
+        if isinstance(read, web.Response):
+            return read
+        doc, requester = read
+        try:
             image = _sha256(doc["image"], "image")
             have = doc.get("have", 0)
             store = doc.get("store", "graph")
@@ -300,13 +312,11 @@ class PeerServer:
     async def _serve_content(self, request: web.Request) -> web.StreamResponse:
         """Registry content by digest, from an offset (a fetch resumed from another holder)."""
         assert self._content is not None
-        signed = await self._read_signed(request, SAVE_REQUEST_MAX)
-        if isinstance(signed, web.Response):
-            self._handler.count_request("content", signed.status)
-            return signed
-        body, requester = signed
+        read = await self._read_request(request, "content")
+        if isinstance(read, web.Response):
+            return read
+        doc, requester = read
         try:
-            doc = msgpack.unpackb(body, raw=False)
             digest, offset = _sha256(doc["digest"], "digest"), doc["offset"]
             if type(offset) is not int or offset < 0:
                 raise ValueError("offset must be a non-negative integer")
