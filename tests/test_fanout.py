@@ -169,7 +169,13 @@ def test_a_source_that_dies_or_stalls_mid_transfer_is_replaced_by_another_holder
     took = time.monotonic() - hit
     node = lab.hosts["r2"].node
     assert node is not None
-    stream = next(t["bytes"] for t in node.api()["recent_transfers"] if t["outcome"] == "ok")
+    # The engine can show the image a moment before the puller records the pull as done.
+    stream = wait_until(
+        lambda: next((t["bytes"] for t in node.api()["recent_transfers"] if t["outcome"] == "ok"), 0),
+        10,
+        0.1,
+        what="r2's record of the pull",
+    )
     rest = (stream - done) * 8 / (mbit * 1e6)
     whole = stream * 8 / (mbit * 1e6)
     print(
