@@ -47,7 +47,7 @@ from mesh.node.puller import Puller
 from mesh.node.readiness import Readiness, ReadinessSnapshot
 from mesh.node.registry_view import RegistryCounters, RegistryView
 from mesh.node.relay import Relays
-from mesh.node.status import build_status
+from mesh.node.status import StatusFacts, build_status
 from mesh.node.transfer import Transfer
 from mesh.protocol import wire
 from mesh.protocol.core import MeshCore
@@ -103,7 +103,9 @@ class Node:
             config, self.engine, self.state, self._on_local_change, self._on_engine_error
         )
         self.readiness = Readiness(self._readiness_snapshot)
-        self.registry = Registry(config, self.client, RegistryView(self), RegistryCounters(self.metrics))
+        # The registry's view of the mesh reads the core's view once start() has made the core.
+        self.registry_view = RegistryView(zone=config.zone, publish=self.publish_local)
+        self.registry = Registry(config, self.client, self.registry_view, RegistryCounters(self.metrics))
         self.registry_addr = ""
         self._engine_shared: dict[str, Tags] = {}
         self._engine_metas: dict[str, ImageMeta] = {}
@@ -113,6 +115,7 @@ class Node:
         self.core: MeshCore
         self.puller: Puller
         self.peer_api: PeerApi
+        self.status_facts: StatusFacts
         self.mdns: MdnsDiscovery | None = None
         self.candidates: set[str] = set()  # addresses found by mDNS
         self.peer_addr = ""
@@ -154,6 +157,7 @@ class Node:
             incarnation=self.incarnation,
             manifest_version=int(time.time() * 1000),
         )
+        self.registry_view.attach(self.core.view)
         self.relays = Relays(Path(self.config.data_dir) / "relay", self._status_changed)
         self.puller = Puller(
             self.config, self.core.view, self.engine, self.local, self.client, self.metrics, self.relays
@@ -215,8 +219,32 @@ class Node:
                 sock=udp_sock,
             )
             self.datagrams = protocol
+        mdns = self.mdns
+        self.status_facts = StatusFacts(
+            view=self.core.view,
+            node_id=self.node_id,
+            name=self.config.node_name,
+            address=self.advertise,
+            cluster=self.config.cluster,
+            version=self.version,
+            engine=self.config.docker_host,
+            seeds=self.config.seeds,
+            started=self.started,
+            started_monotonic=self.started_monotonic,
+            ready_timeout=self.config.ready_timeout,
+            readiness=self.readiness.check,
+            local=self.local,
+            puller=self.puller,
+            serving=lambda: self.serving.values(),
+            tls=self.tls,
+            tls_peers=self.tls_peers,
+            gossip_secrets=self.gossip_secrets,
+            mdns_found=None if mdns is None else lambda: mdns.found.values(),
+            registry=lambda: self.registry.status(self.registry_addr or "off"),
+            disk=self.disk.status,
+        )
         sources = StatusSources(
-            status=lambda: build_status(self),
+            status=lambda: build_status(self.status_facts),
             readiness=self.readiness.check,
             engine_available=lambda: self.local.available,
             metrics=self.metrics.render,

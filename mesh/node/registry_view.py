@@ -1,32 +1,43 @@
 """The node as the registry sees it: live peers' registry entries, their RTTs, and a way to publish.
 
 Read through the core's read-only view (mesh/protocol/view.py), like the puller and readiness.
+The registry is made with the node, the core only when the node starts: until `attach` hands the
+view over, the mesh holds nothing as far as the registry can tell.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
 
 from mesh.protocol.liveness import State
 from mesh.protocol.oci import is_registry_entry
 from mesh.protocol.sources import Candidate, rank
+from mesh.protocol.view import MeshView
 from mesh.protocol.wire import ImageMeta, Tags
 from mesh.ui.metrics import Metrics
 
-if TYPE_CHECKING:
-    from mesh.node.node import Node
-
 
 class RegistryView:
-    def __init__(self, node: Node) -> None:
-        self._node = node
+    def __init__(self, *, zone: str, publish: Callable[[], None]) -> None:
+        """`zone`: this node's zone (same-zone sources first); `publish`: put the registry's
+        announcement into the local manifest."""
+        self._zone = zone
+        self._publish = publish
+        self._mesh: MeshView | None = None
+
+    def attach(self, view: MeshView) -> None:
+        self._mesh = view
+
+    @property
+    def _view(self) -> MeshView:
+        if self._mesh is None:
+            raise RuntimeError("the registry asked the mesh before the node started")
+        return self._mesh
 
     def live_manifests(self) -> Mapping[str, Mapping[str, Tags]]:
-        core = getattr(self._node, "core", None)
-        if core is None:  # not started yet
+        if self._mesh is None:  # not started yet
             return {}
-        view = core.view
+        view = self._mesh
         out: dict[str, dict[str, Tags]] = {}
         for peer in view.live_peers():
             if peer.state is not State.ALIVE:
@@ -37,11 +48,10 @@ class RegistryView:
         return out
 
     def metas(self) -> Mapping[str, ImageMeta]:
-        core = getattr(self._node, "core", None)
-        return core.view.metas() if core is not None else {}
+        return self._mesh.metas() if self._mesh is not None else {}
 
     def sources(self, key: str, holders: list[str], relays: list[str]) -> list[str]:
-        view = self._node.core.view
+        view = self._view
         addrs: dict[str, str] = {}
         candidates = []
         for node, relay in [*((n, False) for n in holders), *((n, True) for n in relays)]:
@@ -50,12 +60,11 @@ class RegistryView:
                 status = view.status(node)
                 addrs[node] = peer.addr
                 candidates.append(Candidate(node, peer.rtt, status.uploads, status.zone, relay))
-        zone = self._node.config.zone
-        ranked = rank(key, candidates, me=view.node_id, zone=zone, bad=(), penalties={}, now=0.0)
+        ranked = rank(key, candidates, me=view.node_id, zone=self._zone, bad=(), penalties={}, now=0.0)
         return [addrs[c.peer] for c in ranked]
 
     def fetching(self, digest: str) -> list[str]:
-        view = self._node.core.view
+        view = self._view
         return [
             p.id
             for p in view.live_peers()
@@ -63,11 +72,11 @@ class RegistryView:
         ]
 
     def name(self, node: str) -> str:
-        peer = self._node.core.view.peer(node)
+        peer = self._view.peer(node)
         return peer.name if peer is not None else node
 
     def publish(self) -> None:
-        self._node.publish_local()
+        self._publish()
 
 
 class RegistryCounters:

@@ -1,18 +1,52 @@
 """The node's status document (`/api/status`, the status page, `cachemesh status`), built from
-the core's read-only view and the node's own I/O state. The status surface in mesh/ui only
-receives this document through a callable."""
+the core's read-only view and the node's own I/O state, handed over as `StatusFacts` (never the
+whole node). The status surface in mesh/ui only receives this document through a callable."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mesh.node.readiness import TIMED_OUT
 from mesh.protocol.liveness import State
 from mesh.protocol.oci import is_registry_entry
+from mesh.protocol.view import MeshView
 
 if TYPE_CHECKING:
-    from mesh.node.node import Node
+    from mesh.net.tls import NodeTLS, TLSObserver
+    from mesh.node.local_images import LocalImages
+    from mesh.node.puller import Puller
+    from mesh.node.transfer import Transfer
+
+
+@dataclass(frozen=True)
+class StatusFacts:
+    """What the status document reads, and nothing more. Fixed facts are values; the parts that
+    change (or are bound after the status server starts) are objects and callables read per call."""
+
+    view: MeshView  # the core's read-only view: peers, holdings, metadata
+    node_id: str
+    name: str
+    address: str  # the advertised peer address
+    cluster: str
+    version: str
+    engine: str  # --docker-host
+    seeds: tuple[str, ...]
+    started: float  # wall clock, for the uptime
+    started_monotonic: float  # for the --ready-timeout countdown (immune to clock steps)
+    ready_timeout: float
+    readiness: Callable[[], tuple[bool, str]]
+    local: LocalImages
+    puller: Puller
+    serving: Callable[[], Iterable[Transfer]]  # uploads in progress
+    tls: NodeTLS | None
+    tls_peers: TLSObserver
+    gossip_secrets: Mapping[str, int]  # node ID -> which held secret sealed its datagrams
+    mdns_found: Callable[[], Iterable[str]] | None  # addresses mDNS found; None: mDNS is off
+    registry: Callable[[], dict[str, Any]]  # the registry section
+    disk: Callable[[], dict[str, Any]]  # the disk section
 
 
 def _transfer(t: Any) -> dict[str, Any]:
@@ -33,22 +67,22 @@ def _transfer(t: Any) -> dict[str, Any]:
     }
 
 
-def _warmup(node: Node, ready: bool, reason: str) -> dict[str, Any]:
-    timeout = node.config.ready_timeout
-    left = max(0.0, round(timeout - (time.monotonic() - node.started_monotonic), 1))
+def _warmup(facts: StatusFacts, ready: bool, reason: str) -> dict[str, Any]:
+    timeout = facts.ready_timeout
+    left = max(0.0, round(timeout - (time.monotonic() - facts.started_monotonic), 1))
     return {
-        **node.puller.progress().as_dict(),
+        **facts.puller.progress().as_dict(),
         "ready_timeout": timeout or None,
         "ready_timeout_left": left if timeout else None,
         "ready_by_timeout": ready and reason.startswith(TIMED_OUT),
     }
 
 
-def build_status(node: Node) -> dict[str, Any]:
-    view = node.core.view
+def build_status(facts: StatusFacts) -> dict[str, Any]:
+    view = facts.view
     members = view.peers()
     holdings = view.all_holdings()
-    ready, reason = node.readiness.check()
+    ready, reason = facts.readiness()
     peers = []
     for member_id, m in sorted(members.items(), key=lambda kv: kv[1].name):
         peers.append(
@@ -61,31 +95,31 @@ def build_status(node: Node) -> dict[str, Any]:
                 "rtt_ms": None if m.rtt is None else round(m.rtt * 1000, 2),
                 "images": sum(not is_registry_entry(t) for t in holdings.get(member_id, {}).values()),
                 "since": round(time.monotonic() - m.since, 1),
-                "tls": node.tls_peers.state(member_id, m.addr),
-                "gossip": _gossip_state(node.gossip_secrets.get(member_id)),
+                "tls": facts.tls_peers.state(member_id, m.addr),
+                "gossip": _gossip_state(facts.gossip_secrets.get(member_id)),
             }
         )
     holders: dict[str, list[str]] = {}
     tags: dict[str, set[str]] = {}
     for holder, held in holdings.items():
-        if holder != node.node_id and (holder not in members or members[holder].state is not State.ALIVE):
+        if holder != facts.node_id and (holder not in members or members[holder].state is not State.ALIVE):
             continue
-        name = node.config.node_name if holder == node.node_id else members[holder].name
+        name = facts.name if holder == facts.node_id else members[holder].name
         for image, image_tags in held.items():
             if is_registry_entry(image_tags):
                 continue  # registry content: the `registry` section
             holders.setdefault(image, []).append(name)
             tags.setdefault(image, set()).update(image_tags)
-    for image, local in node.local.images.items():
+    for image, local in facts.local.images.items():
         tags.setdefault(image, set()).update(local.tags)
-    metas = {**view.metas(), **node.local.metas()}
+    metas = {**view.metas(), **facts.local.metas()}
     images = []
     for image in sorted(tags, key=lambda i: (-metas[i].created if i in metas else 0, i)):
-        local_image = node.local.images.get(image)
-        if not tags[image] and local_image is None and image not in node.local.shared:
+        local_image = facts.local.images.get(image)
+        if not tags[image] and local_image is None and image not in facts.local.shared:
             continue
         meta = metas.get(image)
-        decision = node.local.decisions.get(image)
+        decision = facts.local.decisions.get(image)
         images.append(
             {
                 "id": image,
@@ -98,41 +132,41 @@ def build_status(node: Node) -> dict[str, Any]:
                 "share": None
                 if decision is None
                 else {"shared": decision.share, "reason": decision.reason, "code": decision.code},
-                "from_mesh": image in node.local.brought,
+                "from_mesh": image in facts.local.brought,
             }
         )
-    plan = node.puller.plan
+    plan = facts.puller.plan
     return {
         "node": {
-            "id": node.node_id,
-            "name": node.config.node_name,
-            "address": node.advertise,
-            "cluster": node.config.cluster,
+            "id": facts.node_id,
+            "name": facts.name,
+            "address": facts.address,
+            "cluster": facts.cluster,
             "incarnation": view.incarnation,
-            "version": node.version,
-            "uptime": round(time.time() - node.started, 1),
-            "engine": node.config.docker_host,
-            "engine_available": node.local.available,
-            "tls": {**node.tls.summary(), "refused": node.tls_peers.refused()}
-            if node.tls is not None
+            "version": facts.version,
+            "uptime": round(time.time() - facts.started, 1),
+            "engine": facts.engine,
+            "engine_available": facts.local.available,
+            "tls": {**facts.tls.summary(), "refused": facts.tls_peers.refused()}
+            if facts.tls is not None
             else {"mode": "off"},
         },
         "discovery": {
-            "seeds": list(node.config.seeds),
-            "mdns": node.mdns is not None,
-            "mdns_found": sorted(node.mdns.found.values()) if node.mdns is not None else [],
+            "seeds": list(facts.seeds),
+            "mdns": facts.mdns_found is not None,
+            "mdns_found": sorted(facts.mdns_found()) if facts.mdns_found is not None else [],
         },
         "ready": ready,
         "ready_reason": reason,
         "missing": [] if plan is None else plan.missing,
-        "warmup": _warmup(node, ready, reason),
+        "warmup": _warmup(facts, ready, reason),
         "peers": peers,
         "images": images,
-        "transfers": [_transfer(t) for t in node.puller.active.values()]
-        + [_transfer(t) for t in node.serving.values()],
-        "recent_transfers": [_transfer(t) for t in node.puller.recent],
-        "registry": node.registry.status(node.registry_addr or "off"),
-        "disk": node.disk.status(),
+        "transfers": [_transfer(t) for t in facts.puller.active.values()]
+        + [_transfer(t) for t in facts.serving()],
+        "recent_transfers": [_transfer(t) for t in facts.puller.recent],
+        "registry": facts.registry(),
+        "disk": facts.disk(),
     }
 
 
