@@ -2,7 +2,7 @@
 for what fits, HTTP requests and responses for the rest."""
 
 from mesh.config import Config
-from mesh.lab.http_overhead import measure
+from mesh.lab.http_overhead import measure, whole_response
 from mesh.net import datagram
 from mesh.protocol import wire
 from mesh.sim import wirecost
@@ -18,6 +18,13 @@ async def test_simulated_http_overhead_matches_the_real_client_and_server():
     assert abs(measured.request_fixed - wirecost.REQUEST_FIXED) <= TOLERANCE, measured
     assert abs(measured.response_fixed - wirecost.RESPONSE_FIXED) <= TOLERANCE, measured
     assert abs(measured.response_empty - wirecost.RESPONSE_EMPTY) <= TOLERANCE, measured
+
+
+def test_the_measurement_waits_for_the_whole_answer_not_its_first_bytes():
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nX-Cachemesh-Sig: s\r\n\r\nbody"
+    assert whole_response(answer)
+    assert not any(whole_response(answer[:cut]) for cut in range(len(answer)))
+    assert whole_response(b"HTTP/1.1 204 No Content\r\nX-Cachemesh-Sig: s\r\n\r\n")
 
 
 def test_a_message_costs_its_body_plus_the_framing():

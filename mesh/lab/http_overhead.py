@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from mesh.lab.poll import async_wait_until
 from mesh.net.auth import Signer, derive_key
 from mesh.net.client import PeerClient
 from mesh.net.contract import SaveRequest, SaveStream
@@ -41,6 +42,20 @@ class _Counter:
     def __init__(self) -> None:
         self.up = 0  # client -> server
         self.down = 0  # server -> client
+        self.answers = bytearray()  # what went server -> client, to tell when an answer is whole
+
+
+def whole_response(data: bytes) -> bool:
+    """True once `data`, the start of one HTTP/1.1 response, holds all of it: the head, and as many
+    body bytes as its Content-Length says (none without one: the 204)."""
+    head, blank, body = data.partition(b"\r\n\r\n")
+    if not blank:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return True
 
 
 async def _relay(counter: _Counter, target: tuple[str, int]) -> asyncio.Server:
@@ -51,6 +66,7 @@ async def _relay(counter: _Counter, target: tuple[str, int]) -> asyncio.Server:
                     counter.up += len(data)
                 else:
                     counter.down += len(data)
+                    counter.answers += data
                 writer.write(data)
                 await writer.drain()
         except ConnectionError:
@@ -119,11 +135,11 @@ async def measure(cluster: str = "default") -> Overhead:
     async def exchange() -> tuple[int, int]:
         up, down = counter.up, counter.down
         await client.exchange(addr, envelope)
-        # The relay may still be forwarding the last bytes of the answer the client already read.
-        for _ in range(100):
-            if counter.down > down:
-                break
-            await asyncio.sleep(0.01)
+        # Count the answer only once the relay has passed all of it on (head and whole body), not
+        # at its first bytes; a deadline, so an answer cut short fails instead of counting less.
+        await async_wait_until(
+            lambda: whole_response(bytes(counter.answers[down:])), 5.0, 0.01, what="the whole answer relayed"
+        )
         return counter.up - up, counter.down - down
 
     try:
