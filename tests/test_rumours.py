@@ -1,3 +1,5 @@
+"""The rumour queue (mesh/protocol/rumours.py): what goes into the next gossip message."""
+
 from mesh.protocol.rumours import BroadcastQueue
 from mesh.protocol.wire import Alive, Suspect, encoded_size
 
