@@ -14,6 +14,8 @@ import urllib.request
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+import uvloop
+
 from mesh import __version__
 from mesh.config import OPTIONS, ConfigError, resolve
 
@@ -125,7 +127,10 @@ def _run(args: argparse.Namespace, serve: Serve) -> int:
     except ConfigError as exc:
         print(f"cachemesh: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(serve(config))
+    # uvloop's transports and TLS cost the node about a third less CPU per byte moved than the
+    # standard loop's (measured with scripts/bench_transfer.py), and a node shares its host's
+    # cores with the engine it feeds.
+    return uvloop.run(serve(config))
 
 
 async def serve_node(

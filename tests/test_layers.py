@@ -32,7 +32,7 @@ ALLOWED = {
 }
 # Third-party and standard-library modules that mean I/O: never in the pure parts.
 IO_MODULES = {
-    "asyncio", "aiohttp", "docker", "zeroconf", "socket", "selectors", "subprocess", "threading",
+    "asyncio", "aiohttp", "docker", "zeroconf", "uvloop", "socket", "selectors", "subprocess", "threading",
     "ssl", "urllib.request", "http", "requests", "prometheus_client", "rich",
 }  # fmt: skip
 PURE = {"config", "protocol"}
