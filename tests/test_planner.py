@@ -128,7 +128,7 @@ def test_registry_entries_are_not_images():
 # --- source choice: a tree, not a star (mesh.protocol.sources) --------------------------------
 
 from mesh.protocol import nodestatus, sources  # noqa: E402
-from mesh.protocol.sources import Downstream, Penalty, penalise, relay_to  # noqa: E402
+from mesh.protocol.sources import Downstream, Penalty, penalise, relay_to, worth_relaying  # noqa: E402
 
 
 def source_of(peers, remote=None, **kw):
@@ -221,6 +221,16 @@ def test_a_source_hands_a_burst_on_as_a_chain():
     assert relay_to(OTHER, "graph", "r2", [Downstream("r1", OTHER, "graph", relays=False)]) is None
     two = [*sending, Downstream("r3", OTHER, "graph", relays=True)]
     assert relay_to(OTHER, "graph", "r4", two) == "r3"
+
+
+def test_a_pull_is_spooled_for_relaying_only_when_another_live_peer_lacks_the_image():
+    # Two hosts: the source is the only other peer, so nobody could ask this node for the image.
+    assert not worth_relaying(OTHER, "src", {"src": {OTHER}})
+    # A third host that already holds it does not need a relay either.
+    assert not worth_relaying(OTHER, "src", {"src": {OTHER}, "h3": {OTHER, APP}})
+    # A third host that lacks it (a burst) may be handed on to this node.
+    assert worth_relaying(OTHER, "src", {"src": {OTHER}, "h3": {APP}})
+    assert worth_relaying(OTHER, "src", {"src": {OTHER}, "h3": set()})  # its manifest not known yet
 
 
 def test_a_simulated_burst_of_receivers_forms_a_chain_not_a_star():

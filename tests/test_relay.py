@@ -211,9 +211,14 @@ async def relay_mesh(workdir):
     source_engine = SlowEngine()
     image = source_engine.build("app:1", [bytes(range(256)) * 2048, b"top layer" * 1000])
     nodes = [await start_node(workdir, "src", engine=source_engine)]
+    # A member that shares nothing and lacks the image: r1 spools its pull only because some
+    # live peer besides its source lacks the image (sources.worth_relaying).
+    bystander = await start_node(workdir, "bystander", seeds=(nodes[0].peer_addr,), include=("none:*",))
+    await async_wait_until(lambda: len(bystander.core.view.live_peers()) == 1, 10, what="bystander joined")
     first = FakeEngine()
     nodes.append(await start_node(workdir, "r1", engine=first, seeds=(nodes[0].peer_addr,)))
     yield nodes, image, workdir
+    await bystander.stop()
     for node in reversed(nodes):
         await node.stop()
 
@@ -255,3 +260,21 @@ async def test_when_a_relay_leaves_mid_relay_its_receiver_fails_over_to_a_holder
     assert outcomes == [("r1", "failed"), ("src", "ok")], outcomes
     assert r2.metrics.failovers._value.get() == 1
     assert [i.tags for i in await r2_engine.images()] == [("app:1",)]  # nothing partial left
+
+
+async def test_a_pull_nobody_else_lacks_is_not_spooled(workdir):
+    """Two hosts: the receiver's only peer is its source, so it writes no relay spool (a spool
+    would write the image to disk a second time while the engine loads it)."""
+    source_engine = FakeEngine()
+    image = source_engine.build("app:1", [b"layer" * 1000])
+    src = await start_node(workdir, "src", engine=source_engine)
+    r1 = await start_node(workdir, "r1", seeds=(src.peer_addr,))
+    opened: list[str] = []
+    original = r1.relays.open
+    r1.relays.open = lambda image, store: opened.append(image) or original(image, store)  # type: ignore[method-assign]
+    try:
+        await async_wait_until(lambda: has_image(r1, image, "app:1"), 20, what="app:1 on r1")
+        assert opened == []
+    finally:
+        await r1.stop()
+        await src.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -21,7 +22,7 @@ from mesh.protocol import planner
 from mesh.protocol.formulas import backoff
 from mesh.protocol.liveness import State
 from mesh.protocol.planner import Failure, Plan, Pull
-from mesh.protocol.sources import Penalty, penalise
+from mesh.protocol.sources import Penalty, penalise, worth_relaying
 from mesh.protocol.view import MeshView, PeerInfo
 from mesh.ui.metrics import Metrics
 
@@ -181,7 +182,7 @@ class Puller:
                             chunk_bytes=self.config.transfer_chunk_bytes,
                             idle_timeout=self.config.transfer_idle_timeout,
                             on_bytes=self._received,
-                            open_spool=lambda store: self._open_spool(pull.image, store, spools),
+                            open_spool=functools.partial(self._open_spool, pull.image, source, spools),
                             handoff=failure is None and hop < MAX_HANDOFFS,
                             queue_wait=self.config.transfer_queue_wait,
                         ),
@@ -271,8 +272,11 @@ class Puller:
             "pull of %s from %s failed (attempt %d): %s", pull.image[:19], name, failure.attempts, exc
         )
 
-    def _open_spool(self, image: str, store: str, spools: list[Spool]) -> Spool | None:
+    def _open_spool(self, image: str, source: str, spools: list[Spool], store: str) -> Spool | None:
         if self.relays is None:
+            return None
+        others = {p.id: self.view.holdings(p.id).keys() for p in self.view.live_peers()}
+        if not worth_relaying(image, source, others):
             return None
         spool = self.relays.open(image, store)
         spools.append(spool)

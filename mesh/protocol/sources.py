@@ -31,7 +31,7 @@ uplink cannot carry every copy. Two rules make it one, with no tracker:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 ZONE_FACTOR = 4.0
@@ -137,3 +137,12 @@ def relay_to(image: str, store: str, requester: str, sending: Sequence[Downstrea
         if out.image == image and out.relays and out.store == store and out.peer != requester:
             return out.peer
     return None
+
+
+def worth_relaying(image: str, source: str, others: Mapping[str, Collection[str]]) -> bool:
+    """Whether a pull of `image` from `source` should be spooled, to be served on as it arrives.
+
+    Only when some live peer other than the source lacks the image too (`others`: each live
+    peer's holdings): otherwise nobody can ask this node for it before it holds the image whole,
+    and the spool would only write the image to disk a second time while the engine loads it."""
+    return any(image not in held for peer, held in others.items() if peer != source)
