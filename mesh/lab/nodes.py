@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -24,16 +25,35 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """Ports free on `host` now (bound to port 0, then released): for processes that must be told
-    their port up front. Other users of the machine are never assumed away."""
-    sockets = [socket.socket() for _ in range(count)]
+    """Ports free on `host` now, for TCP and UDP (a node listens on both), for processes that must
+    be told their port up front. They are chosen below the kernel's ephemeral range: a port the
+    kernel handed out by binding to 0 could be given again to any outgoing connection (a node's
+    own, or another test's) before the process that was told it binds it. Other users of the
+    machine are never assumed away: each port is checked, never reserved."""
+    first_ephemeral = _ephemeral_start()
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = random.randrange(10_000, first_ephemeral)
+        if port not in chosen and _bindable(host, port):
+            chosen.append(port)
+    return chosen
+
+
+def _ephemeral_start() -> int:
     try:
-        for s in sockets:
-            s.bind((host, 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def _bindable(host: str, port: int) -> bool:
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                return False
+    return True
 
 
 class NodeProcess:
