@@ -1,8 +1,9 @@
 """Keeps this node's view of its own engine current: scans, engine events, evictions, and what
 of it the node shares (mesh.protocol.share decides; this reads the histories it needs).
 
-Engine events (tag, untag, delete, load, import, pull) trigger a rescan after a short debounce, so
-a build's burst of events costs one scan and the manifest changes within a second. A periodic
+Engine events (tag, untag, delete, load, import, pull) trigger a rescan: at once for the first
+event after a quiet spell (a `docker tag`, or a build's first image, reaches peers without waiting),
+then once a debounce after the last event of a burst, so a build's burst costs two scans. A periodic
 rescan backs up a missed event. If the engine goes away (restart, socket gone), the watcher backs
 off and reconnects, and the first scan after it returns catches up.
 """
@@ -186,11 +187,15 @@ class LocalImages:
         events = self.engine.events()
         pending: asyncio.Future[dict[str, object]] = asyncio.ensure_future(anext(events))
         dirty = False
+        last_event = float("-inf")
         next_scan = time.monotonic() + self.config.rescan_interval
         try:
             while True:
                 now = time.monotonic()
-                timeout = self.config.event_debounce if dirty else max(0.0, next_scan - now)
+                if dirty:
+                    timeout = max(0.0, last_event + self.config.event_debounce - now)
+                else:
+                    timeout = max(0.0, next_scan - now)
                 done, _ = await asyncio.wait({pending}, timeout=timeout)
                 if pending in done:
                     try:
@@ -198,9 +203,11 @@ class LocalImages:
                     except StopAsyncIteration:
                         raise EngineError("engine event stream ended") from None
                     self._note(event)
-                    dirty = True
                     pending = asyncio.ensure_future(anext(events))
-                    continue
+                    previous, last_event = last_event, time.monotonic()
+                    if dirty or last_event - previous < self.config.event_debounce:
+                        dirty = True  # in a burst: scan once it has been quiet for the debounce
+                        continue
                 await self.rescan()
                 dirty = False
                 next_scan = time.monotonic() + self.config.rescan_interval
