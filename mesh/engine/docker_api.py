@@ -77,8 +77,10 @@ class DockerEngine:
                 origin = "http://" + self._host.split("://", 1)[1].rstrip("/")
             else:
                 raise EngineUnavailable(f"unsupported Docker host {self._host!r}: use unix:// or tcp://")
+            # A save stream is read in 1 MiB pieces, not aiohttp's 64 KiB: fewer pauses of the
+            # engine's socket and fewer, larger chunks through the node (less CPU per byte).
             self._session = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=None)
+                connector=connector, timeout=aiohttp.ClientTimeout(total=None), read_bufsize=1 << 20
             )
             self._base = f"{origin}/v{api.api_version}"
         return self._session, self._base

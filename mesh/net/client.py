@@ -165,7 +165,11 @@ class PeerClient:
                 async with asyncio.timeout(queue_wait):
                     r = await stack.enter_async_context(
                         self._http().post(
-                            peer_url(addr, SAVE_PATH), data=body, headers=headers, timeout=timeout
+                            peer_url(addr, SAVE_PATH),
+                            data=body,
+                            headers=headers,
+                            timeout=timeout,
+                            read_bufsize=chunk_bytes,  # as for content: fewer pauses of the socket
                         )
                     )
             except TimeoutError:
