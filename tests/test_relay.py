@@ -235,6 +235,8 @@ async def test_a_node_still_receiving_an_image_relays_it_and_the_receiver_verifi
     nodes.append(await start_node(workdir, "r2", engine=FakeEngine(), seeds=(src.peer_addr,)))
     r2 = nodes[2]
     await async_wait_until(lambda: has_image(r2, image, "app:1"), 20, what="app:1 on r2")
+    # The engine shows the image a moment before the puller records the pull.
+    await async_wait_until(lambda: any(t.outcome == "ok" for t in r2.puller.recent), 10, what="r2's record")
     pulled = next(t for t in r2.puller.recent if t.outcome == "ok")
     assert (pulled.peer_name, pulled.relay) == ("r1", True)
     assert r1.metrics.relays_served._value.get() == 1
@@ -256,6 +258,7 @@ async def test_when_a_relay_leaves_mid_relay_its_receiver_fails_over_to_a_holder
     )
     await r1.stop()
     await async_wait_until(lambda: has_image(r2, image, "app:1"), 30, what="app:1 on r2 from src")
+    await async_wait_until(lambda: any(t.outcome == "ok" for t in r2.puller.recent), 10, what="r2's record")
     outcomes = [(t.peer_name, t.outcome) for t in reversed(r2.puller.recent)]
     assert outcomes == [("r1", "failed"), ("src", "ok")], outcomes
     assert r2.metrics.failovers._value.get() == 1

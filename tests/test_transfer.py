@@ -77,6 +77,10 @@ async def test_a_failed_source_is_avoided_and_an_honest_one_is_used(workdir):
         await async_wait_until(
             lambda: has_image(node, image, "app:1"), 20, what="pulled from the honest peer"
         )
+        # The engine shows the image a moment before the puller records the pull.
+        await async_wait_until(
+            lambda: any(t.outcome == "ok" for t in node.puller.recent), 10, what="the pull's record"
+        )
         good = [t for t in node.puller.recent if t.outcome == "ok"]
         assert good and good[0].peer_name == "good"
     finally:
