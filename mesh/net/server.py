@@ -46,6 +46,7 @@ from mesh.net.contract import (
     SaveStream,
     error_body,
 )
+from mesh.net.sendfile import send_file
 from mesh.net.tls import TLSObserver, connection_tls
 from mesh.protocol import wire
 
@@ -338,10 +339,9 @@ class PeerServer:
         ok = False
         try:
             if stream.path and request.transport is not None:
-                # Zero-copy from the file to the socket, as aiohttp's FileResponse does.
                 with open(stream.path, "rb") as fh:
                     count = stream.size - offset
-                    await asyncio.get_running_loop().sendfile(request.transport, fh, offset, count)
+                    await send_file(request, response, fh, offset, count)
                 self._handler.count_bytes_out(count)
             else:
                 async for chunk in stream.chunks:

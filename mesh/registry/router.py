@@ -7,7 +7,6 @@ Routes follow the distribution spec (opencontainers/distribution-spec, spec.md, 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import re
@@ -16,6 +15,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from mesh.net.sendfile import send_file
 from mesh.registry.errors import RegistryError, error_response
 from mesh.registry.manifest import MAX_MANIFEST, parse
 from mesh.registry.names import (
@@ -147,14 +147,9 @@ class Router:
         if request.method == "HEAD":
             return response
         await response.prepare(request)
-        loop = asyncio.get_running_loop()
         try:
             async for fh, offset, count in self.registry.windows(digest, fetch, start, end):
-                if request.transport is None:
-                    raise ConnectionResetError("client went away")
-                if count:  # sendfile refuses a count of 0 (the empty blob)
-                    # Zero-copy from the file to the socket, as aiohttp's FileResponse does.
-                    await loop.sendfile(request.transport, fh, offset, count)
+                await send_file(request, response, fh, offset, count)
             await response.write_eof()
         except (RegistryError, OSError, ConnectionError) as exc:
             # The status line is gone: cut the connection so the client sees a short body.
