@@ -197,7 +197,10 @@ def test_a_relay_that_dies_mid_relay_leaves_its_downstream_whole(fresh):
     lab.network.limit(lab.hosts["r1"].host, 20)  # r1 receives slowly: a long relay window
     for name in ("src", "r1"):
         lab.start(name)
-    lab.wait_joined(["src", "r1"])
+    # A host that shares nothing, so lacks the image: r1 spools its pull for relaying only when a
+    # live peer besides its source lacks the image (sources.worth_relaying); r2 joins too late.
+    lab.start("r3", CACHEMESH_INCLUDE="nothing:*")
+    lab.wait_joined(["src", "r1", "r3"])
     image = lab.hosts["src"].engine.image_id("hold:1")
     lab.burst()
     wait_until(
