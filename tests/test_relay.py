@@ -18,8 +18,10 @@ from mesh.net.auth import Signer, derive_key
 from mesh.net.client import HandedOff, PeerBusy, PeerClient, StreamStalled
 from mesh.net.contract import RELAY_HEADER, SAVE_PATH, SaveRequest, SaveStream
 from mesh.net.server import PeerServer, SaveRefused
+from mesh.node.peer_api import PeerApi
 from mesh.node.relay import RelayBroken, Relays
 from mesh.protocol import wire
+from mesh.protocol.sources import CHAIN_DEPTH, Downstream
 from tests.inproc import has_image, start_node
 
 IMAGE = "sha256:" + "ab" * 32
@@ -215,6 +217,19 @@ async def test_a_save_request_tells_the_source_how_many_hand_offs_it_followed(se
         status, _ = await raw({"image": IMAGE, "handoff": True, "hops": bad})
         assert status == 400, bad
     assert handler.hops == [5, 0]
+
+
+def test_the_peer_api_hands_on_by_the_rule_and_counts_requests_per_stream_while_it_lasts():
+    api = PeerApi(lambda envelope: None, None, None, FakeEngine(), None)  # handoff needs none
+    first, second = (Downstream(peer, IMAGE, "graph", relays=True) for peer in ("a", "b"))
+    api.sending += [first, second]
+    deep = SaveRequest(IMAGE, "r", handoff=True, hops=CHAIN_DEPTH)
+    assert [api.handoff(deep) for _ in range(3)] == ["a", "b", "a"]  # the fewest handed so far
+    assert api.routed == {first: 2, second: 1}
+    assert api.handoff(SaveRequest(IMAGE, "r", handoff=True)) == "b"  # a chain: the newest
+    api._stop_sending(first)
+    assert api.routed == {second: 2}  # a stream's count goes with it
+    assert api.handoff(deep) == ""  # one relay left: a second branch is served here
 
 
 async def test_a_stream_that_stops_sending_midway_is_cut_by_the_idle_timeout(server):
