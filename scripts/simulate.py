@@ -27,7 +27,8 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from mesh.config import Config
-from mesh.sim.fanout import fanout_ratios
+from mesh.protocol.sources import BRANCH, CHAIN_DEPTH
+from mesh.sim.fanout import FanoutParams, fanout_ratios
 from mesh.sim.scenario import FleetScenario
 
 TARGETS = {
@@ -64,24 +65,17 @@ def main() -> int:
     parser.add_argument(
         "--relay-chunk",
         type=int,
-        default=1 << 20,
+        default=1 << 18,
         metavar="BYTES",
-        help="what a relay holds whole before forwarding it (default 1 MiB, the stream's chunk)",
-    )
-    parser.add_argument(
-        "--tree",
-        type=int,
-        default=0,
-        metavar="K",
-        help="what-if, not the node's rule: sources hand requests on as a balanced K-ary tree "
-        "instead of sources.relay_to's chain",
+        help="what a relay holds whole before forwarding it (default 256 KiB, one socket read)",
     )
     parser.add_argument(
         "--max-handoffs",
         type=int,
-        default=8,
+        default=FanoutParams(1).max_handoffs,
         metavar="N",
-        help="what-if: hand-offs one pull follows before the relay asked must serve it (the node: 8)",
+        help=f"what-if: hand-offs one pull follows before the relay asked must serve it "
+        f"(the node: {FanoutParams(1).max_handoffs})",
     )
     args = parser.parse_args()
     counts = tuple(int(n) for n in args.fanout.split(",") if n.strip())
@@ -113,7 +107,6 @@ def main() -> int:
                 relay=not args.no_relay,
                 relay_chunk=args.relay_chunk,
                 seed=args.seed,
-                tree=args.tree,
                 max_handoffs=args.max_handoffs,
             )
         )
@@ -121,7 +114,7 @@ def main() -> int:
             f"fan-out: one 64 MB image to {', '.join(map(str, counts))} new hosts at once against 1, "
             f"equal 200 Mbit/s links, {'no relaying' if args.no_relay else 'relays'} "
             f"(chunk {args.relay_chunk} B), "
-            f"{f'WHAT-IF {args.tree}-ary tree hand-offs' if args.tree else 'hand-offs by sources.relay_to'} "
+            f"hand-offs by sources.relay_to (a chain of {CHAIN_DEPTH}, then a {BRANCH}-ary tree) "
             f"(at most {args.max_handoffs} per pull), "
             f"seed {args.seed}",
             file=sys.stderr,

@@ -65,5 +65,5 @@ def test_a_chain_of_relays_adds_about_one_chunk_time_per_hop():
     quiet = dict(size=S, bandwidth=B, latency=0.0, latency_spread=0.0, relay_chunk=chunk)
     one = fanout_time(FanoutParams(1, **quiet)).seconds
     nine = fanout_time(FanoutParams(9, **quiet))
-    assert nine.depth == 9  # the hand-off rule made a chain (8 hand-offs, the most one pull follows)
+    assert nine.depth == 9  # the hand-off rule made a chain (8 hand-offs, below sources.CHAIN_DEPTH)
     assert nine.seconds == pytest.approx(one + 8 * chunk / B, rel=1e-6)

@@ -128,7 +128,15 @@ def test_registry_entries_are_not_images():
 # --- source choice: a tree, not a star (mesh.protocol.sources) --------------------------------
 
 from mesh.protocol import nodestatus, sources  # noqa: E402
-from mesh.protocol.sources import Downstream, Penalty, penalise, relay_to, worth_relaying  # noqa: E402
+from mesh.protocol.sources import (  # noqa: E402
+    BRANCH,
+    CHAIN_DEPTH,
+    Downstream,
+    Penalty,
+    penalise,
+    relay_to,
+    worth_relaying,
+)
 
 
 def source_of(peers, remote=None, **kw):
@@ -221,6 +229,66 @@ def test_a_source_hands_a_burst_on_as_a_chain():
     assert relay_to(OTHER, "graph", "r2", [Downstream("r1", OTHER, "graph", relays=False)]) is None
     two = [*sending, Downstream("r3", OTHER, "graph", relays=True)]
     assert relay_to(OTHER, "graph", "r4", two) == "r3"
+
+
+def relaying(*peers: str) -> list[Downstream]:
+    return [Downstream(p, OTHER, "graph", relays=True) for p in peers]
+
+
+def test_below_the_chain_depth_a_source_hands_on_to_its_newest_relay_whatever_it_routed():
+    two = relaying("r1", "r2")
+    busy = {two[1]: 50}
+    for hops in range(CHAIN_DEPTH):
+        assert relay_to(OTHER, "graph", "r9", two, hops=hops, routed=busy) == "r2"
+    # a request that says nothing of hops (a node from before them) counts as a first request
+    assert relay_to(OTHER, "graph", "r9", two, routed=busy) == "r2"
+
+
+def test_from_the_chain_depth_on_a_source_serves_branch_relays_then_hands_on_to_the_least_routed():
+    deep = CHAIN_DEPTH
+    assert BRANCH == 2
+    assert relay_to(OTHER, "graph", "r9", [], hops=deep) is None
+    assert relay_to(OTHER, "graph", "r9", relaying("r1"), hops=deep) is None  # a second branch: here
+    two = relaying("r1", "r2")
+    assert relay_to(OTHER, "graph", "r9", two, hops=deep) == "r1"  # equal counts: the oldest
+    assert relay_to(OTHER, "graph", "r9", two, hops=deep, routed={two[0]: 1}) == "r2"
+    assert relay_to(OTHER, "graph", "r9", two, hops=deep + 7, routed={two[0]: 3, two[1]: 2}) == "r2"
+    three = relaying("r1", "r2", "r3")
+    assert relay_to(OTHER, "graph", "r9", three, hops=deep, routed={three[0]: 2, three[1]: 1}) == "r3"
+    # only relaying streams of this image for this store are branches; never the requester itself
+    assert relay_to(OTHER, "graph", "r1", two, hops=deep) is None
+    mixed = [*relaying("r1"), Downstream("r2", OTHER, "containerd", relays=True)]
+    assert relay_to(OTHER, "graph", "r9", mixed, hops=deep) is None
+    plain = [*relaying("r1"), Downstream("r2", OTHER, "graph", relays=False)]
+    assert relay_to(OTHER, "graph", "r9", plain, hops=deep) is None
+
+
+def test_hand_offs_by_the_rule_make_a_chain_then_a_balanced_binary_tree_within_the_hop_cap():
+    """1,000 requests, each walking the hand-offs from the first holder as the nodes answer
+    them (counting `routed` as the peer API does), joining where it is served."""
+    from mesh.node.puller import MAX_HANDOFFS
+
+    sending: dict[str, list[Downstream]] = {"origin": []}
+    routed: dict[str, dict[Downstream, int]] = {"origin": {}}
+    depth = {"origin": 0}
+    walked = []
+    for n in range(1000):
+        me, node, hops = f"r{n}", "origin", 0
+        while relay := relay_to(OTHER, "graph", me, sending[node], hops=hops, routed=routed[node]):
+            chosen = Downstream(relay, OTHER, "graph", relays=True)
+            routed[node][chosen] = routed[node].get(chosen, 0) + 1
+            node, hops = relay, hops + 1
+        walked.append(hops)
+        sending[node].append(Downstream(me, OTHER, "graph", relays=True))
+        sending[me], routed[me], depth[me] = [], {}, depth[node] + 1
+    assert max(walked) < MAX_HANDOFFS
+    # a chain down to the node a request reaches after CHAIN_DEPTH hand-offs ...
+    assert [len(sending[f"r{n}"]) for n in range(CHAIN_DEPTH - 1)] == [1] * (CHAIN_DEPTH - 1)
+    assert len(sending["origin"]) == 1
+    # ... then at most BRANCH streams per node, balanced: 1,000 - CHAIN_DEPTH receivers in a
+    # binary tree under that node are at most ceil(log2(1,000)) = 10 levels deep
+    assert max(len(out) for out in sending.values()) == BRANCH
+    assert max(depth.values()) <= CHAIN_DEPTH + 10
 
 
 def test_a_pull_is_spooled_for_relaying_only_when_another_live_peer_lacks_the_image():

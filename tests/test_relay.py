@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator
 
+import aiohttp
+import msgpack
 import pytest
 from aiohttp import web
 
@@ -13,10 +16,12 @@ from mesh.engine.fake import FakeEngine
 from mesh.lab.poll import async_wait_until
 from mesh.net.auth import Signer, derive_key
 from mesh.net.client import HandedOff, PeerBusy, PeerClient, StreamStalled
-from mesh.net.contract import SaveRequest, SaveStream
+from mesh.net.contract import RELAY_HEADER, SAVE_PATH, SaveRequest, SaveStream
 from mesh.net.server import PeerServer, SaveRefused
+from mesh.node.peer_api import PeerApi
 from mesh.node.relay import RelayBroken, Relays
 from mesh.protocol import wire
+from mesh.protocol.sources import CHAIN_DEPTH, Downstream
 from tests.inproc import has_image, start_node
 
 IMAGE = "sha256:" + "ab" * 32
@@ -89,11 +94,13 @@ class Handler:
         self.loads: list[int] = []
         self.started: list[str] = []
         self.handoff_to = ""
+        self.hops: list[int] = []  # what each request the server asked about said it had followed
 
     def on_envelope(self, envelope: wire.Envelope) -> wire.Envelope | None:
         return None
 
     def handoff(self, request: SaveRequest) -> str:
+        self.hops.append(request.hops)
         return self.handoff_to
 
     async def open_save(self, request: SaveRequest) -> SaveStream:
@@ -121,9 +128,12 @@ class Handler:
         pass
 
 
+KEY = derive_key(b"relay-test-secret-0123456789", "default")
+
+
 @pytest.fixture
 async def server():
-    key = derive_key(b"relay-test-secret-0123456789", "default")
+    key = KEY
     handler = Handler()
     peer = PeerServer(
         handler,
@@ -180,6 +190,46 @@ async def test_a_source_hands_a_requester_on_to_its_relay(server):
     handler.release.set()
     async with c0.save(addr, IMAGE, handoff=False, chunk_bytes=1024, idle_timeout=5) as stream:
         assert await collect(stream.chunks) == b"payload"
+
+
+async def test_a_save_request_tells_the_source_how_many_hand_offs_it_followed(server):
+    handler, _, (c0, _, _), addr = server
+    handler.handoff_to = "relay-node"
+    with pytest.raises(HandedOff):
+        async with c0.save(addr, IMAGE, hops=5, chunk_bytes=1024, idle_timeout=5):
+            pass
+
+    async def raw(doc: dict) -> tuple[int, aiohttp.typedefs.LooseHeaders]:
+        body = msgpack.packb(doc)
+        headers = Signer(KEY, "default", "old").sign_request("POST", SAVE_PATH, body, time.time())
+        headers["Content-Type"] = "application/msgpack"
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"http://{addr}{SAVE_PATH}", data=body, headers=headers) as r,
+        ):
+            return r.status, r.headers
+
+    # a node from before hops sends none: its request counts as a first one
+    status, headers = await raw({"image": IMAGE, "handoff": True})
+    assert status == 503 and headers[RELAY_HEADER] == "relay-node"
+    assert handler.hops == [5, 0]
+    for bad in (-1, 1001, True, "3"):
+        status, _ = await raw({"image": IMAGE, "handoff": True, "hops": bad})
+        assert status == 400, bad
+    assert handler.hops == [5, 0]
+
+
+def test_the_peer_api_hands_on_by_the_rule_and_counts_requests_per_stream_while_it_lasts():
+    api = PeerApi(lambda envelope: None, None, None, FakeEngine(), None)  # handoff needs none
+    first, second = (Downstream(peer, IMAGE, "graph", relays=True) for peer in ("a", "b"))
+    api.sending += [first, second]
+    deep = SaveRequest(IMAGE, "r", handoff=True, hops=CHAIN_DEPTH)
+    assert [api.handoff(deep) for _ in range(3)] == ["a", "b", "a"]  # the fewest handed so far
+    assert api.routed == {first: 2, second: 1}
+    assert api.handoff(SaveRequest(IMAGE, "r", handoff=True)) == "b"  # a chain: the newest
+    api._stop_sending(first)
+    assert api.routed == {second: 2}  # a stream's count goes with it
+    assert api.handoff(deep) == ""  # one relay left: a second branch is served here
 
 
 async def test_a_stream_that_stops_sending_midway_is_cut_by_the_idle_timeout(server):

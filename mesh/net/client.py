@@ -141,6 +141,7 @@ class PeerClient:
         store: str = "graph",
         relay: bool = False,
         handoff: bool = True,
+        hops: int = 0,
         chunk_bytes: int,
         idle_timeout: float,
         queue_wait: float = 300.0,
@@ -149,11 +150,12 @@ class PeerClient:
         many leading layers of the image this side holds, to be left out; `store`: this side's
         image store ("graph" or "containerd"), which decides the formats it can take a delta in;
         `relay`: this side spools the stream and serves it on as it arrives; `handoff`: the peer
-        may send this side to a relay instead (HandedOff).
+        may send this side to a relay instead (HandedOff); `hops`: hand-offs this side has
+        followed in this attempt, which decide where the peer hands it on.
 
         The answer may wait in the peer's upload queue for up to `queue_wait`; once streaming, a
         gap of `idle_timeout` between chunks raises StreamStalled. A full queue raises PeerBusy."""
-        doc = {"image": image, "have": have, "store": store, "relay": relay, "handoff": handoff}
+        doc = {"image": image, "have": have, "store": store, "relay": relay, "handoff": handoff, "hops": hops}
         body: bytes = msgpack.packb(doc)
         headers = self._signer.sign_request("POST", SAVE_PATH, body, time.time())
         headers["Content-Type"] = MSGPACK

@@ -33,7 +33,8 @@ def peer_url(addr: str, path: str) -> str:
 class SaveRequest:
     """A `POST /v1/save` body, checked: the image, the requester's held layer count and image
     store, whether it will relay the stream (spool it and serve it as it arrives; only for a
-    full stream), and whether the server may hand it on to a relay instead of serving it."""
+    full stream), whether the server may hand it on to a relay instead of serving it, and how
+    many hand-offs the requester has followed in this attempt (mesh.protocol.sources.relay_to)."""
 
     image: str
     requester: str
@@ -41,6 +42,7 @@ class SaveRequest:
     store: str = "graph"
     relay: bool = False
     handoff: bool = False
+    hops: int = 0
 
 
 @dataclass

@@ -54,6 +54,7 @@ log = logging.getLogger("cachemesh.peer")
 
 
 MAX_LAYERS = 1000  # an image has at most 127 layers on overlay2; a chain repeats them
+MAX_HOPS = 1000  # hand-offs a save request may say it followed (the puller stops at 32)
 
 
 BUSY_RETRY_AFTER = 2  # seconds a requester turned away by a full queue is asked to wait
@@ -243,16 +244,19 @@ class PeerServer:
             have = doc.get("have", 0)
             store = doc.get("store", "graph")
             relay, handoff = doc.get("relay", False), doc.get("handoff", False)
+            hops = doc.get("hops", 0)  # absent from nodes that predate it: a first request
             if not isinstance(have, int) or not 0 <= have <= MAX_LAYERS:
                 raise ValueError(f"have must be a layer count from 0 to {MAX_LAYERS}")
             if store not in ("graph", "containerd"):
                 raise ValueError("store must be 'graph' or 'containerd'")
             if type(relay) is not bool or type(handoff) is not bool:
                 raise ValueError("relay and handoff must be booleans")
+            if type(hops) is not int or not 0 <= hops <= MAX_HOPS:
+                raise ValueError(f"hops must be a count from 0 to {MAX_HOPS}")
         except Exception as exc:
             self._handler.count_request("save", 400)
             return _error(400, f"malformed save request: {exc}")
-        save_request = SaveRequest(image, requester, have, store, relay and have == 0, handoff)
+        save_request = SaveRequest(image, requester, have, store, relay and have == 0, handoff, hops)
         relay_id = self._handler.handoff(save_request) if handoff else ""
         if relay_id:
             self._handler.count_request("save", 503)

@@ -57,6 +57,8 @@ class PeerApi:
         self._relay_start_timeout = relay_start_timeout
         self.uploads = 0  # saves in flight plus queued: the load figure this node gossips
         self.sending: list[Downstream] = []  # streams going out now, oldest first
+        # requests handed to each stream's receiver while it lasts (sources.relay_to's `routed`)
+        self.routed: dict[Downstream, int] = {}
 
     def uploads_changed(self, uploads: int) -> None:
         self.uploads = uploads
@@ -64,8 +66,21 @@ class PeerApi:
 
     def handoff(self, request: SaveRequest) -> str:
         """A relay to send the requester to: one this node already streams the image to, in full,
-        for the requester's store (mesh.protocol.sources.relay_to)."""
-        return relay_to(request.image, request.store, request.requester, self.sending) or ""
+        for the requester's store, chosen by mesh.protocol.sources.relay_to (a chain, then a
+        tree, by the hand-offs the request has followed)."""
+        relay = relay_to(
+            request.image,
+            request.store,
+            request.requester,
+            self.sending,
+            hops=request.hops,
+            routed=self.routed,
+        )
+        if relay is None:
+            return ""
+        chosen = Downstream(relay, request.image, request.store, relays=True)
+        self.routed[chosen] = self.routed.get(chosen, 0) + 1
+        return relay
 
     async def open_save(self, request: SaveRequest) -> SaveStream:
         """A save of the image and its chain, leaving out the files of its first `have` layers,
@@ -173,6 +188,8 @@ class PeerApi:
     def _stop_sending(self, downstream: Downstream) -> None:
         with contextlib.suppress(ValueError):
             self.sending.remove(downstream)
+        if downstream not in self.sending:
+            self.routed.pop(downstream, None)
 
     def count_request(self, endpoint: str, status: int) -> None:
         self._metrics.peer_requests.labels(endpoint, str(status)).inc()

@@ -32,8 +32,10 @@ FAILOVER_PAUSE = 0.5
 """Seconds before a pull that failed once is retried, from the best-ranked other source."""
 SUSPECT_SILENCE = 2.0
 """Seconds without bytes after which a pull from a source the mesh suspects fails over."""
-MAX_HANDOFFS = 8
-"""Hand-offs followed in one attempt (a burst's chain); then the last relay is asked to serve."""
+MAX_HANDOFFS = 32
+"""Hand-offs followed in one attempt; then the last relay is asked to serve. A burst's hand-offs
+make a chain of sources.CHAIN_DEPTH hops and then a binary tree (mesh/protocol/sources.py), so
+32 leaves room for 2^26 receivers and still ends a loop of hand-offs between confused nodes."""
 
 
 class Puller:
@@ -184,6 +186,7 @@ class Puller:
                             on_bytes=self._received,
                             open_spool=functools.partial(self._open_spool, pull.image, source, spools),
                             handoff=failure is None and hop < MAX_HANDOFFS,
+                            hops=hop,
                             queue_wait=self.config.transfer_queue_wait,
                         ),
                     )

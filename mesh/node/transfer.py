@@ -96,6 +96,7 @@ async def pull_image(
     on_fallback: Callable[[], None] = lambda: None,
     open_spool: Callable[[str], Spool | None] = lambda store: None,
     handoff: bool = True,
+    hops: int = 0,
     queue_wait: float = 300.0,
 ) -> list[str]:
     """Run one pull; return the mesh keys of the verified chain. Raises TransferFailed, or
@@ -107,7 +108,7 @@ async def pull_image(
     `open_spool(store)` gives (None: no relaying), which peers read as it grows (relay.py)."""
     info = await engine.info()
     before = {i.meta.id for i in await engine.images()}
-    stream = _StreamOptions(info.store, chunk_bytes, idle_timeout, handoff, queue_wait, open_spool)
+    stream = _StreamOptions(info.store, chunk_bytes, idle_timeout, handoff, hops, queue_wait, open_spool)
     try:
         report = await _load_from_peer(engine, client, pull, addr, record, have, stream, on_bytes, before)
     except _EngineRefused as refused:
@@ -143,6 +144,7 @@ class _StreamOptions:
     chunk_bytes: int
     idle_timeout: float
     handoff: bool
+    hops: int
     queue_wait: float
     open_spool: Callable[[str], Spool | None]
 
@@ -171,6 +173,7 @@ async def _load_from_peer(
             store=store,
             relay=spool is not None,
             handoff=options.handoff,
+            hops=options.hops,
             chunk_bytes=options.chunk_bytes,
             idle_timeout=options.idle_timeout,
             queue_wait=options.queue_wait,

@@ -22,10 +22,26 @@ uplink cannot carry every copy. Two rules make it one, with no tracker:
 
 2. The source's hand-off (`relay_to`). Gossip lags a burst by a fraction of a second, so receivers
    deciding together still pick the same holder. A node that is already streaming an image in
-   full to a peer that relays it answers a further request for that image (same image store,
-   hand-off allowed) with "ask that relay" instead of splitting its uplink. Relays apply the same
-   rule, so a burst becomes a chain: each hop gets a whole uplink, and with cut-through each
-   hop adds about one round trip and one chunk, not one image time.
+   full to a peer that relays it (same image store, hand-off allowed) may answer a further
+   request for that image with "ask that relay" instead of splitting its uplink. The request
+   carries `hops`, the hand-offs its receiver has followed in this attempt, and the node decides
+   on that and on what it sends now:
+
+   - `hops < CHAIN_DEPTH`: hand on to the newest relaying downstream. Relays do the same, so a
+     small burst becomes a chain: each hop gets a whole uplink, and with cut-through each hop
+     adds about one round trip and one socket read's worth of bytes, not one image time.
+   - `hops >= CHAIN_DEPTH`: serve the request here while fewer than BRANCH relaying downstreams
+     take the image from this node; past that, hand it to the downstream this node has handed
+     the fewest requests so far (`routed`, a count the node keeps per stream). Every request
+     handed to a child ends up in that child's subtree, so the count stands for the subtree's
+     size, and the fewest-routed child keeps the tree balanced without any node knowing the
+     whole of it. A large burst becomes a chain of CHAIN_DEPTH hops ending in a BRANCH-ary
+     tree of depth about log_BRANCH(N): each tree node's uplink is split BRANCH ways, but the
+     depth stays small where a chain of N would add a hop per receiver, and the receiver's hop
+     cap (mesh.node.puller.MAX_HANDOFFS) is never reached.
+
+   A chain for small bursts because splitting an uplink halves every stream below the split:
+   with 4 receivers a chain takes about one image time, a tree about two.
 """
 
 from __future__ import annotations
@@ -41,6 +57,11 @@ RTT_PER_SHARE = 0.05
 RELAY_COST = 0.5
 FAILED_HERE = 100.0
 PER_FAILURE = 10.0
+CHAIN_DEPTH = 9
+"""Hand-offs a request follows as a chain before nodes start branching (see the docstring): a
+burst of up to ten hosts, an autoscaler's usual step, is one chain at a whole uplink per hop."""
+BRANCH = 2
+"""Relaying downstreams a node serves itself once a request has followed CHAIN_DEPTH hand-offs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,14 +150,35 @@ class Downstream:
     relays: bool
 
 
-def relay_to(image: str, store: str, requester: str, sending: Sequence[Downstream]) -> str | None:
+def relay_to(
+    image: str,
+    store: str,
+    requester: str,
+    sending: Sequence[Downstream],
+    *,
+    hops: int = 0,
+    routed: Mapping[Downstream, int] | None = None,
+) -> str | None:
     """The peer a request for `image` from `requester` (whose engine uses `store`) is handed to,
-    or None to serve it here. The newest matching downstream is the chain's far end nearest to
-    this node's knowledge, so the next requester joins behind it."""
-    for out in reversed(sending):
-        if out.image == image and out.relays and out.store == store and out.peer != requester:
-            return out.peer
-    return None
+    or None to serve it here. `sending` is this node's streams now, oldest first; `hops` the
+    hand-offs the request has followed in this attempt; `routed` how many requests this node
+    has handed to each of its downstreams so far (absent: none). The caller counts the answer
+    in `routed`. Rule: the module docstring."""
+    relays = [
+        out
+        for out in sending
+        if out.image == image and out.relays and out.store == store and out.peer != requester
+    ]
+    if not relays:
+        return None
+    if hops < CHAIN_DEPTH:
+        # the newest is the chain's far end as this node knows it: the requester joins behind it
+        return relays[-1].peer
+    if len(relays) < BRANCH:
+        return None
+    counts = routed or {}
+    # fewest handed so far; among equals the oldest, which is furthest ahead
+    return min(enumerate(relays), key=lambda pair: (counts.get(pair[1], 0), pair[0]))[1].peer
 
 
 def worth_relaying(image: str, source: str, others: Mapping[str, Collection[str]]) -> bool:

@@ -11,16 +11,18 @@ happens, in simulated time:
   That view is the truth as it was `gossip_lag` seconds ago: the nodes' status reaches the others
   by gossip.
 - Its request reaches the source after one one-way latency. The source applies
-  `sources.relay_to` to its streams in flight; if it hands the request on, the receiver asks that
-  relay (one more round trip), and so on, as the node's puller does: at most `max_handoffs` times
-  in one attempt, then the relay asked serves it itself. A source sends `max_uploads` streams at
-  once and queues up to `upload_queue` more in order; past that it turns the request away, and
-  the receiver, as its puller does, counts a failed attempt (the planner then ranks that source
-  last), waits the backoff (at least the Retry-After) and plans again, asking sources to serve
-  it themselves.
+  `sources.relay_to` to its streams in flight, the hand-offs the request has followed and the
+  requests it has handed to each downstream (the counts the node keeps); if it hands the request
+  on, the receiver asks that relay (one more round trip), and so on, as the node's puller does:
+  at most `max_handoffs` times in one attempt, then the relay asked serves it itself. So the
+  burst builds the node's shape: a chain of sources.CHAIN_DEPTH hops, then a binary tree. A
+  source sends `max_uploads` streams at once and queues up to `upload_queue` more in order;
+  past that it turns the request away, and the receiver, as its puller does, counts a failed
+  attempt (the planner then ranks that source last), waits the backoff (at least the
+  Retry-After) and plans again, asking sources to serve it themselves.
 - A receiver relays the image as it arrives (cut-through) when `relay` is on: it can forward only
-  what has reached it, less one chunk (`relay_chunk`: it passes on what it has received whole), so
-  each relay hop adds about one chunk's time and one one-way latency.
+  what has reached it, less one socket read (`relay_chunk`: it passes on what it has received
+  whole), so each relay hop adds about one read's time and one one-way latency.
 
 The result is the time from the burst until every receiver holds the image, and the ratio to the
 time one receiver alone takes. A star (every receiver served by the first holder) is N times.
@@ -57,8 +59,13 @@ class FanoutParams:
     """Every node's uplink and downlink, bytes/s (200 Mbit/s)."""
     relay: bool = True
     """Receivers relay the image as it arrives (cut-through) and announce it."""
-    relay_chunk: int = 1 << 20
-    """What a relay must hold whole before it forwards it: the transfer stream's chunk (1 MiB)."""
+    relay_chunk: int = 1 << 18
+    """What a relay must hold whole before it forwards it: one socket read. The node forwards
+    whatever has arrived: the client reads the stream with StreamReader.read(1 MiB), which returns
+    what is buffered, at most 1 MiB, without waiting for more; each piece is appended to the
+    spool, and the spool's readers send what is written (mesh/node/relay.py Spool.read). A
+    socket read delivers at most 256 KiB (asyncio's selector transport; uvloop, which the node
+    runs, 256,000 bytes), so this is the most a relay waits for, not the mean."""
     gossip_lag: float = 1.0
     """Seconds until a change in a node's status (holds, relays, uploads) is in the others' views
     (about five gossip rounds at LAN timings)."""
@@ -66,7 +73,7 @@ class FanoutParams:
     """Streams a node sends at once (--max-uploads); more wait in its upload queue."""
     upload_queue: int = _LAN.upload_queue
     """Requests that may wait for an upload slot (--upload-queue); past that: busy, retry later."""
-    max_handoffs: int = 8
+    max_handoffs: int = 32
     """Hand-offs a pull follows in one attempt before it asks the last relay to serve it
     (mesh.node.puller.MAX_HANDOFFS)."""
     busy_retry_after: float = 2.0
@@ -79,10 +86,6 @@ class FanoutParams:
     """Base one-way latency, seconds; plus up to `latency_spread` by distance (as in simnet)."""
     latency_spread: float = 0.004
     seed: int = 1
-    tree: int = 0
-    """0: the real hand-off rule (sources.relay_to). k > 0: a what-if, not the node's rule: a
-    source serves up to k relaying streams of the image itself and hands further requests to
-    the downstream with the fewest receivers below it, so hand-offs build a balanced k-ary tree."""
 
 
 @dataclass(slots=True)
@@ -110,6 +113,8 @@ class _Node:
     lag: float = 0.0
     """Bytes what it relays stays behind what its source has sent: the chunk it must hold whole,
     and what is still on the wire to it (at most the link's rate times the one-way latency)."""
+    routed: dict[sources.Downstream, int] = field(default_factory=dict)
+    """Requests this node has handed to each of its downstreams (sources.relay_to's `routed`)."""
     failure: planner.Failure | None = None  # this receiver's failed attempts, as the puller keeps them
     busy: int = 0  # requests of this receiver a full queue turned away
 
@@ -154,8 +159,6 @@ class FanoutSim:
         self._seq = 0
         self.served: dict[str, int] = {}
         self.parent: dict[str, str] = {}
-        self.below: dict[str, int] = {}
-        self.pending: dict[str, int] = {}
         self.handoffs = 0
         self.synced_at, self.dirty = 0.0, True
         self.up = {n: params.bandwidth for n in self.nodes}
@@ -220,20 +223,15 @@ class FanoutSim:
         `max_handoffs` hops; then the source asked serves it itself."""
         src = self.nodes[source]
         handoff = self.nodes[receiver].failure is None and hops < self.p.max_handoffs
-        if self.pending.get(source):
-            self.pending[source] -= 1
-        if handoff and self.p.relay and self.p.tree:
-            relay = self._tree_handoff(src, receiver)
-            if relay is not None:
-                self._hand_on(source, receiver, relay, hops)
-                return
-        elif handoff and self.p.relay:
+        if handoff and self.p.relay:
             sending = [
                 sources.Downstream(s.flow.dst, IMAGE, STORE, relays=True)
                 for s in sorted(src.outflows, key=lambda s: s.seq)
             ]
-            relay = sources.relay_to(IMAGE, STORE, receiver, sending)
+            relay = sources.relay_to(IMAGE, STORE, receiver, sending, hops=hops, routed=src.routed)
             if relay is not None:
+                chosen = sources.Downstream(relay, IMAGE, STORE, relays=True)
+                src.routed[chosen] = src.routed.get(chosen, 0) + 1
                 self._hand_on(source, receiver, relay, hops)
                 return
         if len(src.outflows) < self.p.max_uploads:
@@ -262,17 +260,6 @@ class FanoutSim:
         failure.retry_at = self.now + max(delay, self.p.failover_pause, self.p.busy_retry_after)
         self._at(failure.retry_at, "plan", receiver)
 
-    def _tree_handoff(self, src: _Node, receiver: str) -> str | None:
-        if len(src.outflows) < self.p.tree:
-            return None
-        # requests on their way to a relay count as below it already
-        relay = min(
-            (s.flow.dst for s in src.outflows),
-            key=lambda n: (self.below.get(n, 0) + self.pending.get(n, 0), n),
-        )
-        self.pending[relay] = self.pending.get(relay, 0) + 1
-        return relay
-
     def _start(self, source: str, receiver: str) -> None:
         self._sync()
         src, dst = self.nodes[source], self.nodes[receiver]
@@ -283,10 +270,6 @@ class FanoutSim:
         dst.receiving_since = min(dst.receiving_since, self.now)
         dst.lag = self.p.relay_chunk + self.p.bandwidth * self.owd(source, receiver)
         self.parent[receiver] = source
-        current = receiver
-        while current in self.parent:  # one more receiver below each of its relays
-            current = self.parent[current]
-            self.below[current] = self.below.get(current, 0) + 1
         self.served[source] = self.served.get(source, 0) + 1
         self._log_uploads(src)
 
@@ -302,6 +285,8 @@ class FanoutSim:
         self._sync()
         src, dst = self.nodes[stream.flow.src], self.nodes[stream.flow.dst]
         src.outflows.remove(stream)
+        # as the node: its count for a downstream lasts as long as the stream to it
+        src.routed.pop(sources.Downstream(dst.id, IMAGE, STORE, relays=True), None)
         dst.inflow = None
         dst.received = float(self.p.size)
         # the last byte is on the wire for one more one-way latency
