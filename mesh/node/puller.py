@@ -81,6 +81,7 @@ class Puller:
                 i, p.state is State.ALIVE, p.rtt, status.zone, status.uploads, status.receiving
             )
         remote = {node: view.holdings(node) for node, peer in peers.items() if peer.alive}
+        remote_sets = {node: view.status(node).tagsets for node in remote}
         now = time.monotonic()
         self.penalties = {p: penalty for p, penalty in self.penalties.items() if penalty.until > now}
         metas = {**view.metas(), **self.local.metas()}
@@ -103,6 +104,9 @@ class Puller:
                 zone=self.config.zone,
                 store=self.store,
                 penalties=self.penalties,
+                local_sets=self.local.tagsets,
+                remote_sets=remote_sets,
+                brought=self.local.brought.keys(),
             )
 
         first = plan(self.local.evicted)
@@ -129,8 +133,9 @@ class Puller:
             for action in self.plan.tags:
                 try:
                     await self.engine.tag(action.image, action.tag)
+                    why = "a rollback" if action.tag in self.plan.tagsets else "the newest"
                     log.info(
-                        "tagged %s as %s (the mesh's newest for that tag)", action.image[:19], action.tag
+                        "tagged %s as %s (the mesh's %s for that tag)", action.image[:19], action.tag, why
                     )
                 except EngineError as exc:
                     self.metrics.engine_errors.inc()

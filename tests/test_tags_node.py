@@ -1,0 +1,87 @@
+"""Tag rollbacks in running nodes (in-process, over real HTTP, with the in-memory engine): a tag
+moved on its origin to an older shared image moves on every node, the origin included, stays
+there round after round, gives way to a later build, and outlives its origin."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from mesh.engine.fake import FakeEngine
+from mesh.lab.poll import async_wait_until
+from mesh.node.node import Node
+from tests.inproc import has_image, start_node
+
+
+async def rounds(nodes: list[Node], n: int = 3) -> None:
+    """Let every node plan `n` more times, and check that no plan moves a tag or pulls."""
+    for _ in range(n):
+        for node in nodes:
+            before = node.puller.plan
+            node.puller.poke()
+            await async_wait_until(lambda p=before, x=node: x.puller.plan is not p, 5, what="a round")
+            plan = node.puller.plan
+            assert plan is not None and plan.tags == [] and plan.pulls == [] and not node.puller.active
+
+
+async def test_a_rollback_on_the_origin_moves_every_node_and_stays(workdir):
+    ea = FakeEngine()
+    now = int(time.time())
+    old = ea.build("app:41", [os.urandom(1000)], created=now - 100)
+    await ea.tag(old, "app:latest")
+    a = await start_node(workdir, "a", engine=ea)
+    b = await start_node(workdir, "b", seeds=(a.peer_addr,))
+    c = await start_node(workdir, "c", seeds=(a.peer_addr,))
+    nodes = [a, b, c]
+
+    async def all_tag(image: str, what: str) -> None:
+        await async_wait_until(lambda: all(has_image(n, image, "app:latest") for n in nodes), 15, what=what)
+
+    try:
+        await all_tag(old, "app:41 as latest everywhere")
+        new = ea.build("app:42", [os.urandom(1000)], created=now - 50)
+        await ea.tag(new, "app:latest")
+        await all_tag(new, "app:42 as latest everywhere")
+
+        # The rollback: on the origin, app:latest back to the older app:41.
+        await ea.tag(old, "app:latest")
+        await all_tag(old, "the rollback on every node")
+        origin_set = a.local.tagsets["app:latest"]
+        assert origin_set.image == old and origin_set.at > (now - 50) * 1000
+        await async_wait_until(
+            lambda: all(n.local.tagsets.get("app:latest") == origin_set for n in (b, c)), 5, what="adopted"
+        )
+        await rounds(nodes)  # no flip-flop
+        assert all(has_image(n, old, "app:latest") and has_image(n, new, "app:42") for n in nodes)
+        assert b.core.view.status(a.node_id).tagsets == {"app:latest": origin_set}
+
+        # A build after the rollback takes the tag, and the sets go.
+        newer = ea.build("app:43", [os.urandom(1000)], created=origin_set.at // 1000 + 1)
+        await ea.tag(newer, "app:latest")
+        await all_tag(newer, "the build after the rollback everywhere")
+        await async_wait_until(lambda: not any(n.local.tagsets for n in nodes), 5, what="sets dropped")
+
+        # Rolled back again, the rollback outlives its origin: b and c keep it without a. (Creation
+        # times are whole seconds: the rollback must come after app:43's second to be the later.)
+        await async_wait_until(
+            lambda: time.time() >= origin_set.at / 1000 + 2, 3, what="app:43's second over"
+        )
+        await ea.tag(new, "app:latest")
+        await all_tag(new, "the second rollback on every node")
+        await async_wait_until(
+            lambda: all(n.local.tagsets.get("app:latest") == a.local.tagsets["app:latest"] for n in (b, c)),
+            5,
+            what="second set adopted",
+        )
+        await a.stop()
+        nodes = [b, c]
+        await async_wait_until(
+            lambda: all(a.node_id not in {p.id for p in n.core.view.live_peers()} for n in nodes),
+            10,
+            what="a gone",
+        )
+        await rounds(nodes)
+        assert all(has_image(n, new, "app:latest") for n in nodes)
+    finally:
+        for node in (a, b, c):
+            await node.stop()
