@@ -133,10 +133,8 @@ class Puller:
             for action in self.plan.tags:
                 try:
                     await self.engine.tag(action.image, action.tag)
-                    why = "a rollback" if action.tag in self.plan.tagsets else "the newest"
-                    log.info(
-                        "tagged %s as %s (the mesh's %s for that tag)", action.image[:19], action.tag, why
-                    )
+                    why = "rollback of" if action.tag in self.plan.tagsets else "newest for"
+                    log.info("tagged %s as %s (the mesh's %s that tag)", action.image[:19], action.tag, why)
                 except EngineError as exc:
                     self.metrics.engine_errors.inc()
                     log.warning("cannot tag %s as %s: %s", action.image[:19], action.tag, exc)
