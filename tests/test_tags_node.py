@@ -10,6 +10,7 @@ import time
 from mesh.engine.fake import FakeEngine
 from mesh.lab.poll import async_wait_until
 from mesh.node.node import Node
+from mesh.node.status import build_status
 from tests.inproc import has_image, start_node
 
 
@@ -54,6 +55,9 @@ async def test_a_rollback_on_the_origin_moves_every_node_and_stays(workdir):
         await rounds(nodes)  # no flip-flop
         assert all(has_image(n, old, "app:latest") and has_image(n, new, "app:42") for n in nodes)
         assert b.core.view.status(a.node_id).tagsets == {"app:latest": origin_set}
+        shown = build_status(c.status_facts)
+        assert shown["tag_sets"] == [{"tag": "app:latest", "image": old, "set_at": origin_set.at / 1000}]
+        assert shown["tags_kept"] == []
 
         # A build after the rollback takes the tag, and the sets go.
         newer = ea.build("app:43", [os.urandom(1000)], created=origin_set.at // 1000 + 1)
