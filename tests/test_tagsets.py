@@ -57,3 +57,14 @@ def test_valid_sets_are_those_whose_node_still_tags_the_image():
     manifest = {OLD[0]: ("a:1",), NEW[0]: ("b:2",)}
     assert valid(sets, manifest) == {"a:1": sets["a:1"]}
     assert tag_map(manifest) == {"a:1": OLD[0], "b:2": NEW[0]}
+
+
+def test_a_move_here_always_takes_even_with_a_clock_behind_the_claim_it_left():
+    # A set from a host whose clock runs ahead (or a build in the same second as the rollback).
+    ahead = {"app:latest": TagSet(OLD[0], NOW + 3600_000)}
+    assert scan({"app:latest": OLD}, {"app:latest": NEWER}, winning=ahead, known=ahead) == {
+        "app:latest": TagSet(NEWER[0], NOW + 3600_001)
+    }
+    assert scan({"app:latest": NEW}, {"app:latest": OLD}, now_ms=1) == {
+        "app:latest": TagSet(OLD[0], 2000_001)
+    }

@@ -64,7 +64,8 @@ def update(
 
     A tag that still points at its set's image keeps the set. One the mesh gave the winning set's
     image adopts that set. One that moved to an image older than the claim it left (an operator's
-    rollback, or a move back forward past a rollback) gets a new set at `now_ms`. Anything else
+    rollback, a move back forward past a rollback, a build just after one) gets a new set at
+    `now_ms`, or one millisecond past the claim it left if this clock is behind it. Anything else
     has none."""
     out: dict[str, TagSet] = {}
     for tag, (image, _) in current.items():
@@ -77,6 +78,7 @@ def update(
             left, left_created = previous[tag]
             left_claim = mine.at if mine is not None and mine.image == left else created_ms(left_created)
             if created_ms(current[tag][1]) < left_claim:
-                out[tag] = TagSet(image, now_ms)
+                # Past the claim it left even if this clock is behind: a move here always takes.
+                out[tag] = TagSet(image, max(now_ms, left_claim + 1))
     newest = sorted(out.items(), key=lambda item: (item[1].at, item[0]), reverse=True)[:MAX_TAGSETS]
     return dict(sorted(newest))
