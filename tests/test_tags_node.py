@@ -1,6 +1,7 @@
 """Tag rollbacks in running nodes (in-process, over real HTTP, with the in-memory engine): a tag
 moved on its origin to an older shared image moves on every node, the origin included, stays
-there round after round, gives way to a later build, and outlives its origin."""
+there round after round, never moves a newer build of a host's own, gives way to a later build,
+and outlives its origin."""
 
 from __future__ import annotations
 
@@ -58,6 +59,21 @@ async def test_a_rollback_on_the_origin_moves_every_node_and_stays(workdir):
         shown = build_status(c.status_facts)
         assert shown["tag_sets"] == [{"tag": "app:latest", "image": old, "set_at": origin_set.at / 1000}]
         assert shown["tags_kept"] == []
+
+        # A host that joins with its own build under the tag, newer than app:41 though older than
+        # the rollback's claim (a clock behind the origin's), keeps it: an image from the mesh
+        # never moves a tag off a newer build of the host's own.
+        ed = FakeEngine()
+        mine = ed.build("app:latest", [os.urandom(1000)], created=now - 30)
+        d = await start_node(workdir, "d", engine=ed, seeds=(a.peer_addr,))
+        try:
+            await async_wait_until(lambda: has_image(d, old, "app:41"), 15, what="app:41 on d")
+            await rounds([d])
+            assert d.puller.plan is not None and d.puller.plan.kept == ["app:latest"]
+            assert has_image(d, mine, "app:latest") and not d.local.tagsets
+            assert all(has_image(n, old, "app:latest") for n in nodes)
+        finally:
+            await d.stop()
 
         # A build after the rollback takes the tag, and the sets go.
         newer = ea.build("app:43", [os.urandom(1000)], created=origin_set.at // 1000 + 1)
