@@ -1,5 +1,6 @@
 """The rule that records tag sets (rollbacks) from what a node's engine shows, scan to scan."""
 
+from mesh.node.persistence import NodeState
 from mesh.protocol.tagsets import MAX_TAGSETS, TagSet, tag_map, update, valid
 
 
@@ -68,3 +69,13 @@ def test_a_move_here_always_takes_even_with_a_clock_behind_the_claim_it_left():
     assert scan({"app:latest": NEW}, {"app:latest": OLD}, now_ms=1) == {
         "app:latest": TagSet(OLD[0], 2000_001)
     }
+
+
+def test_the_last_scan_and_the_sets_survive_a_restart_and_a_bad_file_loses_nothing_else(tmp_path):
+    state = NodeState(str(tmp_path))
+    assert state.tags() == ({}, {})
+    scanned, sets = {"app:latest": OLD, "app:42": NEW}, {"app:latest": TagSet(OLD[0], NOW)}
+    state.save_tags(scanned, sets)
+    assert NodeState(str(tmp_path)).tags() == (scanned, sets)
+    (tmp_path / "tags.json").write_text('{"scanned": [1, 2]}')
+    assert state.tags() == ({}, {})  # unreadable: no sets, and the next scan starts afresh
