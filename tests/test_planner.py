@@ -1,5 +1,6 @@
 from mesh.protocol.planner import Failure, Peer, local_manifest, plan, tag_allowed, winners
-from mesh.protocol.wire import ImageMeta
+from mesh.protocol.tagsets import MAX_TAGSETS, TagSet
+from mesh.protocol.wire import MAX_TAGS, ImageMeta
 
 
 def d(n):
@@ -326,3 +327,134 @@ def test_node_status_round_trips_and_ignores_garbage():
     odd = (*tags, "oci recv sha256:zz graph", "oci load x", "oci future thing")
     assert nodestatus.parse(odd) == status
     assert nodestatus.status_key("a") != nodestatus.status_key("b")
+
+
+# --- tag sets: rollbacks (mesh.protocol.tagsets) -------------------------------------------------
+
+OLD, NEW, NEWER = d(11), d(12), d(13)
+ROLL_METAS = {
+    **METAS,
+    OLD: ImageMeta(OLD, "", (d(111),), 10, 3000),  # app:41
+    NEW: ImageMeta(NEW, "", (d(112),), 10, 3100),  # app:42, the newest build
+    NEWER: ImageMeta(NEWER, "", (d(113),), 10, 3300),  # built after the rollback
+}
+ROLLBACK = TagSet(OLD, 3200_000)  # app:latest set back to app:41 at t = 3200 s
+
+
+def rolled_back(**kw):
+    """Origin "a" moved app:latest from NEW to OLD; "b" still tags NEW as app:latest."""
+    remote = {
+        "a": {OLD: ("app:41", "app:latest"), NEW: ("app:42",)},
+        "b": {OLD: ("app:41",), NEW: ("app:42", "app:latest")},
+    }
+    args = dict(remote=remote, metas=ROLL_METAS, remote_sets={"a": {"app:latest": ROLLBACK}})
+    args.update(kw)
+    return run(**args)
+
+
+def test_a_rollback_on_its_origin_wins_over_the_newest_image_on_every_node():
+    # A node holding the newest (brought by the mesh) moves its tag back.
+    p = rolled_back(local={OLD: ("app:41",), NEW: ("app:42", "app:latest")}, brought={OLD, NEW})
+    assert [(t.image, t.tag) for t in p.tags] == [(OLD, "app:latest")]
+    assert p.tagsets == {"app:latest": ROLLBACK} and p.kept == []
+    # A new node pulls the older image with the tag.
+    fresh = rolled_back()
+    assert {(x.image, "app:latest" in x.tags) for x in fresh.pulls} == {(OLD, True), (NEW, False)}
+    # The origin itself, with its own set, keeps it, and so does a node that adopted the set.
+    origin = run(
+        local={OLD: ("app:41", "app:latest"), NEW: ("app:42",)},
+        remote={"b": {OLD: ("app:41",), NEW: ("app:42", "app:latest")}},
+        metas=ROLL_METAS,
+        local_sets={"app:latest": ROLLBACK},
+        brought=set(),
+    )
+    assert origin.tags == [] and origin.pulls == [] and origin.warm
+
+
+def test_a_later_forward_move_beats_the_rollback():
+    remote_c = {"c": {NEWER: ("app:latest",)}}
+    p = rolled_back(local={OLD: ("app:41", "app:latest")}, local_sets={"app:latest": ROLLBACK}, brought={OLD})
+    assert p.tags == []
+    peers = {**PEERS, "c": Peer("c", True, 0.003)}
+    p = rolled_back(
+        local={OLD: ("app:41", "app:latest")},
+        local_sets={"app:latest": ROLLBACK},
+        brought={OLD},
+        peers=peers,
+        remote={**rolled_back_remote(), **remote_c},
+    )
+    assert [(x.image, x.tags) for x in p.pulls if x.image == NEWER] == [(NEWER, ("app:latest",))]
+    assert p.tagsets == {}
+    # A newer set (a roll forward to app:42 after the rollback) beats an older one.
+    again = TagSet(NEW, 3250_000)
+    p = rolled_back(
+        local={OLD: ("app:41", "app:latest"), NEW: ("app:42",)},
+        local_sets={"app:latest": ROLLBACK},
+        brought={OLD, NEW},
+        remote={"a": {OLD: ("app:41",), NEW: ("app:42", "app:latest")}},
+        remote_sets={"a": {"app:latest": again}},
+    )
+    assert [(t.image, t.tag) for t in p.tags] == [(NEW, "app:latest")] and p.tagsets == {"app:latest": again}
+
+
+def rolled_back_remote():
+    return {
+        "a": {OLD: ("app:41", "app:latest"), NEW: ("app:42",)},
+        "b": {OLD: ("app:41",), NEW: ("app:42", "app:latest")},
+    }
+
+
+def test_a_newer_build_of_this_host_is_never_moved_by_a_rollback():
+    mine = d(14)
+    metas = {**ROLL_METAS, mine: ImageMeta(mine, "", (d(114),), 10, 3150)}  # built here, after app:41
+    p = rolled_back(local={mine: ("app:latest",)}, metas=metas, brought=set())
+    assert p.tags == [] and p.kept == ["app:latest"]
+    assert all("app:latest" not in x.tags for x in p.pulls)
+    # The same image brought by the mesh is not this host's: it moves.
+    p = rolled_back(local={mine: ("app:latest",)}, metas=metas, brought={mine})
+    assert p.kept == [] and any("app:latest" in x.tags for x in p.pulls)
+
+
+def test_sets_from_nodes_that_no_longer_tag_the_image_and_garbage_are_ignored():
+    # "b" announces a set for OLD but tags NEW as app:latest now: its set is stale.
+    p = rolled_back(
+        local={NEW: ("app:42", "app:latest")},
+        brought={NEW},
+        remote_sets={"b": {"app:latest": ROLLBACK}},
+    )
+    assert p.tags == [] and p.tagsets == {}
+    # A set for an image no one knows, and a dead peer's set, decide nothing.
+    unknown = TagSet(d(99), 9_999_999_999_999)
+    p = rolled_back(local={NEW: ("app:42", "app:latest")}, remote_sets={"c": {"app:latest": ROLLBACK}})
+    assert p.tagsets == {}
+    p = rolled_back(local={NEW: ("app:42", "app:latest")}, remote_sets={"a": {"app:latest": unknown}})
+    assert p.tagsets == {} and p.tags == []
+    assert winners([{NEW: ("app:latest",)}], ROLL_METAS, (), (), [{"app:latest": unknown}]) == {
+        "app:latest": NEW
+    }
+    # Excluded tags stay out, sets or not.
+    p = rolled_back(local={NEW: ("app:42", "app:latest")}, exclude=("app:latest",))
+    assert p.tagsets == {} and p.tags == []
+
+
+def test_tag_sets_ride_the_status_entry_and_garbage_items_are_skipped():
+    status = nodestatus.NodeStatus("", 0, {}, {"app:latest": ROLLBACK, "web:1": TagSet(NEW, 5)})
+    tags = nodestatus.announce(status)
+    assert f"oci tagset app:latest {OLD} 3200000" in tags
+    assert nodestatus.parse(tags) == status
+    garbage = (
+        "oci tagset",
+        "oci tagset app:x sha256:zz 5",
+        f"oci tagset app:y {OLD} -5",
+        f"oci tagset {OLD} 5",
+    )
+    assert nodestatus.parse((*tags, *garbage)) == status
+    many = {f"t{i}": TagSet(OLD, i) for i in range(100)}
+    long_tag = {"r" * 200: TagSet(OLD, 10_000)}
+    announced = nodestatus.announce(nodestatus.NodeStatus(tagsets={**many, **long_tag}))
+    parsed = nodestatus.parse(announced)
+    assert parsed is not None and len(announced) <= MAX_TAGS
+    assert set(parsed.tagsets) == {f"t{i}" for i in range(100 - MAX_TAGSETS, 100)}  # the most recent
+    assert nodestatus.announce(nodestatus.NodeStatus(tagsets=many)) == nodestatus.announce(
+        nodestatus.NodeStatus(tagsets=dict(reversed(many.items())))
+    )  # the same sets always announce the same entry: no needless new version

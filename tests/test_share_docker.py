@@ -136,6 +136,11 @@ def rebuild_twice(a, b, context: Path, tag: str, *, buildkit: bool) -> None:  # 
 
 @pytest.mark.parametrize("two_hosts", [KINDS["28.5-containerd"]], ids=["28.5-containerd"], indirect=True)
 def test_tags_never_move_off_a_newer_local_build_and_follow_a_move_on_their_origin(two_hosts):
+    """Tag safety in both directions: forward to a newer image, and a rollback to an older one.
+    One engine kind is enough: tags are engine-independent metadata the node reads and sets
+    through the API (the image list, `docker tag`), the same calls on every engine and store
+    (tests/test_engine_conformance.py checks them on all); what matters is the planner's rule,
+    which the unit and in-process tests cover."""
     a, b = two_hosts
     import_base(a.engine)
 
@@ -147,7 +152,9 @@ def test_tags_never_move_off_a_newer_local_build_and_follow_a_move_on_their_orig
         return found  # type: ignore[no-any-return]
 
     first = image(a, "web:latest", "FROM base:1\nRUN echo one > /v\n")
+    a.engine.cli("tag", "web:latest", "web:1")
     wait_until(lambda: b.engine.image_id("web:latest") == first, 30, 0.1, what="web:latest on B")
+    wait_until(lambda: b.engine.image_id("web:1") == first, 30, 0.1, what="web:1 on B")
 
     # B builds its own, newer web:latest and keeps it to itself: the mesh's older one never moves it.
     mine = image(b, "web:latest", "FROM base:1\nLABEL cachemesh.share=false\nRUN echo mine > /v\n")
@@ -162,3 +169,17 @@ def test_tags_never_move_off_a_newer_local_build_and_follow_a_move_on_their_orig
     wait_until(lambda: b.engine.image_id("web:latest") == newer, 30, 0.1, what="web:latest moved on B")
     assert b.engine.image_id("web:candidate") == newer
     assert b.engine.cli("image", "inspect", mine, check=False).returncode == 0  # B's build stays
+
+    # On A, web:latest rolls back to the older web:1 (`docker tag app:41 app:latest`): it moves
+    # back on B too, and stays there on A, through the planner rounds of another image's arrival.
+    a.engine.cli("tag", "web:1", "web:latest")
+    wait_until(lambda: b.engine.image_id("web:latest") == first, 30, 0.1, what="the rollback on B")
+    marker2 = image(a, "marker:2", "FROM base:1\nRUN echo marker2 > /m\n")
+    wait_until(lambda: b.engine.image_id("marker:2") == marker2, 30, 0.1, what="marker 2 on B")
+    assert a.engine.image_id("web:latest") == first == b.engine.image_id("web:latest")
+    assert b.engine.image_id("web:candidate") == newer  # only the rolled-back tag moved
+
+    # A build after the rollback takes the tag again, on both.
+    latest = image(a, "web:latest", "FROM base:1\nRUN echo four > /v\n")
+    wait_until(lambda: b.engine.image_id("web:latest") == latest, 30, 0.1, what="the next build on B")
+    assert a.engine.image_id("web:latest") == latest

@@ -18,7 +18,9 @@ from collections.abc import Callable
 from mesh.config import Config
 from mesh.engine.base import Engine, EngineError, LocalImage, chain_ids
 from mesh.node.persistence import NodeState
+from mesh.protocol import tagsets
 from mesh.protocol.share import Candidate, Decision, Step, share_manifest
+from mesh.protocol.tagsets import TagSet
 from mesh.protocol.wire import ImageMeta, Tags
 
 log = logging.getLogger("cachemesh.engine")
@@ -46,6 +48,10 @@ class LocalImages:
         """Images the mesh brought here -> when last used (wall clock): what a budget may evict."""
         self.mesh_layers: Callable[[], set[str]] = set
         """Chain IDs of the layers the rest of the mesh holds (set by the node once its core runs)."""
+        self._scanned_tags, self.tagsets = state.tags()
+        """Tags this node set on purpose (rollbacks), or adopted from the mesh: mesh.protocol.tagsets."""
+        self.winning_sets: Callable[[], dict[str, TagSet]] = dict
+        """tag -> the tag set that decided it in the last plan (set by the node once it plans)."""
         self._histories: dict[str, list[Step]] = {}
         self._chains: dict[str, tuple[str, ...]] = {}
         self._evicted_at: dict[str, float] = {}
@@ -81,6 +87,7 @@ class LocalImages:
         started = time.monotonic()
         images = await self.engine.images()
         self.images = {i.meta.id: i for i in images}
+        self._note_tag_moves()  # before any await: a plan must never see a rollback without its set
         if self.config.share == "deps":
             for image in images:
                 if image.tags and image.meta.id not in self._histories:
@@ -107,6 +114,25 @@ class LocalImages:
         self.scanned = True
         self._decide()
         self._on_change(self.shared, self.shared_metas)
+
+    def _note_tag_moves(self) -> None:
+        scanned = {tag: (i.meta.id, i.meta.created) for i in self.images.values() for tag in i.tags}
+        if scanned == self._scanned_tags:
+            return
+        winning = self.winning_sets()
+        sets = tagsets.update(
+            previous=self._scanned_tags,
+            current=scanned,
+            known=self.tagsets,
+            winning=winning,
+            now_ms=int(time.time() * 1000),
+        )
+        for tag, tagset in sets.items():
+            if self.tagsets.get(tag) != tagset:
+                how = "the mesh's rollback" if winning.get(tag) == tagset else "an older image here"
+                log.info("%s now names %s, %s: the mesh follows it", tag, tagset.image[:19], how)
+        self._scanned_tags, self.tagsets = scanned, sets
+        self.state.save_tags(scanned, sets)
 
     def redecide(self) -> None:
         """Decide again what to share, with what the mesh holds now (a peer's manifest changed)."""

@@ -163,6 +163,7 @@ class Node:
             self.config, self.core.view, self.engine, self.local, self.client, self.metrics, self.relays
         )
         self.local.mesh_layers = self._mesh_layers
+        self.local.winning_sets = lambda: self.puller.plan.tagsets if self.puller.plan else {}
         self.disk = DiskKeeper(
             self.config,
             self.engine,
@@ -514,7 +515,7 @@ class Node:
             return
         entries, metas = self.registry.announcement()
         receiving = {**self.relays.receiving(), **dict.fromkeys(self.registry.relaying(), "blob")}
-        status = NodeStatus(self.config.zone, self.peer_api.uploads, receiving)
+        status = NodeStatus(self.config.zone, self.peer_api.uploads, receiving, self.local.tagsets)
         shared = {**self._engine_shared, **entries, status_key(self.node_id): announce(status)}
         all_metas = [*self._engine_metas.values(), *metas, status_meta(self.node_id)]
         if self.core.set_local_images(shared, all_metas, time.monotonic()):

@@ -7,6 +7,9 @@
   not pull them straight back.
 - `brought.json`: images the mesh brought here (pulled), with when each was last used: what a
   disk budget may evict, oldest use first.
+- `tags.json`: every local tag with its image and that image's creation at the last scan, and the
+  tag sets (mesh.protocol.tagsets): a rollback made while the node was down is still seen, and a
+  rollback keeps its time across restarts.
 Writes are atomic (write, fsync, rename): a crash never leaves a half-written file.
 """
 
@@ -16,6 +19,8 @@ import json
 import os
 import secrets
 from pathlib import Path
+
+from mesh.protocol.tagsets import TagSet
 
 
 class StateError(Exception):
@@ -83,3 +88,17 @@ class NodeState:
 
     def save_brought(self, brought: dict[str, float]) -> None:
         _write_atomic(self.dir / "brought.json", json.dumps(brought, indent=1, sort_keys=True))
+
+    def tags(self) -> tuple[dict[str, tuple[str, int]], dict[str, TagSet]]:
+        """(tag -> (image, created) at the last scan, tag -> its tag set); empty if unreadable."""
+        try:
+            data = json.loads((self.dir / "tags.json").read_text())
+            scanned = {str(t): (str(i), int(c)) for t, (i, c) in data["scanned"].items()}
+            sets = {str(t): TagSet(str(i), int(at)) for t, (i, at) in data["sets"].items()}
+            return scanned, sets
+        except (OSError, ValueError, AttributeError, TypeError, KeyError):
+            return {}, {}
+
+    def save_tags(self, scanned: dict[str, tuple[str, int]], sets: dict[str, TagSet]) -> None:
+        data = {"scanned": scanned, "sets": {t: [s.image, s.at] for t, s in sets.items()}}
+        _write_atomic(self.dir / "tags.json", json.dumps(data, indent=1, sort_keys=True))

@@ -83,6 +83,7 @@ class Puller:
                 i, p.state is State.ALIVE, p.rtt, status.zone, status.uploads, status.receiving
             )
         remote = {node: view.holdings(node) for node, peer in peers.items() if peer.alive}
+        remote_sets = {node: view.status(node).tagsets for node in remote}
         now = time.monotonic()
         self.penalties = {p: penalty for p, penalty in self.penalties.items() if penalty.until > now}
         metas = {**view.metas(), **self.local.metas()}
@@ -105,6 +106,9 @@ class Puller:
                 zone=self.config.zone,
                 store=self.store,
                 penalties=self.penalties,
+                local_sets=self.local.tagsets,
+                remote_sets=remote_sets,
+                brought=self.local.brought.keys(),
             )
 
         first = plan(self.local.evicted)
@@ -131,9 +135,8 @@ class Puller:
             for action in self.plan.tags:
                 try:
                     await self.engine.tag(action.image, action.tag)
-                    log.info(
-                        "tagged %s as %s (the mesh's newest for that tag)", action.image[:19], action.tag
-                    )
+                    why = "rollback of" if action.tag in self.plan.tagsets else "newest for"
+                    log.info("tagged %s as %s (the mesh's %s that tag)", action.image[:19], action.tag, why)
                 except EngineError as exc:
                     self.metrics.engine_errors.inc()
                     log.warning("cannot tag %s as %s: %s", action.image[:19], action.tag, exc)

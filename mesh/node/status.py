@@ -167,6 +167,13 @@ def build_status(facts: StatusFacts) -> dict[str, Any]:
         "recent_transfers": [_transfer(t) for t in facts.puller.recent],
         "registry": facts.registry(),
         "disk": facts.disk(),
+        # Tags set back to an older image on purpose, here or adopted from the mesh (rollbacks), and
+        # tags the mesh would move but that stay on a newer image built here.
+        "tag_sets": [
+            {"tag": tag, "image": s.image, "set_at": s.at / 1000}
+            for tag, s in sorted(facts.local.tagsets.items())
+        ],
+        "tags_kept": [] if plan is None else plan.kept,
     }
 
 

@@ -7,7 +7,12 @@ predate it would reject, dropping the whole envelope), each node announces them 
 its own manifest, the way registry content rides it (mesh/protocol/oci.py):
 
     ID   sha256 over a salt and the node ID (never an image ID or a registry key)
-    tags ("oci node-status", "oci zone <zone>", "oci load <n>", "oci recv <image> <store>", ...)
+    tags ("oci node-status", "oci zone <zone>", "oci load <n>", "oci recv <image> <store>", ...,
+          "oci tagset <tag> <image> <unix ms>", ...)
+
+`tagset` items are the node's tag sets (mesh.protocol.tagsets: tags it moved to an older image on
+purpose, or adopted from such a move), at most MAX_TAGSETS of them; a node from before them skips
+them as unknown items.
 
 The first tag starts with the registry prefix but is no manifest digest, so a node from before
 this entry skips it as malformed registry content; current nodes take it out of every holdings
@@ -22,11 +27,12 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from mesh.protocol.wire import MAX_TAGS, ImageMeta, Tags
+from mesh.protocol.tagsets import MAX_TAGSETS, TagSet
+from mesh.protocol.wire import MAX_NAME, MAX_TAGS, ImageMeta, Tags
 
 MARK = "oci node-status"
 KEY_SALT = b"cachemesh/node-status\0"
-MAX_RECEIVING = MAX_TAGS - 3  # one slot each for the mark, the zone and the load
+MAX_RECEIVING = MAX_TAGS - 3 - MAX_TAGSETS  # one slot each for the mark, the zone and the load
 STORES = ("graph", "containerd", "blob")  # "blob": registry content being fetched (by digest)
 
 
@@ -38,6 +44,8 @@ class NodeStatus:
     receiving: Mapping[str, str] = field(default_factory=dict)
     """image -> store of the full stream this node is receiving and relays as it arrives; or
     registry digest -> "blob" for content it is fetching and relays as it arrives."""
+    tagsets: Mapping[str, TagSet] = field(default_factory=dict)
+    """tag -> the image this node set it to on purpose, and when (mesh.protocol.tagsets)."""
 
 
 def status_key(node_id: str) -> str:
@@ -50,7 +58,10 @@ def status_meta(node_id: str) -> ImageMeta:
 
 def announce(status: NodeStatus) -> Tags:
     receiving = sorted(f"oci recv {image} {store}" for image, store in status.receiving.items())
-    return (MARK, f"oci zone {status.zone}", f"oci load {status.uploads}", *receiving[:MAX_RECEIVING])
+    newest = sorted(status.tagsets.items(), key=lambda item: (item[1].at, item[0]), reverse=True)
+    items = [f"oci tagset {tag} {s.image} {s.at}" for tag, s in newest]
+    sets = sorted([item for item in items if len(item) <= MAX_NAME][:MAX_TAGSETS])  # too long: left out
+    return (MARK, f"oci zone {status.zone}", f"oci load {status.uploads}", *receiving[:MAX_RECEIVING], *sets)
 
 
 def is_status_entry(tags: Tags | None) -> bool:
@@ -63,7 +74,7 @@ def parse(tags: Tags | None) -> NodeStatus | None:
     if not is_status_entry(tags):
         return None
     assert tags is not None
-    zone, uploads, receiving = "", 0, {}
+    zone, uploads, receiving, tagsets = "", 0, {}, {}
     for text in tags[1:]:
         kind, _, rest = text.removeprefix("oci ").partition(" ")
         if kind == "zone":
@@ -74,4 +85,9 @@ def parse(tags: Tags | None) -> NodeStatus | None:
             image, _, store = rest.partition(" ")
             if image.startswith("sha256:") and len(image) == 71 and store in STORES:
                 receiving[image] = store
-    return NodeStatus(zone, uploads, receiving)
+        elif kind == "tagset":
+            tag, _, rest = rest.partition(" ")
+            image, _, at = rest.partition(" ")
+            if tag and image.startswith("sha256:") and len(image) == 71 and at.isdigit():
+                tagsets[tag] = TagSet(image, int(at))
+    return NodeStatus(zone, uploads, receiving, tagsets)

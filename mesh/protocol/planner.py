@@ -2,7 +2,11 @@
 
 Policy (the default; a disk budget comes later):
 - Every tag shared in the mesh (subject to the include/exclude globs) resolves to one image: the
-  newest by creation time, ties broken by image ID, so every node picks the same one.
+  one with the latest claim, ties broken by image ID, so every node picks the same one. A claim's
+  time is the image's creation, or, for a tag set on purpose (a rollback to an older image,
+  mesh.protocol.tagsets) by a node that still tags that image so, the time it was set.
+- A tag here on an image built on this host (not brought by the mesh) that is newer than the
+  winner is not moved: an image from the mesh never replaces a newer local build.
 - This node should hold that image with that tag. Pulling an image brings its parent chain, so a
   classic-builder rebuild here finds every intermediate step; base images are tags like any other,
   because a rebuild needs its FROM image by name.
@@ -18,13 +22,14 @@ Policy (the default; a disk budget comes later):
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import takewhile
 
 from mesh.protocol import sources
 from mesh.protocol.oci import is_registry_entry
 from mesh.protocol.sources import Penalty
+from mesh.protocol.tagsets import TagSet, created_ms, tag_map, valid
 from mesh.protocol.wire import ImageMeta, Tags
 
 
@@ -73,6 +78,10 @@ class Plan:
     """Images this node should hold and does not yet (in flight, waiting or failing)."""
     given_up: list[str]
     """Images that failed `max_attempts` times: still retried, but readiness stops waiting."""
+    tagsets: dict[str, TagSet] = field(default_factory=dict)
+    """tag -> the tag set that decided its image (a rollback), for tags decided by one."""
+    kept: list[str] = field(default_factory=list)
+    """Tags left on a newer image built here, though the mesh's winner is another."""
 
     @property
     def warm(self) -> bool:
@@ -91,21 +100,42 @@ def winners(
     metas: Mapping[str, ImageMeta],
     include: Iterable[str],
     exclude: Iterable[str],
+    sets: Iterable[Mapping[str, TagSet]] = (),
 ) -> dict[str, str]:
-    """tag -> the image every node agrees should carry it (newest created, then highest ID)."""
-    best: dict[str, tuple[int, str]] = {}
+    """tag -> the image every node agrees should carry it (latest claim, then highest ID)."""
+    return {tag: image for tag, (image, _) in decide(holdings, metas, include, exclude, sets).items()}
+
+
+def decide(
+    holdings: Iterable[Mapping[str, Tags]],
+    metas: Mapping[str, ImageMeta],
+    include: Iterable[str],
+    exclude: Iterable[str],
+    sets: Iterable[Mapping[str, TagSet]] = (),
+) -> dict[str, tuple[str, TagSet | None]]:
+    """tag -> (its image, the tag set that decided it or None). A claim's time is the image's
+    creation; `sets` (each node's, checked with tagsets.valid against its own manifest) claim
+    their tag at the time they were set."""
+    best: dict[str, tuple[int, str, TagSet | None]] = {}
     include, exclude = list(include), list(exclude)
+
+    def claim(tag: str, key: tuple[int, str, TagSet | None]) -> None:
+        current = best.get(tag)
+        if (current is None or key[:2] > current[:2]) and tag_allowed(tag, include, exclude):
+            best[tag] = key
+
     for manifest in holdings:
         for image, tags in manifest.items():
             meta = metas.get(image)
             if meta is None or is_registry_entry(tags):
                 continue  # metadata not here yet (decide when it is), or registry content, not an image
-            key = (meta.created, image)
             for tag in tags:
-                current = best.get(tag)
-                if (current is None or key > current) and tag_allowed(tag, include, exclude):
-                    best[tag] = key
-    return {tag: image for tag, (_, image) in best.items()}
+                claim(tag, (created_ms(meta.created), image, None))
+    for node_sets in sets:
+        for tag, tagset in node_sets.items():
+            if tagset.image in metas:
+                claim(tag, (tagset.at, tagset.image, tagset))
+    return {tag: (image, tagset) for tag, (_, image, tagset) in best.items()}
 
 
 def ancestors(image: str, metas: Mapping[str, ImageMeta]) -> list[str]:
@@ -141,6 +171,9 @@ def plan(
     zone: str = "",
     store: str = "",
     penalties: Mapping[str, Penalty] | None = None,
+    local_sets: Mapping[str, TagSet] | None = None,
+    remote_sets: Mapping[str, Mapping[str, TagSet]] | None = None,
+    brought: Collection[str] | None = None,
 ) -> Plan:
     """Decide pulls and local tag moves.
 
@@ -155,11 +188,28 @@ def plan(
     `store` (with store "" relays are ignored: the caller cannot say). `penalties`: peer ->
     its recent failures with any image (`sources.penalise`), which lower its preference until
     they expire; `peers[p].uploads` is p's gossiped load.
+
+    Tag sets (mesh.protocol.tagsets): `local_sets` this node's, `remote_sets` peer -> its gossiped
+    ones; each counts only while its node tags that image so. `brought`: the local images the
+    mesh brought here; the others were built here (all of them when None), and a tag on one newer
+    than the tag's winner stays.
     """
     live_remote = {p: m for p, m in remote.items() if p in peers and peers[p].alive}
+    sets = [valid(local_sets or {}, local)]
+    sets += [valid((remote_sets or {}).get(p, {}), m) for p, m in live_remote.items()]
+    here = tag_map(local)
     want_tags: dict[str, set[str]] = {}
-    for tag, image in winners([local, *live_remote.values()], metas, include, exclude).items():
+    winning: dict[str, TagSet] = {}
+    kept: list[str] = []
+    for tag, (image, tagset) in sorted(
+        decide([local, *live_remote.values()], metas, include, exclude, sets).items()
+    ):
+        if _built_here_newer(here.get(tag), image, metas, brought):
+            kept.append(tag)  # the mesh's older image never moves a newer build of this host's
+            continue
         want_tags.setdefault(image, set()).add(tag)
+        if tagset is not None:
+            winning[tag] = tagset
 
     tags: list[TagAction] = []
     missing: list[str] = []
@@ -226,7 +276,16 @@ def plan(
         sent[best.peer] = sent.get(best.peer, 0) + 1
         size = metas[image].size if image in metas else 0
         pulls.append(Pull(image, best.peer, tuple(sorted(want_tags[image])), size, best.relay))
-    return Plan(pulls, tags, missing, given_up)
+    return Plan(pulls, tags, missing, given_up, winning, kept)
+
+
+def _built_here_newer(
+    mine: str | None, winner: str, metas: Mapping[str, ImageMeta], brought: Collection[str] | None
+) -> bool:
+    """The tag's image here, `mine`, was built here (not brought) and is newer than the winner."""
+    if mine is None or mine == winner or (brought is not None and mine in brought):
+        return False
+    return mine in metas and winner in metas and metas[mine].created > metas[winner].created
 
 
 def local_manifest(
