@@ -14,6 +14,7 @@ from typing import IO
 from aiohttp import web
 
 PIECE = 1 << 20
+INLINE = 256 << 10
 
 
 async def send_file(
@@ -33,8 +34,14 @@ async def send_file(
     fd = fh.fileno()
     end = offset + count
     while offset < end:
-        # A fresh bytes object per piece: the transport may still hold the previous one.
-        piece = await asyncio.to_thread(os.pread, fd, min(PIECE, end - offset), offset)
+        size = min(PIECE, end - offset)
+        # A fresh bytes object per piece: the transport may still hold the previous one. A small
+        # window is what a fetch just wrote (the page cache has it): read it here; a large one may
+        # come from disk, off the loop.
+        if size <= INLINE:
+            piece = os.pread(fd, size, offset)
+        else:
+            piece = await asyncio.to_thread(os.pread, fd, size, offset)
         if not piece:
             raise OSError(f"file ended {end - offset} bytes early")
         await response.write(piece)
