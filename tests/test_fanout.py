@@ -111,6 +111,8 @@ def test_a_burst_of_four_receivers_is_served_as_a_tree_and_every_copy_is_verifie
     elapsed = time.monotonic() - started
     # Each engine verified every layer against the config on load; the ID is the source's.
     assert all(image_on(lab, r) == image for r in names[1:])
+    # The engine shows the image a moment before the node logs the pull: wait for the logs.
+    wait_until(lambda: all(lab.sources_used(r) for r in names[1:]), 10, 0.05, what="every pull logged")
     sources = {r: lab.sources_used(r) for r in names[1:]}
     print(f"4 receivers in {elapsed:.1f}s: {sources}")
     assert all(len(pulls) == 1 for pulls in sources.values()), sources
@@ -188,6 +190,7 @@ def test_a_source_that_dies_or_stalls_mid_transfer_is_replaced_by_another_holder
     # timeout, 3 s here, runs out), which the allowance for SIGSTOP covers.
     assert took <= rest + 5 + (4 if how == "SIGSTOP" else 0), took
     other = "r1" if victim == "src" else "src"
+    wait_until(lambda: lab.sources_used("r2"), 10, 0.05, what="r2's pull logged")
     assert lab.sources_used("r2") == [(other, False)]
     assert failovers(lab, "r2") >= 1
 
@@ -219,6 +222,7 @@ def test_a_relay_that_dies_mid_relay_leaves_its_downstream_whole(fresh):
     assert transfer_in(lab, "r1") is not None  # r1 is still receiving: a relay, not a holder
     lab.stop("r1", signal.SIGKILL)
     wait_until(lambda: image_on(lab, "r2") == image, 60, 0.1, what="burst:1 on r2 after its relay died")
+    wait_until(lambda: lab.sources_used("r2"), 10, 0.05, what="r2's pull logged")
     assert lab.sources_used("r2") == [("src", False)]
     assert failovers(lab, "r2") >= 1
     # Nothing partial anywhere: the dead relay's engine holds no tag of it, and r2 holds the
