@@ -67,6 +67,20 @@ def test_newest_image_wins_a_tag_and_local_tags_move():
     assert p.pulls == []
 
 
+def test_a_rebuild_here_in_the_same_second_as_the_mesh_image_keeps_its_tag():
+    # Creation times have one-second resolution: a code-only rebuild right after the shared build
+    # ties with it, and the tie's ID order must not move the host's own build off its tag.
+    first, rebuild = d(9), d(8)  # the mesh's image has the higher ID: it would win the tie
+    metas = {
+        **METAS,
+        first: ImageMeta(first, "", (d(109),), 10, 3000),
+        rebuild: ImageMeta(rebuild, "", (d(108),), 10, 3000),
+    }
+    remote = {"b": {first: ("app:latest",)}}
+    p = run(local={rebuild: ("app:latest",), first: ()}, remote=remote, metas=metas, brought=set())
+    assert p.tags == [] and p.kept == ["app:latest"]
+
+
 def test_failed_images_back_off_then_prefer_another_source_and_stop_blocking_readiness():
     remote = {"a": {OTHER: ("tool:1",)}, "b": {OTHER: ("tool:1",)}}
     waiting = run(remote=remote, failures={OTHER: Failure(1, 200.0, {"b"})})

@@ -282,10 +282,12 @@ def plan(
 def _built_here_newer(
     mine: str | None, winner: str, metas: Mapping[str, ImageMeta], brought: Collection[str] | None
 ) -> bool:
-    """The tag's image here, `mine`, was built here (not brought) and is newer than the winner."""
+    """The tag's image here, `mine`, was built here (not brought) and is newer than the winner,
+    or as new: creation times have one-second resolution, so a rebuild in the same second as the
+    mesh's image cannot be told apart by age, and the host's own build is what its user just made."""
     if mine is None or mine == winner or (brought is not None and mine in brought):
         return False
-    return mine in metas and winner in metas and metas[mine].created > metas[winner].created
+    return mine in metas and winner in metas and metas[mine].created >= metas[winner].created
 
 
 def local_manifest(
