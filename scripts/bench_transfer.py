@@ -10,9 +10,10 @@ moment `docker -H B image inspect bench:1` shows its ID, polled the same way for
   mesh: two cachemesh node processes (A, B) on loopback, already joined and warm, that share only
         `bench:*`; B's node learns A's new tag by gossip, pulls the image and its chain, tags it.
 Before each run the image leaves B and the tag leaves A (fresh nodes for each mesh run, so B's node
-does not remember the removal as an eviction), and dirty pages are flushed (sync). The order alternates: pipe first in odd rounds,
-mesh first in even ones. Prints the median of each, their ratio (mesh / pipe), and the receiving
-node's peak RSS, which shows the stream is not held in memory.
+does not remember the removal as an eviction), and dirty pages are flushed (sync). The order
+alternates: pipe first in odd rounds, mesh first in even ones. Prints the median of each, their
+ratio (mesh / pipe), and the receiving node's peak RSS, which shows the stream is not held in
+memory.
 
     sudo .venv/bin/python scripts/bench_transfer.py --mb 500 --rounds 4 [--engine 28.5-containerd]
 """
