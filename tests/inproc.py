@@ -10,8 +10,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from mesh.config import Config
 from mesh.engine.fake import FakeEngine
+from mesh.lab.poll import async_wait_until
 from mesh.net.tls import NodeTLS
 from mesh.node.node import Node
+from mesh.node.transfer import Transfer
 
 SECRET = b"inproc-test-secret-0123456789"
 
@@ -43,6 +45,18 @@ async def start_node(
 def has_image(node: Node, image: str, tag: str | None = None) -> bool:
     local = node.local.images.get(image)
     return local is not None and (tag is None or tag in local.tags)
+
+
+async def wait_pulled(node: Node, image: str, tag: str, timeout: float, what: str) -> Transfer:
+    """Until `node` holds `image` as `tag` and its puller has recorded the pull that brought it
+    (the engine shows the image a moment before the record lands); that record."""
+
+    def pulled() -> Transfer | None:
+        done = [t for t in node.puller.recent if t.image == image and t.outcome == "ok"]
+        return done[-1] if done and has_image(node, image, tag) else None
+
+    found: Transfer = await async_wait_until(pulled, timeout, what=what)
+    return found
 
 
 def client_ssl(node_id: str = "attacker", *secrets: bytes, cluster: str = "default") -> ssl.SSLContext:

@@ -22,7 +22,7 @@ from mesh.node.peer_api import PeerApi
 from mesh.node.relay import RelayBroken, Relays
 from mesh.protocol import wire
 from mesh.protocol.sources import CHAIN_DEPTH, Downstream
-from tests.inproc import has_image, start_node
+from tests.inproc import has_image, start_node, wait_pulled
 
 IMAGE = "sha256:" + "ab" * 32
 
@@ -284,10 +284,7 @@ async def test_a_node_still_receiving_an_image_relays_it_and_the_receiver_verifi
     await async_wait_until(lambda: receiving(r1, image) > 0, 10, what="r1 receiving from src")
     nodes.append(await start_node(workdir, "r2", engine=FakeEngine(), seeds=(src.peer_addr,)))
     r2 = nodes[2]
-    await async_wait_until(lambda: has_image(r2, image, "app:1"), 20, what="app:1 on r2")
-    # The engine shows the image a moment before the puller records the pull.
-    await async_wait_until(lambda: any(t.outcome == "ok" for t in r2.puller.recent), 10, what="r2's record")
-    pulled = next(t for t in r2.puller.recent if t.outcome == "ok")
+    pulled = await wait_pulled(r2, image, "app:1", 30, what="app:1 on r2")
     assert (pulled.peer_name, pulled.relay) == ("r1", True)
     assert r1.metrics.relays_served._value.get() == 1
     await async_wait_until(lambda: has_image(r1, image, "app:1"), 20, what="app:1 on r1")
@@ -307,8 +304,7 @@ async def test_when_a_relay_leaves_mid_relay_its_receiver_fails_over_to_a_holder
         what="r2 receiving from r1's relay",
     )
     await r1.stop()
-    await async_wait_until(lambda: has_image(r2, image, "app:1"), 30, what="app:1 on r2 from src")
-    await async_wait_until(lambda: any(t.outcome == "ok" for t in r2.puller.recent), 10, what="r2's record")
+    await wait_pulled(r2, image, "app:1", 40, what="app:1 on r2 from src")
     outcomes = [(t.peer_name, t.outcome) for t in reversed(r2.puller.recent)]
     assert outcomes == [("r1", "failed"), ("src", "ok")], outcomes
     assert r2.metrics.failovers._value.get() == 1

@@ -7,7 +7,7 @@ import pytest
 from mesh.engine.base import EngineError, EngineUnavailable
 from mesh.engine.fake import FakeEngine
 from mesh.lab.poll import async_wait_until
-from tests.inproc import has_image, start_node
+from tests.inproc import has_image, start_node, wait_pulled
 
 
 class EvilEngine(FakeEngine):
@@ -74,13 +74,7 @@ async def test_a_failed_source_is_avoided_and_an_honest_one_is_used(workdir):
     receiver = FakeEngine()
     node = await start_node(workdir, "r", engine=receiver, seeds=(source_bad.peer_addr,))
     try:
-        await async_wait_until(
-            lambda: has_image(node, image, "app:1"), 20, what="pulled from the honest peer"
-        )
-        # The engine shows the image a moment before the puller records the pull.
-        await async_wait_until(
-            lambda: any(t.outcome == "ok" for t in node.puller.recent), 10, what="the pull's record"
-        )
+        await wait_pulled(node, image, "app:1", 30, what="pulled from the honest peer")
         good = [t for t in node.puller.recent if t.outcome == "ok"]
         assert good and good[0].peer_name == "good"
     finally:
