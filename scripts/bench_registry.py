@@ -30,14 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mesh.lab.dockerd import Dockerd, available, import_base
-from mesh.lab.nodes import NodeProcess
+from mesh.lab.nodes import NodeProcess, free_ports
 from mesh.lab.poll import wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -87,7 +81,7 @@ def knows(node: NodeProcess) -> bool:
 def mesh_round(b: Dockerd, workdir: Path, peer_a: int, round_no: int) -> tuple[float, float]:
     """A pull through a fresh node B, which holds nothing: every blob is fetched from node A.
     Returns (seconds, B's peak RSS in MB)."""
-    peer_b, reg_b, status_b = free_port(), free_port(), free_port()
+    peer_b, reg_b, status_b = free_ports(3)
     node_b = NodeProcess(
         f"bench-b{round_no}",
         workdir,
@@ -122,7 +116,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="cachemesh-bench-registry-"))
     a = Dockerd(workdir / "a", name="a").start()
     b = Dockerd(workdir / "b", name="b").start()
-    ref_port, peer_a, reg_a, status_a = free_port(), free_port(), free_port(), free_port()
+    ref_port, peer_a, reg_a, status_a = free_ports(4)
     reference = reference_registry(workdir, ref_port)
     node_a = NodeProcess(
         "bench-a",
