@@ -18,6 +18,7 @@ Prints the median of each, their ratio (mesh / reference), and node B's peak RSS
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import socket
 import statistics
@@ -53,6 +54,24 @@ def reference_registry(workdir: Path, port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far of a process and the live processes in its group (an
+    engine's containerd is its child)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pid or stat.parent.name == str(pid):  # field 5, the process group
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_report(pids: dict[str, int], before: dict[str, float]) -> str:
+    return ", ".join(f"{name} {cpu_seconds(pid) - before[name]:.2f}s" for name, pid in pids.items())
+
+
 def _answers(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
@@ -78,7 +97,15 @@ def knows(node: NodeProcess) -> bool:
     return any(r["name"] == "bench" for r in node.api()["registry"]["repositories"])
 
 
-def mesh_round(b: Dockerd, workdir: Path, peer_a: int, round_no: int) -> tuple[float, float]:
+def reference_round(b: Dockerd, pid_registry: int, port: int) -> float:
+    pids = {"docker-registry": pid_registry, "engine B": b.proc.pid}
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    elapsed = timed_pull(b, f"127.0.0.1:{port}/bench:1")
+    print("  reference pull CPU: " + cpu_report(pids, before), flush=True)
+    return elapsed
+
+
+def mesh_round(b: Dockerd, workdir: Path, peer_a: int, pid_a: int, round_no: int) -> tuple[float, float]:
     """A pull through a fresh node B, which holds nothing: every blob is fetched from node A.
     Returns (seconds, B's peak RSS in MB)."""
     peer_b, reg_b, status_b = free_ports(3)
@@ -97,7 +124,11 @@ def mesh_round(b: Dockerd, workdir: Path, peer_a: int, round_no: int) -> tuple[f
     ).wait_up()
     try:
         wait_until(lambda: knows(node_b), 30, 0.1, what="node B knows bench:1")
-        return timed_pull(b, f"127.0.0.1:{reg_b}/bench:1"), peak_rss_mb(node_b.proc.pid)
+        pids = {"node A": pid_a, "node B": node_b.proc.pid, "engine B": b.proc.pid}
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        elapsed = timed_pull(b, f"127.0.0.1:{reg_b}/bench:1")
+        print("  mesh pull CPU: " + cpu_report(pids, before), flush=True)
+        return elapsed, peak_rss_mb(node_b.proc.pid)
     finally:
         node_b.stop()
 
@@ -149,12 +180,12 @@ def main() -> int:
         for round_no in range(args.rounds):
             # The order alternates between rounds, so neither side always finds a warmer machine.
             if round_no % 2 == 0:
-                refs.append(timed_pull(b, f"127.0.0.1:{ref_port}/bench:1"))
-            elapsed, peak = mesh_round(b, workdir, peer_a, round_no)
+                refs.append(reference_round(b, reference.pid, ref_port))
+            elapsed, peak = mesh_round(b, workdir, peer_a, node_a.proc.pid, round_no)
             meshes.append(elapsed)
             rss.append(peak)
             if round_no % 2 == 1:
-                refs.append(timed_pull(b, f"127.0.0.1:{ref_port}/bench:1"))
+                refs.append(reference_round(b, reference.pid, ref_port))
             print(
                 f"round {round_no + 1}: reference registry {refs[-1]:.2f}s, "
                 f"through node B (held only by A) {meshes[-1]:.2f}s, node B peak RSS {rss[-1]:.0f} MB",
