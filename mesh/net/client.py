@@ -213,7 +213,14 @@ class PeerClient:
             except (KeyError, ValueError):
                 raise PeerError(f"{addr}: no {SIZE_HEADER} header") from None
             media_type = r.headers.get(MEDIA_TYPE_HEADER, "")
-            yield ContentStream(size, media_type, r.content.iter_chunked(chunk_bytes))
+            yield ContentStream(size, media_type, _pieces(r.content))
+
+
+async def _pieces(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """A body as the pieces the connection delivered. iter_chunked(n) and iter_any() join
+    buffered pieces into one bytes object, a copy of every byte the caller then copies again."""
+    async for piece, _ in content.iter_chunks():
+        yield piece
 
 
 def _retry_after(value: str) -> float:
