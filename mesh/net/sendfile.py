@@ -1,36 +1,86 @@
-"""Part of a file as the body of a prepared HTTP response: zero-copy where the loop can.
+"""Part of a file as the body of a prepared HTTP response: zero-copy where the socket allows.
 
 asyncio's loop sends a file with os.sendfile on a plain socket (and reads and writes it for TLS
-itself). uvloop, which `cachemesh run` uses, has no `loop.sendfile`: there the file is read in
-pieces, off the event loop (a cold page cache means disk reads), and written as the body.
+itself). uvloop, which `cachemesh run` uses, has no `loop.sendfile`. There, on a plain socket, a
+worker thread runs os.sendfile on its own duplicate of the socket (the kernel copies page cache
+to socket; this process touches no byte); on TLS the file is read in pieces, off the event loop
+(a cold page cache means disk reads), and written as the body.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import select
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO
 
 from aiohttp import web
 
 PIECE = 1 << 20
 INLINE = 256 << 10
+# A client that takes no byte for this long is given up on: the thread is freed, the caller cuts
+# the connection.
+STALL_SECONDS = 120.0
+# Its own threads: a crowd of slow clients must not hold the default executor, which the node's
+# engine calls run on.
+_SENDERS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="sendfile")
 
 
 async def send_file(
     request: web.Request, response: web.StreamResponse, fh: IO[bytes], offset: int, count: int
 ) -> None:
     """Send `count` bytes of `fh` from `offset` on. Raises ConnectionResetError if the client has
-    gone, OSError if the file cannot be read."""
+    gone, OSError if the file cannot be read, TimeoutError if the client stops reading."""
     if count <= 0:
         return  # os.sendfile refuses a count of 0 (the empty blob)
-    if request.transport is None:
+    transport = request.transport
+    if transport is None or transport.is_closing():
         raise ConnectionResetError("client went away")
+    loop = asyncio.get_running_loop()
     try:
-        await asyncio.get_running_loop().sendfile(request.transport, fh, offset, count)
+        await loop.sendfile(transport, fh, offset, count)
         return
     except NotImplementedError:
         pass
+    sock = transport.get_extra_info("socket")
+    # Only on a plain socket, and only when nothing the transport holds (headers, an earlier
+    # piece) is still to go ahead of these bytes.
+    if (
+        sock is not None
+        and transport.get_extra_info("sslcontext") is None
+        and not transport.get_write_buffer_size()
+    ):
+        # A duplicate: if the transport closes its descriptor meanwhile, the number cannot be
+        # reused under the thread for another file.
+        fd = os.dup(sock.fileno())
+        try:
+            await loop.run_in_executor(_SENDERS, _sendfile_blocking, fd, fh.fileno(), offset, count)
+        finally:
+            os.close(fd)
+        return
+    await _send_pieces(response, fh, offset, count)
+
+
+def _sendfile_blocking(sock_fd: int, file_fd: int, offset: int, count: int) -> None:
+    """os.sendfile until `count` bytes are sent; the socket is non-blocking (the event loop's), so
+    a full one is waited on with poll."""
+    poller = select.poll()
+    poller.register(sock_fd, select.POLLOUT)
+    while count > 0:
+        try:
+            sent = os.sendfile(sock_fd, file_fd, offset, count)
+        except BlockingIOError:
+            if not poller.poll(STALL_SECONDS * 1000):
+                raise TimeoutError(f"client took no bytes for {STALL_SECONDS:.0f}s") from None
+            continue
+        if sent == 0:
+            raise OSError(f"file ended {count} bytes early")
+        offset += sent
+        count -= sent
+
+
+async def _send_pieces(response: web.StreamResponse, fh: IO[bytes], offset: int, count: int) -> None:
     fd = fh.fileno()
     end = offset + count
     while offset < end:
