@@ -261,3 +261,21 @@ async def test_a_manifest_may_reference_what_a_peer_holds(pair) -> None:  # type
     ) as r:
         assert r.status == 201, await r.text()
     await async_wait_until(lambda: b.registry.complete(digest_of(manifest)), 5, what="b holds all it named")
+
+
+async def test_layers_are_fetched_in_the_order_of_the_manifest_a_client_read(pair) -> None:  # type: ignore[no-untyped-def]
+    """A client unpacks layers in its manifest's order, so b's fetch lane ranks them so: the
+    blobs of the manifest read first, in its order, then those of the next; unnamed ones last."""
+    a, b, session = pair
+    first = [b'{"first": 1}', b"L1" * 1000, b"L2" * 1000, b"L3" * 1000]
+    second = [b'{"second": 2}', b"M1" * 1000]
+    await push(session, a, "app/one:1", first)
+    await push(session, a, "app/two:1", second)
+    await async_wait_until(lambda: resolves(session, b, "app/two:1"), 5, what="b resolves both tags")
+    for name in ("app/one", "app/two"):
+        async with session.get(f"http://{b.registry_addr}/v2/{name}/manifests/1") as r:
+            assert r.status == 200
+    rank = b.registry.fetcher.rank
+    ranks = [rank(digest_of(blob)) for blob in first + second] + [rank(digest_of(b"named nowhere"))]
+    assert ranks == sorted(ranks)
+    assert len(set(ranks)) == len(ranks)

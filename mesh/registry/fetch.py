@@ -3,6 +3,8 @@
 - One fetch per digest, however many clients ask: later readers join the running fetch.
 - Bytes go to a temp file, hashed as they arrive; readers stream from that file as it grows, so a
   client gets the first bytes while the rest is still on the wire.
+- From each source, one large blob's body is read at a time, the blobs of the manifest a
+  client read first going first, in its order (mesh.registry.lane). Small blobs never wait.
 - Sources are the live holders, and peers still fetching it (relays), best first: load, RTT
   and zone (mesh.protocol.sources.rank). If one fails mid-blob, the fetch asks the next
   holder for the rest from the offset reached; the hash runs on over the whole.
@@ -29,17 +31,22 @@ import aiohttp
 
 from mesh.net.client import PeerClient, PeerError
 from mesh.registry.errors import RegistryError
+from mesh.registry.lane import Lane
 from mesh.registry.store import CHUNK, Store
 
 log = logging.getLogger("cachemesh.registry")
+
+# Bodies up to this size skip the lane: a config or a manifest never waits behind a layer.
+LANE_FREE_BYTES = 1024 * 1024
 
 
 class Fetch:
     """One digest coming in from peers."""
 
-    def __init__(self, digest: str, temp: Path) -> None:
+    def __init__(self, digest: str, temp: Path, rank: tuple[float, ...] = ()) -> None:
         self.digest = digest
         self.temp = temp
+        self.rank = rank  # its place in its source's lane: lowest first
         self.size: int | None = None
         self.media_type = ""
         self.written = 0
@@ -71,6 +78,7 @@ class Fetcher:
         holders: Callable[[str], list[str]],
         *,
         idle_timeout: float,
+        rank: Callable[[str], tuple[float, ...]] = lambda digest: (),
         on_bytes: Callable[[int], None] = lambda n: None,
         on_stored: Callable[[str], None] = lambda digest: None,
         on_change: Callable[[], None] = lambda: None,
@@ -79,10 +87,12 @@ class Fetcher:
         self.client = client
         self.holders = holders  # digest -> addresses of live holders and relays, best first
         self.idle_timeout = idle_timeout
+        self.rank = rank  # digest -> how soon a client needs it (mesh.registry.lane)
         self.on_bytes = on_bytes
         self.on_stored = on_stored
         self.on_change = on_change
         self.active: dict[str, Fetch] = {}
+        self._lanes: dict[str, Lane] = {}  # source address -> its lane
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
@@ -98,7 +108,7 @@ class Fetcher:
             return fetch
         if not self.holders(digest):
             raise RegistryError("BLOB_UNKNOWN", f"{digest} is held neither here nor by a live peer")
-        fetch = self.active[digest] = Fetch(digest, self.store.temp_path())
+        fetch = self.active[digest] = Fetch(digest, self.store.temp_path(), self.rank(digest))
         fetch.temp.touch()  # readers open it at once, before the task first runs
         task = asyncio.create_task(self._run(fetch), name=f"fetch {digest[:19]}")
         self._tasks.add(task)
@@ -172,15 +182,21 @@ class Fetcher:
             elif stream.size != fetch.size:
                 raise PeerError(f"{addr} has {stream.size} bytes, another holder had {fetch.size}")
             fetch.source = addr
-            async for chunk in stream.chunks:
-                if fetch.written + len(chunk) > fetch.size:
-                    raise PeerError(f"{addr} sent more than {fetch.size} bytes")
-                fh.write(chunk)
-                fh.flush()  # readers read the file: the bytes must be in it, not in our buffer
-                hasher.update(chunk)
-                fetch.written += len(chunk)
-                self.on_bytes(len(chunk))
-                fetch._notify()
+            # The answer is open and its size known, so clients have their headers; while the
+            # body waits for its turn, the peer's sending pauses on a full socket.
+            lane: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
+            if fetch.size - fetch.written > LANE_FREE_BYTES:
+                lane = self._lanes.setdefault(addr, Lane()).turn(fetch.rank)
+            async with lane:
+                async for chunk in stream.chunks:
+                    if fetch.written + len(chunk) > fetch.size:
+                        raise PeerError(f"{addr} sent more than {fetch.size} bytes")
+                    fh.write(chunk)
+                    fh.flush()  # readers read the file: the bytes must be in it, not in our buffer
+                    hasher.update(chunk)
+                    fetch.written += len(chunk)
+                    self.on_bytes(len(chunk))
+                    fetch._notify()
             if fetch.written < fetch.size:
                 raise PeerError(f"{addr} ended at byte {fetch.written} of {fetch.size}")
 

@@ -11,6 +11,7 @@ import contextlib
 import fnmatch
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import IO, Protocol
@@ -97,11 +98,14 @@ class Registry:
             client,
             self._holder_addrs,
             idle_timeout=config.transfer_idle_timeout,
+            rank=self._fetch_rank,
             on_bytes=self.counters.fetched,
             on_stored=lambda digest: self.changed(),
             on_change=lambda: self.view.publish(),
         )
         self._parsed: dict[str, Parsed] = {}
+        self._served: deque[str] = deque(maxlen=64)  # manifests clients read lately, oldest first
+        self._served_count = 0
         self._announcement: tuple[dict[str, Tags], list[ImageMeta]] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -277,7 +281,22 @@ class Registry:
                 raise RegistryError("MANIFEST_UNKNOWN", f"{digest} is a blob, not a manifest")
         data = self.store.read(digest, MAX_MANIFEST)
         upkeep.touch(self.store, digest)
+        if digest in self._served:
+            self._served.remove(digest)
+        self._served.append(digest)
+        self._served_count += 1
         return data, media_type
+
+    def _fetch_rank(self, digest: str) -> tuple[float, ...]:
+        """How soon a client will need a blob: the blobs of manifests read earlier come first, each
+        manifest's in its own order (a client unpacks layers in that order). A blob no recent
+        manifest names comes after those read so far."""
+        first = self._served_count - len(self._served)
+        for i, manifest in enumerate(self._served):
+            parsed = self.parsed(manifest)
+            if parsed is not None and digest in parsed.blobs:
+                return (first + i, parsed.blobs.index(digest))
+        return (self._served_count, 0)
 
     # --- the disk budget (mesh.node.disk) -----------------------------------------------------
 
