@@ -12,10 +12,10 @@ moment `docker -H B image inspect bench:1` shows its ID, polled the same way for
 Before each run the image leaves B and the tag leaves A (fresh nodes for each mesh run, so B's node
 does not remember the removal as an eviction), and dirty pages are flushed (sync). The order
 alternates: pipe first in odd rounds, mesh first in even ones. Prints the median of each, their
-ratio (mesh / pipe), and the receiving node's peak RSS, which shows the stream is not held in
-memory.
+ratio (mesh / pipe), the spread of the rounds' own ratios, and the receiving node's peak RSS,
+which shows the stream is not held in memory.
 
-    sudo .venv/bin/python scripts/bench_transfer.py --mb 500 --rounds 4 [--engine 28.5-containerd]
+    sudo .venv/bin/python scripts/bench_transfer.py --mb 500 --rounds 5 [--engine 28.5-containerd]
 """
 
 from __future__ import annotations
@@ -106,7 +106,9 @@ def mesh(a: Dockerd, b: Dockerd, image: str, workdir: Path, run: int) -> tuple[f
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=500, help="image size in MB of random data")
-    parser.add_argument("--rounds", type=int, default=4, help="each round runs both ways")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="each round runs both ways (odd: the median is a round)"
+    )
     parser.add_argument(
         "--engine", choices=list(KINDS), default=DEFAULT.name, help="engine and image store of both hosts"
     )
@@ -160,6 +162,11 @@ def main() -> int:
         print(f"pipe save|load: {d:.2f}s ({size / d:.0f} MB/s)  (tag on A -> inspect on B)")
         print(f"mesh:           {m:.2f}s ({size / m:.0f} MB/s)  (tag on A -> inspect on B)")
         print(f"ratio mesh/pipe: {m / d:.2f}")
+        # The engines' own times vary from round to round (the containerd store's by ±15%): the
+        # spread of the rounds' own ratios says how far one run's figure can be trusted.
+        ratios = sorted(mesh_s / pipe_s for mesh_s, pipe_s in zip(meshes, pipes, strict=True))
+        spread = f"{ratios[0]:.2f} to {ratios[-1]:.2f}, median {statistics.median(ratios):.2f}"
+        print(f"rounds' own ratios: {spread}")
         print(f"receiver node peak RSS: {max(rss):.0f} MB for a {size:.0f} MB image")
         return 0
     finally:
