@@ -12,7 +12,7 @@ The order of the two alternates between rounds. Neither node shares images by `d
 (CACHEMESH_EXCLUDE=*), so only the registry path moves bytes.
 Prints the median of each, their ratio (mesh / reference), and node B's peak RSS.
 
-    sudo .venv/bin/python scripts/bench_registry.py --mb 500 --rounds 3
+    sudo .venv/bin/python scripts/bench_registry.py --mb 500 --rounds 3 [--engine 28.5-containerd]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mesh.lab.dockerd import Dockerd, available, import_base
+from mesh.lab.engines import DEFAULT, KINDS
 from mesh.lab.nodes import NodeProcess, free_ports
 from mesh.lab.poll import wait_until
 
@@ -137,6 +138,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=500, help="image size in MB of random data")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--engine", choices=list(KINDS), default=DEFAULT.name, help="engine and image store of both hosts"
+    )
     args = parser.parse_args()
     if reason := available():
         print(f"bench: {reason}", file=sys.stderr)
@@ -145,8 +149,9 @@ def main() -> int:
         print("bench: docker-registry not installed (apt-get install docker-registry)", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="cachemesh-bench-registry-"))
-    a = Dockerd(workdir / "a", name="a").start()
-    b = Dockerd(workdir / "b", name="b").start()
+    kind = KINDS[args.engine]
+    a = Dockerd(workdir / "a", name="a", kind=kind).start()
+    b = Dockerd(workdir / "b", name="b", kind=kind).start()
     ref_port, peer_a, reg_a, status_a = free_ports(4)
     reference = reference_registry(workdir, ref_port)
     node_a = NodeProcess(
@@ -175,7 +180,7 @@ def main() -> int:
             started = time.monotonic()
             a.cli("push", f"127.0.0.1:{port}/bench:1", timeout=1800)
             print(f"pushed to 127.0.0.1:{port} in {time.monotonic() - started:.1f}s", flush=True)
-        print(f"image bench:1: {size:.0f} MB in {layers + 1} layers", flush=True)
+        print(f"engine {kind.name}: image bench:1, {size:.0f} MB in {layers + 1} layers", flush=True)
         refs, meshes, rss = [], [], []
         for round_no in range(args.rounds):
             # The order alternates between rounds, so neither side always finds a warmer machine.

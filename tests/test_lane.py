@@ -91,3 +91,59 @@ async def test_a_waiter_cancelled_as_it_is_handed_the_turn_passes_it_on() -> Non
     await asyncio.wait_for(behind, 5)
     assert entered == ["behind"]
     assert tasks["handed"].cancelled()
+
+
+async def test_a_body_gives_way_between_pieces_to_a_more_wanted_one_only() -> None:
+    """Requests arrive in any order: the last layer may take the free lane before the first
+    arrives. It gives way at its next piece; a less wanted arrival waits for it instead."""
+    lane = Lane()
+    log: list[str] = []
+    arrivals: dict[str, asyncio.Event] = {"urgent": asyncio.Event(), "later": asyncio.Event()}
+
+    async def body(name: str, key: tuple[float, ...], pieces: int) -> None:
+        async with lane.turn(key) as turn:
+            for i in range(pieces):
+                log.append(f"{name}{i}")
+                if name == "holder" and i == 1:
+                    arrivals["urgent"].set()
+                    arrivals["later"].set()
+                    await queued(lane, 2)
+                await turn.give_way()
+
+    async def arrive(name: str, key: tuple[float, ...]) -> None:
+        await arrivals[name].wait()
+        await body(name, key, 2)
+
+    await asyncio.wait_for(
+        asyncio.gather(body("holder", (5,), 4), arrive("urgent", (1,)), arrive("later", (9,))), 5
+    )
+    assert log == ["holder0", "holder1", "urgent0", "urgent1", "holder2", "holder3", "later0", "later1"]
+
+
+async def test_a_body_cancelled_while_it_gives_way_leaves_the_lane_working() -> None:
+    lane = Lane()
+    entered: list[str] = []
+    stop = asyncio.Event()
+
+    async def holder() -> None:
+        async with lane.turn((5,)) as turn:
+            await stop.wait()
+            await turn.give_way()  # the urgent body is waiting: this waits for the turn back
+            entered.append("holder again")
+
+    async def urgent() -> None:
+        async with lane.turn((1,)):
+            entered.append("urgent")
+            await asyncio.sleep(0)
+
+    first = asyncio.create_task(holder())
+    await asyncio.sleep(0)
+    second = asyncio.create_task(urgent())
+    await queued(lane, 1)
+    stop.set()
+    await asyncio.wait_for(second, 5)
+    first.cancel()  # cancelled (or finishing) while it waits for the turn back
+    await asyncio.gather(first, return_exceptions=True)
+    async with asyncio.timeout(5), lane.turn((9,)):  # free again, whatever happened to holder
+        entered.append("after")
+    assert entered[0] == "urgent" and entered[-1] == "after"

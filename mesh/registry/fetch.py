@@ -4,7 +4,8 @@
 - Bytes go to a temp file, hashed as they arrive; readers stream from that file as it grows, so a
   client gets the first bytes while the rest is still on the wire.
 - From each source, one large blob's body is read at a time, the blobs of the manifest a
-  client read first going first, in its order (mesh.registry.lane). Small blobs never wait.
+  client read first going first, in its order; a body gives way to a more wanted one that
+  came after it (mesh.registry.lane). Small blobs never wait.
 - Sources are the live holders, and peers still fetching it (relays), best first: load, RTT
   and zone (mesh.protocol.sources.rank). If one fails mid-blob, the fetch asks the next
   holder for the rest from the offset reached; the hash runs on over the whole.
@@ -184,10 +185,9 @@ class Fetcher:
             fetch.source = addr
             # The answer is open and its size known, so clients have their headers; while the
             # body waits for its turn, the peer's sending pauses on a full socket.
-            lane: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
-            if fetch.size - fetch.written > LANE_FREE_BYTES:
-                lane = self._lanes.setdefault(addr, Lane()).turn(fetch.rank)
-            async with lane:
+            large = fetch.size - fetch.written > LANE_FREE_BYTES
+            lane = self._lanes.setdefault(addr, Lane()) if large else None
+            async with lane.turn(fetch.rank) if lane else contextlib.nullcontext() as turn:
                 async for chunk in stream.chunks:
                     if fetch.written + len(chunk) > fetch.size:
                         raise PeerError(f"{addr} sent more than {fetch.size} bytes")
@@ -197,6 +197,8 @@ class Fetcher:
                     fetch.written += len(chunk)
                     self.on_bytes(len(chunk))
                     fetch._notify()
+                    if turn is not None:
+                        await turn.give_way()
             if fetch.written < fetch.size:
                 raise PeerError(f"{addr} ended at byte {fetch.written} of {fetch.size}")
 
