@@ -17,6 +17,7 @@ from typing import Any
 import uvloop
 
 from mesh import __version__
+from mesh.allocator import keep_large_buffers_on_the_heap
 from mesh.config import OPTIONS, ConfigError, resolve
 
 Serve = Callable[[Any], Coroutine[Any, Any, int]]
@@ -127,9 +128,12 @@ def _run(args: argparse.Namespace, serve: Serve) -> int:
     except ConfigError as exc:
         print(f"cachemesh: {exc}", file=sys.stderr)
         return 2
-    # uvloop's transports and TLS cost the node about a third less CPU per byte moved than the
-    # standard loop's (measured with scripts/bench_transfer.py), and a node shares its host's
-    # cores with the engine it feeds.
+    # A node shares its host's cores with the engine it feeds, so CPU per byte moved matters:
+    # large buffers are reused from the heap (mesh.allocator, about half the CPU of a TLS
+    # stream), and uvloop's transports and TLS cost about a third less than the standard loop's
+    # (measured with scripts/bench_transfer.py).
+    if not keep_large_buffers_on_the_heap():
+        logging.getLogger("cachemesh").info("malloc thresholds not set (not glibc): streams cost more CPU")
     return uvloop.run(serve(config))
 
 

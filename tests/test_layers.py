@@ -18,6 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mesh"
 # For each part, the mesh parts it may import. Anything not listed is forbidden.
 ALLOWED = {
     "config": set(),
+    "allocator": set(),  # the process's malloc settings, for the entry point
     "protocol": {"config", "protocol"},
     "engine": {"config", "protocol", "engine"},
     "net": {"config", "protocol", "engine", "net"},
