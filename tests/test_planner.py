@@ -1,3 +1,5 @@
+from typing import Any
+
 from mesh.protocol.planner import Failure, Peer, local_manifest, plan, tag_allowed, winners
 from mesh.protocol.tagsets import MAX_TAGSETS, TagSet
 from mesh.protocol.wire import MAX_TAGS, ImageMeta
@@ -235,15 +237,21 @@ def test_receivers_deciding_together_spread_over_equal_sources():
     assert len({source_of(peers, remote, me="receiver-0").source for _ in range(3)}) == 1
 
 
+def handed_to(*args: Any, **kwargs: Any) -> str | None:
+    """relay_to's answer as the peer the request is sent to (None: served here)."""
+    chosen = relay_to(*args, **kwargs)
+    return None if chosen is None else chosen.peer
+
+
 def test_a_source_hands_a_burst_on_as_a_chain():
     sending = [Downstream("r1", OTHER, "graph", relays=True)]
-    assert relay_to(OTHER, "graph", "r2", sending) == "r1"
-    assert relay_to(OTHER, "containerd", "r2", sending) is None  # r1's stream is for another store
-    assert relay_to(APP, "graph", "r2", sending) is None
-    assert relay_to(OTHER, "graph", "r1", sending) is None  # never to itself
-    assert relay_to(OTHER, "graph", "r2", [Downstream("r1", OTHER, "graph", relays=False)]) is None
+    assert handed_to(OTHER, "graph", "r2", sending) == "r1"
+    assert handed_to(OTHER, "containerd", "r2", sending) is None  # r1's stream is for another store
+    assert handed_to(APP, "graph", "r2", sending) is None
+    assert handed_to(OTHER, "graph", "r1", sending) is None  # never to itself
+    assert handed_to(OTHER, "graph", "r2", [Downstream("r1", OTHER, "graph", relays=False)]) is None
     two = [*sending, Downstream("r3", OTHER, "graph", relays=True)]
-    assert relay_to(OTHER, "graph", "r4", two) == "r3"
+    assert handed_to(OTHER, "graph", "r4", two) == "r3"
 
 
 def relaying(*peers: str) -> list[Downstream]:
@@ -254,28 +262,28 @@ def test_below_the_chain_depth_a_source_hands_on_to_its_newest_relay_whatever_it
     two = relaying("r1", "r2")
     busy = {two[1]: 50}
     for hops in range(CHAIN_DEPTH):
-        assert relay_to(OTHER, "graph", "r9", two, hops=hops, routed=busy) == "r2"
+        assert handed_to(OTHER, "graph", "r9", two, hops=hops, routed=busy) == "r2"
     # a request that says nothing of hops (a node from before them) counts as a first request
-    assert relay_to(OTHER, "graph", "r9", two, routed=busy) == "r2"
+    assert handed_to(OTHER, "graph", "r9", two, routed=busy) == "r2"
 
 
 def test_from_the_chain_depth_on_a_source_serves_branch_relays_then_hands_on_to_the_least_routed():
     deep = CHAIN_DEPTH
     assert BRANCH == 2
-    assert relay_to(OTHER, "graph", "r9", [], hops=deep) is None
-    assert relay_to(OTHER, "graph", "r9", relaying("r1"), hops=deep) is None  # a second branch: here
+    assert handed_to(OTHER, "graph", "r9", [], hops=deep) is None
+    assert handed_to(OTHER, "graph", "r9", relaying("r1"), hops=deep) is None  # a second branch: here
     two = relaying("r1", "r2")
-    assert relay_to(OTHER, "graph", "r9", two, hops=deep) == "r1"  # equal counts: the oldest
-    assert relay_to(OTHER, "graph", "r9", two, hops=deep, routed={two[0]: 1}) == "r2"
-    assert relay_to(OTHER, "graph", "r9", two, hops=deep + 7, routed={two[0]: 3, two[1]: 2}) == "r2"
+    assert handed_to(OTHER, "graph", "r9", two, hops=deep) == "r1"  # equal counts: the oldest
+    assert handed_to(OTHER, "graph", "r9", two, hops=deep, routed={two[0]: 1}) == "r2"
+    assert handed_to(OTHER, "graph", "r9", two, hops=deep + 7, routed={two[0]: 3, two[1]: 2}) == "r2"
     three = relaying("r1", "r2", "r3")
-    assert relay_to(OTHER, "graph", "r9", three, hops=deep, routed={three[0]: 2, three[1]: 1}) == "r3"
+    assert handed_to(OTHER, "graph", "r9", three, hops=deep, routed={three[0]: 2, three[1]: 1}) == "r3"
     # only relaying streams of this image for this store are branches; never the requester itself
-    assert relay_to(OTHER, "graph", "r1", two, hops=deep) is None
+    assert handed_to(OTHER, "graph", "r1", two, hops=deep) is None
     mixed = [*relaying("r1"), Downstream("r2", OTHER, "containerd", relays=True)]
-    assert relay_to(OTHER, "graph", "r9", mixed, hops=deep) is None
+    assert handed_to(OTHER, "graph", "r9", mixed, hops=deep) is None
     plain = [*relaying("r1"), Downstream("r2", OTHER, "graph", relays=False)]
-    assert relay_to(OTHER, "graph", "r9", plain, hops=deep) is None
+    assert handed_to(OTHER, "graph", "r9", plain, hops=deep) is None
 
 
 def test_hand_offs_by_the_rule_make_a_chain_then_a_balanced_binary_tree_within_the_hop_cap():
@@ -289,10 +297,9 @@ def test_hand_offs_by_the_rule_make_a_chain_then_a_balanced_binary_tree_within_t
     walked = []
     for n in range(1000):
         me, node, hops = f"r{n}", "origin", 0
-        while relay := relay_to(OTHER, "graph", me, sending[node], hops=hops, routed=routed[node]):
-            chosen = Downstream(relay, OTHER, "graph", relays=True)
+        while chosen := relay_to(OTHER, "graph", me, sending[node], hops=hops, routed=routed[node]):
             routed[node][chosen] = routed[node].get(chosen, 0) + 1
-            node, hops = relay, hops + 1
+            node, hops = chosen.peer, hops + 1
         walked.append(hops)
         sending[node].append(Downstream(me, OTHER, "graph", relays=True))
         sending[me], routed[me], depth[me] = [], {}, depth[node] + 1

@@ -68,7 +68,7 @@ class PeerApi:
         """A relay to send the requester to: one this node already streams the image to, in full,
         for the requester's store, chosen by mesh.protocol.sources.relay_to (a chain, then a
         tree, by the hand-offs the request has followed)."""
-        relay = relay_to(
+        chosen = relay_to(
             request.image,
             request.store,
             request.requester,
@@ -76,11 +76,10 @@ class PeerApi:
             hops=request.hops,
             routed=self.routed,
         )
-        if relay is None:
+        if chosen is None:
             return ""
-        chosen = Downstream(relay, request.image, request.store, relays=True)
         self.routed[chosen] = self.routed.get(chosen, 0) + 1
-        return relay
+        return chosen.peer
 
     async def open_save(self, request: SaveRequest) -> SaveStream:
         """A save of the image and its chain, leaving out the files of its first `have` layers,

@@ -158,12 +158,12 @@ def relay_to(
     *,
     hops: int = 0,
     routed: Mapping[Downstream, int] | None = None,
-) -> str | None:
-    """The peer a request for `image` from `requester` (whose engine uses `store`) is handed to,
-    or None to serve it here. `sending` is this node's streams now, oldest first; `hops` the
-    hand-offs the request has followed in this attempt; `routed` how many requests this node
-    has handed to each of its downstreams so far (absent: none). The caller counts the answer
-    in `routed`. Rule: the module docstring."""
+) -> Downstream | None:
+    """The stream whose receiver a request for `image` from `requester` (whose engine uses
+    `store`) is handed to, or None to serve it here. `sending` is this node's streams now, oldest
+    first; `hops` the hand-offs the request has followed in this attempt; `routed` how many
+    requests this node has handed to each of its downstreams so far (absent: none). The caller
+    counts the answer in `routed`. Rule: the module docstring."""
     relays = [
         out
         for out in sending
@@ -173,12 +173,12 @@ def relay_to(
         return None
     if hops < CHAIN_DEPTH:
         # the newest is the chain's far end as this node knows it: the requester joins behind it
-        return relays[-1].peer
+        return relays[-1]
     if len(relays) < BRANCH:
         return None
     counts = routed or {}
     # fewest handed so far; among equals the oldest, which is furthest ahead
-    return min(enumerate(relays), key=lambda pair: (counts.get(pair[1], 0), pair[0]))[1].peer
+    return min(enumerate(relays), key=lambda pair: (counts.get(pair[1], 0), pair[0]))[1]
 
 
 def worth_relaying(image: str, source: str, others: Mapping[str, Collection[str]]) -> bool:

@@ -228,11 +228,10 @@ class FanoutSim:
                 sources.Downstream(s.flow.dst, IMAGE, STORE, relays=True)
                 for s in sorted(src.outflows, key=lambda s: s.seq)
             ]
-            relay = sources.relay_to(IMAGE, STORE, receiver, sending, hops=hops, routed=src.routed)
-            if relay is not None:
-                chosen = sources.Downstream(relay, IMAGE, STORE, relays=True)
+            chosen = sources.relay_to(IMAGE, STORE, receiver, sending, hops=hops, routed=src.routed)
+            if chosen is not None:
                 src.routed[chosen] = src.routed.get(chosen, 0) + 1
-                self._hand_on(source, receiver, relay, hops)
+                self._hand_on(source, receiver, chosen.peer, hops)
                 return
         if len(src.outflows) < self.p.max_uploads:
             self._start(source, receiver)
