@@ -18,7 +18,6 @@ Prints the median of each, their ratio (mesh / reference), and node B's peak RSS
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import socket
 import statistics
@@ -34,13 +33,7 @@ from mesh.lab.dockerd import Dockerd, available, import_base
 from mesh.lab.engines import DEFAULT, KINDS
 from mesh.lab.nodes import NodeProcess, free_ports
 from mesh.lab.poll import wait_until
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+from mesh.lab.procstat import cpu_seconds, peak_rss_mb
 
 
 def reference_registry(workdir: Path, port: int) -> subprocess.Popen[bytes]:
@@ -53,20 +46,6 @@ def reference_registry(workdir: Path, port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
     wait_until(lambda: _answers(port), 30, 0.1, what="docker-registry answering")
     return proc
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time so far of a process and the live processes in its group (an
-    engine's containerd is its child)."""
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pid or stat.parent.name == str(pid):  # field 5, the process group
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_report(pids: dict[str, int], before: dict[str, float]) -> str:

@@ -35,6 +35,7 @@ from mesh.lab.dockerd import Dockerd, available, import_base
 from mesh.lab.engines import DEFAULT, KINDS
 from mesh.lab.nodes import NodeProcess, free_ports
 from mesh.lab.poll import wait_until
+from mesh.lab.procstat import peak_rss_mb
 
 POLL = 0.02  # seconds between `docker image inspect` calls on B, for both ways
 
@@ -73,13 +74,6 @@ def pipe(a: Dockerd, b: Dockerd, image: str, parents: list[str]) -> float:
     if save.returncode or load.returncode:
         raise RuntimeError(f"direct pipe failed: {load.stderr!r}")
     return until_on_b(b, image, started)
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def mesh(a: Dockerd, b: Dockerd, image: str, workdir: Path, run: int) -> tuple[float, float]:
