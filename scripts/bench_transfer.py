@@ -21,11 +21,14 @@ which shows the stream is not held in memory.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import queue
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,8 +42,6 @@ from mesh.lab.engines import DEFAULT, KINDS
 from mesh.lab.nodes import NodeProcess, free_ports
 from mesh.lab.poll import wait_until
 from mesh.lab.procstat import peak_rss_mb
-
-POLL = 0.02  # seconds between image inspections on B, for both ways
 
 
 def chain_ids(engine: Dockerd, ref: str) -> list[str]:
@@ -63,30 +64,52 @@ def present_on_a(a: Dockerd, image: str) -> float:
     return time.monotonic()
 
 
-def until_on_b(b: Dockerd, image: str, started: float, failed: Callable[[], str] = lambda: "") -> float:
-    """Seconds from `started` until B's engine has bench:1 on `image`.
+class Arrival:
+    """Waits for B's engine to have bench:1 on `image`, at no cost while the transfer runs.
 
-    Both ways poll from the moment of the tag. The poll asks the Engine API from this process: a
-    `docker image inspect` process every 20 ms costs about half a core, which the transfer being
-    timed would lose."""
-    client = docker.APIClient(base_url=b.host)
+    Subscribed to B's image events before the clock starts, it inspects once per event (and every
+    half second, should an event go missing). Polling would tax the way it watches: polled 20 ms
+    apart, `docker image inspect` processes take 55% of a core on 20.10 and 68% on the containerd
+    store (CLI and engine), and even API calls take 5% and 24%."""
 
-    def arrived() -> bool:
-        if why := failed():
-            raise RuntimeError(why)
+    def __init__(self, b: Dockerd, image: str) -> None:
+        self.image = image
+        self.client = docker.APIClient(base_url=b.host)
+        self.stream = self.client.events(decode=True, filters={"type": "image"})
+        self.events: queue.SimpleQueue[object] = queue.SimpleQueue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        with contextlib.suppress(Exception):  # the stream ends when closed
+            for event in self.stream:
+                self.events.put(event)
+
+    def _arrived(self) -> bool:
         try:
-            return bool(client.inspect_image("bench:1")["Id"] == image)
+            return bool(self.client.inspect_image("bench:1")["Id"] == self.image)
         except docker.errors.NotFound:
             return False
 
-    try:
-        wait_until(arrived, 900, POLL, what="bench:1 on B")
-    finally:
-        client.close()
-    return time.monotonic() - started
+    def wait(self, started: float, failed: Callable[[], str] = lambda: "") -> float:
+        """Seconds from `started` until bench:1 is there; `failed` says why it never will be."""
+        deadline = time.monotonic() + 900
+        try:
+            while True:
+                with contextlib.suppress(queue.Empty):
+                    self.events.get(timeout=0.5)
+                if self._arrived():
+                    return time.monotonic() - started
+                if why := failed():
+                    raise RuntimeError(why)
+                if time.monotonic() > deadline:
+                    raise TimeoutError("bench:1 never reached B")
+        finally:
+            self.stream.close()
+            self.client.close()
 
 
 def pipe(a: Dockerd, b: Dockerd, image: str, parents: list[str]) -> float:
+    arrival = Arrival(b, image)
     started = present_on_a(a, image)
     cli = a.kind.cli_path
     save = subprocess.Popen([cli, "-H", a.host, "save", "bench:1", *parents], stdout=subprocess.PIPE)
@@ -96,10 +119,7 @@ def pipe(a: Dockerd, b: Dockerd, image: str, parents: list[str]) -> float:
     assert save.stdout
     save.stdout.close()  # the load holds the pipe's read end now
     try:
-        # Polled while the pipe runs, as the mesh way is: both pay the same for watching.
-        elapsed = until_on_b(
-            b, image, started, lambda: f"load exited {load.returncode}" if load.poll() else ""
-        )
+        elapsed = arrival.wait(started, lambda: f"load exited {load.returncode}" if load.poll() else "")
     finally:
         _, err = load.communicate(timeout=900)
         save.wait(timeout=60)
@@ -122,7 +142,8 @@ def mesh(a: Dockerd, b: Dockerd, image: str, workdir: Path, run: int) -> tuple[f
     node_b = NodeProcess(f"bench-b{run}", workdir, env=env_b, status=f"127.0.0.1:{status_b}").wait_up()
     try:
         wait_until(lambda: node_a.ready() and node_b.ready(), 60, 0.2, what="both nodes warm")
-        elapsed = until_on_b(b, image, present_on_a(a, image))
+        arrival = Arrival(b, image)
+        elapsed = arrival.wait(present_on_a(a, image))
         return elapsed, peak_rss_mb(node_b.proc.pid)
     finally:
         node_b.stop()
