@@ -5,7 +5,8 @@ same way from outside.
 Two private dockerds on this machine (root needed). An image of --mb megabytes of random data is
 built on engine A and kept there under a tag the mesh does not share (`hold:1`). Each way is timed
 from the moment the image becomes present on A as `bench:1` (`docker -H A tag` returns) to the
-moment `docker -H B image inspect bench:1` shows its ID, polled the same way for both:
+moment B's engine shows its ID under that tag, watched the same way for both, by B's image events
+(mesh.lab.arrival: polling would tax the way being timed):
   pipe: `docker -H A save bench:1 PARENTS... | docker -H B load`;
   mesh: two cachemesh node processes (A, B) on loopback, already joined and warm, that share only
         `bench:*`; B's node learns A's new tag by gossip, pulls the image and its chain, tags it.
@@ -21,22 +22,17 @@ which shows the stream is not held in memory.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import queue
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-
-import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mesh.lab.arrival import Arrival
 from mesh.lab.dockerd import Dockerd, available, import_base
 from mesh.lab.engines import DEFAULT, KINDS
 from mesh.lab.nodes import NodeProcess, free_ports
@@ -64,52 +60,8 @@ def present_on_a(a: Dockerd, image: str) -> float:
     return time.monotonic()
 
 
-class Arrival:
-    """Waits for B's engine to have bench:1 on `image`, at no cost while the transfer runs.
-
-    Subscribed to B's image events before the clock starts, it inspects once per event (and every
-    half second, should an event go missing). Polling would tax the way it watches: polled 20 ms
-    apart, `docker image inspect` processes take 55% of a core on 20.10 and 68% on the containerd
-    store (CLI and engine), and even API calls take 5% and 24%."""
-
-    def __init__(self, b: Dockerd, image: str) -> None:
-        self.image = image
-        self.client = docker.APIClient(base_url=b.host)
-        self.stream = self.client.events(decode=True, filters={"type": "image"})
-        self.events: queue.SimpleQueue[object] = queue.SimpleQueue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        with contextlib.suppress(Exception):  # the stream ends when closed
-            for event in self.stream:
-                self.events.put(event)
-
-    def _arrived(self) -> bool:
-        try:
-            return bool(self.client.inspect_image("bench:1")["Id"] == self.image)
-        except docker.errors.NotFound:
-            return False
-
-    def wait(self, started: float, failed: Callable[[], str] = lambda: "") -> float:
-        """Seconds from `started` until bench:1 is there; `failed` says why it never will be."""
-        deadline = time.monotonic() + 900
-        try:
-            while True:
-                with contextlib.suppress(queue.Empty):
-                    self.events.get(timeout=0.5)
-                if self._arrived():
-                    return time.monotonic() - started
-                if why := failed():
-                    raise RuntimeError(why)
-                if time.monotonic() > deadline:
-                    raise TimeoutError("bench:1 never reached B")
-        finally:
-            self.stream.close()
-            self.client.close()
-
-
 def pipe(a: Dockerd, b: Dockerd, image: str, parents: list[str]) -> float:
-    arrival = Arrival(b, image)
+    arrival = Arrival(b.host, "bench:1", image)
     started = present_on_a(a, image)
     cli = a.kind.cli_path
     save = subprocess.Popen([cli, "-H", a.host, "save", "bench:1", *parents], stdout=subprocess.PIPE)
@@ -119,7 +71,9 @@ def pipe(a: Dockerd, b: Dockerd, image: str, parents: list[str]) -> float:
     assert save.stdout
     save.stdout.close()  # the load holds the pipe's read end now
     try:
-        elapsed = arrival.wait(started, lambda: f"load exited {load.returncode}" if load.poll() else "")
+        elapsed = arrival.wait(
+            started, failed=lambda: f"load exited {load.returncode}" if load.poll() else ""
+        )
     finally:
         _, err = load.communicate(timeout=900)
         save.wait(timeout=60)
@@ -142,7 +96,7 @@ def mesh(a: Dockerd, b: Dockerd, image: str, workdir: Path, run: int) -> tuple[f
     node_b = NodeProcess(f"bench-b{run}", workdir, env=env_b, status=f"127.0.0.1:{status_b}").wait_up()
     try:
         wait_until(lambda: node_a.ready() and node_b.ready(), 60, 0.2, what="both nodes warm")
-        arrival = Arrival(b, image)
+        arrival = Arrival(b.host, "bench:1", image)
         elapsed = arrival.wait(present_on_a(a, image))
         return elapsed, peak_rss_mb(node_b.proc.pid)
     finally:
