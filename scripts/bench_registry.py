@@ -113,7 +113,7 @@ def mesh_round(b: Dockerd, workdir: Path, peer_a: int, pid_a: int, round_no: int
     finally:
         node_b.stop()
         # A fresh node B every round: its store goes, and the memory it took is free for the next.
-        shutil.rmtree(workdir / f"bench-b{round_no}-data", ignore_errors=True)
+        shutil.rmtree(node_b.data_dir, ignore_errors=True)
 
 
 def main() -> int:

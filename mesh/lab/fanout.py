@@ -19,7 +19,7 @@ from pathlib import Path
 from mesh.lab.dockerd import Dockerd, import_base
 from mesh.lab.engines import EngineKind
 from mesh.lab.netns import Host, Network
-from mesh.lab.nodes import NodeProcess
+from mesh.lab.nodes import NodeProcess, data_dir
 from mesh.lab.poll import wait_until
 
 SHARED = "burst:*"
@@ -75,7 +75,7 @@ class BurstLab:
         h = self.hosts[name]
         h.runs += 1
         run_name = f"{name}" if h.runs == 1 else f"{name}.{h.runs}"
-        shutil.rmtree(self.workdir / f"{run_name}-data", ignore_errors=True)
+        shutil.rmtree(data_dir(self.workdir, run_name), ignore_errors=True)
         full_env = {
             "CACHEMESH_DOCKER_HOST": h.engine.host,
             "CACHEMESH_STATUS_LISTEN": f"{h.host.address}:7612",

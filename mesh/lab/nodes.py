@@ -56,6 +56,11 @@ def _bindable(host: str, port: int) -> bool:
     return True
 
 
+def data_dir(workdir: Path, name: str) -> Path:
+    """Where the node process `name` started in `workdir` keeps its data."""
+    return workdir / f"{name}-data"
+
+
 class NodeProcess:
     def __init__(
         self,
@@ -72,13 +77,14 @@ class NodeProcess:
         self.workdir = workdir
         self.status = status
         self.log = workdir / f"{name}.log"
+        self.data_dir = data_dir(workdir, name)
         workdir.mkdir(parents=True, exist_ok=True)
         full_env = {
             **os.environ,
             "CACHEMESH_SECRET": SECRET,
             "CACHEMESH_NODE_NAME": name,
             "CACHEMESH_MDNS": "false",
-            "CACHEMESH_DATA_DIR": str(workdir / f"{name}-data"),
+            "CACHEMESH_DATA_DIR": str(self.data_dir),
             "CACHEMESH_STATUS_LISTEN": status,
             # Many nodes share one loopback in tests: a free port unless the test names one.
             "CACHEMESH_REGISTRY_LISTEN": "127.0.0.1:0",
