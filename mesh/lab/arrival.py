@@ -39,8 +39,9 @@ class Arrival:
         threading.Thread(target=self._watch, daemon=True).start()
 
     def wait(self, started: float, timeout: float = 900.0, failed: Callable[[], str] = lambda: "") -> float:
-        """Seconds from `started` to the arrival. `failed` says why it never will come, if so."""
-        deadline = time.monotonic() + timeout
+        """Seconds from `started` to the arrival, given up `timeout` seconds after `started`
+        (several waits on one start share one deadline). `failed` says why it never will come."""
+        deadline = started + timeout
         try:
             while not self._done.wait(0.5):
                 if why := failed():
