@@ -68,7 +68,8 @@ class Pull:
 def cpu_report(pids: dict[str, int], before: dict[str, float], busy: float, elapsed: float) -> str:
     """Each process's CPU time over the pull (an engine's includes its containerd), then the whole
     machine's: how much of what its cores could have done they did."""
-    each = ", ".join(f"{name} {cpu_seconds(pid) - before[name]:.2f}s" for name, pid in pids.items())
+    after = cpu_seconds(pids)
+    each = ", ".join(f"{name} {after[name] - before[name]:.2f}s" for name in pids)
     return f"{each}; machine busy {busy:.2f} of {CORES * elapsed:.2f} CPU-s ({busy / (CORES * elapsed):.0%})"
 
 
@@ -89,7 +90,7 @@ def clear(engine: Dockerd) -> None:
 def timed_pull(engine: Dockerd, ref: str, pids: dict[str, int]) -> Pull:
     """`docker pull ref` on an engine that holds no image: how long, and what it cost in CPU."""
     clear(engine)
-    before, machine = {name: cpu_seconds(pid) for name, pid in pids.items()}, machine_cpu()
+    before, machine = cpu_seconds(pids), machine_cpu()
     started = time.monotonic()
     engine.cli("pull", "-q", ref, timeout=1800)
     elapsed = time.monotonic() - started
@@ -197,7 +198,7 @@ def main() -> int:
                 print(stack.enter_context(memory.reporting_paused()), flush=True)
             # Node B stores what it passes on, the reference serves what it holds: new memory must not
             # cost the mesh way a host's page faults that the reference way never meets (see
-            # mesh.lab.memory; measured the other way, the containerd store's pull took 1.45x).
+            # mesh.lab.memory; in one sitting on the containerd store, 3.68 s with it on, 2.50 s off).
             memory.touch(workdir, memory.usable(6 * args.mb * 1_000_000))
             refs: list[Pull] = []
             meshes: list[Pull] = []

@@ -3,13 +3,16 @@ group, and the machine's busy time grows with work done."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from mesh.lab.poll import wait_until
-from mesh.lab.procstat import cpu_seconds, machine_cpu
+from mesh.lab.procstat import cpu_seconds, family, machine_cpu
 
 # A parent that starts a grandchild-to-be in a session (and so a process group) of its own, as
 # dockerd starts containerd; the grandchild spins until it has used 0.4 CPU-seconds, says so, and
@@ -32,10 +35,11 @@ def test_cpu_seconds_counts_descendants_in_their_own_process_group(tmp_path: Pat
     parent = subprocess.Popen([sys.executable, "-c", BURNER, str(marker)])
     try:
         wait_until(marker.exists, 30, 0.05, what="the grandchild to burn 0.4 CPU-seconds")
-        assert cpu_seconds(parent.pid) >= 0.4
+        assert cpu_seconds({"parent": parent.pid})["parent"] >= 0.4
     finally:
-        for pid in _descendants(parent.pid):
-            subprocess.run(["kill", str(pid)], check=False)
+        for pid in family(parent.pid) - {parent.pid}:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         parent.kill()
         parent.wait()
 
@@ -48,8 +52,3 @@ def test_machine_busy_grows_with_work() -> None:
     spent = machine_cpu() - before
     assert spent.busy >= 0.25
     assert spent.idle >= 0 and spent.iowait >= 0
-
-
-def _descendants(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return [int(p) for p in out] + [d for p in out for d in _descendants(int(p))]

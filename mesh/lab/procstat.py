@@ -18,29 +18,43 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time so far of a process and its live descendants. Descendants, not the
-    process group: dockerd starts its containerd in a group of its own, and on the containerd
-    image store that containerd does most of a pull's work."""
-    parent: dict[int, int] = {}
-    ticks: dict[int, int] = {}
+def processes() -> dict[int, tuple[int, int]]:
+    """Every live process: pid -> (its parent's pid, its user + system CPU time in ticks)."""
+    found: dict[int, tuple[int, int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue  # gone meanwhile
-        child = int(stat.parent.name)
-        parent[child] = int(fields[1])  # field 4, the parent's pid
-        ticks[child] = int(fields[11]) + int(fields[12])  # fields 14 and 15, utime and stime
-    family = {pid}
-    grew = True
-    while grew:
-        grew = False
-        for child, up in parent.items():
-            if up in family and child not in family:
-                family.add(child)
-                grew = True
-    return sum(ticks.get(p, 0) for p in family) / TICK
+        # Fields 4 (the parent), 14 and 15 (utime, stime) of proc(5), counted after the name.
+        found[int(stat.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    return found
+
+
+def family(pid: int, live: dict[int, tuple[int, int]] | None = None) -> set[int]:
+    """`pid` and every live process it started, however deep and in whatever process group."""
+    children: dict[int, list[int]] = {}
+    for child, (parent, _) in (processes() if live is None else live).items():
+        children.setdefault(parent, []).append(child)
+    members, todo = {pid}, [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in members:
+                members.add(child)
+                todo.append(child)
+    return members
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User + system CPU time so far of each named process and its family, from one look at
+    /proc. The family, not the process group: dockerd starts its containerd in a group of its
+    own, and on the containerd image store that containerd does most of a pull's work."""
+    live = processes()
+
+    def of(pid: int) -> float:
+        return sum(live[p][1] for p in family(pid, live) if p in live) / TICK
+
+    return {name: of(pid) for name, pid in pids.items()}
 
 
 @dataclass(frozen=True)
