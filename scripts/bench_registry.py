@@ -8,15 +8,17 @@ engine B, with B's images removed before each pull:
   reference: `docker pull 127.0.0.1:R/bench:1` from the reference registry;
   mesh:      `docker pull 127.0.0.1:NB/bench:1` from node B, a fresh node that holds nothing, so
              every blob is fetched from node A as B's engine asks for it.
-The order of the two alternates between rounds. Neither node shares images by `docker save`
-(CACHEMESH_EXCLUDE=*), so only the registry path moves bytes.
+The order of the ways turns between rounds. Neither node shares images by `docker save`
+(CACHEMESH_EXCLUDE=*), so only the registry path moves bytes. With --tls-off-too, a third way
+pulls through a node B whose source is a second node A, both with TLS off (`--tls off
+--insecure`): what encryption between the nodes costs, measured in the same sitting.
 Free page reporting is paused for the run (mesh.lab.memory; --keep-page-reporting leaves it on).
 Prints the median of each, their ratio (mesh / reference), and node B's peak RSS. Each pull also
 prints the CPU-seconds of each process (an engine's with its containerd) and of the whole machine:
 the mesh way does more work (a second hop, TLS both ends, a digest check and a store on B), and
 the least time that work needs on this machine's cores bounds how close the ratio can come to 1.
 
-    sudo .venv/bin/python scripts/bench_registry.py --mb 500 --rounds 3 [--engine 28.5-containerd]
+    sudo .venv/bin/python scripts/bench_registry.py --mb 500 --rounds 3 [--engine KIND] [--tls-off-too]
 """
 
 from __future__ import annotations
@@ -110,33 +112,53 @@ def reference_round(b: Dockerd, pid_registry: int, port: int) -> Pull:
     return pull
 
 
-def mesh_round(b: Dockerd, workdir: Path, peer_a: int, pid_a: int, round_no: int) -> tuple[Pull, float]:
-    """A pull through a fresh node B, which holds nothing: every blob is fetched from node A.
-    Returns the pull and B's peak RSS in MB."""
-    peer_b, reg_b, status_b = free_ports(3)
-    node_b = NodeProcess(
-        f"bench-b{round_no}",
-        workdir,
-        env={
-            "CACHEMESH_DOCKER_HOST": b.host,
-            "CACHEMESH_LISTEN": f"127.0.0.1:{peer_b}",
-            "CACHEMESH_REGISTRY_LISTEN": f"127.0.0.1:{reg_b}",
-            "CACHEMESH_SEEDS": f"127.0.0.1:{peer_a}",
-            "CACHEMESH_EXCLUDE": "*",
-            "CACHEMESH_LOG_LEVEL": "warning",
-        },
-        status=f"127.0.0.1:{status_b}",
-    ).wait_up()
+# Between the nodes: the default (TLS from the cluster secret), or none at all.
+TLS_OFF = {"CACHEMESH_TLS": "off", "CACHEMESH_INSECURE": "true"}
+
+
+@dataclass
+class BenchNode:
+    node: NodeProcess
+    peer_port: int
+    registry_port: int
+
+    @property
+    def pid(self) -> int:
+        assert self.node.proc is not None, "started by wait_up"
+        return self.node.proc.pid
+
+
+def start_node(name: str, workdir: Path, engine: Dockerd, *, tls: bool, seed: int | None = None) -> BenchNode:
+    """A node of this bench, with its registry on a port of its own and no image sharing by
+    docker save (CACHEMESH_EXCLUDE=*): only the registry path moves bytes."""
+    peer, registry, status = free_ports(3)
+    env = {
+        "CACHEMESH_DOCKER_HOST": engine.host,
+        "CACHEMESH_LISTEN": f"127.0.0.1:{peer}",
+        "CACHEMESH_REGISTRY_LISTEN": f"127.0.0.1:{registry}",
+        "CACHEMESH_EXCLUDE": "*",
+        "CACHEMESH_LOG_LEVEL": "warning",
+        **({} if tls else TLS_OFF),
+        **({"CACHEMESH_SEEDS": f"127.0.0.1:{seed}"} if seed else {}),
+    }
+    node = NodeProcess(name, workdir, env=env, status=f"127.0.0.1:{status}").wait_up()
+    return BenchNode(node, peer, registry)
+
+
+def mesh_round(b: Dockerd, workdir: Path, source: BenchNode, name: str, *, tls: bool) -> tuple[Pull, float]:
+    """A pull through a fresh node B, which holds nothing: every blob is fetched from `source`
+    (node A). Returns the pull and B's peak RSS in MB."""
+    node_b = start_node(name, workdir, b, tls=tls, seed=source.peer_port)
     try:
-        wait_until(lambda: knows(node_b), 30, 0.1, what="node B knows bench:1")
-        pids = {"node A": pid_a, "node B": node_b.proc.pid, "engine B": b.proc.pid}
-        pull = timed_pull(b, f"127.0.0.1:{reg_b}/bench:1", pids)
-        print("  mesh pull CPU: " + pull.report, flush=True)
-        return pull, peak_rss_mb(node_b.proc.pid)
+        wait_until(lambda: knows(node_b.node), 30, 0.1, what="node B knows bench:1")
+        pids = {"node A": source.pid, "node B": node_b.pid, "engine B": b.proc.pid}
+        pull = timed_pull(b, f"127.0.0.1:{node_b.registry_port}/bench:1", pids)
+        print(f"  mesh pull{'' if tls else ' (TLS off)'} CPU: " + pull.report, flush=True)
+        return pull, peak_rss_mb(node_b.pid)
     finally:
-        node_b.stop()
+        node_b.node.stop()
         # A fresh node B every round: its store goes, and the memory it took is free for the next.
-        shutil.rmtree(node_b.data_dir, ignore_errors=True)
+        shutil.rmtree(node_b.node.data_dir, ignore_errors=True)
 
 
 def main() -> int:
@@ -151,6 +173,11 @@ def main() -> int:
     parser.add_argument(
         "--engine", choices=list(KINDS), default=DEFAULT.name, help="engine and image store of both hosts"
     )
+    parser.add_argument(
+        "--tls-off-too",
+        action="store_true",
+        help="also pull through nodes with TLS off between them: what encryption costs, in the same sitting",
+    )
     args = parser.parse_args()
     if reason := available():
         print(f"bench: {reason}", file=sys.stderr)
@@ -162,21 +189,12 @@ def main() -> int:
     kind = KINDS[args.engine]
     a = Dockerd(workdir / "a", name="a", kind=kind).start()
     b = Dockerd(workdir / "b", name="b", kind=kind).start()
-    ref_port, peer_a, reg_a, status_a = free_ports(4)
+    (ref_port,) = free_ports(1)
     reference = reference_registry(workdir, ref_port)
-    node_a = NodeProcess(
-        "bench-a",
-        workdir,
-        env={
-            "CACHEMESH_DOCKER_HOST": a.host,
-            "CACHEMESH_LISTEN": f"127.0.0.1:{peer_a}",
-            "CACHEMESH_REGISTRY_LISTEN": f"127.0.0.1:{reg_a}",
-            "CACHEMESH_EXCLUDE": "*",  # no image sharing by docker save: only the registry path is timed
-            "CACHEMESH_LOG_LEVEL": "warning",
-        },
-        status=f"127.0.0.1:{status_a}",
-    ).wait_up()
+    sources = {"mesh": start_node("bench-a", workdir, a, tls=True)}
     try:
+        if args.tls_off_too:
+            sources["mesh, TLS off"] = start_node("bench-a-plain", workdir, a, tls=False)
         import_base(a, "base:1")
         layers = 4
         per_layer = max(1, args.mb // layers)
@@ -185,12 +203,15 @@ def main() -> int:
         )
         a.cli("build", "--network", "none", "-t", "bench:1", "-", input=dockerfile.encode(), timeout=1800)
         size = int(a.cli("image", "inspect", "--format", "{{.Size}}", "bench:1").stdout) / 1e6
-        for port in (ref_port, reg_a):
+        for port in (ref_port, *(source.registry_port for source in sources.values())):
             a.cli("tag", "bench:1", f"127.0.0.1:{port}/bench:1")
             started = time.monotonic()
             a.cli("push", f"127.0.0.1:{port}/bench:1", timeout=1800)
             print(f"pushed to 127.0.0.1:{port} in {time.monotonic() - started:.1f}s", flush=True)
         print(f"engine {kind.name}: image bench:1, {size:.0f} MB in {layers + 1} layers", flush=True)
+        ways = ["reference", *sources]
+        pulls: dict[str, list[Pull]] = {way: [] for way in ways}
+        rss: list[float] = []
         with ExitStack() as stack:
             if args.keep_page_reporting:
                 print("free page reporting left as it is (--keep-page-reporting)", flush=True)
@@ -200,39 +221,48 @@ def main() -> int:
             # cost the mesh way a host's page faults that the reference way never meets (see
             # mesh.lab.memory; in one sitting on the containerd store, 3.68 s with it on, 2.50 s off).
             memory.touch(workdir, memory.usable(6 * args.mb * 1_000_000))
-            refs: list[Pull] = []
-            meshes: list[Pull] = []
-            rss: list[float] = []
             for round_no in range(args.rounds):
-                # The order alternates between rounds, so neither side always finds a warmer machine.
-                if round_no % 2 == 0:
-                    refs.append(reference_round(b, reference.pid, ref_port))
-                pull, peak = mesh_round(b, workdir, peer_a, node_a.proc.pid, round_no)
-                meshes.append(pull)
-                rss.append(peak)
-                if round_no % 2 == 1:
-                    refs.append(reference_round(b, reference.pid, ref_port))
+                # The order turns between rounds, so no way always finds a warmer machine.
+                turn = round_no % len(ways)
+                for way in ways[turn:] + ways[:turn]:
+                    if way == "reference":
+                        pulls[way].append(reference_round(b, reference.pid, ref_port))
+                        continue
+                    tls = way == "mesh"
+                    pull, peak = mesh_round(b, workdir, sources[way], f"bench-b{len(rss)}", tls=tls)
+                    pulls[way].append(pull)
+                    rss.append(peak)
                 print(
-                    f"round {round_no + 1}: reference registry {refs[-1].seconds:.2f}s, through node B (held "
-                    f"only by A) {meshes[-1].seconds:.2f}s, node B peak RSS {rss[-1]:.0f} MB",
+                    f"round {round_no + 1}: "
+                    + ", ".join(f"{way} {pulls[way][-1].seconds:.2f}s" for way in ways)
+                    + f", node B peak RSS {max(rss):.0f} MB",
                     flush=True,
                 )
-        r, m = (statistics.median(p.seconds for p in pulls) for pulls in (refs, meshes))
-        r_busy, m_busy = (statistics.median(p.busy for p in pulls) for pulls in (refs, meshes))
+        seconds = {way: statistics.median(p.seconds for p in pulls[way]) for way in ways}
+        busy = {way: statistics.median(p.busy for p in pulls[way]) for way in ways}
+        r = seconds["reference"]
         print(
-            f"reference docker-registry pull: {r:.2f}s ({size / r:.0f} MB/s), machine busy {r_busy:.2f} CPU-s"
+            f"reference docker-registry pull: {r:.2f}s ({size / r:.0f} MB/s), machine busy "
+            f"{busy['reference']:.2f} CPU-s"
         )
-        print(
-            f"mesh pull via node B:           {m:.2f}s ({size / m:.0f} MB/s), machine busy {m_busy:.2f} CPU-s"
-        )
+        for way in sources:
+            label = "mesh pull via node B:" if way == "mesh" else f"{way}:"
+            print(
+                f"{label:<31} {seconds[way]:.2f}s ({size / seconds[way]:.0f} MB/s), machine busy "
+                f"{busy[way]:.2f} CPU-s, ratio {seconds[way] / r:.2f}"
+            )
+        m = seconds["mesh"]
         print(f"ratio mesh/reference: {m / r:.2f}")
         # A pull can go no faster than the machine's cores can do its work.
-        least = m_busy / CORES
+        least = busy["mesh"] / CORES
         print(f"least time the mesh pull's work needs on {CORES} cores: {least:.2f}s ({least / r:.2f}x)")
-        print(f"node B peak RSS: {max(rss):.0f} MB; node A peak RSS: {peak_rss_mb(node_a.proc.pid):.0f} MB")
+        print(
+            f"node B peak RSS: {max(rss):.0f} MB; node A peak RSS: {peak_rss_mb(sources['mesh'].pid):.0f} MB"
+        )
         return 0
     finally:
-        node_a.stop()
+        for source in sources.values():
+            source.node.stop()
         reference.terminate()
         reference.wait(timeout=10)
         a.destroy()
