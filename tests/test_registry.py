@@ -424,6 +424,29 @@ async def test_cancel_anonymous_mount_and_inverted_range(client: TestClient) -> 
     assert await r.read() == data[900:]
 
 
+async def test_request_outcomes_name_what_was_refused(client: TestClient) -> None:
+    """The requests metric counts a refusal by its error code, or by its status when the spec
+    gives it none (416), never as "ok"."""
+    digest = await push_blob(client, "r", b"o" * 100)
+    seen: list[tuple[str, str]] = []
+
+    class Recorder:
+        def request(self, method: str, outcome: str) -> None:
+            seen.append((method, outcome))
+
+        def served(self, n: int) -> None:
+            pass
+
+        def fetched(self, n: int) -> None:
+            pass
+
+    client.registry.counters = Recorder()  # type: ignore[attr-defined]
+    assert (await client.get(f"/v2/r/blobs/{digest}")).status == 200
+    assert (await client.get(f"/v2/r/blobs/{digest}", headers={"Range": "bytes=500-"})).status == 416
+    assert (await client.get("/v2/r/blobs/sha256:" + "0" * 64)).status == 404
+    assert seen == [("GET", "ok"), ("GET", "416"), ("GET", "blob_unknown")]
+
+
 async def test_store_survives_leftovers(workdir: Path) -> None:
     """A crash mid-write leaves temp and upload files, never a partial blob: they are wiped."""
     root = workdir / "registry"

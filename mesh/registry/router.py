@@ -95,7 +95,10 @@ class Router:
         except RegistryError as exc:
             self.registry.counters.request(request.method, exc.code.lower())
             return error_response(exc, head=head)
-        self.registry.counters.request(request.method, "ok")
+        # Answers refused without a spec error code (an unsatisfiable Range, an out-of-order
+        # chunk: 416) count by their status, so that "ok" means served.
+        outcome = "ok" if response.status < 400 else str(response.status)
+        self.registry.counters.request(request.method, outcome)
         return response
 
     # --- base ------------------------------------------------------------------------------------
