@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
@@ -16,6 +17,7 @@ from rich.console import Console
 from mesh.lab.poll import async_wait_until
 from mesh.net.client import ContentStream
 from mesh.node.node import Node
+from mesh.protocol import wire
 from mesh.registry.manifest import BUILDKIT_CACHE_CONFIG, OCI_MANIFEST
 from mesh.ui.status_cli import print_status
 from tests.inproc import start_node
@@ -279,3 +281,37 @@ async def test_layers_are_fetched_in_the_order_of_the_manifest_a_client_read(pai
     ranks = [rank(digest_of(blob)) for blob in first + second] + [rank(digest_of(b"named nowhere"))]
     assert ranks == sorted(ranks)
     assert len(set(ranks)) == len(ranks)
+
+
+async def test_streams_waiting_for_their_turn_hold_no_slot_gossip_or_a_fetch_needs(pair) -> None:  # type: ignore[no-untyped-def]
+    """Fetches waiting in a peer's lane keep their streams open. With more of them than a pool
+    allows per peer, neither the next fetch nor gossip may wait for a free slot: a live holder
+    would be taken for dead, and its content answered 404."""
+    a, b, session = pair
+    # Larger than what the socket buffers and the client's read buffer take in: the held
+    # streams cannot finish (a finished body frees its slot however little was read).
+    blobs = [bytes([i]) * (12 << 20) for i in range(10)]
+    await push(session, a, "many:1", [b"{}", *blobs])
+    await async_wait_until(lambda: resolves(session, b, "many:1"), 5, what="b learns many:1")
+    async with contextlib.AsyncExitStack() as held:
+        for data in blobs[:9]:  # opened, not read, like bodies waiting in the lane
+            await asyncio.wait_for(
+                held.enter_async_context(
+                    b.client.content(
+                        a.advertise, digest_of(data), offset=0, chunk_bytes=1 << 20, idle_timeout=5
+                    )
+                ),
+                timeout=2,
+            )
+        stream: ContentStream = await asyncio.wait_for(
+            held.enter_async_context(
+                b.client.content(
+                    a.advertise, digest_of(blobs[9]), offset=0, chunk_bytes=1 << 20, idle_timeout=5
+                )
+            ),
+            timeout=2,
+        )
+        assert b"".join([piece async for piece in stream.chunks]) == blobs[9]
+        # Gossip to the same peer still gets its answers.
+        hello = wire.Envelope(b.node_id, b.advertise, (), b.core.view.incarnation)
+        await asyncio.wait_for(b.client.exchange(a.advertise, hello), timeout=2)

@@ -83,25 +83,34 @@ class PeerClient:
         self._signer = signer
         self._max = max_message_bytes
         self._timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
+        # Two pools. Gossip and probes are short, and a peer is judged by how fast they answer;
+        # streams (saves, registry content) can stay open for minutes, several waiting for their
+        # turn (mesh.registry.lane). In one bounded pool, open streams would hold every slot and
+        # the next probe or fetch would time out waiting for one: a live peer taken for dead.
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def _http(self, pool: str = "control") -> aiohttp.ClientSession:
+        session = self._sessions.get(pool)
+        if session is None:
             # Keep-alive connections per peer: a probe then costs one round trip, not a handshake.
+            # Streams are bounded by what asks for them (the server queues saves), not here.
             connector = aiohttp.TCPConnector(
-                limit=0, limit_per_host=8, keepalive_timeout=30, ssl=self._tls.context if self._tls else True
+                limit=0,
+                limit_per_host=8 if pool == "control" else 0,
+                keepalive_timeout=30,
+                ssl=self._tls.context if self._tls else True,
             )
-            self._session = aiohttp.ClientSession(
+            session = self._sessions[pool] = aiohttp.ClientSession(
                 connector=connector,
                 auto_decompress=False,
                 **(self._tls.session_options() if self._tls else {}),
             )
-        return self._session
+        return session
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            await session.close()
 
     async def exchange(self, addr: str, envelope: wire.Envelope) -> wire.Envelope | None:
         """POST one envelope; return the peer's reply envelope (None when it has nothing to say)."""
@@ -166,7 +175,7 @@ class PeerClient:
             try:
                 async with asyncio.timeout(queue_wait):
                     r = await stack.enter_async_context(
-                        self._http().post(
+                        self._http("streams").post(
                             peer_url(addr, SAVE_PATH),
                             data=body,
                             headers=headers,
@@ -202,7 +211,7 @@ class PeerClient:
         timeout = aiohttp.ClientTimeout(total=None, connect=self._timeout, sock_read=idle_timeout)
         # A larger read buffer than aiohttp's 64 KiB: fewer pauses of the socket per blob.
         url = peer_url(addr, CONTENT_PATH)
-        async with self._http().post(
+        async with self._http("streams").post(
             url, data=body, headers=headers, timeout=timeout, read_bufsize=chunk_bytes
         ) as r:
             if r.status != 200:
