@@ -166,6 +166,11 @@ class Fetcher:
             log.exception("fetch of %s failed", fetch.digest[:19])
             fetch.error = RegistryError("BLOB_UNKNOWN", f"fetch failed: {exc}", status=502)
             fetch.temp.unlink(missing_ok=True)
+        except asyncio.CancelledError:  # the node is stopping: its readers must not wait on
+            if not fetch.done:
+                fetch.error = RegistryError("BLOB_UNKNOWN", "fetch stopped: the node is stopping", status=503)
+                fetch.temp.unlink(missing_ok=True)
+            raise
         finally:
             self.active.pop(fetch.digest, None)
             fetch.sized.set()
@@ -176,6 +181,8 @@ class Fetcher:
         async with self.client.content(
             addr, fetch.digest, offset=fetch.written, chunk_bytes=CHUNK, idle_timeout=self.idle_timeout
         ) as stream:
+            if stream.size < 0:
+                raise PeerError(f"{addr} claims a size of {stream.size} bytes")
             if fetch.size is None:
                 fetch.size, fetch.media_type = stream.size, stream.media_type
                 fetch.sized.set()
@@ -191,8 +198,15 @@ class Fetcher:
                 async for chunk in stream.chunks:
                     if fetch.written + len(chunk) > fetch.size:
                         raise PeerError(f"{addr} sent more than {fetch.size} bytes")
-                    fh.write(chunk)
-                    fh.flush()  # readers read the file: the bytes must be in it, not in our buffer
+                    try:
+                        fh.write(chunk)
+                        fh.flush()  # readers read the file: the bytes must be in it, not in our buffer
+                    except OSError as exc:
+                        # This node's disk, not the peer: resuming from another holder would
+                        # append after bytes the hash never saw. The fetch fails; nothing is stored.
+                        raise RegistryError(
+                            "BLOB_UNKNOWN", f"this node could not store {fetch.digest}: {exc}", status=500
+                        ) from None
                     hasher.update(chunk)
                     fetch.written += len(chunk)
                     self.on_bytes(len(chunk))
@@ -221,7 +235,9 @@ async def windows(
                 raise fetch.error from None
             fh = open(store.path(fetch.digest), "rb")
         pos = start
-        while pos < end:
+        # To the end of the blob, the answer completes only once the digest matched: also
+        # when there is nothing left to send (a peer may have claimed a size of 0).
+        while pos < end or (end == fetch.size and not fetch.verified):
             limit = min(fetch.written, end)
             if end == fetch.size and not fetch.verified:
                 limit = min(limit, end - 1)

@@ -184,9 +184,19 @@ class Store:
     async def append(self, upload: Upload, chunks: AsyncIterator[bytes]) -> int:
         """Append a request body to an upload. A body cut short keeps what arrived (the client may
         resume from the reported offset); nothing becomes visible until the final PUT."""
-        with open(upload.path, "ab") as fh:
+        # Unbuffered: after a failed write, no buffer is left to reach the file later.
+        with open(upload.path, "ab", buffering=0) as fh:
             async for chunk in chunks:
-                fh.write(chunk)
+                try:
+                    _write_all(fh, chunk)
+                except OSError as exc:
+                    # This node's disk (full, failing): part of the chunk may be in the file, never
+                    # in the hash. Cut the file back to what the hash saw: a retry appends in place.
+                    with contextlib.suppress(OSError):
+                        os.truncate(upload.path, upload.size)
+                    raise RegistryError(
+                        "BLOB_UPLOAD_INVALID", f"this node could not store the upload: {exc}", status=500
+                    ) from None
                 upload.hasher.update(chunk)
                 upload.size += len(chunk)
         return upload.size
@@ -247,6 +257,13 @@ def _read_tag(path: Path) -> TagState | None:
         if valid_digest(doc["digest"]):
             return TagState(int(doc["pushed_ms"]), doc["digest"])
     return None
+
+
+def _write_all(fh: IO[bytes], data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = fh.write(view) or 0
+        view = view[written:]
 
 
 def read_range(fh: IO[bytes], start: int, end: int | None) -> Iterator[bytes]:

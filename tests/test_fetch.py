@@ -1,0 +1,194 @@
+"""The registry's fetcher against scripted peers: what it does when the peer, this node's disk or
+the node itself lets a fetch down. Readers must hear of it at once, and the store must hold
+nothing but whole, verified blobs."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from mesh.lab.poll import async_wait_until
+from mesh.net.contract import ContentStream
+from mesh.registry import fetch as fetch_module
+from mesh.registry import store as store_module
+from mesh.registry.errors import RegistryError
+from mesh.registry.fetch import Fetcher, windows
+from mesh.registry.store import Store
+
+DATA = bytes(range(256)) * 4096  # 1 MiB
+DIGEST = "sha256:" + hashlib.sha256(DATA).hexdigest()
+PIECE = 64 << 10
+
+
+class ScriptedPeers:
+    """A PeerClient's `content` for each address: the blob's claimed size, then the pieces from
+    the offset asked for, then `after`: "end", "stall" (wait for ever) or an exception."""
+
+    def __init__(self, script: dict[str, tuple[int, int, Any]]) -> None:
+        self.script = script  # addr -> (claimed size, pieces to send, after)
+        self.asked: list[tuple[str, int]] = []
+
+    @asynccontextmanager
+    async def content(self, addr: str, digest: str, *, offset: int, **_: Any) -> AsyncIterator[ContentStream]:
+        self.asked.append((addr, offset))
+        size, pieces, after = self.script[addr]
+
+        async def chunks() -> AsyncIterator[bytes]:
+            pos = offset
+            for _ in range(pieces):
+                if pos >= len(DATA):
+                    break
+                yield DATA[pos : pos + PIECE]
+                pos += PIECE
+            if after == "stall":
+                await asyncio.Event().wait()
+            elif isinstance(after, BaseException):
+                raise after
+
+        yield ContentStream(size, "", chunks())
+
+
+def fetcher(tmp_path: Path, peers: ScriptedPeers) -> Fetcher:
+    store = Store(tmp_path / "registry")
+    return Fetcher(store, peers, lambda digest: list(peers.script), idle_timeout=5)  # type: ignore[arg-type]
+
+
+async def read_all(fetcher: Fetcher, start: int = 0, end: int | None = None) -> bytes:
+    fetch = fetcher.start(DIGEST)
+    await fetch.sized.wait()
+    if fetch.error is not None:
+        raise fetch.error
+    assert fetch.size is not None
+    got = bytearray()
+    async for fh, offset, count in windows(fetch, fetcher.store, start, fetch.size if end is None else end):
+        fh.seek(offset)
+        got += fh.read(count)
+    return bytes(got)
+
+
+async def test_a_whole_blob_from_two_holders_when_the_first_dies(tmp_path: Path) -> None:
+    """The baseline the other tests break: resumed at the offset reached, verified, stored."""
+    peers = ScriptedPeers({"a": (len(DATA), 5, ConnectionResetError("gone")), "b": (len(DATA), 99, "end")})
+    f = fetcher(tmp_path, peers)
+    assert await read_all(f) == DATA
+    await async_wait_until(lambda: f.store.has(DIGEST), 5, what="stored")
+    assert peers.asked == [("a", 0), ("b", 5 * PIECE)]
+    assert f.store.path(DIGEST).read_bytes() == DATA
+
+
+async def test_a_stopping_fetcher_wakes_its_readers_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    peers = ScriptedPeers({"a": (len(DATA), 3, "stall")})
+    f = fetcher(tmp_path, peers)
+    fetch = f.start(DIGEST)
+    reader = asyncio.create_task(read_all(f))
+    await async_wait_until(lambda: fetch.written == 3 * PIECE, 5, what="three pieces in")
+    await f.close()
+    with pytest.raises(RegistryError, match="stopping"):
+        await asyncio.wait_for(reader, 2)
+    assert not fetch.temp.exists()
+    assert not f.store.has(DIGEST)
+
+
+async def test_a_write_error_here_fails_the_fetch_rather_than_resume_after_a_torn_piece(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full or failing disk is this node's fault, not the peer's: resuming from the next holder
+    would append after half a piece that the hash never saw, and store that under the digest."""
+    peers = ScriptedPeers({"a": (len(DATA), 99, "end"), "b": (len(DATA), 99, "end")})
+    f = fetcher(tmp_path, peers)
+    real_open = open
+
+    class TornWrites:
+        """The fetch's temp file, whose third write puts half a piece in, then fails."""
+
+        def __init__(self, fh: IO[bytes]) -> None:
+            self.fh, self.writes = fh, 0
+
+        def write(self, data: bytes) -> int:
+            self.writes += 1
+            if self.writes == 3:
+                self.fh.write(data[: len(data) // 2])
+                self.fh.flush()
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.fh.write(data)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.fh, name)
+
+        def __enter__(self) -> TornWrites:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.fh.close()
+
+    def torn_open(path: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        fh = real_open(path, mode, *args, **kwargs)
+        return TornWrites(fh) if mode == "wb" else fh
+
+    monkeypatch.setattr(fetch_module, "open", torn_open, raising=False)
+    with pytest.raises(RegistryError, match=r"could not store .*No space left"):
+        await read_all(f)
+    assert peers.asked == [("a", 0)]  # not resumed elsewhere
+    assert not f.store.has(DIGEST)
+    assert not any((tmp_path / "registry" / "tmp").iterdir())
+
+
+async def test_a_claimed_size_of_zero_never_completes_an_answer_before_the_digest_check(
+    tmp_path: Path,
+) -> None:
+    """A peer claims the blob is empty, then sends nothing more. A client reading to the end must
+    not get a complete empty answer: the last byte (here, none) waits for the digest check, which
+    this fetch never passes."""
+    f = fetcher(tmp_path, ScriptedPeers({"a": (0, 0, "stall")}))
+    reader = asyncio.create_task(read_all(f))
+    await async_wait_until(lambda: f.start(DIGEST).size == 0, 5, what="the size is claimed")
+    assert not reader.done()
+    await f.close()
+    with pytest.raises(RegistryError):
+        await asyncio.wait_for(reader, 2)
+    assert not f.store.has(DIGEST)
+
+
+async def test_a_negative_size_is_a_failed_source(tmp_path: Path) -> None:
+    peers = ScriptedPeers({"a": (-5, 0, "end"), "b": (len(DATA), 99, "end")})
+    f = fetcher(tmp_path, peers)
+    assert await read_all(f) == DATA
+    assert [addr for addr, _ in peers.asked] == ["a", "b"]
+
+
+async def test_an_upload_write_error_cuts_the_file_back_to_what_the_hash_saw(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PATCH that fails on this node's disk leaves the upload where its hash stands, so the
+    client's retry from the reported offset makes a blob whose bytes match its digest."""
+    store = Store(tmp_path / "registry")
+    upload = store.start_upload("r")
+    real_write_all = store_module._write_all
+    fail = [True]
+
+    def torn(fh: IO[bytes], data: bytes) -> None:
+        if fail[0] and upload.size >= PIECE:
+            fail[0] = False
+            fh.write(data[: len(data) // 3])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write_all(fh, data)
+
+    monkeypatch.setattr(store_module, "_write_all", torn)
+
+    async def body(start: int, end: int) -> AsyncIterator[bytes]:
+        for pos in range(start, end, PIECE):
+            yield DATA[pos : min(pos + PIECE, end)]
+
+    with pytest.raises(RegistryError, match="could not store the upload"):
+        await store.append(upload, body(0, len(DATA)))
+    assert upload.size == PIECE and upload.path.stat().st_size == PIECE
+    await store.append(upload, body(upload.size, len(DATA)))  # the client resumes
+    await store.finish_upload(upload, DIGEST)
+    assert store.path(DIGEST).read_bytes() == DATA
