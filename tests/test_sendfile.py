@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 import uvloop
 from aiohttp import web
 
+from mesh.lab.poll import async_wait_until
 from mesh.net import sendfile
 from mesh.net.sendfile import PIECE, send_file
 
@@ -103,3 +105,73 @@ def test_a_client_that_stops_reading_is_given_up_and_the_thread_freed(
     raised = uvloop.run(serve_to_a_client_that_stalls(path, 64 << 20, 4096))
     assert isinstance(raised, TimeoutError), raised
     assert len(os.listdir("/proc/self/fd")) <= fds_before  # the thread's duplicate socket is closed
+
+
+def test_a_cancelled_send_ends_its_thread_at_once_and_keeps_its_descriptors_till_then(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler cancelled mid-send (the node stopping) cannot stop its worker thread, which sits
+    in poll on a stalled client. The connection is ended under the thread so it returns now, not
+    after STALL_SECONDS, and the descriptors it uses stay open until it has returned: closed
+    earlier, their numbers could be reused and the thread's sendfile reach another file."""
+    monkeypatch.setattr(sendfile, "STALL_SECONDS", 30.0)
+    returned = threading.Event()
+    open_when_returned: list[bool] = []
+    real = sendfile._sendfile_blocking
+
+    def tracked(sock_fd: int, file_fd: int, offset: int, count: int) -> None:
+        try:
+            real(sock_fd, file_fd, offset, count)
+        finally:
+            open_when_returned.append(_is_open(sock_fd) and _is_open(file_fd))
+            returned.set()
+
+    monkeypatch.setattr(sendfile, "_sendfile_blocking", tracked)
+    path = tmp_path / "blob"
+    path.write_bytes(os.urandom(64 << 20))  # far more than both socket buffers hold
+
+    async def cancel_mid_send() -> BaseException | None:
+        handlers: list[asyncio.Task[Any]] = []
+        outcome: Outcome = asyncio.get_running_loop().create_future()
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            handlers.append(asyncio.current_task())  # type: ignore[arg-type]
+            response = web.StreamResponse()
+            response.content_length = 64 << 20
+            await response.prepare(request)
+            try:
+                with open(path, "rb") as fh:  # noqa: ASYNC230 - a local file, opened once
+                    await send_file(request, response, fh, 0, 64 << 20)
+            except BaseException as exc:
+                outcome.set_result(exc)
+                raise
+            return response
+
+        app = web.Application()
+        app.router.add_get("/", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", runner.addresses[0][1], limit=1 << 16)
+        try:
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await reader.readexactly(4096)  # then reads no more: the thread waits in poll
+            await async_wait_until(lambda: handlers, 5, what="the handler runs")
+            handlers[0].cancel()
+            return await asyncio.wait_for(outcome, 5)
+        finally:
+            writer.close()
+            await runner.cleanup()
+
+    raised = uvloop.run(cancel_mid_send())
+    assert isinstance(raised, asyncio.CancelledError), raised
+    assert returned.wait(3), "the thread still waits on a stalled client"
+    assert open_when_returned == [True]
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import select
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO
 
@@ -51,15 +52,39 @@ async def send_file(
         and transport.get_extra_info("sslcontext") is None
         and not transport.get_write_buffer_size()
     ):
-        # A duplicate: if the transport closes its descriptor meanwhile, the number cannot be
-        # reused under the thread for another file.
-        fd = os.dup(sock.fileno())
+        # Duplicates, owned by the thread's job: if the transport or the caller closes its
+        # descriptor meanwhile, the number cannot be reused under the thread for another file.
+        fds = (os.dup(sock.fileno()), os.dup(fh.fileno()))
+        job = loop.run_in_executor(_SENDERS, _sendfile_blocking, *fds, offset, count)
+        job.add_done_callback(lambda done: _close(fds, done))
         try:
-            await loop.run_in_executor(_SENDERS, _sendfile_blocking, fd, fh.fileno(), offset, count)
-        finally:
-            os.close(fd)
+            # Shielded: cancelling the future would not stop the thread, only orphan it.
+            await asyncio.shield(job)
+        except asyncio.CancelledError:
+            # The handler is going away (the node stops, the client left): end the connection
+            # under the thread, so that its sendfile or poll returns now and the job closes the
+            # duplicates, rather than a stalled client holding a thread for STALL_SECONDS.
+            _shut_down(fds[0])
+            raise
         return
     await _send_pieces(response, fh, offset, count)
+
+
+def _close(fds: tuple[int, int], job: asyncio.Future[None]) -> None:
+    for fd in fds:
+        os.close(fd)
+    if not job.cancelled():
+        job.exception()  # retrieved: after a cancel, nobody awaits the job's error (EPIPE)
+
+
+def _shut_down(sock_fd: int) -> None:
+    sock = socket.socket(fileno=sock_fd)
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already gone
+    finally:
+        sock.detach()  # the descriptor stays the job's to close
 
 
 def _sendfile_blocking(sock_fd: int, file_fd: int, offset: int, count: int) -> None:
