@@ -93,6 +93,16 @@ async def test_malformed_but_signed_requests_get_400_with_the_reason(mesh):
     body = msgpack.packb({"image": "sha256:" + "1" * 64})
     status, reply = await post(a.peer_addr, body, signed(body, path="/v1/save"), path="/v1/save")
     assert status == 404 and "not shared" in reply["error"]
+    # Digests that int(x, 16) would take, but no store names a file by.
+    for digest in (
+        "sha256:" + "A" * 64,
+        "sha256:0x" + "1" * 62,
+        "sha256:-" + "1" * 63,
+        "sha256:" + "1_" * 32,
+    ):
+        body = msgpack.packb({"digest": digest, "offset": 0})
+        status, reply = await post(a.peer_addr, body, signed(body, path="/v1/content"), path="/v1/content")
+        assert status == 400 and "must be a sha256 digest" in reply["error"], (digest, status, reply)
 
 
 async def test_oversized_bodies_get_413_without_being_read(mesh):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import Any, Protocol
 
@@ -90,11 +91,13 @@ class ContentSource(Protocol):
     def open_content(self, digest: str, offset: int) -> ContentStream | None: ...
 
 
+SHA256_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
 def _sha256(value: object, field: str) -> str:
     """A request's `sha256:<64 hex>` field, or ValueError saying which field is wrong."""
-    if not isinstance(value, str) or not value.startswith("sha256:") or len(value) != 71:
-        raise ValueError(f"{field} must be a sha256 digest")
-    int(value[7:], 16)
+    if not isinstance(value, str) or not SHA256_DIGEST.fullmatch(value):
+        raise ValueError(f"{field} must be a sha256 digest (sha256: and 64 lowercase hex digits)")
     return value
 
 
