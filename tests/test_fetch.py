@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,7 +20,7 @@ from mesh.net.contract import ContentStream
 from mesh.registry import fetch as fetch_module
 from mesh.registry import store as store_module
 from mesh.registry.errors import RegistryError
-from mesh.registry.fetch import Fetcher, windows
+from mesh.registry.fetch import LANE_FREE_BYTES, Fetcher, windows
 from mesh.registry.store import Store
 
 DATA = bytes(range(256)) * 4096  # 1 MiB
@@ -36,16 +37,19 @@ class ScriptedPeers:
         self.asked: list[tuple[str, int]] = []
 
     @asynccontextmanager
-    async def content(self, addr: str, digest: str, *, offset: int, **_: Any) -> AsyncIterator[ContentStream]:
+    async def content(
+        self, addr: str, digest: str, *, offset: int, limit: int | None = None, **_: Any
+    ) -> AsyncIterator[ContentStream]:
         self.asked.append((addr, offset))
         size, pieces, after = self.script[addr]
+        end = len(DATA) if limit is None else min(len(DATA), offset + limit)
 
         async def chunks() -> AsyncIterator[bytes]:
             pos = offset
             for _ in range(pieces):
-                if pos >= len(DATA):
+                if pos >= end:
                     break
-                yield DATA[pos : pos + PIECE]
+                yield DATA[pos : min(pos + PIECE, end)]
                 pos += PIECE
             if after == "stall":
                 await asyncio.Event().wait()
@@ -192,3 +196,51 @@ async def test_an_upload_write_error_cuts_the_file_back_to_what_the_hash_saw(
     await store.append(upload, body(upload.size, len(DATA)))  # the client resumes
     await store.finish_upload(upload, DIGEST)
     assert store.path(DIGEST).read_bytes() == DATA
+
+
+async def test_a_body_waiting_for_its_turn_holds_no_connection(tmp_path: Path) -> None:
+    """Two large blobs from one source: the second gets its size and first part at once (its
+    client's headers wait on the size), then waits for the turn with no answer open, so the peer
+    parks no sender for it, and resumes from where the first part ended."""
+    first, second = os.urandom(3 << 20), os.urandom(3 << 20)
+    blobs = {"sha256:" + hashlib.sha256(d).hexdigest(): d for d in (first, second)}
+    d1, d2 = blobs
+    gate = asyncio.Event()
+
+    class GatedPeer:
+        def __init__(self) -> None:
+            self.open_now = 0
+            self.asked: list[tuple[str, int, int | None]] = []
+
+        @asynccontextmanager
+        async def content(
+            self, addr: str, digest: str, *, offset: int, limit: int | None = None, **_: Any
+        ) -> AsyncIterator[ContentStream]:
+            data = blobs[digest]
+            end = len(data) if limit is None else min(len(data), offset + limit)
+            self.asked.append((digest, offset, limit))
+
+            async def chunks() -> AsyncIterator[bytes]:
+                for pos in range(offset, end, PIECE):
+                    if digest == d1 and pos >= PIECE:
+                        await gate.wait()  # the first body stalls, holding the turn
+                    yield data[pos : min(pos + PIECE, end)]
+
+            self.open_now += 1
+            try:
+                yield ContentStream(len(data), "", chunks())
+            finally:
+                self.open_now -= 1
+
+    peer = GatedPeer()
+    f = Fetcher(Store(tmp_path / "registry"), peer, lambda digest: ["a"], idle_timeout=5)  # type: ignore[arg-type]
+    one = f.start(d1)
+    await async_wait_until(lambda: one.written == PIECE, 5, what="the first body holds the turn")
+    two = f.start(d2)
+    await async_wait_until(lambda: two.written == LANE_FREE_BYTES, 5, what="the second's first part")
+    assert two.size == len(second)
+    assert peer.open_now == 1  # only the first body's answer
+    gate.set()
+    await async_wait_until(lambda: f.store.has(d1) and f.store.has(d2), 5, what="both stored")
+    assert f.store.path(d1).read_bytes() == first and f.store.path(d2).read_bytes() == second
+    assert [a for a in peer.asked if a[0] == d2] == [(d2, 0, LANE_FREE_BYTES), (d2, LANE_FREE_BYTES, None)]

@@ -103,6 +103,10 @@ async def test_malformed_but_signed_requests_get_400_with_the_reason(mesh):
         body = msgpack.packb({"digest": digest, "offset": 0})
         status, reply = await post(a.peer_addr, body, signed(body, path="/v1/content"), path="/v1/content")
         assert status == 400 and "must be a sha256 digest" in reply["error"], (digest, status, reply)
+    for limit in (-1, "5", 1.5):
+        body = msgpack.packb({"digest": "sha256:" + "1" * 64, "offset": 0, "limit": limit})
+        status, reply = await post(a.peer_addr, body, signed(body, path="/v1/content"), path="/v1/content")
+        assert status == 400 and "limit must be" in reply["error"], (limit, status, reply)
 
 
 async def test_oversized_bodies_get_413_without_being_read(mesh):

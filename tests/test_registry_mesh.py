@@ -315,3 +315,17 @@ async def test_streams_waiting_for_their_turn_hold_no_slot_gossip_or_a_fetch_nee
         # Gossip to the same peer still gets its answers.
         hello = wire.Envelope(b.node_id, b.advertise, (), b.core.view.incarnation)
         await asyncio.wait_for(b.client.exchange(a.advertise, hello), timeout=2)
+
+
+async def test_content_answers_honour_a_limit(pair) -> None:  # type: ignore[no-untyped-def]
+    """`limit` caps a content answer: 0 brings the size alone (a fetch waiting for its turn asks
+    that), a few bytes bring those bytes; the size header is the whole blob's either way."""
+    a, b, session = pair
+    data = bytes(range(256)) * 8192  # 2 MiB
+    await push(session, a, "lim:1", [b"{}", data])
+    for offset, limit, expected in [(0, 0, b""), (10, 5, data[10:15]), (len(data) - 3, 100, data[-3:])]:
+        async with b.client.content(
+            a.advertise, digest_of(data), offset=offset, chunk_bytes=1 << 20, idle_timeout=5, limit=limit
+        ) as stream:
+            assert stream.size == len(data)
+            assert b"".join([piece async for piece in stream.chunks]) == expected, (offset, limit)

@@ -201,11 +201,22 @@ class PeerClient:
 
     @asynccontextmanager
     async def content(
-        self, addr: str, digest: str, *, offset: int, chunk_bytes: int, idle_timeout: float
+        self,
+        addr: str,
+        digest: str,
+        *,
+        offset: int,
+        chunk_bytes: int,
+        idle_timeout: float,
+        limit: int | None = None,
     ) -> AsyncIterator[ContentStream]:
-        """Open registry content (a blob or manifest, by digest) on a peer, from `offset` on. The
-        body has a Content-Length, so a peer that dies mid-stream is a ClientPayloadError."""
-        body: bytes = msgpack.packb({"digest": digest, "offset": offset})
+        """Open registry content (a blob or manifest, by digest) on a peer, from `offset` on, at
+        most `limit` bytes of it (0: only its size and media type). The body has a Content-Length,
+        so a peer that dies mid-stream is a ClientPayloadError."""
+        doc: dict[str, object] = {"digest": digest, "offset": offset}
+        if limit is not None:
+            doc["limit"] = limit
+        body: bytes = msgpack.packb(doc)
         headers = self._signer.sign_request("POST", CONTENT_PATH, body, time.time())
         headers["Content-Type"] = MSGPACK
         timeout = aiohttp.ClientTimeout(total=None, connect=self._timeout, sock_read=idle_timeout)

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 import msgpack
@@ -325,9 +326,11 @@ class PeerServer:
             return read
         doc, requester = read
         try:
-            digest, offset = _sha256(doc["digest"], "digest"), doc["offset"]
+            digest, offset, limit = _sha256(doc["digest"], "digest"), doc["offset"], doc.get("limit")
             if type(offset) is not int or offset < 0:
                 raise ValueError("offset must be a non-negative integer")
+            if limit is not None and (type(limit) is not int or limit < 0):
+                raise ValueError("limit must be a non-negative integer")
         except Exception as exc:
             self._handler.count_request("content", 400)
             return _error(400, f"malformed content request: {exc}")
@@ -341,19 +344,20 @@ class PeerServer:
         headers = {SIZE_HEADER: str(stream.size), MEDIA_TYPE_HEADER: stream.media_type}
         response = web.StreamResponse(headers=headers)
         response.content_type = OCTET_STREAM
-        response.content_length = stream.size - offset
+        # `limit` caps the bytes sent; 0 asks for the size alone (a fetch waiting for its turn).
+        count = stream.size - offset if limit is None else min(limit, stream.size - offset)
+        response.content_length = count
         await response.prepare(request)
         ok = False
         try:
-            if stream.path and request.transport is not None:
+            if not count:
+                pass
+            elif stream.path and request.transport is not None:
                 with open(stream.path, "rb") as fh:
-                    count = stream.size - offset
                     await send_file(request, response, fh, offset, count)
                 self._handler.count_bytes_out(count)
             else:
-                async for chunk in stream.chunks:
-                    await response.write(chunk)
-                    self._handler.count_bytes_out(len(chunk))
+                await self._relay(response, stream.chunks, count)
             await response.write_eof()
             ok = True
         except (OSError, ConnectionError) as exc:
@@ -363,6 +367,22 @@ class PeerServer:
         finally:
             self._handler.count_request("content", 200 if ok else 500)
         return response
+
+    async def _relay(self, response: web.StreamResponse, chunks: AsyncIterator[bytes], count: int) -> None:
+        """The first `count` bytes of content still arriving (mesh.registry.fetch.windows)."""
+        sent = 0
+        try:
+            async for chunk in chunks:
+                piece = chunk if len(chunk) <= count - sent else chunk[: count - sent]
+                await response.write(piece)
+                self._handler.count_bytes_out(len(piece))
+                sent += len(piece)
+                if sent >= count:
+                    return
+        finally:
+            close = getattr(chunks, "aclose", None)
+            if close is not None:
+                await close()  # its open file and its wait on the fetch end here, not at collection
 
     async def _unknown(self, request: web.Request) -> web.Response:
         self._handler.count_request("unknown", 404)

@@ -5,7 +5,8 @@
   client gets the first bytes while the rest is still on the wire.
 - From each source, one large blob's body is read at a time, the blobs of the manifest a
   client read first going first, in its order; a body gives way to a more wanted one that
-  came after it (mesh.registry.lane). Small blobs never wait.
+  came after it (mesh.registry.lane). Small blobs never wait, and neither do a large one's
+  size and first part. A body waiting for its turn holds no connection to the source.
 - Sources are the live holders, and peers still fetching it (relays), best first: load, RTT
   and zone (mesh.protocol.sources.rank). If one fails mid-blob, the fetch asks the next
   holder for the rest from the offset reached; the hash runs on over the whole.
@@ -31,8 +32,9 @@ from typing import IO
 import aiohttp
 
 from mesh.net.client import PeerClient, PeerError
+from mesh.net.contract import ContentStream
 from mesh.registry.errors import RegistryError
-from mesh.registry.lane import Lane
+from mesh.registry.lane import Lane, Turn
 from mesh.registry.store import CHUNK, Store
 
 log = logging.getLogger("cachemesh.registry")
@@ -178,8 +180,41 @@ class Fetcher:
             self.on_change()
 
     async def _from(self, addr: str, fetch: Fetch, fh: IO[bytes], hasher: hashlib._Hash) -> None:
+        """The rest of `fetch` from `addr`. A large body is read only while it holds the source's
+        turn (mesh.registry.lane), and waits for it holding no connection: the peer keeps no
+        sender parked for it (a thread, on a plain socket) and sees a dead source at once when the
+        turn comes. While another body holds the turn, the first LANE_FREE_BYTES come at once:
+        the size with them (clients wait for their headers), and a small blob whole."""
+        lane = self._lanes.setdefault(addr, Lane())
+        async with contextlib.AsyncExitStack() as turns:
+            turn: Turn | None = None
+            while fetch.size is None or fetch.written < fetch.size:
+                if turn is not None:
+                    await turn.give_way()  # to a more wanted body, if one waits
+                elif lane.busy and fetch.size is not None and fetch.size - fetch.written > LANE_FREE_BYTES:
+                    turn = await turns.enter_async_context(lane.turn(fetch.rank))
+                limit = LANE_FREE_BYTES if turn is None and lane.busy else None
+                async with self._open(addr, fetch, limit) as stream:
+                    assert fetch.size is not None  # set by _open
+                    if turn is None and limit is None and fetch.size - fetch.written > LANE_FREE_BYTES:
+                        if lane.busy:
+                            continue  # taken while this answer came: wait for the turn without it
+                        turn = await turns.enter_async_context(lane.turn(fetch.rank))  # idle: at once
+                    end = fetch.size if limit is None else min(fetch.size, fetch.written + limit)
+                    await self._read(addr, fetch, fh, hasher, stream, turn)
+                    if fetch.written < end and not (turn is not None and turn.wanted_elsewhere()):
+                        raise PeerError(f"{addr} ended at byte {fetch.written} of {fetch.size}")
+
+    @contextlib.asynccontextmanager
+    async def _open(self, addr: str, fetch: Fetch, limit: int | None) -> AsyncIterator[ContentStream]:
+        """An answer for `fetch` from its offset; the first one tells the size, later ones must agree."""
         async with self.client.content(
-            addr, fetch.digest, offset=fetch.written, chunk_bytes=CHUNK, idle_timeout=self.idle_timeout
+            addr,
+            fetch.digest,
+            offset=fetch.written,
+            chunk_bytes=CHUNK,
+            idle_timeout=self.idle_timeout,
+            limit=limit,
         ) as stream:
             if stream.size < 0:
                 raise PeerError(f"{addr} claims a size of {stream.size} bytes")
@@ -190,31 +225,37 @@ class Fetcher:
             elif stream.size != fetch.size:
                 raise PeerError(f"{addr} has {stream.size} bytes, another holder had {fetch.size}")
             fetch.source = addr
-            # The answer is open and its size known, so clients have their headers; while the
-            # body waits for its turn, the peer's sending pauses on a full socket.
-            large = fetch.size - fetch.written > LANE_FREE_BYTES
-            lane = self._lanes.setdefault(addr, Lane()) if large else None
-            async with lane.turn(fetch.rank) if lane else contextlib.nullcontext() as turn:
-                async for chunk in stream.chunks:
-                    if fetch.written + len(chunk) > fetch.size:
-                        raise PeerError(f"{addr} sent more than {fetch.size} bytes")
-                    try:
-                        fh.write(chunk)
-                        fh.flush()  # readers read the file: the bytes must be in it, not in our buffer
-                    except OSError as exc:
-                        # This node's disk, not the peer: resuming from another holder would
-                        # append after bytes the hash never saw. The fetch fails; nothing is stored.
-                        raise RegistryError(
-                            "BLOB_UNKNOWN", f"this node could not store {fetch.digest}: {exc}", status=500
-                        ) from None
-                    hasher.update(chunk)
-                    fetch.written += len(chunk)
-                    self.on_bytes(len(chunk))
-                    fetch._notify()
-                    if turn is not None:
-                        await turn.give_way()
-            if fetch.written < fetch.size:
-                raise PeerError(f"{addr} ended at byte {fetch.written} of {fetch.size}")
+            yield stream
+
+    async def _read(
+        self,
+        addr: str,
+        fetch: Fetch,
+        fh: IO[bytes],
+        hasher: hashlib._Hash,
+        stream: ContentStream,
+        turn: Turn | None,
+    ) -> None:
+        """Store and hash what `stream` brings, until it ends or a more wanted body waits for the turn."""
+        assert fetch.size is not None
+        async for chunk in stream.chunks:
+            if fetch.written + len(chunk) > fetch.size:
+                raise PeerError(f"{addr} sent more than {fetch.size} bytes")
+            try:
+                fh.write(chunk)
+                fh.flush()  # readers read the file: the bytes must be in it, not in our buffer
+            except OSError as exc:
+                # This node's disk, not the peer: resuming from another holder would append after
+                # bytes the hash never saw. The fetch fails; nothing is stored.
+                raise RegistryError(
+                    "BLOB_UNKNOWN", f"this node could not store {fetch.digest}: {exc}", status=500
+                ) from None
+            hasher.update(chunk)
+            fetch.written += len(chunk)
+            self.on_bytes(len(chunk))
+            fetch._notify()
+            if turn is not None and turn.wanted_elsewhere():
+                return
 
 
 async def windows(

@@ -5,7 +5,8 @@ after another, in the manifest's order. Fetched side by side, the layers share t
 arrive late together; the first unpack, and every one after it, waits for the slowest. Fetched one
 at a time in the manifest's order, the first layer arrives at the link's full speed and the rest
 arrive while it unpacks. The requests arrive in any order, so a body that holds the turn gives way,
-between two pieces, to a more wanted one that came after it (its peer pauses on a full socket).
+between two pieces, to a more wanted one that came after it (it closes its answer, and asks
+for the rest from where it stopped when its turn comes again).
 (bench_registry, Engine 20.10: the first layer reached the engine after 1.39 s side by side, 0.67 s
 in order, against 0.84 s from the reference registry.)
 """
@@ -29,11 +30,15 @@ class Turn:
         self.key = key
         self.held = False
 
-    async def give_way(self) -> None:
-        """Between two pieces: if a more wanted body (lower key) waits, let it go first and wait
-        for the turn again."""
+    def wanted_elsewhere(self) -> bool:
+        """A more wanted body (lower key) waits for the turn."""
         best = self._lane.best_waiting()
-        if best is None or best >= self.key:
+        return best is not None and best < self.key
+
+    async def give_way(self) -> None:
+        """Between two pieces: if a more wanted body waits, let it go first and wait for the turn
+        again."""
+        if not self.wanted_elsewhere():
             return
         self.held = False
         self._lane.release()
@@ -80,6 +85,10 @@ class Lane:
                 turn.set_result(None)
                 return  # still busy: the turn passed straight on
         self._busy = False
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
 
     def best_waiting(self) -> Key | None:
         while self._waiting and self._waiting[0][2].done():
