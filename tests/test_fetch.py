@@ -244,3 +244,33 @@ async def test_a_body_waiting_for_its_turn_holds_no_connection(tmp_path: Path) -
     await async_wait_until(lambda: f.store.has(d1) and f.store.has(d2), 5, what="both stored")
     assert f.store.path(d1).read_bytes() == first and f.store.path(d2).read_bytes() == second
     assert [a for a in peer.asked if a[0] == d2] == [(d2, 0, LANE_FREE_BYTES), (d2, LANE_FREE_BYTES, None)]
+
+
+async def test_a_holder_that_sent_wrong_bytes_is_not_asked_for_them_again(tmp_path: Path) -> None:
+    """A corrupt holder (its store, or a relay fed by one) fails the fetch; the next request for
+    that digest goes to another holder instead of failing on the same one for ever."""
+    bad = bytearray(DATA)
+    bad[1000] ^= 0xFF
+
+    class CorruptFirst(ScriptedPeers):
+        @asynccontextmanager
+        async def content(
+            self, addr: str, digest: str, *, offset: int, **_: Any
+        ) -> AsyncIterator[ContentStream]:
+            self.asked.append((addr, offset))
+            data = bytes(bad) if addr == "a" else DATA
+
+            async def chunks() -> AsyncIterator[bytes]:
+                for pos in range(offset, len(data), PIECE):
+                    yield data[pos : pos + PIECE]
+
+            yield ContentStream(len(data), "", chunks())
+
+    peers = CorruptFirst({"a": (len(DATA), 0, "end"), "b": (len(DATA), 0, "end")})
+    f = fetcher(tmp_path, peers)
+    with pytest.raises(RegistryError) as raised:
+        await f.fetch(DIGEST)
+    assert raised.value.code == "DIGEST_INVALID" and not f.store.has(DIGEST)
+    await f.fetch(DIGEST)
+    assert f.store.path(DIGEST).read_bytes() == DATA
+    assert peers.asked == [("a", 0), ("b", 0)]

@@ -41,6 +41,8 @@ log = logging.getLogger("cachemesh.registry")
 
 # Bodies up to this size skip the lane: a config or a manifest never waits behind a layer.
 LANE_FREE_BYTES = 1024 * 1024
+# How long a source that sent content not matching its digest is not asked for that digest again.
+SUSPECT_SECONDS = 600.0
 
 
 class Fetch:
@@ -95,6 +97,9 @@ class Fetcher:
         self.on_stored = on_stored
         self.on_change = on_change
         self.active: dict[str, Fetch] = {}
+        # (digest, source) -> monotonic time until which that source is not asked for it: it sent
+        # bytes that did not match the digest (a corrupt store, or a relay fed by one).
+        self._suspects: dict[tuple[str, str], float] = {}
         self._lanes: dict[str, Lane] = {}  # source address -> its lane
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -109,8 +114,9 @@ class Fetcher:
         fetch = self.active.get(digest)
         if fetch is not None:
             return fetch
-        if not self.holders(digest):
-            raise RegistryError("BLOB_UNKNOWN", f"{digest} is held neither here nor by a live peer")
+        if not self._sources(digest):
+            why = "every live holder sent it wrong lately" if self.holders(digest) else "no live peer holds it"
+            raise RegistryError("BLOB_UNKNOWN", f"{digest} is not held here, and {why}")
         fetch = self.active[digest] = Fetch(digest, self.store.temp_path(), self.rank(digest))
         fetch.temp.touch()  # readers open it at once, before the task first runs
         task = asyncio.create_task(self._run(fetch), name=f"fetch {digest[:19]}")
@@ -129,16 +135,18 @@ class Fetcher:
     async def _run(self, fetch: Fetch) -> None:
         hasher = hashlib.sha256()
         failed: list[str] = []
+        sent: list[str] = []  # the sources bytes came from, in order
         try:
             with open(fetch.temp, "wb") as fh:
                 while fetch.size is None or fetch.written < fetch.size:
-                    sources = [a for a in self.holders(fetch.digest) if a not in failed]
+                    sources = [a for a in self._sources(fetch.digest) if a not in failed]
                     if not sources:
                         raise RegistryError(
                             "BLOB_UNKNOWN",
                             f"{fetch.digest}: no live holder could send it"
                             + (f" (stopped at byte {fetch.written} of {fetch.size})" if fetch.size else ""),
                         )
+                    sent.append(sources[0])
                     try:
                         await self._from(sources[0], fetch, fh, hasher)
                     except (PeerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
@@ -152,6 +160,17 @@ class Fetcher:
                             "trying the next holder" if len(sources) > 1 else "no other holder",
                         )
                 if "sha256:" + hasher.hexdigest() != fetch.digest:
+                    # Which of them sent the wrong bytes cannot be told: none is asked for this
+                    # digest again for a while, so the next request goes to another holder.
+                    until = time.monotonic() + SUSPECT_SECONDS
+                    for addr in sent:
+                        self._suspects[(fetch.digest, addr)] = until
+                    log.warning(
+                        "content from %s is not %s; not asking them for it for %.0f s",
+                        ", ".join(dict.fromkeys(sent)),
+                        fetch.digest[:19],
+                        SUSPECT_SECONDS,
+                    )
                     raise RegistryError("DIGEST_INVALID", f"peers sent content that is not {fetch.digest}")
                 # Readers may finish now; the fsync and rename into the store follow, in a thread.
                 fetch.verified = True
@@ -178,6 +197,14 @@ class Fetcher:
             fetch.sized.set()
             fetch._notify()
             self.on_change()
+
+    def _sources(self, digest: str) -> list[str]:
+        """The holders of `digest` to ask, best first, but for those that sent it wrong lately."""
+        now = time.monotonic()
+        for key, until in list(self._suspects.items()):
+            if until <= now:
+                del self._suspects[key]
+        return [a for a in self.holders(digest) if (digest, a) not in self._suspects]
 
     async def _from(self, addr: str, fetch: Fetch, fh: IO[bytes], hasher: hashlib._Hash) -> None:
         """The rest of `fetch` from `addr`. A large body is read only while it holds the source's
