@@ -174,7 +174,7 @@ async def test_an_upload_write_error_cuts_the_file_back_to_what_the_hash_saw(
     client's retry from the reported offset makes a blob whose bytes match its digest."""
     store = Store(tmp_path / "registry")
     upload = store.start_upload("r")
-    real_write_all = store_module._write_all
+    real_write_all = store_module.write_all
     fail = [True]
 
     def torn(fh: IO[bytes], data: bytes) -> None:
@@ -184,7 +184,7 @@ async def test_an_upload_write_error_cuts_the_file_back_to_what_the_hash_saw(
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write_all(fh, data)
 
-    monkeypatch.setattr(store_module, "_write_all", torn)
+    monkeypatch.setattr(store_module, "write_all", torn)
 
     async def body(start: int, end: int) -> AsyncIterator[bytes]:
         for pos in range(start, end, PIECE):

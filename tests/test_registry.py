@@ -6,6 +6,7 @@ Each bad input must leave the store unchanged and the registry serving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 from collections.abc import AsyncIterator, Mapping
@@ -18,6 +19,7 @@ from mesh.config import Config
 from mesh.lab.poll import async_wait_until
 from mesh.net.auth import Signer
 from mesh.net.client import PeerClient
+from mesh.net.contract import ContentStream
 from mesh.protocol import oci
 from mesh.protocol.wire import ImageMeta, Tags
 from mesh.registry.errors import RegistryError
@@ -526,3 +528,35 @@ async def test_content_still_being_fetched_is_relayed_as_it_arrives_and_cut_if_t
         async for _ in broken.chunks:
             pass
     del registry.fetcher.active[digest]
+
+
+async def test_a_claimed_size_of_zero_is_checked_before_the_client_gets_its_answer(
+    client: TestClient,
+) -> None:
+    """An answer with no bytes is whole as soon as its headers go, so a fetched blob that a peer
+    claims is empty is checked against its digest first: the client gets the error, never a
+    complete empty blob."""
+    registry: Registry = client.registry  # type: ignore[attr-defined]
+    digest = digest_of(b"not empty")
+    ends = asyncio.Event()
+
+    class ClaimsEmpty:
+        @contextlib.asynccontextmanager
+        async def content(self, addr: str, digest: str, **_: object) -> AsyncIterator[ContentStream]:
+            async def nothing() -> AsyncIterator[bytes]:
+                await ends.wait()  # the answer's end (and so the digest check) comes later
+                return
+                yield b""
+
+            yield ContentStream(0, "", nothing())
+
+    registry.fetcher.client = ClaimsEmpty()  # type: ignore[assignment]
+    registry.fetcher.holders = lambda d: ["peer"]
+    get = asyncio.create_task(client.get(f"/v2/r/blobs/{digest}"))
+    await async_wait_until(
+        lambda: digest in registry.fetcher.active and registry.fetcher.active[digest].size == 0, 5
+    )
+    ends.set()
+    r = await get
+    assert r.status == 400 and await error_code(r) == "DIGEST_INVALID"
+    assert not registry.store.has(digest)

@@ -284,9 +284,10 @@ async def test_layers_are_fetched_in_the_order_of_the_manifest_a_client_read(pai
 
 
 async def test_streams_waiting_for_their_turn_hold_no_slot_gossip_or_a_fetch_needs(pair) -> None:  # type: ignore[no-untyped-def]
-    """Fetches waiting in a peer's lane keep their streams open. With more of them than a pool
-    allows per peer, neither the next fetch nor gossip may wait for a free slot: a live holder
-    would be taken for dead, and its content answered 404."""
+    """Streams from a peer can be many and long (saves, relayed content, old peers that send
+    bodies in full). With more of them open than a pool allows per peer, neither the next fetch
+    nor gossip may wait for a free slot: a live holder would be taken for dead, and its content
+    answered 404 (a slot is waited for up to the 5 s peer timeout)."""
     a, b, session = pair
     # Larger than what the socket buffers and the client's read buffer take in: the held
     # streams cannot finish (a finished body frees its slot however little was read).
@@ -301,7 +302,7 @@ async def test_streams_waiting_for_their_turn_hold_no_slot_gossip_or_a_fetch_nee
                         a.advertise, digest_of(data), offset=0, chunk_bytes=1 << 20, idle_timeout=5
                     )
                 ),
-                timeout=2,
+                timeout=4,
             )
         stream: ContentStream = await asyncio.wait_for(
             held.enter_async_context(
@@ -309,12 +310,12 @@ async def test_streams_waiting_for_their_turn_hold_no_slot_gossip_or_a_fetch_nee
                     a.advertise, digest_of(blobs[9]), offset=0, chunk_bytes=1 << 20, idle_timeout=5
                 )
             ),
-            timeout=2,
+            timeout=4,
         )
         assert b"".join([piece async for piece in stream.chunks]) == blobs[9]
         # Gossip to the same peer still gets its answers.
         hello = wire.Envelope(b.node_id, b.advertise, (), b.core.view.incarnation)
-        await asyncio.wait_for(b.client.exchange(a.advertise, hello), timeout=2)
+        await asyncio.wait_for(b.client.exchange(a.advertise, hello), timeout=4)
 
 
 async def test_content_answers_honour_a_limit(pair) -> None:  # type: ignore[no-untyped-def]

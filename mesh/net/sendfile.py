@@ -54,8 +54,13 @@ async def send_file(
     ):
         # Duplicates, owned by the thread's job: if the transport or the caller closes its
         # descriptor meanwhile, the number cannot be reused under the thread for another file.
-        fds = (os.dup(sock.fileno()), os.dup(fh.fileno()))
-        job = loop.run_in_executor(_SENDERS, _sendfile_blocking, *fds, offset, count)
+        fds = _duplicates(sock.fileno(), fh.fileno())
+        try:
+            job = loop.run_in_executor(_SENDERS, _sendfile_blocking, *fds, offset, count)
+        except BaseException:  # the executor is shut down: no job will close them
+            for fd in fds:
+                os.close(fd)
+            raise
         job.add_done_callback(lambda done: _close(fds, done))
         try:
             # Shielded: cancelling the future would not stop the thread, only orphan it.
@@ -64,10 +69,21 @@ async def send_file(
             # The handler is going away (the node stops, the client left): end the connection
             # under the thread, so that its sendfile or poll returns now and the job closes the
             # duplicates, rather than a stalled client holding a thread for STALL_SECONDS.
-            _shut_down(fds[0])
+            if not job.done():  # once done, the duplicates are closed (or about to be)
+                _shut_down(fds[0])
             raise
         return
     await _send_pieces(response, fh, offset, count)
+
+
+def _duplicates(sock_fd: int, file_fd: int) -> tuple[int, int]:
+    """Duplicates of both descriptors, or of neither."""
+    sock_dup = os.dup(sock_fd)
+    try:
+        return sock_dup, os.dup(file_fd)
+    except BaseException:
+        os.close(sock_dup)
+        raise
 
 
 def _close(fds: tuple[int, int], job: asyncio.Future[None]) -> None:

@@ -344,11 +344,12 @@ class PeerServer:
         headers = {SIZE_HEADER: str(stream.size), MEDIA_TYPE_HEADER: stream.media_type}
         response = web.StreamResponse(headers=headers)
         response.content_type = OCTET_STREAM
-        # `limit` caps the bytes sent; 0 asks for the size alone (a fetch waiting for its turn).
+        # `limit` caps the bytes sent (a fetch that must wait for its turn asks for a first part;
+        # 0 brings the headers alone).
         count = stream.size - offset if limit is None else min(limit, stream.size - offset)
         response.content_length = count
         await response.prepare(request)
-        ok = False
+        status = 500
         try:
             if not count:
                 pass
@@ -359,13 +360,20 @@ class PeerServer:
             else:
                 await self._relay(response, stream.chunks, count)
             await response.write_eof()
-            ok = True
+            status = 200
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            # The asker closed it: a fetch giving way to a more wanted body (it asks again from
+            # where it stopped), or a node gone. Not this node's failure.
+            log.debug("content %s to %s closed by the asker: %s", digest[:19], requester, exc)
+            status = 499
+            if request.transport is not None:
+                request.transport.abort()
         except (OSError, ConnectionError) as exc:
             log.warning("content %s to %s aborted: %s", digest[:19], requester, exc)
             if request.transport is not None:
                 request.transport.abort()
         finally:
-            self._handler.count_request("content", 200 if ok else 500)
+            self._handler.count_request("content", status)
         return response
 
     async def _relay(self, response: web.StreamResponse, chunks: AsyncIterator[bytes], count: int) -> None:

@@ -25,7 +25,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from typing import IO
 
@@ -35,7 +35,7 @@ from mesh.net.client import PeerClient, PeerError
 from mesh.net.contract import ContentStream
 from mesh.registry.errors import RegistryError
 from mesh.registry.lane import Lane, Turn
-from mesh.registry.store import CHUNK, Store
+from mesh.registry.store import CHUNK, Store, write_all
 
 log = logging.getLogger("cachemesh.registry")
 
@@ -115,7 +115,9 @@ class Fetcher:
         if fetch is not None:
             return fetch
         if not self._sources(digest):
-            why = "every live holder sent it wrong lately" if self.holders(digest) else "no live peer holds it"
+            why = (
+                "every live holder sent it wrong lately" if self.holders(digest) else "no live peer holds it"
+            )
             raise RegistryError("BLOB_UNKNOWN", f"{digest} is not held here, and {why}")
         fetch = self.active[digest] = Fetch(digest, self.store.temp_path(), self.rank(digest))
         fetch.temp.touch()  # readers open it at once, before the task first runs
@@ -137,7 +139,9 @@ class Fetcher:
         failed: list[str] = []
         sent: list[str] = []  # the sources bytes came from, in order
         try:
-            with open(fetch.temp, "wb") as fh:
+            # Unbuffered: readers read the file, so each piece must be in it, not in a buffer; and
+            # after a failed write no buffer is left to flush (and fail again) on close.
+            with open(fetch.temp, "wb", buffering=0) as fh:
                 while fetch.size is None or fetch.written < fetch.size:
                     sources = [a for a in self._sources(fetch.digest) if a not in failed]
                     if not sources:
@@ -146,7 +150,7 @@ class Fetcher:
                             f"{fetch.digest}: no live holder could send it"
                             + (f" (stopped at byte {fetch.written} of {fetch.size})" if fetch.size else ""),
                         )
-                    sent.append(sources[0])
+                    before = fetch.written
                     try:
                         await self._from(sources[0], fetch, fh, hasher)
                     except (PeerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
@@ -159,10 +163,14 @@ class Fetcher:
                             exc,
                             "trying the next holder" if len(sources) > 1 else "no other holder",
                         )
+                    finally:
+                        if fetch.written > before:  # only who sent bytes can have sent wrong ones
+                            sent.append(sources[0])
                 if "sha256:" + hasher.hexdigest() != fetch.digest:
                     # Which of them sent the wrong bytes cannot be told: none is asked for this
                     # digest again for a while, so the next request goes to another holder.
                     until = time.monotonic() + SUSPECT_SECONDS
+                    sent = sent or [fetch.source]  # no bytes at all: who claimed the size was wrong
                     for addr in sent:
                         self._suspects[(fetch.digest, addr)] = until
                     log.warning(
@@ -220,6 +228,8 @@ class Fetcher:
                     await turn.give_way()  # to a more wanted body, if one waits
                 elif lane.busy and fetch.size is not None and fetch.size - fetch.written > LANE_FREE_BYTES:
                     turn = await turns.enter_async_context(lane.turn(fetch.rank))
+                    if addr not in self._sources(fetch.digest):  # it died (or erred) meanwhile
+                        raise PeerError(f"{addr} is no longer a live holder")
                 limit = LANE_FREE_BYTES if turn is None and lane.busy else None
                 async with self._open(addr, fetch, limit) as stream:
                     assert fetch.size is not None  # set by _open
@@ -269,8 +279,7 @@ class Fetcher:
             if fetch.written + len(chunk) > fetch.size:
                 raise PeerError(f"{addr} sent more than {fetch.size} bytes")
             try:
-                fh.write(chunk)
-                fh.flush()  # readers read the file: the bytes must be in it, not in our buffer
+                write_all(fh, chunk)
             except OSError as exc:
                 # This node's disk, not the peer: resuming from another holder would append after
                 # bytes the hash never saw. The fetch fails; nothing is stored.
@@ -287,7 +296,7 @@ class Fetcher:
 
 async def windows(
     fetch: Fetch, store: Store, start: int, end: int
-) -> AsyncIterator[tuple[IO[bytes], int, int]]:
+) -> AsyncGenerator[tuple[IO[bytes], int, int], None]:
     """(file, offset, count) windows covering bytes [start, end) of a fetch, as they arrive, for
     the caller to send (with sendfile). The last byte of the blob waits for the digest check: a
     client that reads to the end never completes a response whose content turned out wrong.

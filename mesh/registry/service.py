@@ -246,7 +246,10 @@ class Registry:
         if fetch is None:
             return size, None
         await fetch.sized.wait()
-        if fetch.error is not None or fetch.size is None:
+        if fetch.size == 0:
+            # Nothing to stream, so the answer would be whole with its headers: check it first.
+            await fetch.wait_progress(0)
+        if fetch.error is not None or fetch.size is None or fetch.done:
             if self.store.has(digest):  # finished between the two looks
                 return self.store.size(digest) or 0, None
             raise fetch.error or RegistryError("BLOB_UNKNOWN", f"{digest} could not be fetched")
@@ -360,14 +363,16 @@ class Registry:
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
-                async for fh, start, count in windows(fetch, self.store, offset, size):
-                    fh.seek(start)
-                    while count > 0:
-                        data = fh.read(min(CHUNK, count))
-                        if not data:
-                            raise ConnectionError(f"{digest[:19]}: the relayed fetch's file ended early")
-                        count -= len(data)
-                        yield data
+                # aclosing: a reader that stops early (a limited answer) closes the file now.
+                async with contextlib.aclosing(windows(fetch, self.store, offset, size)) as arriving:
+                    async for fh, start, count in arriving:
+                        fh.seek(start)
+                        while count > 0:
+                            data = fh.read(min(CHUNK, count))
+                            if not data:
+                                raise ConnectionError(f"{digest[:19]}: the relayed fetch's file ended early")
+                            count -= len(data)
+                            yield data
             except RegistryError as exc:
                 raise ConnectionError(f"the relayed fetch of {digest[:19]} failed: {exc}") from None
 

@@ -188,7 +188,7 @@ class Store:
         with open(upload.path, "ab", buffering=0) as fh:
             async for chunk in chunks:
                 try:
-                    _write_all(fh, chunk)
+                    write_all(fh, chunk)
                 except OSError as exc:
                     # This node's disk (full, failing): part of the chunk may be in the file, never
                     # in the hash. Cut the file back to what the hash saw: a retry appends in place.
@@ -259,7 +259,7 @@ def _read_tag(path: Path) -> TagState | None:
     return None
 
 
-def _write_all(fh: IO[bytes], data: bytes) -> None:
+def write_all(fh: IO[bytes], data: bytes) -> None:
     view = memoryview(data)
     while view:
         written = fh.write(view) or 0
