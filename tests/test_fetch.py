@@ -274,3 +274,27 @@ async def test_a_holder_that_sent_wrong_bytes_is_not_asked_for_them_again(tmp_pa
     await f.fetch(DIGEST)
     assert f.store.path(DIGEST).read_bytes() == DATA
     assert peers.asked == [("a", 0), ("b", 0)]
+
+
+async def test_abandoned_uploads_expire_when_the_next_one_starts(tmp_path: Path) -> None:
+    """An upload no request has used for a day (its client gone, its final PUT never sent) goes,
+    file and all, when the next upload starts; one in use or recently used stays."""
+    store = Store(tmp_path / "registry")
+    abandoned, in_use, recent = (store.start_upload("r") for _ in range(3))
+    abandoned.path.write_bytes(b"half a layer")
+    for upload in (abandoned, in_use):
+        upload.touched -= store_module.UPLOAD_IDLE_SECONDS + 1
+    async with in_use.lock:  # a PATCH under way
+        later = store.start_upload("r")
+        assert set(store.uploads) == {in_use.id, recent.id, later.id}
+    assert not abandoned.path.exists() and in_use.path.exists() and recent.path.exists()
+    with pytest.raises(RegistryError) as raised:
+        store.upload(abandoned.id, "r")
+    assert raised.value.code == "BLOB_UPLOAD_UNKNOWN"
+    store.upload(in_use.id, "r")  # used again: its clock starts over
+    assert store.expire_uploads(in_use.touched + 60) == []
+    assert store.expire_uploads(in_use.touched + store_module.UPLOAD_IDLE_SECONDS + 1) == [
+        in_use.id,
+        recent.id,
+        later.id,
+    ]

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -32,6 +33,9 @@ from mesh.registry.errors import RegistryError
 from mesh.registry.names import valid_digest, valid_tag
 
 CHUNK = 1024 * 1024
+# An upload no request has used for this long is abandoned (the reference registry purges after a
+# week; a build's cache push finishes in minutes).
+UPLOAD_IDLE_SECONDS = 24 * 3600.0
 
 
 def _fsync_dir(path: Path) -> None:
@@ -52,6 +56,7 @@ class Upload:
     size: int = 0
     hasher: Any = field(default_factory=hashlib.sha256)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    touched: float = field(default_factory=time.time)  # when a request last used it
 
 
 class Store:
@@ -169,6 +174,7 @@ class Store:
     # --- uploads -----------------------------------------------------------------------------
 
     def start_upload(self, name: str) -> Upload:
+        self.expire_uploads(time.time())
         upload_id = uuid.uuid4().hex
         upload = Upload(upload_id, name, self.uploads_dir / upload_id)
         upload.path.touch()
@@ -179,7 +185,19 @@ class Store:
         upload = self.uploads.get(upload_id)
         if upload is None or upload.name != name:
             raise RegistryError("BLOB_UPLOAD_UNKNOWN", f"no upload {upload_id[:64]!r} in {name}")
+        upload.touched = time.time()
         return upload
+
+    def expire_uploads(self, now: float) -> list[str]:
+        """Drop uploads no request has used for UPLOAD_IDLE_SECONDS (a client gone mid-upload, or
+        one that never sent its final PUT), files and all; the IDs dropped. An upload a request
+        is using now is kept. Run as each upload starts, so abandoned ones cannot pile up."""
+        expired = [
+            u for u in self.uploads.values() if now - u.touched > UPLOAD_IDLE_SECONDS and not u.lock.locked()
+        ]
+        for upload in expired:
+            self.cancel_upload(upload)
+        return [u.id for u in expired]
 
     async def append(self, upload: Upload, chunks: AsyncIterator[bytes]) -> int:
         """Append a request body to an upload. A body cut short keeps what arrived (the client may
@@ -199,6 +217,7 @@ class Store:
                     ) from None
                 upload.hasher.update(chunk)
                 upload.size += len(chunk)
+                upload.touched = time.time()
         return upload.size
 
     async def finish_upload(self, upload: Upload, digest: str) -> None:
