@@ -298,3 +298,46 @@ async def test_abandoned_uploads_expire_when_the_next_one_starts(tmp_path: Path)
         recent.id,
         later.id,
     ]
+
+
+async def test_a_body_whose_source_died_while_it_waited_goes_to_another_holder(tmp_path: Path) -> None:
+    """A body waits for its source's turn with no connection open; if the source is no longer a
+    live holder when the turn comes, the body goes to the next holder at the offset reached
+    instead of spending a connect timeout on the dead one."""
+    first, second = os.urandom(3 << 20), os.urandom(3 << 20)
+    blobs = {"sha256:" + hashlib.sha256(d).hexdigest(): d for d in (first, second)}
+    d1, d2 = blobs
+    gate = asyncio.Event()
+    live = ["a", "b"]
+    asked: list[tuple[str, str, int]] = []
+
+    class Peers:
+        @asynccontextmanager
+        async def content(
+            self, addr: str, digest: str, *, offset: int, limit: int | None = None, **_: Any
+        ) -> AsyncIterator[ContentStream]:
+            data = blobs[digest]
+            end = len(data) if limit is None else min(len(data), offset + limit)
+            asked.append((addr, digest, offset))
+
+            async def chunks() -> AsyncIterator[bytes]:
+                for pos in range(offset, end, PIECE):
+                    if digest == d1 and pos >= PIECE:
+                        await gate.wait()
+                    yield data[pos : min(pos + PIECE, end)]
+
+            yield ContentStream(len(data), "", chunks())
+
+    f = Fetcher(Store(tmp_path / "registry"), Peers(), lambda digest: list(live), idle_timeout=5)  # type: ignore[arg-type]
+    one = f.start(d1)
+    await async_wait_until(lambda: one.written == PIECE, 5, what="the first body holds a's turn")
+    two = f.start(d2)
+    await async_wait_until(lambda: two.written == LANE_FREE_BYTES, 5, what="the second waits for a's turn")
+    live.remove("a")  # gossip: a is dead
+    gate.set()
+    await async_wait_until(lambda: f.store.has(d1) and f.store.has(d2), 5, what="both stored")
+    assert f.store.path(d2).read_bytes() == second
+    assert [(addr, offset) for addr, digest, offset in asked if digest == d2] == [
+        ("a", 0),
+        ("b", LANE_FREE_BYTES),
+    ]

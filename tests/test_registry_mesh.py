@@ -66,13 +66,15 @@ async def get_blob(session: aiohttp.ClientSession, node: Node, digest: str) -> b
         return await r.read()
 
 
-def content_requests(node: Node) -> float:
+def content_requests(node: Node, status: str | None = None) -> float:
     return sum(
         sample.value
         for metric in node.metrics.registry.collect()
         if metric.name == "cachemesh_peer_requests"
         for sample in metric.samples
-        if sample.labels.get("endpoint") == "content" and sample.name.endswith("_total")
+        if sample.labels.get("endpoint") == "content"
+        and sample.name.endswith("_total")
+        and status in (None, sample.labels.get("status"))
     )
 
 
@@ -330,3 +332,17 @@ async def test_content_answers_honour_a_limit(pair) -> None:  # type: ignore[no-
         ) as stream:
             assert stream.size == len(data)
             assert b"".join([piece async for piece in stream.chunks]) == expected, (offset, limit)
+
+
+async def test_an_answer_its_asker_closes_counts_499_not_a_failure(pair) -> None:  # type: ignore[no-untyped-def]
+    """A fetch giving way to a more wanted body closes its answer mid-body: at the source that is
+    the asker's choice (499), not a failed request (500)."""
+    a, b, session = pair
+    data = bytes(range(256)) * (48 << 12)  # 48 MiB: more than the socket buffers hold
+    await push(session, a, "closed:1", [b"{}", data])
+    async with b.client.content(
+        a.advertise, digest_of(data), offset=0, chunk_bytes=1 << 20, idle_timeout=5
+    ) as stream:
+        await anext(stream.chunks)  # one piece, then the answer is closed
+    await async_wait_until(lambda: content_requests(a, "499") == 1, 5, what="a counts the closed answer")
+    assert content_requests(a, "500") == 0

@@ -1,10 +1,10 @@
 """Part of a file as the body of a prepared HTTP response: zero-copy where the socket allows.
 
-asyncio's loop sends a file with os.sendfile on a plain socket (and reads and writes it for TLS
-itself). uvloop, which `cachemesh run` uses, has no `loop.sendfile`. There, on a plain socket, a
-worker thread runs os.sendfile on its own duplicate of the socket (the kernel copies page cache
-to socket; this process touches no byte); on TLS the file is read in pieces, off the event loop
-(a cold page cache means disk reads), and written as the body.
+On a plain socket, asyncio's loop sends a file with os.sendfile. uvloop, which `cachemesh run`
+uses, has no `loop.sendfile`: there a worker thread runs os.sendfile on its own duplicate of the
+socket (the kernel copies page cache to socket; this process touches no byte). On TLS, on either
+loop, the file is read in pieces, off the event loop (a cold page cache means disk reads), and
+written as the body.
 """
 
 from __future__ import annotations
@@ -38,6 +38,12 @@ async def send_file(
     transport = request.transport
     if transport is None or transport.is_closing():
         raise ConnectionResetError("client went away")
+    if transport.get_extra_info("sslcontext") is not None:
+        # TLS: the bytes must pass through this process either way. asyncio's loop.sendfile would
+        # do the same in its fallback, which (CPython 3.11) fails with an AttributeError when the
+        # client goes mid-send, where a client gone should be a ConnectionResetError.
+        await _send_pieces(response, fh, offset, count)
+        return
     loop = asyncio.get_running_loop()
     try:
         await loop.sendfile(transport, fh, offset, count)
@@ -45,13 +51,9 @@ async def send_file(
     except NotImplementedError:
         pass
     sock = transport.get_extra_info("socket")
-    # Only on a plain socket, and only when nothing the transport holds (headers, an earlier
-    # piece) is still to go ahead of these bytes.
-    if (
-        sock is not None
-        and transport.get_extra_info("sslcontext") is None
-        and not transport.get_write_buffer_size()
-    ):
+    # Only when nothing the transport holds (headers, an earlier piece) is still to go ahead of
+    # these bytes.
+    if sock is not None and not transport.get_write_buffer_size():
         # Duplicates, owned by the thread's job: if the transport or the caller closes its
         # descriptor meanwhile, the number cannot be reused under the thread for another file.
         fds = _duplicates(sock.fileno(), fh.fileno())
