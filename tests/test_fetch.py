@@ -198,52 +198,60 @@ async def test_an_upload_write_error_cuts_the_file_back_to_what_the_hash_saw(
     assert store.path(DIGEST).read_bytes() == DATA
 
 
+class TwoLargeBlobs:
+    """A PeerClient's `content` for two 3 MiB blobs, from any address. The first stalls after
+    its first piece until `gate` is set (it holds its source's turn meanwhile). Records each
+    answer as (addr, digest, offset, limit), and how many are open."""
+
+    def __init__(self) -> None:
+        self.first, self.second = os.urandom(3 << 20), os.urandom(3 << 20)
+        self.blobs = {"sha256:" + hashlib.sha256(d).hexdigest(): d for d in (self.first, self.second)}
+        self.d1, self.d2 = self.blobs
+        self.gate = asyncio.Event()
+        self.open_now = 0
+        self.asked: list[tuple[str, str, int, int | None]] = []
+
+    @asynccontextmanager
+    async def content(
+        self, addr: str, digest: str, *, offset: int, limit: int | None = None, **_: Any
+    ) -> AsyncIterator[ContentStream]:
+        data = self.blobs[digest]
+        end = len(data) if limit is None else min(len(data), offset + limit)
+        self.asked.append((addr, digest, offset, limit))
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for pos in range(offset, end, PIECE):
+                if digest == self.d1 and pos >= PIECE:
+                    await self.gate.wait()
+                yield data[pos : min(pos + PIECE, end)]
+
+        self.open_now += 1
+        try:
+            yield ContentStream(len(data), "", chunks())
+        finally:
+            self.open_now -= 1
+
+
 async def test_a_body_waiting_for_its_turn_holds_no_connection(tmp_path: Path) -> None:
     """Two large blobs from one source: the second gets its size and first part at once (its
     client's headers wait on the size), then waits for the turn with no answer open, so the peer
     parks no sender for it, and resumes from where the first part ended."""
-    first, second = os.urandom(3 << 20), os.urandom(3 << 20)
-    blobs = {"sha256:" + hashlib.sha256(d).hexdigest(): d for d in (first, second)}
-    d1, d2 = blobs
-    gate = asyncio.Event()
-
-    class GatedPeer:
-        def __init__(self) -> None:
-            self.open_now = 0
-            self.asked: list[tuple[str, int, int | None]] = []
-
-        @asynccontextmanager
-        async def content(
-            self, addr: str, digest: str, *, offset: int, limit: int | None = None, **_: Any
-        ) -> AsyncIterator[ContentStream]:
-            data = blobs[digest]
-            end = len(data) if limit is None else min(len(data), offset + limit)
-            self.asked.append((digest, offset, limit))
-
-            async def chunks() -> AsyncIterator[bytes]:
-                for pos in range(offset, end, PIECE):
-                    if digest == d1 and pos >= PIECE:
-                        await gate.wait()  # the first body stalls, holding the turn
-                    yield data[pos : min(pos + PIECE, end)]
-
-            self.open_now += 1
-            try:
-                yield ContentStream(len(data), "", chunks())
-            finally:
-                self.open_now -= 1
-
-    peer = GatedPeer()
+    peer = TwoLargeBlobs()
+    d1, d2 = peer.d1, peer.d2
     f = Fetcher(Store(tmp_path / "registry"), peer, lambda digest: ["a"], idle_timeout=5)  # type: ignore[arg-type]
     one = f.start(d1)
     await async_wait_until(lambda: one.written == PIECE, 5, what="the first body holds the turn")
     two = f.start(d2)
     await async_wait_until(lambda: two.written == LANE_FREE_BYTES, 5, what="the second's first part")
-    assert two.size == len(second)
+    assert two.size == len(peer.second)
     assert peer.open_now == 1  # only the first body's answer
-    gate.set()
+    peer.gate.set()
     await async_wait_until(lambda: f.store.has(d1) and f.store.has(d2), 5, what="both stored")
-    assert f.store.path(d1).read_bytes() == first and f.store.path(d2).read_bytes() == second
-    assert [a for a in peer.asked if a[0] == d2] == [(d2, 0, LANE_FREE_BYTES), (d2, LANE_FREE_BYTES, None)]
+    assert f.store.path(d1).read_bytes() == peer.first and f.store.path(d2).read_bytes() == peer.second
+    assert [(offset, limit) for _, digest, offset, limit in peer.asked if digest == d2] == [
+        (0, LANE_FREE_BYTES),
+        (LANE_FREE_BYTES, None),
+    ]
 
 
 async def test_a_holder_that_sent_wrong_bytes_is_not_asked_for_them_again(tmp_path: Path) -> None:
@@ -304,40 +312,19 @@ async def test_a_body_whose_source_died_while_it_waited_goes_to_another_holder(t
     """A body waits for its source's turn with no connection open; if the source is no longer a
     live holder when the turn comes, the body goes to the next holder at the offset reached
     instead of spending a connect timeout on the dead one."""
-    first, second = os.urandom(3 << 20), os.urandom(3 << 20)
-    blobs = {"sha256:" + hashlib.sha256(d).hexdigest(): d for d in (first, second)}
-    d1, d2 = blobs
-    gate = asyncio.Event()
+    peer = TwoLargeBlobs()
+    d1, d2 = peer.d1, peer.d2
     live = ["a", "b"]
-    asked: list[tuple[str, str, int]] = []
-
-    class Peers:
-        @asynccontextmanager
-        async def content(
-            self, addr: str, digest: str, *, offset: int, limit: int | None = None, **_: Any
-        ) -> AsyncIterator[ContentStream]:
-            data = blobs[digest]
-            end = len(data) if limit is None else min(len(data), offset + limit)
-            asked.append((addr, digest, offset))
-
-            async def chunks() -> AsyncIterator[bytes]:
-                for pos in range(offset, end, PIECE):
-                    if digest == d1 and pos >= PIECE:
-                        await gate.wait()
-                    yield data[pos : min(pos + PIECE, end)]
-
-            yield ContentStream(len(data), "", chunks())
-
-    f = Fetcher(Store(tmp_path / "registry"), Peers(), lambda digest: list(live), idle_timeout=5)  # type: ignore[arg-type]
+    f = Fetcher(Store(tmp_path / "registry"), peer, lambda digest: list(live), idle_timeout=5)  # type: ignore[arg-type]
     one = f.start(d1)
     await async_wait_until(lambda: one.written == PIECE, 5, what="the first body holds a's turn")
     two = f.start(d2)
     await async_wait_until(lambda: two.written == LANE_FREE_BYTES, 5, what="the second waits for a's turn")
     live.remove("a")  # gossip: a is dead
-    gate.set()
+    peer.gate.set()
     await async_wait_until(lambda: f.store.has(d1) and f.store.has(d2), 5, what="both stored")
-    assert f.store.path(d2).read_bytes() == second
-    assert [(addr, offset) for addr, digest, offset in asked if digest == d2] == [
+    assert f.store.path(d2).read_bytes() == peer.second
+    assert [(addr, offset) for addr, digest, offset, _ in peer.asked if digest == d2] == [
         ("a", 0),
         ("b", LANE_FREE_BYTES),
     ]

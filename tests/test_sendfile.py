@@ -29,18 +29,27 @@ RUNNERS: dict[str, Callable[[Coroutine[Any, Any, bytes]], bytes]] = {
 
 
 @asynccontextmanager
-async def serving(path: Path, offset: int, count: int, outcome: Outcome | None = None) -> AsyncIterator[int]:
+async def serving(
+    path: Path,
+    offset: int,
+    count: int,
+    outcome: Outcome | None = None,
+    handlers: list[asyncio.Task[Any]] | None = None,
+) -> AsyncIterator[int]:
     """An HTTP server on loopback whose one route sends `count` bytes of `path` from `offset` with
-    send_file; yields its port. `outcome`, if given, gets what send_file raised (None: nothing)."""
+    send_file; yields its port. `outcome`, if given, gets what send_file raised (None: nothing),
+    a cancel included; `handlers`, if given, gets each request's handler task (to cancel)."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
+        if handlers is not None:
+            handlers.append(asyncio.current_task())  # type: ignore[arg-type]
         response = web.StreamResponse()
         response.content_length = count
         await response.prepare(request)
         try:
             with open(path, "rb") as fh:  # noqa: ASYNC230 - a local file, opened once
                 await send_file(request, response, fh, offset, count)
-        except Exception as exc:  # what a test checks
+        except BaseException as exc:  # what a test checks
             if outcome is not None:
                 outcome.set_result(exc)
             raise
@@ -133,38 +142,19 @@ def test_a_cancelled_send_ends_its_thread_at_once_and_keeps_its_descriptors_till
     async def cancel_mid_send() -> BaseException | None:
         handlers: list[asyncio.Task[Any]] = []
         outcome: Outcome = asyncio.get_running_loop().create_future()
-
-        async def handler(request: web.Request) -> web.StreamResponse:
-            handlers.append(asyncio.current_task())  # type: ignore[arg-type]
-            response = web.StreamResponse()
-            response.content_length = 64 << 20
-            await response.prepare(request)
+        async with serving(path, 0, 64 << 20, outcome, handlers) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 16)
             try:
-                with open(path, "rb") as fh:  # noqa: ASYNC230 - a local file, opened once
-                    await send_file(request, response, fh, 0, 64 << 20)
-            except BaseException as exc:
-                outcome.set_result(exc)
-                raise
-            return response
-
-        app = web.Application()
-        app.router.add_get("/", handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        reader, writer = await asyncio.open_connection("127.0.0.1", runner.addresses[0][1], limit=1 << 16)
-        try:
-            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            await reader.readexactly(4096)  # then reads no more: the thread waits in poll
-            await async_wait_until(lambda: handlers, 5, what="the handler runs")
-            handlers[0].cancel()
-            raised = await asyncio.wait_for(outcome, 5)
-            # The client is still connected and still not reading: only the cancel can free it.
-            assert await asyncio.to_thread(returned.wait, 3), "the thread still waits on a stalled client"
-            return raised
-        finally:
-            writer.close()
-            await runner.cleanup()
+                writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                await reader.readexactly(4096)  # then reads no more: the thread waits in poll
+                await async_wait_until(lambda: handlers, 5, what="the handler runs")
+                handlers[0].cancel()
+                raised = await asyncio.wait_for(outcome, 5)
+                # The client is still connected and still not reading: only the cancel can free it.
+                assert await asyncio.to_thread(returned.wait, 3), "the thread still waits on a stalled client"
+                return raised
+            finally:
+                writer.close()
 
     raised = uvloop.run(cancel_mid_send())
     assert isinstance(raised, asyncio.CancelledError), raised
