@@ -93,7 +93,7 @@ async def test_two_nodes_gossip_in_datagrams_and_shrug_off_junk(workdir):
         )
         received = lambda: _count(a, "cachemesh_gossip_datagrams_total", direction="in")  # noqa: E731
         await async_wait_until(lambda: received() >= 3, 10, what="probes to arrive as datagrams")
-        assert a.gossip_secrets.get(b.node_id) == 0
+        assert a.parts.gossip.secrets.get(b.node_id) == 0
         # Junk, an oversized datagram and another cluster's gossip arrive at a's UDP port.
         host, port = parse_hostport(a.peer_addr)
         foreign = Sealer((SECRET,), "other-cluster", 120.0).seal(b"x", time.time())

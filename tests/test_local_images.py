@@ -26,7 +26,15 @@ async def test_a_tag_after_a_quiet_spell_is_seen_at_once_and_a_burst_costs_two_s
     engine = CountingEngine()
     config = Config.local(event_debounce=1.0, rescan_interval=3600.0, data_dir=str(workdir))
     changes: list[float] = []
-    local = LocalImages(config, engine, NodeState(str(workdir)), lambda *_: changes.append(0), lambda: None)
+    local = LocalImages(
+        config,
+        engine,
+        NodeState(str(workdir)),
+        on_change=lambda: changes.append(0),
+        on_error=lambda: None,
+        mesh_layers=set,
+        winning_sets=dict,
+    )
     watcher = asyncio.create_task(local.run())
     try:
         await async_wait_until(lambda: local.scanned, 5, what="first scan")

@@ -164,7 +164,7 @@ async def test_half_open_and_slow_clients_time_out_while_the_mesh_keeps_working(
     assert all(b" 408 " in answer for answer in answers)
     closed = await asyncio.wait_for(asyncio.gather(*(r.read() for r, _ in half_open)), 10)
     assert all(data == b"" for data in closed)
-    assert a.peer_server.closed_half_open >= 200
+    assert a.parts.peer_server.closed_half_open >= 200
     # No handshake within request_timeout: closed by the TLS layer.
     closed = await asyncio.wait_for(asyncio.gather(*(r.read() for r, _ in no_handshake)), 10)
     assert all(data == b"" for data in closed)

@@ -185,7 +185,7 @@ async def test_a_source_dying_mid_blob_resumes_from_another(workdir: Path) -> No
             return ContentStream(stream.size, stream.media_type, chunks())
 
         a.registry.open_content = dying  # type: ignore[method-assign]
-        b.peer_server  # noqa: B018 (started)
+        b.parts.peer_server  # noqa: B018 (started)
         order = [a.advertise, c.advertise]
         b.registry.fetcher.holders = lambda d: [x for x in order if x in b.registry._holder_addrs(d)]
         before_c = content_requests(c)
@@ -300,7 +300,7 @@ async def test_streams_waiting_for_their_turn_hold_no_slot_gossip_or_a_fetch_nee
         for data in blobs[:9]:  # opened, not read, like bodies waiting in the lane
             await asyncio.wait_for(
                 held.enter_async_context(
-                    b.client.content(
+                    b.parts.client.content(
                         a.advertise, digest_of(data), offset=0, chunk_bytes=1 << 20, idle_timeout=5
                     )
                 ),
@@ -308,7 +308,7 @@ async def test_streams_waiting_for_their_turn_hold_no_slot_gossip_or_a_fetch_nee
             )
         stream: ContentStream = await asyncio.wait_for(
             held.enter_async_context(
-                b.client.content(
+                b.parts.client.content(
                     a.advertise, digest_of(blobs[9]), offset=0, chunk_bytes=1 << 20, idle_timeout=5
                 )
             ),
@@ -317,7 +317,7 @@ async def test_streams_waiting_for_their_turn_hold_no_slot_gossip_or_a_fetch_nee
         assert b"".join([piece async for piece in stream.chunks]) == blobs[9]
         # Gossip to the same peer still gets its answers.
         hello = wire.Envelope(b.node_id, b.advertise, (), b.core.view.incarnation)
-        await asyncio.wait_for(b.client.exchange(a.advertise, hello), timeout=4)
+        await asyncio.wait_for(b.parts.client.exchange(a.advertise, hello), timeout=4)
 
 
 async def test_content_answers_honour_a_limit(pair) -> None:  # type: ignore[no-untyped-def]
@@ -327,7 +327,7 @@ async def test_content_answers_honour_a_limit(pair) -> None:  # type: ignore[no-
     data = bytes(range(256)) * 8192  # 2 MiB
     await push(session, a, "lim:1", [b"{}", data])
     for offset, limit, expected in [(0, 0, b""), (10, 5, data[10:15]), (len(data) - 3, 100, data[-3:])]:
-        async with b.client.content(
+        async with b.parts.client.content(
             a.advertise, digest_of(data), offset=offset, chunk_bytes=1 << 20, idle_timeout=5, limit=limit
         ) as stream:
             assert stream.size == len(data)
@@ -340,7 +340,7 @@ async def test_an_answer_its_asker_closes_counts_499_not_a_failure(pair) -> None
     a, b, session = pair
     data = bytes(range(256)) * (48 << 12)  # 48 MiB: more than the socket buffers hold
     await push(session, a, "closed:1", [b"{}", data])
-    async with b.client.content(
+    async with b.parts.client.content(
         a.advertise, digest_of(data), offset=0, chunk_bytes=1 << 20, idle_timeout=5
     ) as stream:
         await anext(stream.chunks)  # one piece, then the answer is closed

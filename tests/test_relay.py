@@ -32,7 +32,7 @@ async def collect(chunks: AsyncIterator[bytes]) -> bytes:
 
 
 async def test_a_reader_follows_the_spool_as_it_grows_and_gets_every_byte(workdir):
-    relays = Relays(workdir / "relay")
+    relays = Relays(workdir / "relay", on_change=lambda: None)
     spool = relays.open(IMAGE, "graph")
     assert relays.receiving() == {}  # not announced before the upstream answered
     spool.start([IMAGE])
@@ -51,7 +51,7 @@ async def test_a_reader_follows_the_spool_as_it_grows_and_gets_every_byte(workdi
 
 
 async def test_when_the_upstream_breaks_every_reader_gets_an_error_not_a_short_stream(workdir):
-    relays = Relays(workdir / "relay")
+    relays = Relays(workdir / "relay", on_change=lambda: None)
     spool = relays.open(IMAGE, "graph")
     spool.start([IMAGE])
     spool.append(b"x" * 10)
@@ -70,7 +70,7 @@ async def test_when_the_upstream_breaks_every_reader_gets_an_error_not_a_short_s
 
 
 async def test_a_spool_whose_upstream_never_answered_refuses_readers(workdir):
-    relays = Relays(workdir / "relay")
+    relays = Relays(workdir / "relay", on_change=lambda: None)
     spool = relays.open(IMAGE, "graph")
     with pytest.raises(RelayBroken, match="did not answer"):
         await spool.wait_started(0.05)
@@ -82,7 +82,7 @@ async def test_a_spool_whose_upstream_never_answered_refuses_readers(workdir):
 async def test_leftover_spools_of_a_killed_node_are_cleared(workdir):
     (workdir / "relay").mkdir()
     (workdir / "relay" / "relay-abc-1-2.tar").write_bytes(b"old")
-    Relays(workdir / "relay")
+    Relays(workdir / "relay", on_change=lambda: None)
     assert list((workdir / "relay").iterdir()) == []
 
 
@@ -220,7 +220,18 @@ async def test_a_save_request_tells_the_source_how_many_hand_offs_it_followed(se
 
 
 def test_the_peer_api_hands_on_by_the_rule_and_counts_requests_per_stream_while_it_lasts():
-    api = PeerApi(lambda envelope: None, None, None, FakeEngine(), None)  # handoff needs none
+    api = PeerApi(  # handoff needs none of these
+        lambda envelope: None,
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        FakeEngine(),
+        None,  # type: ignore[arg-type]
+        spool=None,
+        relays=None,
+        on_load=lambda: None,
+        chunk_bytes=1 << 20,
+        relay_start_timeout=30.0,
+    )
     first, second = (Downstream(peer, IMAGE, "graph", relays=True) for peer in ("a", "b"))
     api.sending += [first, second]
     deep = SaveRequest(IMAGE, "r", handoff=True, hops=CHAIN_DEPTH)
@@ -288,7 +299,7 @@ async def test_a_node_still_receiving_an_image_relays_it_and_the_receiver_verifi
     assert (pulled.peer_name, pulled.relay) == ("r1", True)
     assert r1.metrics.relays_served._value.get() == 1
     await async_wait_until(lambda: has_image(r1, image, "app:1"), 20, what="app:1 on r1")
-    assert not r1.relays.spools and not list((workdir / "r1" / "relay").iterdir())  # spool removed
+    assert not r1.parts.relays.spools and not list((workdir / "r1" / "relay").iterdir())  # spool removed
 
 
 async def test_when_a_relay_leaves_mid_relay_its_receiver_fails_over_to_a_holder(relay_mesh):
@@ -319,8 +330,8 @@ async def test_a_pull_nobody_else_lacks_is_not_spooled(workdir):
     src = await start_node(workdir, "src", engine=source_engine)
     r1 = await start_node(workdir, "r1", seeds=(src.peer_addr,))
     opened: list[str] = []
-    original = r1.relays.open
-    r1.relays.open = lambda image, store: opened.append(image) or original(image, store)  # type: ignore[method-assign]
+    original = r1.parts.relays.open
+    r1.parts.relays.open = lambda image, store: opened.append(image) or original(image, store)  # type: ignore[method-assign]
     try:
         await async_wait_until(lambda: has_image(r1, image, "app:1"), 20, what="app:1 on r1")
         assert opened == []

@@ -56,7 +56,7 @@ async def test_a_rollback_on_the_origin_moves_every_node_and_stays(workdir):
         await rounds(nodes)  # no flip-flop
         assert all(has_image(n, old, "app:latest") and has_image(n, new, "app:42") for n in nodes)
         assert b.core.view.status(a.node_id).tagsets == {"app:latest": origin_set}
-        shown = build_status(c.status_facts)
+        shown = build_status(c.parts.status_facts)
         assert shown["tag_sets"] == [{"tag": "app:latest", "image": old, "set_at": origin_set.at / 1000}]
         assert shown["tags_kept"] == []
 

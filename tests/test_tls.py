@@ -201,9 +201,9 @@ async def test_a_node_with_the_wrong_secret_cannot_complete_a_handshake(workdir)
     try:
         # The intruder's client refuses a's certificate and says why...
         await async_wait_until(
-            lambda: wrong.tls_peers._failed.get(a.peer_addr), 10, what="handshake failure recorded"
+            lambda: wrong.parts.tls_peers._failed.get(a.peer_addr), 10, what="handshake failure recorded"
         )
-        assert "does not verify" in wrong.tls_peers._failed[a.peer_addr][0]
+        assert "does not verify" in wrong.parts.tls_peers._failed[a.peer_addr][0]
         # ...and a refuses the intruder's certificate, even with requests signed correctly.
         intruder = client_ssl("attacker", b"another-secret-0123456789")
         body = wire.encode(wire.Envelope("attacker", "127.0.0.1:1", (wire.Ping(1, "x"),), 1))
@@ -294,8 +294,8 @@ async def test_a_certificate_from_another_ca_is_refused(workdir):
         port = server.sockets[0].getsockname()[1]
         envelope = wire.Envelope(a.node_id, a.advertise, (wire.Ping(1, "x"),), 1)
         with pytest.raises(aiohttp.ClientConnectorCertificateError):
-            await a.client.exchange(f"127.0.0.1:{port}", envelope)
-        assert "does not verify" in a.tls_peers.refused()[f"127.0.0.1:{port}"]
+            await a.parts.client.exchange(f"127.0.0.1:{port}", envelope)
+        assert "does not verify" in a.parts.tls_peers.refused()[f"127.0.0.1:{port}"]
         server.close()
         await server.wait_closed()
     finally:
@@ -340,7 +340,7 @@ async def test_rotation_across_three_nodes_old_both_new(workdir):
         await async_wait_until(lambda: has_image(new, image, "rotated:1"), 20, what="old -> new")
 
         def tls_of(node, peer):
-            return node.tls_peers.state(peer.node_id, peer.advertise)
+            return node.parts.tls_peers.state(peer.node_id, peer.advertise)
 
         await async_wait_until(
             lambda: tls_of(both, old).get("secret") and tls_of(both, new).get("secret"), 10, what="seen"
@@ -352,8 +352,8 @@ async def test_rotation_across_three_nodes_old_both_new(workdir):
         # Old and new cannot talk directly: a handshake between them fails.
         envelope = wire.Envelope(old.node_id, old.advertise, (wire.Ping(1, "x"),), 1)
         with pytest.raises(aiohttp.ClientConnectorCertificateError):
-            await old.client.exchange(new.advertise, envelope)
-        assert "does not verify" in old.tls_peers.refused()[new.advertise]
+            await old.parts.client.exchange(new.advertise, envelope)
+        assert "does not verify" in old.parts.tls_peers.refused()[new.advertise]
         async with aiohttp.ClientSession() as http, http.get(f"http://{both.status_addr}/api/status") as r:
             status = await r.json()
         secrets = {p["name"]: p["tls"].get("secret") for p in status["peers"]}
@@ -378,7 +378,7 @@ async def test_operator_pki_end_to_end(workdir):
     )
     derived = await start_node(workdir, "derived", seeds=(a.peer_addr,))
     try:
-        assert a.tls is not None and a.tls.mode == "operator"
+        assert a.parts.tls is not None and a.parts.tls.mode == "operator"
         image = ea.build("org:1", [b"layer"])
         await async_wait_until(lambda: has_image(b, image, "org:1"), 10, what="transfer over operator PKI")
         async with aiohttp.ClientSession() as http, http.get(f"http://{b.status_addr}/api/status") as r:
@@ -389,7 +389,7 @@ async def test_operator_pki_end_to_end(workdir):
         assert status["node"]["tls"]["mode"] == "operator"
         # A node with the cluster secret but the derived CA is not admitted by the operator's CA.
         await async_wait_until(
-            lambda: derived.tls_peers._failed.get(a.peer_addr), 10, what="derived node refused"
+            lambda: derived.parts.tls_peers._failed.get(a.peer_addr), 10, what="derived node refused"
         )
         assert derived.node_id not in a.core.membership.members
     finally:
@@ -401,12 +401,12 @@ async def test_a_tls_node_and_a_plain_node_refuse_each_other_and_say_why(workdir
     plain = await start_node(workdir, "plain", tls="off", insecure=True)
     tls = await start_node(workdir, "tls", seeds=(plain.peer_addr,))
     try:
-        await async_wait_until(lambda: tls.tls_peers._failed.get(plain.peer_addr), 10, what="refusal")
-        assert "plain HTTP" in tls.tls_peers._failed[plain.peer_addr][0]
-        assert "upgrade it" in tls.tls_peers._failed[plain.peer_addr][0]
+        await async_wait_until(lambda: tls.parts.tls_peers._failed.get(plain.peer_addr), 10, what="refusal")
+        assert "plain HTTP" in tls.parts.tls_peers._failed[plain.peer_addr][0]
+        assert "upgrade it" in tls.parts.tls_peers._failed[plain.peer_addr][0]
         assert plain.node_id not in tls.core.membership.members
         assert tls.node_id not in plain.core.membership.members
-        assert plain.tls_peers.state("x", "y") == {"state": "off"}
+        assert plain.parts.tls_peers.state("x", "y") == {"state": "off"}
         async with aiohttp.ClientSession() as http, http.get(f"http://{tls.status_addr}/api/status") as r:
             refused = (await r.json())["node"]["tls"]["refused"]
         assert "plain HTTP" in refused[plain.peer_addr]

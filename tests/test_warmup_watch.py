@@ -160,7 +160,7 @@ async def test_ready_timeout_reports_ready_early_and_says_why_everywhere(workdir
         lines = out.decode().splitlines()
         assert proc.returncode == 0 and lines[-1] == f"ready: {reason}"
         assert lines[-2].startswith("warming up: 0/1 images, ")  # what the timeout left undone
-        status = build_status(b.status_facts)
+        status = build_status(b.parts.status_facts)
         assert status["ready"] and status["ready_reason"] == reason
         assert status["warmup"]["ready_by_timeout"] is True and status["warmup"]["images_left"] == 1
         out = io.StringIO()
@@ -171,7 +171,7 @@ async def test_ready_timeout_reports_ready_early_and_says_why_everywhere(workdir
         engine.release.set()
         await async_wait_until(lambda: has_image(b, image, "stuck:1"), 10, what="beta gets the image")
         await async_wait_until(lambda: b.readiness.check() == (True, "warm"), 10, what="beta warm")
-        assert build_status(b.status_facts)["warmup"]["ready_by_timeout"] is False
+        assert build_status(b.parts.status_facts)["warmup"]["ready_by_timeout"] is False
     finally:
         engine.release.set()
         await b.stop()

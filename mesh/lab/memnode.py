@@ -25,7 +25,7 @@ from aiohttp import web
 from mesh import cli
 from mesh.config import format_hostport
 from mesh.engine.fake import FakeEngine
-from mesh.node.node import bind_socket
+from mesh.node.sockets import bind_socket
 
 LAB_LISTEN = "CACHEMESH_LAB_LISTEN"
 LAB_SAVE_RATE = "CACHEMESH_LAB_SAVE_RATE"

@@ -69,14 +69,6 @@ class RegistryContent(Protocol):
     async def evict_manifest(self, digest: str, keep_parts: set[str]) -> int: ...
 
 
-class _NoRegistry:
-    def disk_items(self) -> list[Item]:
-        return []
-
-    async def evict_manifest(self, digest: str, keep_parts: set[str]) -> int:
-        return 0
-
-
 class DiskKeeper:
     def __init__(
         self,
@@ -85,21 +77,24 @@ class DiskKeeper:
         local: LocalImages,
         serving: Callable[[], Iterable[str]],
         metas: Callable[[], Mapping[str, ImageMeta]],
-        registry: RegistryContent | None = None,
+        registry: RegistryContent,
+        on_evict: Callable[[str, str, int], None],
     ) -> None:
+        """`serving`: images being sent to peers now (never evicted mid-send); `metas`: the
+        mesh's image metadata; `on_evict(kind, reason, bytes)`: something was evicted."""
         self.config = config
         self.engine = engine
         self.local = local
         self._serving = serving
         self._metas = metas
-        self.registry: RegistryContent = registry or _NoRegistry()
+        self.registry = registry
         self.containers: set[str] = set()
         self.last: Fit | None = None
         self.evictions: Counter[str] = Counter()
         """Evictions by reason (budget, watermark), for the status page."""
         self.evicted_bytes: Counter[str] = Counter()
         self.filesystems: list[FsUse] = []
-        self.on_evict: Callable[[str, str, int], None] = lambda kind, reason, size: None
+        self.on_evict = on_evict
         self.recent: list[dict[str, Any]] = []
         self.checks = 0
         self.limit_reason = ""

@@ -32,9 +32,15 @@ class LocalImages:
         config: Config,
         engine: Engine,
         state: NodeState,
-        on_change: Callable[[dict[str, Tags], dict[str, ImageMeta]], None],
+        *,
+        on_change: Callable[[], None],
         on_error: Callable[[], None],
+        mesh_layers: Callable[[], set[str]],
+        winning_sets: Callable[[], dict[str, TagSet]],
     ) -> None:
+        """`on_change`: what this node shares changed (read `shared`, `shared_metas`); `on_error`:
+        the engine failed; `mesh_layers`: chain IDs of the layers the rest of the mesh holds;
+        `winning_sets`: tag -> the tag set that decided it in the puller's last plan."""
         self.config = config
         self.engine = engine
         self.state = state
@@ -46,12 +52,10 @@ class LocalImages:
         self.evicted: dict[str, str] = state.evicted()
         self.brought: dict[str, float] = state.brought()
         """Images the mesh brought here -> when last used (wall clock): what a budget may evict."""
-        self.mesh_layers: Callable[[], set[str]] = set
-        """Chain IDs of the layers the rest of the mesh holds (set by the node once its core runs)."""
+        self.mesh_layers = mesh_layers
         self._scanned_tags, self.tagsets = state.tags()
         """Tags this node set on purpose (rollbacks), or adopted from the mesh: mesh.protocol.tagsets."""
-        self.winning_sets: Callable[[], dict[str, TagSet]] = dict
-        """tag -> the tag set that decided it in the last plan (set by the node once it plans)."""
+        self.winning_sets = winning_sets
         self._histories: dict[str, list[Step]] = {}
         self._chains: dict[str, tuple[str, ...]] = {}
         self._evicted_at: dict[str, float] = {}
@@ -113,7 +117,7 @@ class LocalImages:
             self.state.save_brought(self.brought)
         self.scanned = True
         self._decide()
-        self._on_change(self.shared, self.shared_metas)
+        self._on_change()
 
     def _note_tag_moves(self) -> None:
         scanned = {tag: (i.meta.id, i.meta.created) for i in self.images.values() for tag in i.tags}
@@ -141,7 +145,7 @@ class LocalImages:
         before = self.shared
         self._decide()
         if self.shared != before:
-            self._on_change(self.shared, self.shared_metas)
+            self._on_change()
 
     def _decide(self) -> None:
         candidates = [

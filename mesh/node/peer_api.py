@@ -37,12 +37,15 @@ class PeerApi:
         local: LocalImages,
         engine: Engine,
         metrics: Metrics,
-        spool: Path | None = None,
-        relays: Relays | None = None,
-        on_load: Callable[[], None] = lambda: None,
-        chunk_bytes: int = 1 << 20,
-        relay_start_timeout: float = 30.0,
+        *,
+        spool: Path | None,
+        relays: Relays | None,
+        on_load: Callable[[], None],
+        chunk_bytes: int,
+        relay_start_timeout: float,
     ) -> None:
+        """`spool`: where received deltas wait for the engine (None: straight in); `relays`: the
+        streams this node passes on (None: it relays nothing); `on_load`: the upload count changed."""
         self.on_envelope = on_envelope
         self._view = view
         self._local = local

@@ -14,6 +14,7 @@ from typing import Any
 from mesh.config import Config
 from mesh.engine.base import Engine, EngineError, held_prefix
 from mesh.net.client import HandedOff, PeerBusy, PeerClient
+from mesh.node.latest_plan import LatestPlan
 from mesh.node.local_images import LocalImages
 from mesh.node.relay import Relays, Spool
 from mesh.node.transfer import Transfer, TransferFailed, pull_image
@@ -47,8 +48,13 @@ class Puller:
         local: LocalImages,
         client: PeerClient,
         metrics: Metrics,
-        relays: Relays | None = None,
+        *,
+        relays: Relays,
+        latest: LatestPlan,
+        skip: Callable[[list[str]], Mapping[str, str]],
     ) -> None:
+        """`latest`: where each plan goes once made; `skip`: of the images a plan wants, those not
+        to pull (they do not fit the disk budget)."""
         self.config = config
         self.relays = relays
         self.penalties: dict[str, Penalty] = {}  # peer -> its recent failures (any image)
@@ -61,15 +67,22 @@ class Puller:
         self.active: dict[str, Transfer] = {}
         self.recent: deque[Transfer] = deque(maxlen=50)
         self.failures: dict[str, Failure] = {}
-        self.plan: Plan | None = None
+        self._latest = latest
         # For the warm-up's progress: every image found missing since start, the bytes received.
         self.wanted: set[str] = set()
         self.received = 0
         self.meter = RateMeter()
-        self.skip: Callable[[list[str]], Mapping[str, str]] = lambda wanted: {}
-        """Of the images a plan wants, those not to pull (they do not fit the disk budget)."""
+        self.skip = skip
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+
+    @property
+    def plan(self) -> Plan | None:
+        return self._latest.plan
+
+    @plan.setter
+    def plan(self, plan: Plan) -> None:
+        self._latest.plan = plan
 
     def poke(self) -> None:
         self._wake.set()
@@ -130,17 +143,17 @@ class Puller:
                     self.store = (await self.engine.info()).store
                 except EngineError:
                     continue
-            self.plan = self.compute()
-            self.wanted.update(self.plan.missing)
-            for action in self.plan.tags:
+            self.plan = plan = self.compute()
+            self.wanted.update(plan.missing)
+            for action in plan.tags:
                 try:
                     await self.engine.tag(action.image, action.tag)
-                    why = "rollback of" if action.tag in self.plan.tagsets else "newest for"
+                    why = "rollback of" if action.tag in plan.tagsets else "newest for"
                     log.info("tagged %s as %s (the mesh's %s that tag)", action.image[:19], action.tag, why)
                 except EngineError as exc:
                     self.metrics.engine_errors.inc()
                     log.warning("cannot tag %s as %s: %s", action.image[:19], action.tag, exc)
-            for pull in self.plan.pulls:
+            for pull in plan.pulls:
                 member = self.view.peer(pull.source)
                 if member is None:
                     continue
@@ -229,8 +242,7 @@ class Puller:
             )
         finally:
             for spool in spools:
-                if self.relays is not None:
-                    self.relays.close(spool)
+                self.relays.close(spool)
             record.finished = time.time()
             self.active.pop(pull.image, None)
             self.recent.appendleft(record)
@@ -279,8 +291,6 @@ class Puller:
         )
 
     def _open_spool(self, image: str, source: str, spools: list[Spool], store: str) -> Spool | None:
-        if self.relays is None:
-            return None
         others = {p.id: self.view.holdings(p.id).keys() for p in self.view.live_peers()}
         if not worth_relaying(image, source, others):
             return None

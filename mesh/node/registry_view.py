@@ -1,8 +1,6 @@
 """The node as the registry sees it: live peers' registry entries, their RTTs, and a way to publish.
 
 Read through the core's read-only view (mesh/protocol/view.py), like the puller and readiness.
-The registry is made with the node, the core only when the node starts: until `attach` hands the
-view over, the mesh holds nothing as far as the registry can tell.
 """
 
 from __future__ import annotations
@@ -18,26 +16,15 @@ from mesh.ui.metrics import Metrics
 
 
 class RegistryView:
-    def __init__(self, *, zone: str, publish: Callable[[], None]) -> None:
-        """`zone`: this node's zone (same-zone sources first); `publish`: put the registry's
-        announcement into the local manifest."""
+    def __init__(self, view: MeshView, *, zone: str, publish: Callable[[], None]) -> None:
+        """`view`: the core's read-only view; `zone`: this node's zone (same-zone sources first);
+        `publish`: put the registry's announcement into the local manifest."""
+        self._view = view
         self._zone = zone
         self._publish = publish
-        self._mesh: MeshView | None = None
-
-    def attach(self, view: MeshView) -> None:
-        self._mesh = view
-
-    @property
-    def _view(self) -> MeshView:
-        if self._mesh is None:
-            raise RuntimeError("the registry asked the mesh before the node started")
-        return self._mesh
 
     def live_manifests(self) -> Mapping[str, Mapping[str, Tags]]:
-        if self._mesh is None:  # not started yet
-            return {}
-        view = self._mesh
+        view = self._view
         out: dict[str, dict[str, Tags]] = {}
         for peer in view.live_peers():
             if peer.state is not State.ALIVE:
@@ -48,7 +35,7 @@ class RegistryView:
         return out
 
     def metas(self) -> Mapping[str, ImageMeta]:
-        return self._mesh.metas() if self._mesh is not None else {}
+        return self._view.metas()
 
     def sources(self, key: str, holders: list[str], relays: list[str]) -> list[str]:
         view = self._view

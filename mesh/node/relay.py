@@ -128,7 +128,7 @@ class Spool:
 class Relays:
     """The spools of pulls under way on this node, by image."""
 
-    def __init__(self, directory: Path, on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, directory: Path, on_change: Callable[[], None]) -> None:
         self.directory = directory
         self.on_change = on_change  # what this node relays changed: announce it
         self.spools: dict[str, Spool] = {}

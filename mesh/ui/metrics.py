@@ -17,7 +17,7 @@ class _Snapshot(Collector):
         self._read = read
 
     def describe(self) -> list[Metric]:
-        return []  # read lazily: the node is still being built when this registers
+        return []  # the snapshot is read only when collected
 
     def collect(self) -> Iterator[Metric]:
         snap = self._read()
@@ -81,7 +81,7 @@ class _Snapshot(Collector):
 
 
 class Metrics:
-    def __init__(self, read_snapshot: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.transfer_bytes = Counter(
             "cachemesh_transfer_bytes",
@@ -181,8 +181,13 @@ class Metrics:
             self.transfer_bytes.labels(direction)
             for outcome in ("ok", "failed"):
                 self.transfers.labels(direction, outcome)
-        self.registry.register(_Snapshot(read_snapshot))
 
-    def render(self) -> bytes:
-        data: bytes = generate_latest(self.registry)
+    def render(self, snapshot: dict[str, Any]) -> bytes:
+        """The counters, then the gauges read from `snapshot` (taken at the scrape: never stale)."""
+        gauges = CollectorRegistry(auto_describe=False)
+        gauges.register(_Snapshot(lambda: snapshot))
+        data: bytes = generate_latest(self.registry) + generate_latest(gauges)
         return data
+
+    def evicted(self, kind: str, reason: str, size: int) -> None:
+        self.evictions.labels(kind, reason).inc()
