@@ -560,3 +560,39 @@ async def test_a_claimed_size_of_zero_is_checked_before_the_client_gets_its_answ
     r = await get
     assert r.status == 400 and await error_code(r) == "DIGEST_INVALID"
     assert not registry.store.has(digest)
+
+
+class TagBeforeMetas(NoMesh):
+    """One live peer announcing a manifest (and so holding all of it) whose gossiped metadata,
+    the list of blobs it needs, has not reached this node yet."""
+
+    def __init__(self, manifest: str) -> None:
+        super().__init__()
+        self.entries = {"peer-a": {oci.entry_key(manifest): oci.announce(manifest, {"app:1": 1})}}
+
+    def live_manifests(self) -> Mapping[str, Mapping[str, Tags]]:
+        return self.entries
+
+    def sources(self, key: str, holders: list[str], relays: list[str]) -> list[str]:
+        return ["127.0.0.1:9" for _ in holders]  # the discard port: nothing is ever fetched
+
+
+async def test_a_served_manifests_blobs_are_located_before_their_metadata_arrives(workdir: Path) -> None:
+    """A pull right after a push elsewhere: the tag is here, the manifest was fetched from its
+    announcer, and the client asks for the config before the announcer's metadata arrived."""
+    config_blob = b"{}"
+    body = image_manifest(digest_of(config_blob), [])
+    manifest = digest_of(body)
+    settings = Config.local(secret=b"registry-test-secret-0123", data_dir=str(workdir))
+    peer_client = PeerClient(Signer(b"k" * 32, "default", "test"), max_message_bytes=1 << 20, timeout=2)
+    registry = Registry(settings, peer_client, TagBeforeMetas(manifest))
+    try:
+        with pytest.raises(RegistryError, match="is not held here"):
+            registry.locate(digest_of(config_blob))  # nothing read here names it yet
+        await registry.store.put_bytes(manifest, body, OCI_MANIFEST)  # as the fetch from peer-a left it
+        await registry.manifest(manifest)  # the client reads it
+        size, fetch = registry.locate(digest_of(config_blob))
+        assert fetch is not None and size == -1  # on its way from peer-a, not a 404
+    finally:
+        await registry.stop()
+        await peer_client.close()

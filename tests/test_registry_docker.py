@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from mesh.lab.dockerd import Dockerd, import_base
+from mesh.lab.engines import DEFAULT, EngineKind
 from mesh.lab.netns import Host
 from mesh.lab.nodes import NodeProcess
 from mesh.lab.poll import wait_until
@@ -30,9 +31,11 @@ class RegistryHost:
     node: NodeProcess
 
 
-def start_host(network, engines, workdir, name: str, seeds: str = "", **env: str) -> RegistryHost:  # type: ignore[no-untyped-def]
+def start_host(
+    network, engines, workdir, name: str, seeds: str = "", kind: EngineKind = DEFAULT, **env: str
+) -> RegistryHost:  # type: ignore[no-untyped-def]
     host = network.add_host(name)
-    engine = engines(name, netns=host.netns)
+    engine = engines(name, netns=host.netns, kind=kind)
     full_env = {
         "CACHEMESH_DOCKER_HOST": engine.host,
         "CACHEMESH_STATUS_LISTEN": f"{host.address}:7612",

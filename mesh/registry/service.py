@@ -227,10 +227,25 @@ class Registry:
     # --- content --------------------------------------------------------------------------
 
     def _holder_addrs(self, digest: str) -> list[str]:
-        nodes = oci.holders(digest, self.view.live_manifests(), self.view.metas())
+        manifests = self.view.live_manifests()
+        nodes = oci.holders(digest, manifests, self.view.metas()) or self._named_here(digest, manifests)
         # Peers still fetching it serve what they have (docs/protocol.md, Bursts).
         relays = [n for n in self.view.fetching(digest) if n not in nodes]
         return self.view.sources(digest, nodes, relays)
+
+    def _named_here(self, digest: str, manifests: Mapping[str, Mapping[str, Tags]]) -> list[str]:
+        """Peers announcing a manifest that this node has parsed and that needs `digest`. A peer
+        announces a manifest only once it holds all of it, so it holds the blob. This needs none
+        of the gossiped metadata, which can arrive after the tag: a pull right after a push
+        elsewhere reads the manifest, then its config, before the pusher's metadata is here."""
+        keys = set()
+        for manifest in dict.fromkeys([*reversed(self._served), *self._parsed]):  # read lately first
+            found = closure(manifest, self.parsed)
+            if found is not None and digest in found[0]:
+                keys.add(oci.entry_key(manifest))
+        if not keys:
+            return []
+        return [node for node, entries in manifests.items() if not keys.isdisjoint(entries)]
 
     def locate(self, digest: str) -> tuple[int, Fetch | None]:
         """(size, running fetch) for a blob: held here (no fetch), or being fetched from the mesh.
