@@ -116,6 +116,37 @@ async def test_readiness_waits_until_warm(workdir):
         await a.stop()
 
 
+async def test_a_first_host_whose_seeds_nobody_answers_is_ready_after_the_join_window(workdir):
+    """A fleet scaling from zero: the seeds name a port nobody listens on. The node reports ready
+    once the join window has passed (not at --ready-timeout), says why, and stays ready when a
+    peer with images it lacks appears."""
+    from mesh.node.readiness import ALONE
+    from mesh.node.sockets import bind_socket
+
+    silent = bind_socket("127.0.0.1:0")  # bound, never accepting: a seed that does not answer
+    seed = f"127.0.0.1:{silent.getsockname()[1]}"
+    silent.close()
+    b = await start_node(workdir, "b", seeds=(seed,), join_grace=3.0, ready_timeout=1800.0)
+    ea = FakeEngine()
+    late = ea.build("late:1", [b"late layer" * 100])
+    a = None
+    try:
+        await async_wait_until(
+            lambda: b.readiness.check() == (False, "joining the mesh"), 3, what="b waits for its seed"
+        )
+        await async_wait_until(lambda: b.readiness.check() == (True, ALONE), 10, what="b ready alone")
+        async with aiohttp.ClientSession() as http, http.get(f"http://{b.status_addr}/readyz") as r:
+            assert r.status == 200 and (await r.json())["reason"] == ALONE
+        a = await start_node(workdir, "a", engine=ea, seeds=(b.peer_addr,))
+        await async_wait_until(lambda: b.core.view.live_peers(), 10, what="a joins b")
+        assert b.readiness.ready  # latched: a newcomer with images never takes it out of rotation
+        await async_wait_until(lambda: has_image(b, late, "late:1"), 15, what="late:1 on b")
+    finally:
+        if a is not None:
+            await a.stop()
+        await b.stop()
+
+
 async def test_graceful_leave_is_seen_at_once(pair):
     a, b, ea, eb = pair
     await async_wait_until(lambda: a.core.membership.live_ids(), 5)

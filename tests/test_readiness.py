@@ -2,7 +2,7 @@
 
 from dataclasses import replace
 
-from mesh.node.readiness import Readiness, ReadinessSnapshot, assess
+from mesh.node.readiness import ALONE, Readiness, ReadinessSnapshot, assess
 from mesh.protocol.planner import Plan
 
 WARM_PLAN = Plan(pulls=[], tags=[], missing=[], given_up=[])
@@ -26,7 +26,8 @@ def test_each_cold_reason_in_order():
             "Docker Engine unreachable: refused",
         ),
         (replace(READY, scanned=False), "scanning local images"),
-        (replace(READY, synced=False), "joining the mesh"),
+        (replace(READY, synced=False, answered=True), "joining the mesh"),
+        (replace(READY, synced=False, in_join_grace=True), "joining the mesh"),
         (replace(READY, synced=False, has_leads=False, in_join_grace=True), "looking for peers"),
         (replace(READY, manifest_pending="beta"), "fetching the manifest of beta"),
         (replace(READY, metas_missing=True), "fetching image metadata"),
@@ -37,7 +38,23 @@ def test_each_cold_reason_in_order():
     for snapshot, reason in cases:
         assert assess(snapshot, warm=False)[1] == reason
     # alone, with no leads and the grace over, a node is ready without a sync
-    assert assess(replace(READY, synced=False, has_leads=False), warm=False) == (True, "warm")
+    assert assess(replace(READY, synced=False, has_leads=False), warm=False) == (True, ALONE)
+
+
+def test_the_first_host_of_a_fleet_is_ready_when_its_seeds_do_not_answer_and_stays_ready():
+    """Scaling from zero: the seeds name hosts that do not exist yet (or all are down). Waiting
+    for them until --ready-timeout would stall the autoscaler on its first host."""
+    snapshot = [replace(READY, synced=False, in_join_grace=True, plan=None)]
+    readiness = Readiness(lambda: snapshot[0])
+    assert readiness.check() == (False, "joining the mesh")
+    snapshot[0] = replace(READY, synced=False, in_join_grace=False)
+    assert readiness.check() == (True, ALONE)
+    # A peer turns up later with images this node lacks: it stays in rotation (the latch).
+    snapshot[0] = replace(READY, synced=False, answered=True, plan=Plan([], [], ["sha256:a"], []))
+    assert readiness.check() == (True, "warm")
+    # Honest while a peer answers: a node that hears from one within the window syncs first.
+    fresh = Readiness(lambda: replace(READY, synced=False, answered=True, in_join_grace=False))
+    assert fresh.check() == (False, "joining the mesh")
 
 
 def test_the_latch_holds_while_new_images_arrive_but_not_through_an_engine_outage():

@@ -226,7 +226,8 @@ def assemble(config: Config, engine: Engine, sockets: Sockets) -> Parts:
             engine_error=local.last_error or "",
             scanned=local.scanned,
             synced=core.synced_with_peer,
-            has_leads=finder.has_leads or bool(view.live_peers()),
+            has_leads=finder.has_leads,
+            answered=bool(view.live_peers()),
             in_join_grace=time.time() - started < config.join_grace,
             manifest_pending=next((p.name for p in live if view.manifest_pending(p.id)), ""),
             metas_missing=any(

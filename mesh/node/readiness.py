@@ -25,6 +25,8 @@ log = logging.getLogger("cachemesh.readiness")
 
 TIMED_OUT = "ready-timeout"
 """How a reason given by the timeout starts, so tools can tell it from a finished warm-up."""
+ALONE = "no peer answered: nothing to warm"
+"""The reason of a node that no peer answered within the join window: ready, and latched."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,11 +35,12 @@ class ReadinessSnapshot:
     engine_error: str  # the last engine error, "" if none
     scanned: bool  # the local images have been listed once
     synced: bool  # the core has synced with a peer (or found their views equal)
-    has_leads: bool  # seeds are configured, or peers or mDNS candidates are known
-    in_join_grace: bool  # with no leads, still within the time to wait for peers
+    has_leads: bool  # seeds are configured, or mDNS found candidates
+    in_join_grace: bool  # still within the join window (--join-grace) since the start
     manifest_pending: str  # the name of a live peer whose manifest is not (fully) here, or ""
     metas_missing: bool  # a live peer holds an image whose metadata is neither learnt nor local
     plan: Plan | None  # the puller's last plan
+    answered: bool = False  # a peer is a live member now: it answered, so sync with it first
     registry_pending: str = ""  # why --registry-warm is not satisfied yet, or ""
     since_start: float = 0.0  # seconds since the node started
     ready_timeout: float = 0.0  # --ready-timeout in seconds; 0: none
@@ -48,10 +51,13 @@ def warming(s: ReadinessSnapshot) -> str:
     if not s.scanned:
         return "scanning local images"
     if not s.synced:
-        if s.has_leads:
+        # Seeds nobody answers are no reason to wait: the first host of a fleet scaling from zero
+        # has seeds (its future peers) and nothing to warm from. Past the join window, only a
+        # peer that answered keeps a node waiting for a sync.
+        if s.answered:
             return "joining the mesh"
         if s.in_join_grace:
-            return "looking for peers"
+            return "joining the mesh" if s.has_leads else "looking for peers"
     if s.manifest_pending:
         return f"fetching the manifest of {s.manifest_pending}"
     if s.metas_missing:
@@ -76,11 +82,12 @@ def assess(s: ReadinessSnapshot, *, warm: bool) -> tuple[bool, str]:
     """(ready, reason). `warm`: the node was ready before (the latch)."""
     if not s.engine_available:
         return False, f"Docker Engine unreachable: {s.engine_error or 'connecting'}"
+    done = "warm" if s.synced or s.answered else ALONE
     if warm:
-        return True, "warm"
+        return True, done
     pending = warming(s)
     if not pending:
-        return True, "warm"
+        return True, done
     if timed_out(s):
         return True, f"{TIMED_OUT} {format_duration(s.ready_timeout)} passed, still {pending}"
     return False, pending
@@ -101,7 +108,7 @@ class Readiness:
 
     def check(self) -> tuple[bool, str]:
         ready, reason = assess(self._snapshot(), warm=self._warm)
-        self._warm = self._warm or (ready and reason == "warm")
+        self._warm = self._warm or (ready and reason in ("warm", ALONE))
         if ready and reason.startswith(TIMED_OUT) and not self._timeout_logged:
             self._timeout_logged = True
             log.warning("reporting ready before the warm-up is done: %s", reason)
