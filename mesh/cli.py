@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None, *, serve: Serve | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="cachemesh", description="Spread Docker build cache across build hosts."
     )
+    parser.add_argument("--version", action="version", version=f"cachemesh {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     status = sub.add_parser("status", help="show this host's node: peers, images, transfers")
@@ -92,7 +93,11 @@ def main(argv: list[str] | None = None, *, serve: Serve | None = None) -> int:
     wait = sub.add_parser("wait-ready", help="exit 0 once the node is ready (warm), 1 on timeout")
     wait.add_argument("--timeout", type=float, default=300.0, metavar="S")
     health = sub.add_parser("healthcheck", help="exit 0 if the local node answers /healthz (for HEALTHCHECK)")
-    for client in (status, wait, health):
+    doctor = sub.add_parser("doctor", help="check why this host gets no cache; a fix for each problem")
+    doctor.add_argument(
+        "--docker-host", metavar="URL", help="the engine [CACHEMESH_DOCKER_HOST, DOCKER_HOST]"
+    )
+    for client in (status, wait, health, doctor):
         client.add_argument(
             "--status-addr", metavar="HOST:PORT", help="the node's status address [CACHEMESH_STATUS_LISTEN]"
         )
@@ -106,6 +111,8 @@ def main(argv: list[str] | None = None, *, serve: Serve | None = None) -> int:
         return _status(args)
     if args.command == "wait-ready":
         return _wait_ready(args)
+    if args.command == "doctor":
+        return _doctor(args)
     if args.command == "healthcheck":
         try:
             code, _ = _get(_status_addr(args), "/healthz", timeout=3.0)
@@ -114,6 +121,21 @@ def main(argv: list[str] | None = None, *, serve: Serve | None = None) -> int:
             return 1
         return 0 if code == 200 else 1
     return _run(args, serve or serve_node)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from mesh.ui.doctor import diagnose, exit_code, render
+    from mesh.ui.doctor_probe import probe
+
+    docker_host = (
+        args.docker_host
+        or os.environ.get("CACHEMESH_DOCKER_HOST")
+        or os.environ.get("DOCKER_HOST")
+        or "unix:///var/run/docker.sock"
+    )
+    findings = diagnose(probe(_status_addr(args), docker_host))
+    print(render(findings))
+    return exit_code(findings)
 
 
 def _run(args: argparse.Namespace, serve: Serve) -> int:
