@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
@@ -92,12 +91,9 @@ class ContentSource(Protocol):
     def open_content(self, digest: str, offset: int) -> ContentStream | None: ...
 
 
-SHA256_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-
-
 def _sha256(value: object, field: str) -> str:
     """A request's `sha256:<64 hex>` field, or ValueError saying which field is wrong."""
-    if not isinstance(value, str) or not SHA256_DIGEST.fullmatch(value):
+    if not wire.is_sha256(value):
         raise ValueError(f"{field} must be a sha256 digest (sha256: and 64 lowercase hex digits)")
     return value
 

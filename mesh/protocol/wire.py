@@ -18,9 +18,10 @@ Image digests travel as 32 raw bytes and are "sha256:<hex>" strings in Python.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, ClassVar, TypeAlias
+from typing import Any, ClassVar, TypeAlias, TypeGuard
 
 import msgpack
 
@@ -85,6 +86,14 @@ def _fields(value: Any, what: str, count: int) -> list[Any]:
     if type(value) is not list or len(value) < count:
         raise WireError(f"{what}: expected at least {count} fields")
     return value
+
+
+SHA256_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+"""A digest as it is held in Python (images, registry content): `sha256:` and 64 lowercase hex digits."""
+
+
+def is_sha256(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and SHA256_DIGEST.fullmatch(value) is not None
 
 
 def digest_to_wire(digest: str) -> bytes:
