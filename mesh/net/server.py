@@ -29,6 +29,7 @@ from aiohttp import web
 
 from mesh.engine.base import EngineError
 from mesh.net.auth import HEADER_NONCE, AuthError, ReplayGuard, Signer, verify_request
+from mesh.net.body import read_capped
 from mesh.net.contract import (
     CHAIN_HEADER,
     CONTENT_PATH,
@@ -160,12 +161,7 @@ class PeerServer:
             return _error(413, f"body of {length} bytes exceeds the {limit}-byte limit")
         try:
             async with asyncio.timeout(self._request_timeout):
-                body = await request.content.read(limit + 1)
-                while len(body) <= limit and not request.content.at_eof():
-                    more = await request.content.read(limit + 1 - len(body))
-                    if not more:
-                        break
-                    body += more
+                body = await read_capped(request.content, limit)
         except TimeoutError:
             return _error(408, f"request body not received within {self._request_timeout:.0f}s")
         if len(body) > limit:

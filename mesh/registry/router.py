@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from mesh.net.body import read_capped
 from mesh.net.sendfile import send_file
 from mesh.registry.errors import RegistryError, error_response
 from mesh.registry.manifest import MAX_MANIFEST, parse
@@ -281,12 +282,7 @@ class Router:
         length = request.content_length
         if length is not None and length > MAX_MANIFEST:
             raise RegistryError("SIZE_INVALID", f"manifests are limited to {MAX_MANIFEST} bytes", status=413)
-        data = await request.content.read(MAX_MANIFEST + 1)
-        while len(data) <= MAX_MANIFEST and not request.content.at_eof():
-            more = await request.content.read(MAX_MANIFEST + 1 - len(data))
-            if not more:
-                break
-            data += more
+        data = await read_capped(request.content, MAX_MANIFEST)
         if len(data) > MAX_MANIFEST:
             raise RegistryError("SIZE_INVALID", f"manifests are limited to {MAX_MANIFEST} bytes", status=413)
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
