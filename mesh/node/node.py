@@ -16,7 +16,6 @@ import socket
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -60,6 +59,7 @@ from mesh.protocol.wire import ImageMeta, Tags
 from mesh.registry.router import registry_app
 from mesh.registry.service import Registry
 from mesh.ui.metrics import Metrics
+from mesh.ui.status_doc import MetricsSnapshot
 from mesh.ui.status_page import StatusSources, status_app
 
 log = logging.getLogger("cachemesh.node")
@@ -590,7 +590,7 @@ class Node:
             ready_timeout=self.config.ready_timeout,
         )
 
-    def _snapshot(self) -> dict[str, Any]:
+    def _snapshot(self) -> MetricsSnapshot:
         states = Counter(p.state.label for p in self.core.view.peers().values())
         mesh_images = {
             i

@@ -5,15 +5,16 @@ when scraped, so they are never stale."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from mesh.ui.status_doc import MetricsSnapshot
+
 
 class _Snapshot(Collector):
-    def __init__(self, read: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, read: Callable[[], MetricsSnapshot]) -> None:
         self._read = read
 
     def describe(self) -> list[Metric]:
@@ -81,7 +82,7 @@ class _Snapshot(Collector):
 
 
 class Metrics:
-    def __init__(self, read_snapshot: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, read_snapshot: Callable[[], MetricsSnapshot]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.transfer_bytes = Counter(
             "cachemesh_transfer_bytes",
