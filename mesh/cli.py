@@ -12,13 +12,16 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import uvloop
 
 from mesh import __version__
 from mesh.allocator import keep_large_buffers_on_the_heap
 from mesh.config import OPTIONS, ConfigError, resolve
+
+if TYPE_CHECKING:
+    from mesh.ui.status_doc import StatusDoc
 
 Serve = Callable[[Any], Coroutine[Any, Any, int]]
 
@@ -124,8 +127,8 @@ def main(argv: list[str] | None = None, *, serve: Serve | None = None) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from mesh.ui.doctor import diagnose, exit_code, render
-    from mesh.ui.doctor_probe import probe
+    from mesh.doctor.checks import diagnose, exit_code, render
+    from mesh.doctor.probe import probe
 
     docker_host = (
         args.docker_host
@@ -221,13 +224,13 @@ def _wait_ready(args: argparse.Namespace) -> int:
 
     addr = _status_addr(args)
 
-    def fetch() -> dict[str, Any]:
+    def fetch() -> StatusDoc:
         try:
             _, data = _get(addr, "/api/status", timeout=2.0)
         except OSError as exc:
             raise OSError(f"at {addr}: {exc}") from None
         if not isinstance(data, dict) or "ready" not in data:
             raise ValueError(f"{addr} answered something other than a cachemesh status")
-        return data
+        return cast("StatusDoc", data)  # JSON from the node: its shape is its version's
 
     return watch(fetch, timeout=args.timeout, out=sys.stdout, err=sys.stderr, terminal=sys.stdout.isatty())

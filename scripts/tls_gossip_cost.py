@@ -30,9 +30,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from mesh.config import Config
 from mesh.net.tls import TLSWireCost, tls_overhead
 from mesh.protocol import wire
+from mesh.protocol.datagram import fits as datagram_fits
 from mesh.sim import simnet
 from mesh.sim.scenario import FleetScenario, _pct
-from mesh.sim.wirecost import datagram_fits
 
 
 def main() -> int:

@@ -10,8 +10,9 @@ import pytest
 
 from mesh.config import parse_hostport
 from mesh.lab.poll import async_wait_until
-from mesh.net.datagram import MAX_DATAGRAM, OVERHEAD, DatagramError, Sealer
+from mesh.net.datagram import DatagramError, Sealer
 from mesh.protocol import wire
+from mesh.protocol.datagram import MAX_DATAGRAM, OVERHEAD
 from mesh.protocol.liveness import State
 from tests.inproc import SECRET, start_node
 

@@ -9,9 +9,18 @@ from typing import Any
 
 import pytest
 
+from mesh.doctor.checks import (
+    FAIL,
+    OK,
+    WARN,
+    EngineFacts,
+    Facts,
+    classic_needs_cache_from,
+    diagnose,
+    exit_code,
+)
+from mesh.doctor.probe import probe
 from mesh.lab.poll import async_wait_until
-from mesh.ui.doctor import FAIL, OK, WARN, EngineFacts, Facts, classic_needs_cache_from, diagnose, exit_code
-from mesh.ui.doctor_probe import probe
 from tests.inproc import start_node
 
 ENGINE = EngineFacts("28.5.2", containerd_store=True)

@@ -1,6 +1,6 @@
 from typing import Any
 
-from mesh.protocol.planner import Failure, Peer, local_manifest, plan, tag_allowed, winners
+from mesh.protocol.planner import Failure, Peer, plan, tag_allowed, winners
 from mesh.protocol.tagsets import MAX_TAGSETS, TagSet
 from mesh.protocol.wire import MAX_TAGS, ImageMeta
 
@@ -105,19 +105,6 @@ def test_images_without_metadata_wait_and_held_images_make_a_node_warm():
     remote = {"a": {d(77): ("mystery:1",)}}
     assert run(remote=remote).pulls == []
     assert run(local={BASE: ("base:1",)}, remote={"a": {BASE: ("base:1",)}}).warm
-
-
-def test_local_manifest_shares_tagged_images_and_their_chains_only():
-    images = [
-        (METAS[APP], ("app:1",)),
-        (METAS[MID], ()),
-        (METAS[BASE], ()),
-        (METAS[OTHER], ()),
-        (METAS[APP2], ("secret:1",)),
-    ]
-    shared, metas = local_manifest(images, exclude=("secret:*",))
-    assert shared == {APP: ("app:1",), MID: (), BASE: ()}
-    assert set(metas) == set(shared)
 
 
 def test_tag_filters():

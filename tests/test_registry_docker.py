@@ -18,6 +18,7 @@ from mesh.lab.engines import DEFAULT, EngineKind
 from mesh.lab.netns import Host
 from mesh.lab.nodes import NodeProcess
 from mesh.lab.poll import wait_until
+from mesh.ui.status_doc import RegistryTagDoc
 
 pytestmark = [pytest.mark.docker, pytest.mark.netns, pytest.mark.slow]
 
@@ -53,7 +54,7 @@ def start_host(
     return RegistryHost(host, engine, node)
 
 
-def registry_tags(node: NodeProcess) -> dict[str, dict[str, object]]:
+def registry_tags(node: NodeProcess) -> dict[str, RegistryTagDoc]:
     """`repo:tag` -> its row in the node's /api/status registry section."""
     section = node.api()["registry"]
     return {f"{r['name']}:{t['tag']}": t for r in section["repositories"] for t in r["tags"]}

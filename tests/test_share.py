@@ -188,8 +188,9 @@ def test_label_opt_out_include_exclude_and_images_from_the_mesh():
 def test_unknown_history_is_shared_and_parents_of_shared_images_are_announced_untagged():
     parent = meta("sha256:" + "7" * 64, ["sha256:" + "a" * 64], 1)
     child = meta("sha256:" + "8" * 64, ["sha256:" + "a" * 64, "sha256:" + "b" * 64], 2, parent=parent.id)
+    dangling = meta("sha256:" + "d" * 64, ["sha256:" + "e" * 64], 3)  # untagged, no shared child: private
     shared, _, decisions = share_manifest(
-        [candidate(parent), candidate(child, ["c:1"], None)], mode="deps", in_mesh=set()
+        [candidate(parent), candidate(child, ["c:1"], None), candidate(dangling)], mode="deps", in_mesh=set()
     )
     assert decisions[child.id].code == "unmapped"
     assert shared == {child.id: ("c:1",), parent.id: ()}

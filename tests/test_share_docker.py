@@ -13,6 +13,7 @@ import pytest
 from mesh.lab.dockerd import Dockerd, import_base
 from mesh.lab.engines import KINDS
 from mesh.lab.poll import wait_until
+from mesh.ui.status_doc import ImageDoc, ShareDoc
 from tests.test_integration_docker import metric, two_hosts
 
 pytestmark = [pytest.mark.docker, pytest.mark.netns, pytest.mark.slow]
@@ -48,7 +49,7 @@ def build_app(engine: Dockerd, context: Path, tag: str, deps: str, code: str, *,
     return image
 
 
-def local_entry(host, tag: str) -> dict | None:  # type: ignore[no-untyped-def]
+def local_entry(host, tag: str) -> ImageDoc | None:  # type: ignore[no-untyped-def]
     """The node's /api/status entry for the local image carrying `tag`."""
     for image in host.node.api()["images"]:
         if tag in image["tags"] and image["local"] and image["share"]:
@@ -56,16 +57,16 @@ def local_entry(host, tag: str) -> dict | None:  # type: ignore[no-untyped-def]
     return None
 
 
-def decision(host, tag: str) -> dict | None:  # type: ignore[no-untyped-def]
+def decision(host, tag: str) -> ShareDoc | None:  # type: ignore[no-untyped-def]
     entry = local_entry(host, tag)
     return entry["share"] if entry else None
 
 
-def wait_entry(host, tag: str, seen: set[str]) -> dict:  # type: ignore[no-untyped-def]
+def wait_entry(host, tag: str, seen: set[str]) -> ImageDoc:  # type: ignore[no-untyped-def]
     """The node's entry for the image now carrying `tag`, once it is not one of `seen` (the node
     rescans its engine after the build's events); adds it to `seen`."""
 
-    def settled() -> dict | None:
+    def settled() -> ImageDoc | None:
         entry = local_entry(host, tag)
         return entry if entry and entry["id"] not in seen else None
 

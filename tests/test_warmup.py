@@ -9,6 +9,7 @@ import pytest
 from mesh.node.warmup import RateMeter, progress
 from mesh.protocol.wire import ImageMeta
 from mesh.ui.humanize import eta_text
+from mesh.ui.status_doc import StatusDoc
 from mesh.ui.warmup_cli import plain_line, watch
 
 
@@ -128,7 +129,7 @@ def test_watch_prints_a_line_per_change_and_every_few_seconds_when_piped():
 def test_watch_says_why_it_gives_up():
     clock = Clock()
 
-    def refused() -> dict:
+    def refused() -> StatusDoc:
         raise OSError("connection refused")
 
     out, err = io.StringIO(), io.StringIO()

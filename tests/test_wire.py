@@ -1,3 +1,4 @@
+import re
 import tracemalloc
 
 import msgpack
@@ -122,3 +123,14 @@ def test_huge_list_header_is_refused_without_allocating():
     finally:
         tracemalloc.stop()
     assert peak < 1 << 20, peak
+
+
+def test_the_version_history_names_every_version_and_the_newest_message_type():
+    """wire.py's docstring keeps the protocol's history: one line per version up to the current
+    one, and the newest message type it names is MsgType's newest."""
+    doc = wire.__doc__ or ""
+    assert [int(v) for v in re.findall(r"^  (\d+) - ", doc, re.MULTILINE)] == list(
+        range(1, wire.PROTOCOL_VERSION + 1)
+    )
+    newest = max(MsgType)
+    assert f"to {int(newest)} ({newest.name})" in doc

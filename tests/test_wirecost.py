@@ -4,6 +4,7 @@ for what fits, HTTP requests and responses for the rest."""
 from mesh.config import Config
 from mesh.lab.http_overhead import measure, whole_response
 from mesh.net import datagram
+from mesh.protocol import datagram as layout
 from mesh.protocol import wire
 from mesh.sim import wirecost
 from mesh.sim.simnet import SimNetwork
@@ -39,8 +40,8 @@ def test_the_simulated_datagram_is_the_real_sealed_datagram():
     sealer = datagram.Sealer((b"test-secret-0123456789",), "default", 120.0)
     for body in (b"", b"x" * 60, b"y" * 1000):
         assert len(sealer.seal(body, 1.0)) == wirecost.datagram_bytes(len(body))
-    assert (wirecost.DATAGRAM_OVERHEAD, wirecost.MAX_DATAGRAM) == (datagram.OVERHEAD, datagram.MAX_DATAGRAM)
-    assert wirecost.datagram_fits(1188) and not wirecost.datagram_fits(1189)
+    assert (layout.OVERHEAD, layout.MAX_DATAGRAM) == (44, 1232)
+    assert layout.fits(1188) and not layout.fits(1189)
 
 
 def test_a_ping_and_its_ack_are_one_datagram_each():

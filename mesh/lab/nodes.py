@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh.lab.poll import wait_until
+from mesh.ui.status_doc import StatusDoc
 
 SECRET = "test-cluster-secret-0123456789abcdef"
 REPO = Path(__file__).resolve().parents[2]
@@ -123,7 +124,7 @@ class NodeProcess:
         with urllib.request.urlopen(request, timeout=5) as r:
             return str(json.loads(r.read())["id"])
 
-    def api(self) -> dict[str, Any]:
+    def api(self) -> StatusDoc:
         return self.get("/api/status")[1]  # type: ignore[no-any-return]
 
     def wait_up(self, timeout: float = 30.0) -> NodeProcess:

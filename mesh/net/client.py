@@ -11,6 +11,7 @@ import aiohttp
 import msgpack
 
 from mesh.net.auth import HEADER_NONCE, AuthError, Signer
+from mesh.net.body import read_capped
 from mesh.net.contract import (
     CHAIN_HEADER,
     CONTENT_PATH,
@@ -121,7 +122,7 @@ class PeerClient:
         async with self._http().post(
             peer_url(addr, GOSSIP_PATH), data=body, headers=headers, timeout=timeout
         ) as r:
-            payload = await r.content.read(self._max + 1)
+            payload = await read_capped(r.content, self._max)
             if r.status == 204:
                 return None
             if r.status != 200:

@@ -7,8 +7,9 @@ same peer twice within a keep-alive, and nearly every probe would pay a full mut
 its message plus 44 bytes. What does not fit in one datagram (anti-entropy state, big rumour
 batches) still travels over the TLS peer API, as do transfers and registry content.
 
-Packet: MAGIC (3) | VERSION (1) | key ID (4) | nonce (12) | AES-256-GCM(timestamp (8) | envelope)
-with the header and the cluster name as associated data. The key ID names which secret sealed it,
+Packet (mesh.protocol.datagram: the layout and sizes, shared with the simulator): MAGIC (3) |
+VERSION (1) | key ID (4) | nonce (12) | AES-256-GCM(timestamp (8) | envelope), with the header and
+the cluster name as associated data. The key ID names which secret sealed it,
 so a receiver holding two secrets during a rotation opens it with the right one and can say which
 secret each peer uses. The timestamp (wall clock, checked against the auth window) and the nonce
 (remembered within the window) refuse replays, as for signed HTTP requests.
@@ -23,7 +24,6 @@ import ipaddress
 import logging
 import secrets
 import socket
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,19 +37,10 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from mesh.config import parse_hostport
 from mesh.net.auth import ReplayGuard
 from mesh.protocol import wire
+from mesh.protocol.datagram import HEADER, MAGIC, MAX_DATAGRAM, OVERHEAD, TIME, VERSION
+from mesh.protocol.datagram import fits as _fits
 
 log = logging.getLogger("cachemesh.peer")
-
-MAGIC = b"CMg"
-VERSION = 1
-_HEADER = struct.Struct("!3sB4s12s")  # magic, version, key ID, nonce
-_TIME = struct.Struct("!d")
-TAG_BYTES = 16
-OVERHEAD = _HEADER.size + _TIME.size + TAG_BYTES
-"""What sealing adds to an envelope: 44 bytes."""
-MAX_DATAGRAM = 1232
-"""The largest datagram sent: the IPv6 minimum MTU (1,280) less IPv6 and UDP headers, so a datagram
-is never fragmented on any path."""
 
 
 class DatagramError(Exception):
@@ -87,7 +78,7 @@ class Sealer:
 
     @staticmethod
     def fits(envelope_bytes: int) -> bool:
-        return envelope_bytes + OVERHEAD <= MAX_DATAGRAM
+        return _fits(envelope_bytes)
 
     @property
     def rotating(self) -> bool:
@@ -97,9 +88,9 @@ class Sealer:
         """Seal with the held secret at index `secret` (0: current). During a rotation a peer is
         sent datagrams sealed with the secret it sealed its own with, which it surely holds."""
         kid = self._ids[secret]
-        header = _HEADER.pack(MAGIC, VERSION, kid, secrets.token_bytes(12))
+        header = HEADER.pack(MAGIC, VERSION, kid, secrets.token_bytes(12))
         _, cipher = self._ciphers[kid]
-        sealed = cipher.encrypt(header[-12:], _TIME.pack(now) + envelope, header + self._aad)
+        sealed = cipher.encrypt(header[-12:], TIME.pack(now) + envelope, header + self._aad)
         return header + sealed
 
     def open(self, packet: bytes, now: float) -> Opened:
@@ -107,8 +98,8 @@ class Sealer:
             raise DatagramError(f"datagram of {len(packet)} bytes, over {MAX_DATAGRAM}")
         if len(packet) < OVERHEAD:
             raise DatagramError("datagram too short to be sealed gossip")
-        header = packet[: _HEADER.size]
-        magic, version, kid, nonce = _HEADER.unpack(header)
+        header = packet[: HEADER.size]
+        magic, version, kid, nonce = HEADER.unpack(header)
         if magic != MAGIC:
             raise DatagramError("not a cachemesh gossip datagram")
         if version != VERSION:
@@ -118,17 +109,17 @@ class Sealer:
             raise DatagramError("sealed with a secret this node does not hold (another cluster or secret)")
         index, cipher = found
         try:
-            plain = cipher.decrypt(nonce, packet[_HEADER.size :], header + self._aad)
+            plain = cipher.decrypt(nonce, packet[HEADER.size :], header + self._aad)
         except InvalidTag:
             raise DatagramError("does not open: altered, or sealed for another cluster name") from None
-        (sent_at,) = _TIME.unpack(plain[: _TIME.size])
+        (sent_at,) = TIME.unpack(plain[: TIME.size])
         if not abs(now - sent_at) <= self._window:  # `not <=` also refuses NaN
             raise DatagramError(
                 f"timestamp is {now - sent_at:+.0f}s off this node's clock (window {self._window:.0f}s)"
             )
         if not self._replay.check_and_remember(nonce.hex(), now):
             raise DatagramError("replayed datagram")
-        return Opened(plain[_TIME.size :], index)
+        return Opened(plain[TIME.size :], index)
 
 
 class GossipSocket(asyncio.DatagramProtocol):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
@@ -30,6 +29,7 @@ from aiohttp import web
 
 from mesh.engine.base import EngineError
 from mesh.net.auth import HEADER_NONCE, AuthError, ReplayGuard, Signer, verify_request
+from mesh.net.body import read_capped
 from mesh.net.contract import (
     CHAIN_HEADER,
     CONTENT_PATH,
@@ -92,12 +92,9 @@ class ContentSource(Protocol):
     def open_content(self, digest: str, offset: int) -> ContentStream | None: ...
 
 
-SHA256_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-
-
 def _sha256(value: object, field: str) -> str:
     """A request's `sha256:<64 hex>` field, or ValueError saying which field is wrong."""
-    if not isinstance(value, str) or not SHA256_DIGEST.fullmatch(value):
+    if not wire.is_sha256(value):
         raise ValueError(f"{field} must be a sha256 digest (sha256: and 64 lowercase hex digits)")
     return value
 
@@ -164,12 +161,7 @@ class PeerServer:
             return _error(413, f"body of {length} bytes exceeds the {limit}-byte limit")
         try:
             async with asyncio.timeout(self._request_timeout):
-                body = await request.content.read(limit + 1)
-                while len(body) <= limit and not request.content.at_eof():
-                    more = await request.content.read(limit + 1 - len(body))
-                    if not more:
-                        break
-                    body += more
+                body = await read_capped(request.content, limit)
         except TimeoutError:
             return _error(408, f"request body not received within {self._request_timeout:.0f}s")
         if len(body) > limit:

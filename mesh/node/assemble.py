@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from mesh.protocol.oci import is_registry_entry
 from mesh.registry.router import registry_app
 from mesh.registry.service import Registry
 from mesh.ui.metrics import Metrics
+from mesh.ui.status_doc import MetricsSnapshot
 from mesh.ui.status_page import StatusSources, status_app
 
 
@@ -78,6 +80,7 @@ class Parts:
     announcer: Announcer
     readiness: Readiness
     status_facts: StatusFacts
+    metrics_snapshot: Callable[[], MetricsSnapshot]  # the gauges, read at each scrape
     status_app: web.Application
     registry_app: web.Application | None
 
@@ -241,7 +244,7 @@ def assemble(config: Config, engine: Engine, sockets: Sockets) -> Parts:
 
     readiness = Readiness(readiness_inputs)
 
-    def metrics_snapshot() -> dict[str, Any]:
+    def metrics_snapshot() -> MetricsSnapshot:
         states = Counter(p.state.label for p in view.peers().values())
         mesh_images = {
             i
@@ -322,6 +325,7 @@ def assemble(config: Config, engine: Engine, sockets: Sockets) -> Parts:
         announcer=announcer,
         readiness=readiness,
         status_facts=status_facts,
+        metrics_snapshot=metrics_snapshot,
         status_app=status_app(sources),
         registry_app=registry_app(registry) if sockets.registry is not None else None,
     )

@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from mesh.config import Config
 from mesh.engine.base import Engine, EngineError
@@ -32,6 +32,7 @@ from mesh.protocol import budget
 from mesh.protocol.budget import Fit, Item
 from mesh.protocol.planner import ancestors
 from mesh.protocol.wire import ImageMeta
+from mesh.ui.status_doc import DiskDoc, EvictionDoc
 
 log = logging.getLogger("cachemesh.disk")
 
@@ -95,7 +96,7 @@ class DiskKeeper:
         self.evicted_bytes: Counter[str] = Counter()
         self.filesystems: list[FsUse] = []
         self.on_evict = on_evict
-        self.recent: list[dict[str, Any]] = []
+        self.recent: list[EvictionDoc] = []
         self.checks = 0
         self.limit_reason = ""
         """What sets the limit now: "budget", "watermark" (a filesystem is above --disk-high) or ""."""
@@ -263,7 +264,7 @@ class DiskKeeper:
             found.setdefault(os.stat(path).st_dev, use)
         self.filesystems = list(found.values())
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> DiskDoc:
         last = self.last
         return {
             "budget": self.config.disk_budget,

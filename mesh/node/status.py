@@ -7,12 +7,24 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
 from mesh.node.readiness import TIMED_OUT
 from mesh.protocol.liveness import State
 from mesh.protocol.oci import is_registry_entry
 from mesh.protocol.view import MeshView
+from mesh.ui.status_doc import (
+    DiskDoc,
+    ImageDoc,
+    NodeTLSDoc,
+    PeerDoc,
+    PeerGossipDoc,
+    PeerTLSDoc,
+    RegistryDoc,
+    StatusDoc,
+    TransferDoc,
+    WarmupDoc,
+)
 
 if TYPE_CHECKING:
     from mesh.net.tls import NodeTLS, TLSObserver
@@ -45,11 +57,11 @@ class StatusFacts:
     tls_peers: TLSObserver
     gossip_secrets: Mapping[str, int]  # node ID -> which held secret sealed its datagrams
     mdns_found: Callable[[], Iterable[str]] | None  # addresses mDNS found; None: mDNS is off
-    registry: Callable[[], dict[str, Any]]  # the registry section
-    disk: Callable[[], dict[str, Any]]  # the disk section
+    registry: Callable[[], RegistryDoc]  # the registry section
+    disk: Callable[[], DiskDoc]  # the disk section
 
 
-def _transfer(t: Any) -> dict[str, Any]:
+def _transfer(t: Transfer) -> TransferDoc:
     return {
         "image": t.image,
         "tags": list(t.tags),
@@ -67,7 +79,7 @@ def _transfer(t: Any) -> dict[str, Any]:
     }
 
 
-def _warmup(facts: StatusFacts, ready: bool, reason: str) -> dict[str, Any]:
+def _warmup(facts: StatusFacts, ready: bool, reason: str) -> WarmupDoc:
     timeout = facts.ready_timeout
     left = max(0.0, round(timeout - (time.monotonic() - facts.started_monotonic), 1))
     return {
@@ -78,12 +90,19 @@ def _warmup(facts: StatusFacts, ready: bool, reason: str) -> dict[str, Any]:
     }
 
 
-def build_status(facts: StatusFacts) -> dict[str, Any]:
+def _node_tls(facts: StatusFacts) -> NodeTLSDoc:
+    if facts.tls is None:
+        return {"mode": "off"}
+    # mesh/net may not import mesh/ui (the layer rule): its summary comes as a plain dict.
+    return cast(NodeTLSDoc, {**facts.tls.summary(), "refused": facts.tls_peers.refused()})
+
+
+def build_status(facts: StatusFacts) -> StatusDoc:
     view = facts.view
     members = view.peers()
     holdings = view.all_holdings()
     ready, reason = facts.readiness()
-    peers = []
+    peers: list[PeerDoc] = []
     for member_id, m in sorted(members.items(), key=lambda kv: kv[1].name):
         peers.append(
             {
@@ -95,7 +114,7 @@ def build_status(facts: StatusFacts) -> dict[str, Any]:
                 "rtt_ms": None if m.rtt is None else round(m.rtt * 1000, 2),
                 "images": sum(not is_registry_entry(t) for t in holdings.get(member_id, {}).values()),
                 "since": round(time.monotonic() - m.since, 1),
-                "tls": facts.tls_peers.state(member_id, m.addr),
+                "tls": cast(PeerTLSDoc, facts.tls_peers.state(member_id, m.addr)),  # a plain dict, as above
                 "gossip": _gossip_state(facts.gossip_secrets.get(member_id)),
             }
         )
@@ -113,7 +132,7 @@ def build_status(facts: StatusFacts) -> dict[str, Any]:
     for image, local in facts.local.images.items():
         tags.setdefault(image, set()).update(local.tags)
     metas = {**view.metas(), **facts.local.metas()}
-    images = []
+    images: list[ImageDoc] = []
     for image in sorted(tags, key=lambda i: (-metas[i].created if i in metas else 0, i)):
         local_image = facts.local.images.get(image)
         if not tags[image] and local_image is None and image not in facts.local.shared:
@@ -147,9 +166,7 @@ def build_status(facts: StatusFacts) -> dict[str, Any]:
             "uptime": round(time.time() - facts.started, 1),
             "engine": facts.engine,
             "engine_available": facts.local.available,
-            "tls": {**facts.tls.summary(), "refused": facts.tls_peers.refused()}
-            if facts.tls is not None
-            else {"mode": "off"},
+            "tls": _node_tls(facts),
         },
         "discovery": {
             "seeds": list(facts.seeds),
@@ -177,7 +194,7 @@ def build_status(facts: StatusFacts) -> dict[str, Any]:
     }
 
 
-def _gossip_state(secret: int | None) -> dict[str, str]:
+def _gossip_state(secret: int | None) -> PeerGossipDoc:
     """How a peer's gossip datagrams arrive: sealed with which of this node's secrets."""
     if secret is None:
         return {"datagrams": "none yet"}

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Collection, Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 from mesh.protocol.planner import ancestors
 from mesh.protocol.wire import ImageMeta
+from mesh.ui.status_doc import WarmupFigures
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,11 +34,16 @@ class WarmupProgress:
     eta: float | None
     """Seconds until the images left are here at that rate; None while nothing moves."""
 
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["rate"] = round(self.rate)
-        data["eta"] = None if self.eta is None else round(self.eta, 1)
-        return data
+    def as_dict(self) -> WarmupFigures:
+        return {
+            "images_done": self.images_done,
+            "images_left": self.images_left,
+            "images_given_up": self.images_given_up,
+            "bytes_done": self.bytes_done,
+            "bytes_left": self.bytes_left,
+            "rate": round(self.rate),
+            "eta": None if self.eta is None else round(self.eta, 1),
+        }
 
 
 def progress(

@@ -288,22 +288,3 @@ def _built_here_newer(
     if mine is None or mine == winner or (brought is not None and mine in brought):
         return False
     return mine in metas and winner in metas and metas[mine].created >= metas[winner].created
-
-
-def local_manifest(
-    images: Iterable[tuple[ImageMeta, Tags]], include: Iterable[str] = (), exclude: Iterable[str] = ()
-) -> tuple[dict[str, Tags], dict[str, ImageMeta]]:
-    """What this node announces: every image with a shareable tag, and its parent chain (untagged
-    entries), so peers know who can serve a chain. Dangling untagged images stay private."""
-    include, exclude = list(include), list(exclude)
-    metas: dict[str, ImageMeta] = {}
-    shared: dict[str, Tags] = {}
-    for meta, tags in images:
-        metas[meta.id] = meta
-        allowed = tuple(sorted(t for t in tags if tag_allowed(t, include, exclude)))
-        if allowed:
-            shared[meta.id] = allowed
-    for image in list(shared):
-        for parent in ancestors(image, metas):
-            shared.setdefault(parent, ())
-    return shared, {i: metas[i] for i in shared}

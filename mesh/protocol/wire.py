@@ -9,8 +9,14 @@ An envelope is `[protocol_version, sender_id, sender_addr, [message, ...], incar
 - Every decode is capped: total size (checked by the caller before reading), string lengths,
   list lengths, and digest shapes. Bad input raises `WireError`, never anything else.
 
-Protocol versions:
-  1 - first version: SWIM membership, manifest rumours, digest push-pull, content-addressed metas.
+Protocol versions (`PROTOCOL_VERSION`; docs/protocol.md, "Version history", has the details):
+  1 - first version: SWIM membership, manifest rumours, digest push-pull, content-addressed metas;
+      message types 1 (PING) to 13 (METAS), all of `MsgType` to this day.
+  2 - images are named by their mesh key (mesh.engine.base.image_key), not the engine's ID, and
+      `/v1/save` takes the receiver's held layer count and store. No message type or field added.
+  3 - envelopes that fit travel as sealed UDP datagrams (mesh.protocol.datagram); a version 2 node
+      would never hear them, so the two refuse each other's gossip by version. No message type or
+      field added.
 
 Image digests travel as 32 raw bytes and are "sha256:<hex>" strings in Python.
 """
@@ -18,15 +24,16 @@ Image digests travel as 32 raw bytes and are "sha256:<hex>" strings in Python.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, ClassVar, TypeAlias
+from typing import Any, ClassVar, TypeAlias, TypeGuard
 
 import msgpack
 
-# 1: first version. 2: images named by their mesh key (mesh.engine.base.image_key), not the
-# engine's ID; `/v1/save` takes the receiver's held layer count and store (docs/protocol.md).
 PROTOCOL_VERSION = 3
+"""The first field of every envelope; a peer speaking another version is refused (the history is
+in the module docstring)."""
 
 MAX_NAME = 256  # node IDs, names, addresses, tags
 MAX_TAGS = 64  # per image
@@ -85,6 +92,14 @@ def _fields(value: Any, what: str, count: int) -> list[Any]:
     if type(value) is not list or len(value) < count:
         raise WireError(f"{what}: expected at least {count} fields")
     return value
+
+
+SHA256_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+"""A digest as it is held in Python (images, registry content): `sha256:` and 64 lowercase hex digits."""
+
+
+def is_sha256(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and SHA256_DIGEST.fullmatch(value) is not None
 
 
 def digest_to_wire(digest: str) -> bytes:
@@ -563,7 +578,8 @@ def encode(envelope: Envelope) -> bytes:
 
 
 def decode(data: bytes, *, max_bytes: int) -> Envelope:
-    """Parse a body. The caller has already refused bodies over max_bytes without reading them."""
+    """Parse a body. The caller refuses bodies over max_bytes before reading them; one that gets
+    here anyway is refused too."""
     if len(data) > max_bytes:
         raise WireError(f"message of {len(data)} bytes exceeds the {max_bytes}-byte limit")
     try:

@@ -10,12 +10,13 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
+from mesh.protocol.wire import is_sha256
+
 # distribution-spec, "Pulling manifests": <name> and <reference> grammars.
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 NAME = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 TAG = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
 DIGEST = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
-SHA256 = re.compile(r"sha256:[a-f0-9]{64}")
 MAX_NAME = 255  # Docker's limit on a repository name
 
 
@@ -72,7 +73,7 @@ def is_digest(reference: str) -> bool:
 
 def valid_digest(digest: str) -> bool:
     """Only sha256 is stored: other algorithms are well-formed but unsupported."""
-    return bool(SHA256.fullmatch(digest))
+    return is_sha256(digest)
 
 
 def valid_tag(tag: str) -> bool:

@@ -11,10 +11,12 @@ import hashlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from typing import NoReturn
 from urllib.parse import quote
 
 from aiohttp import web
 
+from mesh.net.body import read_capped
 from mesh.net.sendfile import send_file
 from mesh.registry.errors import RegistryError, error_response
 from mesh.registry.manifest import MAX_MANIFEST, parse
@@ -47,6 +49,19 @@ def registry_app(registry: Registry) -> web.Application:
     app.router.add_route("*", "/v2", router.handle)
     app.router.add_route("*", "/v2/{tail:.*}", router.handle)
     return app
+
+
+class _Refused(Exception):
+    """An answer refused without a spec error code (416): `Router.handle` sends it as it is."""
+
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+def raise_416(headers: dict[str, str]) -> NoReturn:
+    """Refuse a range or chunk with 416 and `headers` (no body, no spec error code)."""
+    raise _Refused(web.Response(status=416, headers=headers))
 
 
 def _check_digest(digest: str, code: str = "DIGEST_INVALID") -> str:
@@ -92,6 +107,8 @@ class Router:
             if handler is None:
                 raise RegistryError("UNSUPPORTED", f"{request.method} is not supported here")
             response = await handler(request, route)
+        except _Refused as refused:
+            response = refused.response
         except RegistryError as exc:
             self.registry.counters.request(request.method, exc.code.lower())
             return error_response(exc, head=head)
@@ -140,8 +157,7 @@ class Router:
                     start = max(0, size - int(last))
                 if start >= size or end <= start:
                     headers["Content-Range"] = f"bytes */{size}"
-                    raise_416 = web.Response(status=416, headers=headers)
-                    return raise_416
+                    raise_416(headers)
                 status = 206
                 headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
         response = web.StreamResponse(status=status, headers=headers)
@@ -192,22 +208,19 @@ class Router:
     def _upload(self, route: Route) -> Upload:
         return self.store.upload(route.reference, route.name)
 
-    def _out_of_order(self, request: web.Request, name: str, upload: Upload) -> web.Response | None:
+    def _check_in_order(self, request: web.Request, name: str, upload: Upload) -> None:
         """A chunk (PATCH, or the final PUT's body) whose `Content-Range` does not start where the
         upload stands gets 416 with the upload's `Range`, and is not appended."""
         given = request.headers.get("Content-Range")
         if given:
             match = CONTENT_RANGE.fullmatch(given.strip())
             if not match or int(match.group(1)) != upload.size:
-                return web.Response(status=416, headers=self._upload_headers(name, upload))
-        return None
+                raise_416(self._upload_headers(name, upload))
 
     async def upload_patch(self, request: web.Request, route: Route) -> web.StreamResponse:
         upload = self._upload(route)
         async with upload.lock:
-            refused = self._out_of_order(request, route.name, upload)
-            if refused is not None:
-                return refused
+            self._check_in_order(request, route.name, upload)
             await self.store.append(upload, request.content.iter_any())
         return web.Response(status=202, headers=self._upload_headers(route.name, upload))
 
@@ -220,9 +233,8 @@ class Router:
 
     async def _finish(self, request: web.Request, name: str, upload: Upload, digest: str) -> web.Response:
         async with upload.lock:
-            refused = self._out_of_order(request, name, upload)
-            if refused is not None:  # the upload stays as it was: the client may send the chunk again
-                return refused
+            # Refused (416), the upload stays as it was: the client may send the chunk again.
+            self._check_in_order(request, name, upload)
             try:
                 _check_digest(digest)
                 await self.store.append(upload, request.content.iter_any())
@@ -270,12 +282,7 @@ class Router:
         length = request.content_length
         if length is not None and length > MAX_MANIFEST:
             raise RegistryError("SIZE_INVALID", f"manifests are limited to {MAX_MANIFEST} bytes", status=413)
-        data = await request.content.read(MAX_MANIFEST + 1)
-        while len(data) <= MAX_MANIFEST and not request.content.at_eof():
-            more = await request.content.read(MAX_MANIFEST + 1 - len(data))
-            if not more:
-                break
-            data += more
+        data = await read_capped(request.content, MAX_MANIFEST)
         if len(data) > MAX_MANIFEST:
             raise RegistryError("SIZE_INVALID", f"manifests are limited to {MAX_MANIFEST} bytes", status=413)
         digest = "sha256:" + hashlib.sha256(data).hexdigest()

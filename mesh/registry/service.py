@@ -31,6 +31,7 @@ from mesh.registry.names import MAX_NAME as MAX_NAME_LEN
 from mesh.registry.names import NAME, valid_tag
 from mesh.registry.status import registry_status
 from mesh.registry.store import CHUNK, Store
+from mesh.ui.status_doc import RegistryDoc
 
 log = logging.getLogger("cachemesh.registry")
 
@@ -397,7 +398,7 @@ class Registry:
         """Digests being fetched whose size is known: what this node can relay to peers now."""
         return [d for d, f in self.fetcher.active.items() if f.size is not None and f.error is None]
 
-    def status(self, listen: str) -> dict[str, object]:
+    def status(self, listen: str) -> RegistryDoc:
         """The `registry` section of /api/status."""
         return registry_status(self, listen)
 

@@ -5,16 +5,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mesh.protocol import oci
+from mesh.ui.status_doc import RegistryDoc, RegistryTagDoc
 
 if TYPE_CHECKING:
     from mesh.registry.service import Registry
 
 
-def registry_status(registry: Registry, listen: str) -> dict[str, object]:
+def registry_status(registry: Registry, listen: str) -> RegistryDoc:
     resolved = registry.resolve()
     live = registry.view.live_manifests()
     metas = registry.view.metas()
-    repos: dict[str, list[dict[str, object]]] = {}
+    repos: dict[str, list[RegistryTagDoc]] = {}
     for ref, state in sorted(resolved.items()):
         name, _, tag = ref.rpartition(":")
         holders = [registry.view.name(n) for n in oci.holders(state.digest, live, metas)]

@@ -21,11 +21,11 @@ from typing import Any
 from mesh.config import Config
 from mesh.protocol import wire
 from mesh.protocol.core import MeshCore
+from mesh.protocol.datagram import fits as datagram_fits
 from mesh.protocol.outbox import Outgoing
 from mesh.sim.wirecost import (
     RESPONSE_EMPTY,
     datagram_bytes,
-    datagram_fits,
     reply_bytes,
     request_bytes,
 )

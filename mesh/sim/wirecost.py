@@ -1,7 +1,8 @@
 """What a gossip envelope costs on the wire, so simulated bytes count what a real node sends.
 
 An envelope that fits in one datagram travels sealed over UDP (mesh/net/datagram.py): its bytes
-plus DATAGRAM_OVERHEAD, and any answer is a datagram of its own. A larger one is one signed
+plus the sealing's overhead (mesh.protocol.datagram, which the node uses too), and any answer is
+a datagram of its own. A larger one is one signed
 HTTP/1.1 POST to /v1/gossip on a kept-alive
 connection, and each is answered by a signed response: 200 with the first reply envelope as its
 body, or 204 when there is no reply. The constants below were measured from the real aiohttp
@@ -16,8 +17,8 @@ A response carries the signature, Content-Type, Date, Server, and Content-Length
 
 from __future__ import annotations
 
-DATAGRAM_OVERHEAD = 44  # header, timestamp and AEAD tag (mesh.net.datagram.OVERHEAD)
-MAX_DATAGRAM = 1232  # mesh.net.datagram.MAX_DATAGRAM; tests/test_wirecost.py checks both
+from mesh.protocol.datagram import OVERHEAD
+
 REQUEST_FIXED = 408  # beyond the body, the Host value and the Content-Length digits
 RESPONSE_FIXED = 234  # a 200 reply beyond its body and its Content-Length digits
 RESPONSE_EMPTY = 224  # a whole 204 answer
@@ -33,11 +34,7 @@ def reply_bytes(body: int) -> int:
     return RESPONSE_FIXED + len(str(body)) + body
 
 
-def datagram_fits(body: int) -> bool:
-    return body + DATAGRAM_OVERHEAD <= MAX_DATAGRAM
-
-
 def datagram_bytes(body: int) -> int:
     """A sealed datagram carrying a `body`-byte envelope (UDP payload; IP and UDP headers, like
     TCP/IP headers for requests, are not counted)."""
-    return body + DATAGRAM_OVERHEAD
+    return body + OVERHEAD

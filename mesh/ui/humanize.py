@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from mesh.ui.status_doc import WarmupFigures
 
 
 def size_text(n: int | float | None) -> str:
@@ -35,7 +35,7 @@ def eta_text(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-def warmup_figures(w: dict[str, Any]) -> dict[str, str]:
+def warmup_figures(w: WarmupFigures) -> dict[str, str]:
     """The warm-up's numbers as people read them (shared by the bar and the plain lines)."""
     done, left = w["images_done"], w["images_left"]
     given_up = f", {w['images_given_up']} failing" if w.get("images_given_up") else ""

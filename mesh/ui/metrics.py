@@ -5,15 +5,16 @@ when scraped, so they are never stale."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from mesh.ui.status_doc import MetricsSnapshot
+
 
 class _Snapshot(Collector):
-    def __init__(self, read: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, read: Callable[[], MetricsSnapshot]) -> None:
         self._read = read
 
     def describe(self) -> list[Metric]:
@@ -182,7 +183,7 @@ class Metrics:
             for outcome in ("ok", "failed"):
                 self.transfers.labels(direction, outcome)
 
-    def render(self, snapshot: dict[str, Any]) -> bytes:
+    def render(self, snapshot: MetricsSnapshot) -> bytes:
         """The counters, then the gauges read from `snapshot` (taken at the scrape: never stale)."""
         gauges = CollectorRegistry(auto_describe=False)
         gauges.register(_Snapshot(lambda: snapshot))

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.console import Console
 from rich.table import Table
 
 from mesh.ui.humanize import short_id, size_text, warmup_figures
+from mesh.ui.status_doc import StatusDoc
 
 
-def print_status(s: dict[str, Any], console: Console | None = None) -> None:
+def print_status(s: StatusDoc, console: Console | None = None) -> None:
     console = console or Console()
     node = s["node"]
     state = "[green]ready[/]" if s["ready"] else "[yellow]not ready[/]"
@@ -64,15 +63,19 @@ def print_status(s: dict[str, Any], console: Console | None = None) -> None:
         console.print(transfers)
     registry = s.get("registry")
     if registry:
-        rows = [(r["name"], t) for r in registry["repositories"] for t in r["tags"]]
+        rows = [(r["name"], tag) for r in registry["repositories"] for tag in r["tags"]]
         table = Table(
             title=f"Registry at {registry['listen']}: {size_text(registry['bytes_held'])} held here",
             title_justify="left",
         )
         for column in ("repository", "tag", "digest", "here", "held by"):
             table.add_column(column)
-        for name, t in rows:
+        for name, tag in rows:
             table.add_row(
-                name, t["tag"], short_id(t["digest"]), "yes" if t["here"] else "no", ", ".join(t["holders"])
+                name,
+                tag["tag"],
+                short_id(tag["digest"]),
+                "yes" if tag["here"] else "no",
+                ", ".join(tag["holders"]),
             )
         console.print(table)

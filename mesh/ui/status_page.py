@@ -8,19 +8,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from html import escape
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from mesh.ui.humanize import eta_text, short_id, size_text, warmup_figures
+from mesh.ui.status_doc import (
+    DiskDoc,
+    NodeTLSDoc,
+    PeerGossipDoc,
+    PeerTLSDoc,
+    RegistryDoc,
+    ShareDoc,
+    StatusDoc,
+)
 
 
 @dataclass(frozen=True)
 class StatusSources:
     """What the status surface reads, and nothing more: each is called per request."""
 
-    status: Callable[[], dict[str, Any]]  # the /api/status document (see README)
+    status: Callable[[], StatusDoc]  # the /api/status document (see README)
     readiness: Callable[[], tuple[bool, str]]  # (ready, reason)
     engine_available: Callable[[], bool]
     metrics: Callable[[], bytes]  # Prometheus text
@@ -65,9 +73,9 @@ def _table(headers: list[str], rows: list[list[str]], empty: str) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _tls_cell(tls: dict[str, Any]) -> str:
+def _tls_cell(tls: PeerTLSDoc) -> str:
     """A peer's TLS state: verified (version, which secret it holds), refused (why), off, unknown."""
-    state = tls.get("state", "unknown")
+    state = tls["state"]
     if state == "verified":
         secret = f" · secret: {tls['secret']}" if "secret" in tls else ""
         return f"<span class=ok>{escape(tls.get('version', ''))}</span>{escape(secret)}"
@@ -76,13 +84,13 @@ def _tls_cell(tls: dict[str, Any]) -> str:
     return escape(state)
 
 
-def _gossip_cell(gossip: dict[str, Any]) -> str:
-    if gossip.get("datagrams") != "sealed":
-        return escape(gossip.get("datagrams", "–"))
+def _gossip_cell(gossip: PeerGossipDoc) -> str:
+    if gossip["datagrams"] != "sealed":
+        return escape(gossip["datagrams"])
     return f"<span class=ok>sealed</span> · secret: {escape(gossip.get('secret', ''))}"
 
 
-def _share_cell(share: dict[str, Any] | None) -> str:
+def _share_cell(share: ShareDoc | None) -> str:
     """Whether this node announces a local image, and why (the share rule's reason)."""
     if not share:
         return ""
@@ -90,8 +98,8 @@ def _share_cell(share: dict[str, Any] | None) -> str:
     return f"{word}: {escape(share['reason'])}"
 
 
-def _tls_mode(tls: dict[str, Any]) -> str:
-    mode = tls.get("mode", "off")
+def _tls_mode(tls: NodeTLSDoc) -> str:
+    mode = tls["mode"]
     if mode == "off":
         return "OFF (plain HTTP)"
     secrets = tls.get("secrets", [])
@@ -102,7 +110,7 @@ def _tls_mode(tls: dict[str, Any]) -> str:
     return "TLS 1.3, operator CA"
 
 
-def _registry_html(r: dict[str, Any] | None) -> str:
+def _registry_html(r: RegistryDoc | None) -> str:
     if not r:
         return ""
     tags = _table(
@@ -144,19 +152,19 @@ def _registry_html(r: dict[str, Any] | None) -> str:
     )
 
 
-def _warmup_html(s: dict[str, Any]) -> str:
+def _warmup_html(s: StatusDoc) -> str:
     """The warm-up as `cachemesh wait-ready` shows it: a bar over the bytes, images, rate, ETA."""
     w = s.get("warmup")
     if not w:
         return ""
     f = warmup_figures(w)
     total = w["bytes_done"] + w["bytes_left"]
-    if w.get("ready_by_timeout"):
+    if w["ready_by_timeout"]:
         state = (
             f"<p class=timeout>Ready by <code>--ready-timeout</code> before the warm-up finished: "
             f"{escape(s['ready_reason'])}. Builds here may miss the cache until the rest arrives.</p>"
         )
-    elif w.get("ready_timeout_left") is not None and not s["ready"]:
+    elif w["ready_timeout_left"] is not None and not s["ready"]:
         state = (
             f"<p>Reports ready anyway in {eta_text(w['ready_timeout_left'])} "
             "(<code>--ready-timeout</code>) if the warm-up has not finished by then.</p>"
@@ -170,21 +178,21 @@ def _warmup_html(s: dict[str, Any]) -> str:
     )
 
 
-def _disk_html(d: dict[str, Any] | None) -> str:
+def _disk_html(d: DiskDoc | None) -> str:
     """Bytes the mesh brought here against the budget, the watermarks, evictions by reason."""
     if not d:
         return ""
-    held = "not measured yet" if d.get("held") is None else size_text(d["held"])
-    budget = f" of a {size_text(d['budget'])} budget" if d.get("budget") else " (no budget)"
+    held = "not measured yet" if d["held"] is None else size_text(d["held"])
+    budget = f" of a {size_text(d['budget'])} budget" if d["budget"] else " (no budget)"
     marks = ""
-    if d.get("high"):
+    if d["high"]:
         marks = f" · watermarks {d['high']:.0%} / {d['low']:.0%}"
-    if d.get("limit_reason") == "watermark":
+    if d["limit_reason"] == "watermark":
         marks += " · <b>above the high watermark: evicting</b>"
-    fs = "".join(f" · {escape(f['path'])} {f['fraction']:.0%} full" for f in d.get("filesystems", []))
+    fs = "".join(f" · {escape(f['path'])} {f['fraction']:.0%} full" for f in d["filesystems"])
     reasons = ", ".join(
-        f"{n} for the {escape(r)} ({size_text(d.get('evicted_bytes', {}).get(r, 0))})"
-        for r, n in sorted(d.get("evictions", {}).items())
+        f"{n} for the {escape(r)} ({size_text(d['evicted_bytes'].get(r, 0))})"
+        for r, n in sorted(d["evictions"].items())
     )
     recent = _table(
         ["what", "kind", "reason", "bytes"],
@@ -195,7 +203,7 @@ def _disk_html(d: dict[str, Any] | None) -> str:
                 escape(e["reason"]),
                 size_text(e["bytes"]),
             ]
-            for e in d.get("recent_evictions", [])[:10]
+            for e in d["recent_evictions"][:10]
         ],
         "No evictions.",
     )
@@ -205,7 +213,7 @@ def _disk_html(d: dict[str, Any] | None) -> str:
     )
 
 
-def render_html(s: dict[str, Any]) -> str:
+def render_html(s: StatusDoc) -> str:
     node = s["node"]
     badge = "ready" if s["ready"] else "not-ready"
     peers = _table(
@@ -218,8 +226,8 @@ def render_html(s: dict[str, Any]) -> str:
                 "–" if p["rtt_ms"] is None else f"{p['rtt_ms']:.1f} ms",
                 str(p["images"]),
                 str(p["incarnation"]),
-                _tls_cell(p.get("tls", {})),
-                _gossip_cell(p.get("gossip", {})),
+                _tls_cell(p["tls"]),
+                _gossip_cell(p["gossip"]),
             ]
             for p in s["peers"]
         ],
@@ -232,9 +240,9 @@ def render_html(s: dict[str, Any]) -> str:
                 f"<code>{short_id(i['id'])}</code>",
                 escape(", ".join(i["tags"])) or "<i>untagged (parent)</i>",
                 size_text(i["size"]),
-                ("yes, from the mesh" if i.get("from_mesh") else "yes") if i["local"] else "no",
+                ("yes, from the mesh" if i["from_mesh"] else "yes") if i["local"] else "no",
                 escape(", ".join(i["holders"])),
-                _share_cell(i.get("share")),
+                _share_cell(i["share"]),
             ]
             for i in s["images"]
         ],
@@ -286,7 +294,7 @@ th{{background:#f4f4f4}} code{{font-size:.95em}} .empty{{color:#777}}
 <p>{escape(s["ready_reason"])} · node <code>{escape(node["id"])}</code> at {escape(node["address"])} ·
 cluster <b>{escape(node["cluster"])}</b> · incarnation {node["incarnation"]} · up {node["uptime"]:.0f}s ·
 engine {escape(node["engine"])} ({"reachable" if node["engine_available"] else "UNREACHABLE"}) · v{escape(node["version"])} ·
-peer TLS: {escape(_tls_mode(node.get("tls", {})))}</p>
+peer TLS: {escape(_tls_mode(node["tls"]))}</p>
 {_warmup_html(s)}
 <h2>Peers ({len(s["peers"])})</h2>{peers}
 <h2>Images ({len(s["images"])})</h2>{images}

@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from mesh.ui.humanize import warmup_figures
+from mesh.ui.status_doc import StatusDoc
 
-Fetch = Callable[[], dict[str, Any]]
+Fetch = Callable[[], StatusDoc]
 """Returns the status document; raises OSError or ValueError when the node does not answer."""
 
 PLAIN_EVERY = 5.0  # seconds between plain lines while nothing else changes
 
 
-def plain_line(status: dict[str, Any]) -> str:
+def plain_line(status: StatusDoc) -> str:
     w = status.get("warmup")
     if not w:
         return f"waiting: {status.get('ready_reason', '')}"
@@ -72,7 +73,7 @@ def watch(
 
 
 class _View:
-    def show(self, status: dict[str, Any]) -> None:
+    def show(self, status: StatusDoc) -> None:
         raise NotImplementedError
 
     def note(self, text: str) -> None:
@@ -97,9 +98,10 @@ class _Lines(_View):
             print(line, file=self.out, flush=True)
             self.last_key, self.last_at = key, now
 
-    def show(self, status: dict[str, Any]) -> None:
-        w = status.get("warmup") or {}
-        key = (w.get("images_done"), w.get("images_left"), status.get("ready_reason"))
+    def show(self, status: StatusDoc) -> None:
+        w = status.get("warmup")
+        images = (w["images_done"], w["images_left"]) if w else (None, None)
+        key = (*images, status.get("ready_reason"))
         self._emit(key, plain_line(status))
 
     def note(self, text: str) -> None:
@@ -132,7 +134,7 @@ class _Bar(_View):
             self.task = self.progress.add_task("warming up", total=None, images="", bytes="", rate="", eta="")
         return self.task
 
-    def show(self, status: dict[str, Any]) -> None:
+    def show(self, status: StatusDoc) -> None:
         task = self._task()
         w = status.get("warmup")
         reason = str(status.get("ready_reason", ""))

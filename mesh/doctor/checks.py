@@ -1,6 +1,6 @@
 """`cachemesh doctor`: why a host "gets no cache", as checks with a fix each.
 
-Pure: the facts come in (what the probe in mesh/ui/doctor_probe.py found: the engine, the local
+Pure: the facts come in (what mesh/doctor/probe.py found: the engine, the local
 node's status document, what answered on the network), findings go out. Each finding says what
 was found and, when it is a problem, what to do about it.
 """

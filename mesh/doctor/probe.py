@@ -12,9 +12,9 @@ import urllib.request
 from typing import Any
 
 from mesh.config import parse_hostport
+from mesh.doctor.checks import EngineFacts, Facts
 from mesh.engine.base import EngineError
 from mesh.engine.docker_api import DockerEngine
-from mesh.ui.doctor import EngineFacts, Facts
 
 TIMEOUT = 3.0
 
