@@ -109,6 +109,9 @@ def test_classic_build_on_a_is_cache_on_b_within_10s(two_hosts):
     assert status["ready"] is True
     app = next(i for i in status["images"] if "app:1" in i["tags"])
     assert sorted(app["holders"]) == ["a", "b"]
+    # The page names the image as `docker images` does on this engine; the mesh key beside it.
+    shown = b.engine.cli("images", "--no-trunc", "--format", "{{.ID}}", "app:1").stdout.split()
+    assert shown == [app["engine_id"]], (shown, app)
     code, metrics = b.node.get("/metrics")
     assert code == 200
     assert metric(metrics, 'cachemesh_transfers_total{direction="in",outcome="ok"}') >= 1

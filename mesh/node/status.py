@@ -142,6 +142,7 @@ def build_status(facts: StatusFacts) -> StatusDoc:
         images.append(
             {
                 "id": image,
+                "engine_id": local_image.native if local_image is not None else None,
                 "tags": sorted(tags[image]),
                 "size": meta.size if meta else None,
                 "created": meta.created if meta else None,

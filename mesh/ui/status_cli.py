@@ -37,15 +37,17 @@ def print_status(s: StatusDoc, console: Console | None = None) -> None:
         )
     console.print(peers)
     images = Table(title=f"Images ({len(s['images'])})", title_justify="left")
-    for column in ("image", "tags", "size", "here", "held by"):
+    for column in ("image ID", "tags", "size", "here", "held by", "mesh key"):
         images.add_column(column)
     for i in s["images"]:
+        engine_id = i.get("engine_id")  # absent from a node older than 0.2
         images.add_row(
-            short_id(i["id"]),
+            short_id(engine_id) if engine_id else "-",
             ", ".join(i["tags"]) or "(parent)",
             size_text(i["size"]),
             "yes" if i["local"] else "no",
             ", ".join(i["holders"]),
+            short_id(i["id"]),
         )
     console.print(images)
     if s["transfers"]:

@@ -111,7 +111,8 @@ class ShareDoc(TypedDict):
 
 
 class ImageDoc(TypedDict):
-    id: str
+    id: str  # the mesh key: the same for an image on every engine and store
+    engine_id: str | None  # this engine's ID for it (what `docker images` shows); None: not here
     tags: list[str]
     size: int | None
     created: int | None

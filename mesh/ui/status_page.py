@@ -90,6 +90,11 @@ def _gossip_cell(gossip: PeerGossipDoc) -> str:
     return f"<span class=ok>sealed</span> · secret: {escape(gossip.get('secret', ''))}"
 
 
+def _engine_id_cell(engine_id: str | None) -> str:
+    """The ID `docker images` shows for it here; the mesh key is another column."""
+    return f"<code>{short_id(engine_id)}</code>" if engine_id else "–"
+
+
 def _share_cell(share: ShareDoc | None) -> str:
     """Whether this node announces a local image, and why (the share rule's reason)."""
     if not share:
@@ -234,15 +239,16 @@ def render_html(s: StatusDoc) -> str:
         "No peers yet.",
     )
     images = _table(
-        ["image", "tags", "size", "here", "held by", "shared from here"],
+        ["image ID", "tags", "size", "here", "held by", "shared from here", "mesh key"],
         [
             [
-                f"<code>{short_id(i['id'])}</code>",
+                _engine_id_cell(i["engine_id"]),
                 escape(", ".join(i["tags"])) or "<i>untagged (parent)</i>",
                 size_text(i["size"]),
                 ("yes, from the mesh" if i["from_mesh"] else "yes") if i["local"] else "no",
                 escape(", ".join(i["holders"])),
                 _share_cell(i["share"]),
+                f"<code>{short_id(i['id'])}</code>",
             ]
             for i in s["images"]
         ],
