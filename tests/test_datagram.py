@@ -11,6 +11,7 @@ import pytest
 from mesh.config import parse_hostport
 from mesh.lab.poll import async_wait_until
 from mesh.net.datagram import DatagramError, Sealer
+from mesh.node.status import build_status
 from mesh.protocol import wire
 from mesh.protocol.datagram import MAX_DATAGRAM, OVERHEAD
 from mesh.protocol.liveness import State
@@ -68,6 +69,12 @@ def test_a_replayed_or_stale_datagram_is_refused():
         receiver.open(sealer().seal(b"gossip", NOW - 300), NOW)
 
 
+def test_the_receiver_learns_how_far_the_senders_clock_is_from_its_own():
+    packet = sealer().seal(b"hello", 1000.0)
+    assert sealer().open(packet, 1040.0).clock_offset == 40.0  # the sender is 40 s behind
+    assert sealer().open(packet, 990.0).clock_offset == -10.0
+
+
 def test_during_a_rotation_both_secrets_open_and_the_receiver_knows_which():
     both = sealer(NEW, OLD)
     assert both.open(sealer(OLD).seal(b"x", NOW), NOW).secret == 1
@@ -95,6 +102,9 @@ async def test_two_nodes_gossip_in_datagrams_and_shrug_off_junk(workdir):
         received = lambda: _count(a, "cachemesh_gossip_datagrams_total", direction="in")  # noqa: E731
         await async_wait_until(lambda: received() >= 3, 10, what="probes to arrive as datagrams")
         assert a.parts.gossip.secrets.get(b.node_id) == 0
+        # One clock here: the offset a measures is the trip alone (doctor's clock check reads it).
+        peer_doc = build_status(a.parts.status_facts)["peers"][0]
+        assert peer_doc["clock_offset"] is not None and abs(peer_doc["clock_offset"]) < 1.0
         # Junk, an oversized datagram and another cluster's gossip arrive at a's UDP port.
         host, port = parse_hostport(a.peer_addr)
         foreign = Sealer((SECRET,), "other-cluster", 120.0).seal(b"x", time.time())

@@ -62,6 +62,8 @@ class Opened:
     envelope: bytes
     secret: int
     """Index of the secret that sealed it in the receiver's list: 0 current, 1 previous."""
+    clock_offset: float = 0.0
+    """This node's clock minus the sender's when it sealed it (plus the trip, milliseconds)."""
 
 
 class Sealer:
@@ -119,7 +121,7 @@ class Sealer:
             )
         if not self._replay.check_and_remember(nonce.hex(), now):
             raise DatagramError("replayed datagram")
-        return Opened(plain[TIME.size :], index)
+        return Opened(plain[TIME.size :], index, now - sent_at)
 
 
 class GossipSocket(asyncio.DatagramProtocol):
@@ -129,7 +131,7 @@ class GossipSocket(asyncio.DatagramProtocol):
     def __init__(
         self,
         sealer: Sealer,
-        deliver: Callable[[wire.Envelope, int], None],
+        deliver: Callable[[wire.Envelope, Opened], None],
         *,
         max_bytes: int,
         on_refused: Callable[[str], None],
@@ -161,7 +163,7 @@ class GossipSocket(asyncio.DatagramProtocol):
         if len(self._peer_secret) >= 100_000 and envelope.addr not in self._peer_secret:
             self._peer_secret.clear()  # bounded: forgetting only costs a few requests over HTTP
         self._peer_secret[envelope.addr] = opened.secret
-        self._deliver(envelope, opened.secret)
+        self._deliver(envelope, opened)
 
     def error_received(self, exc: Exception) -> None:
         # An ICMP error for an earlier send (a peer that is gone): to SWIM, a lost message.

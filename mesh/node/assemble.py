@@ -288,6 +288,7 @@ def assemble(config: Config, engine: Engine, sockets: Sockets) -> Parts:
         tls=tls,
         tls_peers=tls_peers,
         gossip_secrets=gossip.secrets,
+        clock_offsets=gossip.clock_offsets,
         mdns_found=None if mdns is None else lambda: mdns.found.values(),
         registry=lambda: registry.status(registry_addr),
         disk=disk.status,

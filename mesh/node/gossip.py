@@ -11,7 +11,7 @@ import time
 from collections import Counter
 
 from mesh.net.client import PeerClient
-from mesh.net.datagram import GossipSocket, Sealer
+from mesh.net.datagram import GossipSocket, Opened, Sealer
 from mesh.protocol import wire
 from mesh.protocol.core import MeshCore
 from mesh.protocol.outbox import Outgoing
@@ -42,6 +42,7 @@ class Gossip:
         self.metrics = metrics
         self.wake = asyncio.Event()
         self.secrets: dict[str, int] = {}  # node ID -> which held secret sealed its datagrams
+        self.clock_offsets: dict[str, float] = {}  # node ID -> this clock minus its, last datagram
         self.socket = (
             None
             if sealer is None
@@ -94,10 +95,12 @@ class Gossip:
             self.core.receive(reply, time.monotonic())
             self.wake.set()
 
-    def on_datagram(self, envelope: wire.Envelope, secret: int) -> None:
+    def on_datagram(self, envelope: wire.Envelope, opened: Opened) -> None:
         """A sealed gossip datagram: what the core says back goes out as datagrams of its own."""
         self.metrics.gossip_datagrams.labels("in").inc()
-        self.secrets[envelope.sender] = secret
+        if envelope.sender in self.secrets or len(self.secrets) < 100_000:  # bounded, like the socket's
+            self.secrets[envelope.sender] = opened.secret
+            self.clock_offsets[envelope.sender] = opened.clock_offset
         if not self._stopping:
             self.core.receive(envelope, time.monotonic())
             self.flush()

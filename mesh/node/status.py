@@ -56,6 +56,7 @@ class StatusFacts:
     tls: NodeTLS | None
     tls_peers: TLSObserver
     gossip_secrets: Mapping[str, int]  # node ID -> which held secret sealed its datagrams
+    clock_offsets: Mapping[str, float]  # node ID -> this clock minus its, from its datagrams
     mdns_found: Callable[[], Iterable[str]] | None  # addresses mDNS found; None: mDNS is off
     registry: Callable[[], RegistryDoc]  # the registry section
     disk: Callable[[], DiskDoc]  # the disk section
@@ -116,6 +117,7 @@ def build_status(facts: StatusFacts) -> StatusDoc:
                 "since": round(time.monotonic() - m.since, 1),
                 "tls": cast(PeerTLSDoc, facts.tls_peers.state(member_id, m.addr)),  # a plain dict, as above
                 "gossip": _gossip_state(facts.gossip_secrets.get(member_id)),
+                "clock_offset": _rounded(facts.clock_offsets.get(member_id)),
             }
         )
     holders: dict[str, list[str]] = {}
@@ -193,6 +195,10 @@ def build_status(facts: StatusFacts) -> StatusDoc:
         ],
         "tags_kept": [] if plan is None else plan.kept,
     }
+
+
+def _rounded(offset: float | None) -> float | None:
+    return None if offset is None else round(offset, 1)
 
 
 def _gossip_state(secret: int | None) -> PeerGossipDoc:

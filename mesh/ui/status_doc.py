@@ -102,6 +102,7 @@ class PeerDoc(TypedDict):
     since: float
     tls: PeerTLSDoc
     gossip: PeerGossipDoc
+    clock_offset: float | None  # s, this host's clock minus the peer's (from its datagrams); None: unknown
 
 
 class ShareDoc(TypedDict):
