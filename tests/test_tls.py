@@ -19,8 +19,6 @@ from mesh.config import ConfigError, resolve
 from mesh.engine.fake import FakeEngine
 from mesh.lab.poll import async_wait_until
 from mesh.net.tls import (
-    TLS_HANDSHAKE_CLIENT_BYTES,
-    TLS_HANDSHAKE_SERVER_BYTES,
     NodeTLS,
     ca_certificate,
     derive_ca_key,
@@ -30,9 +28,9 @@ from mesh.net.tls import (
     load_or_create_node_key,
     parse_peer_certificate,
     pem,
-    tls_overhead,
 )
 from mesh.protocol import wire
+from mesh.sim.tls_wirecost import TLS_HANDSHAKE_CLIENT_BYTES, TLS_HANDSHAKE_SERVER_BYTES, tls_overhead
 from tests.inproc import SECRET, client_ssl, has_image, start_node
 
 OLD = b"old-cluster-secret-0123456789"
@@ -425,19 +423,6 @@ async def test_a_tls_node_shrinks_asyncios_per_connection_read_buffer(workdir):
         assert asyncio.sslproto.SSLProtocol.max_size == TLS_READ_BUFFER < 256 * 1024
     finally:
         await a.stop()
-
-
-def test_the_wire_cost_model_prices_handshakes_records_and_replies():
-    from mesh.net.tls import TLS_RECORD_OVERHEAD, TLSWireCost
-
-    cost = TLSWireCost(keepalive=30.0, reply_window=0.05)
-    first = cost.message("a", "b", 300, now=0.0)
-    assert first == (TLS_HANDSHAKE_CLIENT_BYTES + 22, TLS_HANDSHAKE_SERVER_BYTES + TLS_RECORD_OVERHEAD)
-    assert cost.message("b", "a", 100, now=0.01) == (22, 0)  # the reply rides a's connection
-    assert cost.message("a", "b", 300, now=10.0) == (22, 22)  # kept alive: no handshake
-    assert cost.message("b", "a", 300, now=20.0)[0] > 1000  # b dials a: its own connection
-    assert cost.message("a", "b", 300, now=45.0)[0] > 1000  # idle past the keep-alive
-    assert (cost.handshakes, cost.requests, cost.replies) == (3, 4, 1)
 
 
 async def test_the_certificate_names_who_speaks(workdir):
