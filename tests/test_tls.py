@@ -18,17 +18,16 @@ from cryptography.x509.oid import NameOID
 from mesh.config import ConfigError, resolve
 from mesh.engine.fake import FakeEngine
 from mesh.lab.poll import async_wait_until
-from mesh.net.tls import (
-    NodeTLS,
+from mesh.net.pki import (
     ca_certificate,
     derive_ca_key,
     fingerprint,
     issue_node_certificate,
-    load_chain,
     load_or_create_node_key,
     parse_peer_certificate,
     pem,
 )
+from mesh.net.tls_contexts import NodeTLS, load_chain
 from mesh.protocol import wire
 from mesh.sim.tls_wirecost import TLS_HANDSHAKE_CLIENT_BYTES, TLS_HANDSHAKE_SERVER_BYTES, tls_overhead
 from tests.inproc import SECRET, client_ssl, has_image, start_node
@@ -416,7 +415,7 @@ async def test_a_tls_node_and_a_plain_node_refuse_each_other_and_say_why(workdir
 async def test_a_tls_node_shrinks_asyncios_per_connection_read_buffer(workdir):
     import asyncio.sslproto
 
-    from mesh.net.tls import TLS_READ_BUFFER
+    from mesh.net.tls_contexts import TLS_READ_BUFFER
 
     a = await start_node(workdir, "a")
     try:
@@ -454,7 +453,8 @@ async def test_the_certificate_names_who_speaks(workdir):
 
 
 def test_the_client_checks_the_servers_node_id_against_the_member_it_dialled():
-    from mesh.net.tls import ConnectionTLS, PeerCert, PeerIdentityError, TLSClient, TLSObserver
+    from mesh.net.pki import PeerCert
+    from mesh.net.tls_peers import ConnectionTLS, PeerIdentityError, TLSClient, TLSObserver
 
     tls = node_tls(SECRET)
     observer = TLSObserver(tls)

@@ -30,15 +30,10 @@ from mesh.engine.docker_api import DockerEngine
 from mesh.net.auth import Signer, derive_key
 from mesh.net.client import PeerClient
 from mesh.net.datagram import GossipSocket, Sealer, bind_datagram_socket
+from mesh.net.pki import CERT_RENEW_AFTER
 from mesh.net.server import PeerServer
-from mesh.net.tls import (
-    CERT_RENEW_AFTER,
-    TLSClient,
-    TLSObserver,
-    TLSSockSite,
-    limit_tls_read_buffers,
-    node_tls,
-)
+from mesh.net.tls_contexts import TLSSockSite, limit_tls_read_buffers, node_tls
+from mesh.net.tls_peers import TLSClient, TLSObserver
 from mesh.node.disk import DiskKeeper
 from mesh.node.local_images import LocalImages
 from mesh.node.peer_api import PeerApi

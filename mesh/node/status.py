@@ -15,7 +15,8 @@ from mesh.protocol.oci import is_registry_entry
 from mesh.protocol.view import MeshView
 
 if TYPE_CHECKING:
-    from mesh.net.tls import NodeTLS, TLSObserver
+    from mesh.net.tls_contexts import NodeTLS
+    from mesh.net.tls_peers import TLSObserver
     from mesh.node.local_images import LocalImages
     from mesh.node.puller import Puller
     from mesh.node.transfer import Transfer

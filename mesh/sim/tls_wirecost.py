@@ -2,7 +2,7 @@
 datagram costs are in wirecost.py; docs/protocol.md describes both).
 
 The handshake constants were measured from real handshakes between nodes' contexts
-(mesh.net.tls); tests/test_tls.py checks they still bound them.
+(mesh.net.tls_contexts); tests/test_tls.py checks they still bound them.
 """
 
 from __future__ import annotations
