@@ -35,6 +35,7 @@ from tests.inproc import SECRET, client_ssl, has_image, start_node
 OLD = b"old-cluster-secret-0123456789"
 NEW = b"new-cluster-secret-0123456789"
 NOW = datetime.datetime.now(datetime.UTC)
+STDLIB_TLS_READ_BUFFER = 256 * 1024  # asyncio.sslproto.SSLProtocol.max_size, untouched
 
 
 def der(cert: x509.Certificate) -> bytes:
@@ -412,14 +413,18 @@ async def test_a_tls_node_and_a_plain_node_refuse_each_other_and_say_why(workdir
         await plain.stop()
 
 
-async def test_a_tls_node_shrinks_asyncios_per_connection_read_buffer(workdir):
+async def test_a_tls_node_shrinks_asyncios_per_connection_read_buffer(workdir, monkeypatch):
     import asyncio.sslproto
 
     from mesh.net.tls_contexts import TLS_READ_BUFFER
 
+    # The limit is a class attribute, for the whole process: any TLS node an earlier test started
+    # has set it already. Put back the standard library's size first (and whatever was there after
+    # the test), so that only the node started here can make this pass.
+    monkeypatch.setattr(asyncio.sslproto.SSLProtocol, "max_size", STDLIB_TLS_READ_BUFFER)
     a = await start_node(workdir, "a")
     try:
-        assert asyncio.sslproto.SSLProtocol.max_size == TLS_READ_BUFFER < 256 * 1024
+        assert asyncio.sslproto.SSLProtocol.max_size == TLS_READ_BUFFER < STDLIB_TLS_READ_BUFFER
     finally:
         await a.stop()
 
