@@ -52,6 +52,7 @@ from mesh.protocol.nodestatus import NodeStatus, announce, status_key, status_me
 from mesh.protocol.oci import is_registry_entry
 from mesh.protocol.outbox import Outgoing
 from mesh.protocol.wire import ImageMeta, Tags
+from mesh.registry.ports import RegistrySettings
 from mesh.registry.router import registry_app
 from mesh.registry.service import Registry
 from mesh.ui.metrics import Metrics
@@ -100,7 +101,12 @@ class Node:
         self.readiness = Readiness(self._readiness_snapshot)
         # The registry's view of the mesh reads the core's view once start() has made the core.
         self.registry_view = RegistryView(zone=config.zone, publish=self.publish_local)
-        self.registry = Registry(config, self.client, self.registry_view, RegistryCounters(self.metrics))
+        self.registry = Registry(
+            RegistrySettings.from_config(config),
+            self.client,
+            self.registry_view,
+            RegistryCounters(self.metrics),
+        )
         self.registry_addr = ""
         self._engine_shared: dict[str, Tags] = {}
         self._engine_metas: dict[str, ImageMeta] = {}

@@ -39,7 +39,7 @@ def registry_status(registry: Registry, listen: str) -> dict[str, object]:
             for f in registry.fetcher.active.values()
         ],
         "warm": {
-            "globs": list(registry.config.registry_warm),
+            "globs": list(registry.settings.warm),
             "held": held,
             "wanted": wanted,
             "errors": dict(registry.warm_errors),
