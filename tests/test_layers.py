@@ -122,3 +122,11 @@ def test_no_module_imports_itself_back() -> None:
                     seen.add(target)
                     stack.append((target, [*path, target]))
     assert not cycles, "import cycles: " + "; ".join(cycles)
+
+
+def test_the_registrys_parts_see_the_service_only_through_protocols() -> None:
+    """The router and the status section are given the service; they name what they need of it
+    (RegistryApi, RegistryFacts) instead of importing it."""
+    graph = _import_graph()
+    importers = sorted(m for m, targets in graph.items() if "mesh.registry.service" in targets)
+    assert [m for m in importers if m.startswith("mesh.registry.")] == []

@@ -29,7 +29,7 @@ from mesh.registry.names import MAX_NAME as MAX_NAME_LEN
 from mesh.registry.names import NAME, valid_tag
 from mesh.registry.ports import Counters, MeshView, NoCounters, PeerContent, RegistrySettings
 from mesh.registry.status import registry_status
-from mesh.registry.store import CHUNK, Store
+from mesh.registry.store import CHUNK, Store, Upload
 
 log = logging.getLogger("cachemesh.registry")
 
@@ -85,6 +85,10 @@ class Registry:
         self._announcement = None
         self.view.publish()
         self._wake.set()
+
+    def count_request(self, method: str, outcome: str) -> None:
+        """A client's request was answered: `outcome` is "ok", a spec error code, or a status."""
+        self.counters.request(method, outcome)
 
     # --- manifests -------------------------------------------------------------------------
 
@@ -185,6 +189,10 @@ class Registry:
         relays = [n for n in self.view.fetching(digest) if n not in nodes]
         return self.view.sources(digest, nodes, relays)
 
+    def holds(self, digest: str) -> bool:
+        """Whether this node holds `digest` (a blob or a manifest) whole."""
+        return self.store.has(digest)
+
     def locate(self, digest: str) -> tuple[int, Fetch | None]:
         """(size, running fetch) for a blob: held here (no fetch), or being fetched from the mesh.
         Raises BLOB_UNKNOWN at once when no live peer holds it."""
@@ -253,6 +261,27 @@ class Registry:
             if parsed is not None and digest in parsed.blobs:
                 return (first + i, parsed.blobs.index(digest))
         return (self._served_count, 0)
+
+    # --- uploads (a client's push, chunk by chunk; the store keeps them) ------------------------
+
+    def start_upload(self, name: str) -> Upload:
+        return self.store.start_upload(name)
+
+    def upload(self, upload_id: str, name: str) -> Upload:
+        """An upload in progress in repository `name`; BLOB_UPLOAD_UNKNOWN if there is none."""
+        return self.store.upload(upload_id, name)
+
+    async def append_upload(self, upload: Upload, chunks: AsyncIterator[bytes]) -> None:
+        await self.store.append(upload, chunks)
+
+    async def finish_upload(self, upload: Upload, digest: str) -> None:
+        """Verify the upload against `digest` and store it, then announce again: a manifest may be
+        whole here now."""
+        await self.store.finish_upload(upload, digest)
+        self.changed()
+
+    def cancel_upload(self, upload: Upload) -> None:
+        self.store.cancel_upload(upload)
 
     # --- the disk budget (mesh.node.disk) -----------------------------------------------------
 
