@@ -3,7 +3,7 @@
 
 Runs the simulator's join, announce and steady phases (mesh.sim.scenario, as scripts/simulate.py
 does) and prices every envelope that travels over the peer API (too big for a sealed datagram, or
-a reply in an HTTP response) with mesh.net.tls.TLSWireCost on top of the simulator's own count
+a reply in an HTTP response) with mesh.sim.tls_wirecost.TLSWireCost on top of the simulator's own count
 (HTTP framing and datagram sealing included): a request costs one TLS record for the sender and
 one for the receiver's response, plus a full mutual handshake from each side when the sender has
 not dialled that peer within the keep-alive; an envelope sent as an HTTP response costs one
@@ -28,11 +28,11 @@ from collections import defaultdict
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from mesh.config import Config
-from mesh.net.tls import TLSWireCost, tls_overhead
 from mesh.protocol import wire
 from mesh.protocol.datagram import fits as datagram_fits
 from mesh.sim import simnet
 from mesh.sim.scenario import FleetScenario, _pct
+from mesh.sim.tls_wirecost import TLSWireCost, tls_overhead
 
 
 def main() -> int:

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from mesh.config import Config
 from mesh.engine.fake import FakeEngine
 from mesh.lab.poll import async_wait_until
-from mesh.net.tls import NodeTLS
+from mesh.net.tls_contexts import NodeTLS
 from mesh.node.node import Node
 from mesh.node.transfer import Transfer
 

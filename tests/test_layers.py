@@ -3,7 +3,8 @@
 The protocol core (and config) must stay pure so the simulator and the node run the same code:
 no asyncio, no sockets, no clocks of their own, no Docker, no mDNS. The I/O packages may use the
 core but not each other upwards (the engine adapter knows nothing of peers, the peer API nothing
-of the node that wires it).
+of the node that wires it). No module imports one that imports it back, not even for type hints:
+a part that needs another's object names what it uses in a Protocol.
 """
 
 from __future__ import annotations
@@ -84,3 +85,50 @@ def test_every_part_is_classified() -> None:
     """A new folder must take its place in the table above, or the rule silently stops covering it."""
     parts = {_part(p) for p in PACKAGE.rglob("*.py")} - {"__init__", "__main__", "cli"}
     assert parts <= set(ALLOWED), f"unclassified parts: {parts - set(ALLOWED)}"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """mesh module -> the mesh modules it imports, those only type checkers see included: a cycle
+    hidden behind TYPE_CHECKING still ties the two modules into one."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets.add(node.module)
+                targets |= {f"{node.module}.{alias.name}" for alias in node.names}  # `from pkg import mod`
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def test_no_module_imports_itself_back() -> None:
+    graph = _import_graph()
+    cycles = []
+    for start in sorted(graph):
+        # Depth-first from each module, looking for a path back to it.
+        stack, seen = [(start, [start])], set()
+        while stack:
+            name, path = stack.pop()
+            for target in sorted(graph[name]):
+                if target == start and start == min(path):  # each cycle once, from its first module
+                    cycles.append(" -> ".join([*path, start]))
+                elif target not in seen:
+                    seen.add(target)
+                    stack.append((target, [*path, target]))
+    assert not cycles, "import cycles: " + "; ".join(cycles)
+
+
+def test_the_registrys_parts_see_the_service_only_through_protocols() -> None:
+    """The router and the status section are given the service; they name what they need of it
+    (RegistryApi, RegistryFacts) instead of importing it."""
+    graph = _import_graph()
+    importers = sorted(m for m, targets in graph.items() if "mesh.registry.service" in targets)
+    assert [m for m in importers if m.startswith("mesh.registry.")] == []

@@ -26,6 +26,7 @@ from mesh.registry.errors import RegistryError
 from mesh.registry.fetch import Fetch
 from mesh.registry.manifest import BUILDKIT_CACHE_CONFIG, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from mesh.registry.names import BadName, Kind, parse_path
+from mesh.registry.ports import RegistrySettings
 from mesh.registry.router import registry_app
 from mesh.registry.service import Registry
 
@@ -63,7 +64,7 @@ def digest_of(data: bytes) -> str:
 async def client(workdir: Path) -> AsyncIterator[TestClient]:
     config = Config.local(secret=b"registry-test-secret-0123", data_dir=str(workdir))
     peer_client = PeerClient(Signer(b"k" * 32, "default", "test"), max_message_bytes=1 << 20, timeout=2)
-    registry = Registry(config, peer_client, NoMesh())
+    registry = Registry(RegistrySettings.from_config(config), peer_client, NoMesh())
     await registry.start()
     async with TestClient(TestServer(registry_app(registry))) as test_client:
         test_client.registry = registry  # type: ignore[attr-defined]
@@ -585,7 +586,7 @@ async def test_a_served_manifests_blobs_are_located_before_their_metadata_arrive
     manifest = digest_of(body)
     settings = Config.local(secret=b"registry-test-secret-0123", data_dir=str(workdir))
     peer_client = PeerClient(Signer(b"k" * 32, "default", "test"), max_message_bytes=1 << 20, timeout=2)
-    registry = Registry(settings, peer_client, TagBeforeMetas(manifest))
+    registry = Registry(RegistrySettings.from_config(settings), peer_client, TagBeforeMetas(manifest))
     try:
         with pytest.raises(RegistryError, match="is not held here"):
             registry.locate(digest_of(config_blob))  # nothing read here names it yet

@@ -1,5 +1,6 @@
 """The simulator's per-message overhead is what the real node puts on the wire: sealed datagrams
-for what fits, HTTP requests and responses for the rest."""
+for what fits, HTTP requests and responses for the rest, and what TLS adds to them (its handshake
+bytes are measured in tests/test_tls.py)."""
 
 from mesh.config import Config
 from mesh.lab.http_overhead import measure, whole_response
@@ -8,6 +9,12 @@ from mesh.protocol import datagram as layout
 from mesh.protocol import wire
 from mesh.sim import wirecost
 from mesh.sim.simnet import SimNetwork
+from mesh.sim.tls_wirecost import (
+    TLS_HANDSHAKE_CLIENT_BYTES,
+    TLS_HANDSHAKE_SERVER_BYTES,
+    TLS_RECORD_OVERHEAD,
+    TLSWireCost,
+)
 
 # The Server and User-Agent headers name the aiohttp version: a few bytes either way are not a
 # different basis, more are (re-measure with `python -m mesh.lab.http_overhead`).
@@ -96,3 +103,14 @@ def test_a_request_with_nothing_to_say_back_costs_an_empty_response():
     net.kick(a)
     net.run_until(0.9)
     assert net.traffic.per_second[(b.addr, 0)] == wirecost.RESPONSE_EMPTY
+
+
+def test_the_tls_cost_model_prices_handshakes_records_and_replies():
+    cost = TLSWireCost(keepalive=30.0, reply_window=0.05)
+    first = cost.message("a", "b", 300, now=0.0)
+    assert first == (TLS_HANDSHAKE_CLIENT_BYTES + 22, TLS_HANDSHAKE_SERVER_BYTES + TLS_RECORD_OVERHEAD)
+    assert cost.message("b", "a", 100, now=0.01) == (22, 0)  # the reply rides a's connection
+    assert cost.message("a", "b", 300, now=10.0) == (22, 22)  # kept alive: no handshake
+    assert cost.message("b", "a", 300, now=20.0)[0] > 1000  # b dials a: its own connection
+    assert cost.message("a", "b", 300, now=45.0)[0] > 1000  # idle past the keep-alive
+    assert (cost.handshakes, cost.requests, cost.replies) == (3, 4, 1)

@@ -26,7 +26,7 @@ from mesh.net.contract import (
     error_text,
     peer_url,
 )
-from mesh.net.tls import TLSClient
+from mesh.net.tls_peers import TLSClient
 from mesh.protocol import wire
 
 
@@ -80,7 +80,7 @@ class PeerClient:
     def __init__(
         self, signer: Signer, *, max_message_bytes: int, timeout: float, tls: TLSClient | None = None
     ) -> None:
-        self._tls = tls  # every request of the session goes over it, checked (mesh.net.tls)
+        self._tls = tls  # every request of the session goes over it, checked (mesh.net.tls_peers)
         self._signer = signer
         self._max = max_message_bytes
         self._timeout = timeout

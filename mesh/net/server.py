@@ -49,7 +49,7 @@ from mesh.net.contract import (
     error_body,
 )
 from mesh.net.sendfile import send_file
-from mesh.net.tls import TLSObserver, connection_tls
+from mesh.net.tls_peers import TLSObserver, connection_tls
 from mesh.protocol import wire
 
 log = logging.getLogger("cachemesh.peer")

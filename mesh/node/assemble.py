@@ -25,7 +25,8 @@ from mesh.net.auth import Signer, derive_key
 from mesh.net.client import PeerClient
 from mesh.net.datagram import Sealer
 from mesh.net.server import PeerServer
-from mesh.net.tls import NodeTLS, TLSClient, TLSObserver, node_tls
+from mesh.net.tls_contexts import NodeTLS, node_tls
+from mesh.net.tls_peers import TLSClient, TLSObserver
 from mesh.node.announcer import Announcer
 from mesh.node.changes import Changes
 from mesh.node.disk import DiskKeeper
@@ -45,6 +46,7 @@ from mesh.node.status import StatusFacts, build_status
 from mesh.protocol.core import MeshCore
 from mesh.protocol.liveness import State
 from mesh.protocol.oci import is_registry_entry
+from mesh.registry.ports import RegistrySettings
 from mesh.registry.router import registry_app
 from mesh.registry.service import Registry
 from mesh.ui.metrics import Metrics
@@ -153,7 +155,7 @@ def assemble(config: Config, engine: Engine, sockets: Sockets) -> Parts:
         winning_sets=latest_plan.tagsets,
     )
     registry = Registry(
-        config,
+        RegistrySettings.from_config(config),
         client,
         RegistryView(view, zone=config.zone, publish=changes.manifest_changed),
         RegistryCounters(metrics),

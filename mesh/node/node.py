@@ -20,7 +20,8 @@ from mesh import __version__
 from mesh.config import Config, format_hostport
 from mesh.engine.base import Engine
 from mesh.engine.docker_api import DockerEngine
-from mesh.net.tls import CERT_RENEW_AFTER, TLSSockSite, limit_tls_read_buffers
+from mesh.net.pki import CERT_RENEW_AFTER
+from mesh.net.tls_contexts import TLSSockSite, limit_tls_read_buffers
 from mesh.node.assemble import Parts, assemble
 from mesh.node.disk import DiskKeeper
 from mesh.node.local_images import LocalImages

@@ -27,7 +27,8 @@ from mesh.ui.status_doc import (
 )
 
 if TYPE_CHECKING:
-    from mesh.net.tls import NodeTLS, TLSObserver
+    from mesh.net.tls_contexts import NodeTLS
+    from mesh.net.tls_peers import TLSObserver
     from mesh.node.local_images import LocalImages
     from mesh.node.puller import Puller
     from mesh.node.transfer import Transfer

@@ -31,10 +31,11 @@ from typing import IO
 
 import aiohttp
 
-from mesh.net.client import PeerClient, PeerError
+from mesh.net.client import PeerError
 from mesh.net.contract import ContentStream
 from mesh.registry.errors import RegistryError
 from mesh.registry.lane import Lane, Turn
+from mesh.registry.ports import PeerContent
 from mesh.registry.store import CHUNK, Store, write_all
 
 log = logging.getLogger("cachemesh.registry")
@@ -79,7 +80,7 @@ class Fetcher:
     def __init__(
         self,
         store: Store,
-        client: PeerClient,
+        client: PeerContent,
         holders: Callable[[str], list[str]],
         *,
         idle_timeout: float,

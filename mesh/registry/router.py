@@ -3,6 +3,7 @@
 The path is parsed once into (name, kind, reference); HEAD and GET share one handler that differs
 only in whether the body is written. Errors go out in the spec's JSON shape from one helper.
 Routes follow the distribution spec (opencontainers/distribution-spec, spec.md, "Endpoints").
+The router knows the registry only as `RegistryApi` (below): what it calls, never the store behind it.
 """
 
 from __future__ import annotations
@@ -10,16 +11,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Awaitable, Callable
-from typing import NoReturn
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import IO, NoReturn, Protocol
 from urllib.parse import quote
 
 from aiohttp import web
 
 from mesh.net.body import read_capped
 from mesh.net.sendfile import send_file
+from mesh.protocol.oci import TagState
 from mesh.registry.errors import RegistryError, error_response
-from mesh.registry.manifest import MAX_MANIFEST, parse
+from mesh.registry.fetch import Fetch
+from mesh.registry.manifest import MAX_MANIFEST, Parsed, parse
 from mesh.registry.names import (
     DIGEST,
     NAME,
@@ -31,7 +34,6 @@ from mesh.registry.names import (
     valid_digest,
     valid_tag,
 )
-from mesh.registry.service import Registry
 from mesh.registry.store import Upload
 
 log = logging.getLogger("cachemesh.registry")
@@ -43,7 +45,52 @@ CONTENT_RANGE = re.compile(r"(?:bytes )?(\d+)-(\d+)(?:/\d+|/\*)?")
 Handler = Callable[[web.Request, Route], Awaitable[web.StreamResponse]]
 
 
-def registry_app(registry: Registry) -> web.Application:
+class RegistryApi(Protocol):
+    """What the router asks of the registry (mesh.registry.service.Registry)."""
+
+    def count_request(self, method: str, outcome: str) -> None: ...
+
+    def resolve(self) -> Mapping[str, TagState]:
+        """repo:tag -> state, across the mesh."""
+        ...
+
+    def tag(self, name: str, tag: str) -> TagState | None: ...
+
+    # blobs
+    def holds(self, digest: str) -> bool: ...
+
+    async def sized(self, digest: str) -> tuple[int, Fetch | None]:
+        """(size, running fetch) of a blob held here or coming from the mesh."""
+        ...
+
+    def windows(
+        self, digest: str, fetch: Fetch | None, start: int, end: int
+    ) -> AsyncIterator[tuple[IO[bytes], int, int]]:
+        """(file, offset, count) windows of bytes [start, end) of a blob, as they are here."""
+        ...
+
+    # uploads
+    def start_upload(self, name: str) -> Upload: ...
+
+    def upload(self, upload_id: str, name: str) -> Upload: ...
+
+    async def append_upload(self, upload: Upload, chunks: AsyncIterator[bytes]) -> None: ...
+
+    async def finish_upload(self, upload: Upload, digest: str) -> None: ...
+
+    def cancel_upload(self, upload: Upload) -> None: ...
+
+    # manifests
+    async def manifest(self, digest: str) -> tuple[bytes, str]:
+        """(bytes, media type) of a manifest held here or fetched from the mesh."""
+        ...
+
+    async def put_manifest(self, digest: str, data: bytes, parsed: Parsed) -> None: ...
+
+    async def push_tag(self, name: str, tag: str, digest: str) -> None: ...
+
+
+def registry_app(registry: RegistryApi) -> web.Application:
     app = web.Application(client_max_size=MAX_MANIFEST)
     router = Router(registry)
     app.router.add_route("*", "/v2", router.handle)
@@ -73,9 +120,8 @@ def _check_digest(digest: str, code: str = "DIGEST_INVALID") -> str:
 
 
 class Router:
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: RegistryApi) -> None:
         self.registry = registry
-        self.store = registry.store
         self.routes: dict[tuple[Kind, str], Handler] = {
             (Kind.BASE, "GET"): self.base,
             (Kind.CATALOG, "GET"): self.catalog,
@@ -110,12 +156,12 @@ class Router:
         except _Refused as refused:
             response = refused.response
         except RegistryError as exc:
-            self.registry.counters.request(request.method, exc.code.lower())
+            self.registry.count_request(request.method, exc.code.lower())
             return error_response(exc, head=head)
         # Answers refused without a spec error code (an unsatisfiable Range, an out-of-order
         # chunk: 416) count by their status, so that "ok" means served.
         outcome = "ok" if response.status < 400 else str(response.status)
-        self.registry.counters.request(request.method, outcome)
+        self.registry.count_request(request.method, outcome)
         return response
 
     # --- base ------------------------------------------------------------------------------------
@@ -197,16 +243,16 @@ class Router:
         mount = request.query.get("mount")
         if mount is not None:
             source = request.query.get("from", "")
-            if valid_digest(mount) and self.store.has(mount) and (not source or NAME.fullmatch(source)):
+            if valid_digest(mount) and self.registry.holds(mount) and (not source or NAME.fullmatch(source)):
                 return self._created(route.name, mount)  # content-addressed: held is held
         digest = request.query.get("digest")
-        upload = self.store.start_upload(route.name)
+        upload = self.registry.start_upload(route.name)
         if digest is not None:  # a monolithic upload in one POST
             return await self._finish(request, route.name, upload, digest)
         return web.Response(status=202, headers=self._upload_headers(route.name, upload))
 
     def _upload(self, route: Route) -> Upload:
-        return self.store.upload(route.reference, route.name)
+        return self.registry.upload(route.reference, route.name)
 
     def _check_in_order(self, request: web.Request, name: str, upload: Upload) -> None:
         """A chunk (PATCH, or the final PUT's body) whose `Content-Range` does not start where the
@@ -221,7 +267,7 @@ class Router:
         upload = self._upload(route)
         async with upload.lock:
             self._check_in_order(request, route.name, upload)
-            await self.store.append(upload, request.content.iter_any())
+            await self.registry.append_upload(upload, request.content.iter_any())
         return web.Response(status=202, headers=self._upload_headers(route.name, upload))
 
     async def upload_put(self, request: web.Request, route: Route) -> web.StreamResponse:
@@ -237,15 +283,14 @@ class Router:
             self._check_in_order(request, name, upload)
             try:
                 _check_digest(digest)
-                await self.store.append(upload, request.content.iter_any())
+                await self.registry.append_upload(upload, request.content.iter_any())
                 length = request.content_length
                 if length is not None and request.method == "POST" and upload.size != length:
                     raise RegistryError("SIZE_INVALID", f"got {upload.size} bytes of {length}")
-                await self.store.finish_upload(upload, digest)
+                await self.registry.finish_upload(upload, digest)
             except RegistryError:
-                self.store.cancel_upload(upload)
+                self.registry.cancel_upload(upload)
                 raise
-        self.registry.changed()
         return self._created(name, digest)
 
     async def upload_status(self, request: web.Request, route: Route) -> web.StreamResponse:
@@ -253,7 +298,7 @@ class Router:
         return web.Response(status=204, headers=self._upload_headers(route.name, upload))
 
     async def upload_cancel(self, request: web.Request, route: Route) -> web.StreamResponse:
-        self.store.cancel_upload(self._upload(route))
+        self.registry.cancel_upload(self._upload(route))
         return web.Response(status=204, headers=API_HEADERS)
 
     # --- manifests --------------------------------------------------------------------------------

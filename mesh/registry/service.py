@@ -1,7 +1,8 @@
 """The registry of one node: the store, the mesh fetch, tags as the mesh agrees on them, warm-up.
 
 The node feeds it the mesh through `MeshView` and publishes what it announces; the router asks it
-for content. It knows peers only as addresses handed over by the view.
+for content. It knows peers only as addresses handed over by the view, and what it needs of the
+node only as the small shapes in ports.py.
 """
 
 from __future__ import annotations
@@ -13,11 +14,8 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
-from typing import IO, Protocol
+from typing import IO
 
-from mesh.config import Config
-from mesh.net.client import PeerClient
 from mesh.net.contract import ContentStream
 from mesh.protocol import oci
 from mesh.protocol.budget import Item
@@ -29,76 +27,31 @@ from mesh.registry.fetch import Fetch, Fetcher, windows
 from mesh.registry.manifest import MAX_MANIFEST, Parsed, closure, parse
 from mesh.registry.names import MAX_NAME as MAX_NAME_LEN
 from mesh.registry.names import NAME, valid_tag
+from mesh.registry.ports import Counters, MeshView, NoCounters, PeerContent, RegistrySettings
 from mesh.registry.status import registry_status
-from mesh.registry.store import CHUNK, Store
+from mesh.registry.store import CHUNK, Store, Upload
 from mesh.ui.status_doc import RegistryDoc
 
 log = logging.getLogger("cachemesh.registry")
 
 
-class MeshView(Protocol):
-    """What the registry needs of the node."""
-
-    def live_manifests(self) -> Mapping[str, Mapping[str, Tags]]:
-        """Live peers' manifest entries, by node ID."""
-        ...
-
-    def metas(self) -> Mapping[str, ImageMeta]: ...
-
-    def sources(self, key: str, holders: list[str], relays: list[str]) -> list[str]:
-        """Addresses of holders and relays of `key`, best first (mesh.protocol.sources.rank:
-        load, RTT, zone; a relay after an idle holder)."""
-        ...
-
-    def fetching(self, digest: str) -> list[str]:
-        """Live peers that announce they are fetching `digest` now and relay it as it arrives."""
-        ...
-
-    def name(self, node: str) -> str:
-        """A node's name, for people."""
-        ...
-
-    def publish(self) -> None:
-        """The registry's announcement changed: put it into the local manifest."""
-        ...
-
-
-class Counters(Protocol):
-    def request(self, method: str, outcome: str) -> None: ...
-
-    def served(self, n: int) -> None: ...
-
-    def fetched(self, n: int) -> None: ...
-
-
-class _NoCounters:
-    def request(self, method: str, outcome: str) -> None:
-        pass
-
-    def served(self, n: int) -> None:
-        pass
-
-    def fetched(self, n: int) -> None:
-        pass
-
-
 class Registry:
     def __init__(
         self,
-        config: Config,
-        client: PeerClient,
+        settings: RegistrySettings,
+        client: PeerContent,
         view: MeshView,
         counters: Counters | None = None,
     ) -> None:
-        self.config = config
+        self.settings = settings
         self.view = view
-        self.counters: Counters = counters or _NoCounters()
-        self.store = Store(Path(config.data_dir) / "registry")
+        self.counters: Counters = counters or NoCounters()
+        self.store = Store(settings.root)
         self.fetcher = Fetcher(
             self.store,
             client,
             self._holder_addrs,
-            idle_timeout=config.transfer_idle_timeout,
+            idle_timeout=settings.idle_timeout,
             rank=self._fetch_rank,
             on_bytes=self.counters.fetched,
             on_stored=lambda digest: self.changed(),
@@ -133,6 +86,10 @@ class Registry:
         self._announcement = None
         self.view.publish()
         self._wake.set()
+
+    def count_request(self, method: str, outcome: str) -> None:
+        """A client's request was answered: `outcome` is "ok", a spec error code, or a status."""
+        self.counters.request(method, outcome)
 
     # --- manifests -------------------------------------------------------------------------
 
@@ -248,6 +205,10 @@ class Registry:
             return []
         return [node for node, entries in manifests.items() if not keys.isdisjoint(entries)]
 
+    def holds(self, digest: str) -> bool:
+        """Whether this node holds `digest` (a blob or a manifest) whole."""
+        return self.store.has(digest)
+
     def locate(self, digest: str) -> tuple[int, Fetch | None]:
         """(size, running fetch) for a blob: held here (no fetch), or being fetched from the mesh.
         Raises BLOB_UNKNOWN at once when no live peer holds it."""
@@ -316,6 +277,27 @@ class Registry:
             if parsed is not None and digest in parsed.blobs:
                 return (first + i, parsed.blobs.index(digest))
         return (self._served_count, 0)
+
+    # --- uploads (a client's push, chunk by chunk; the store keeps them) ------------------------
+
+    def start_upload(self, name: str) -> Upload:
+        return self.store.start_upload(name)
+
+    def upload(self, upload_id: str, name: str) -> Upload:
+        """An upload in progress in repository `name`; BLOB_UPLOAD_UNKNOWN if there is none."""
+        return self.store.upload(upload_id, name)
+
+    async def append_upload(self, upload: Upload, chunks: AsyncIterator[bytes]) -> None:
+        await self.store.append(upload, chunks)
+
+    async def finish_upload(self, upload: Upload, digest: str) -> None:
+        """Verify the upload against `digest` and store it, then announce again: a manifest may be
+        whole here now."""
+        await self.store.finish_upload(upload, digest)
+        self.changed()
+
+    def cancel_upload(self, upload: Upload) -> None:
+        self.store.cancel_upload(upload)
 
     # --- the disk budget (mesh.node.disk) -----------------------------------------------------
 
@@ -406,7 +388,7 @@ class Registry:
 
     def warm_targets(self) -> dict[str, str]:
         """repo:tag -> digest for every tag matching --registry-warm."""
-        globs = self.config.registry_warm
+        globs = self.settings.warm
         if not globs:
             return {}
         return {

@@ -1,17 +1,48 @@
-"""The `registry` section of /api/status and the status page."""
+"""The `registry` section of /api/status and the status page.
+
+It reads the registry through `RegistryFacts`, not the service module: the service builds its
+status with this one, so importing it back would make the two a cycle.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Protocol
 
 from mesh.protocol import oci
+from mesh.protocol.oci import TagState
+from mesh.registry.fetch import Fetcher
+from mesh.registry.ports import MeshView, RegistrySettings
+from mesh.registry.store import Store
 from mesh.ui.status_doc import RegistryDoc, RegistryTagDoc
 
-if TYPE_CHECKING:
-    from mesh.registry.service import Registry
+
+class RegistryFacts(Protocol):
+    """What the status section reads of the registry (mesh.registry.service.Registry)."""
+
+    @property
+    def settings(self) -> RegistrySettings: ...
+
+    @property
+    def view(self) -> MeshView: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def fetcher(self) -> Fetcher: ...
+
+    @property
+    def warm_errors(self) -> Mapping[str, str]: ...
+
+    def resolve(self) -> Mapping[str, TagState]: ...
+
+    def complete(self, digest: str) -> tuple[list[str], int] | None: ...
+
+    def warm_progress(self) -> tuple[int, int]: ...
 
 
-def registry_status(registry: Registry, listen: str) -> RegistryDoc:
+def registry_status(registry: RegistryFacts, listen: str) -> RegistryDoc:
     resolved = registry.resolve()
     live = registry.view.live_manifests()
     metas = registry.view.metas()
@@ -40,7 +71,7 @@ def registry_status(registry: Registry, listen: str) -> RegistryDoc:
             for f in registry.fetcher.active.values()
         ],
         "warm": {
-            "globs": list(registry.config.registry_warm),
+            "globs": list(registry.settings.warm),
             "held": held,
             "wanted": wanted,
             "errors": dict(registry.warm_errors),

@@ -75,7 +75,7 @@ class WarmupDoc(WarmupFigures):
 
 
 class PeerTLSDoc(TypedDict):
-    """A peer's TLS as this node last saw it (mesh.net.tls.TLSObserver.state)."""
+    """A peer's TLS as this node last saw it (mesh.net.tls_peers.TLSObserver.state)."""
 
     state: str  # off, unknown, refused, verified
     error: NotRequired[str]  # refused: why
