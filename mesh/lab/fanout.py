@@ -2,8 +2,14 @@
 a link shaped to a fixed rate (tc), and a cachemesh node process run as an operator would.
 
 Used by scripts/bench_fanout.py and tests/test_fanout.py. The image is random data (it does not
-compress, and no receiver holds any of it), imported on the source under a tag the mesh does not
-share (`hold:1`, the nodes share only `burst:*`); tagging it `burst:1` starts the burst.
+compress), made on the source under a tag the mesh does not share (`hold:1`, the nodes share only
+`burst:*`); tagging it `burst:1` starts the burst.
+
+What receivers hold before a burst is the case that matters: an autoscaler's new hosts hold the
+base image and want the layers on top. `make_layered` imports one base, the same bytes on every
+host (so its chain ID matches everywhere, as a base pulled from one registry does), and builds the
+burst's image on it at the source; `hold` then sets each receiver's held set: nothing, the base,
+or an older build on the base. `make_image` is the one-layer image no receiver holds any of.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mesh.lab.dockerd import Dockerd, import_base
+from mesh.lab.dockerd import Dockerd, busybox_rootfs, import_base
 from mesh.lab.engines import EngineKind
 from mesh.lab.netns import Host, Network
 from mesh.lab.nodes import NodeProcess, data_dir
@@ -24,6 +30,9 @@ from mesh.lab.poll import wait_until
 
 SHARED = "burst:*"
 TAG = "burst:1"
+BASE = "base:1"  # not shared: each receiver's own
+HELD_SETS = ("nothing", "base", "older")
+"""What a receiver may hold before a burst: nothing, the base, or an older build on the base."""
 PULLED = re.compile(r"pulled (sha256:[0-9a-f]+) .* from (\S+?)( \(a relay\))?$", re.MULTILINE)
 
 
@@ -113,6 +122,38 @@ class BurstLab:
     def make_image(self, mb: int) -> str:
         """The burst's image on the source, held under hold:1 (not shared)."""
         return import_base(self.hosts[self.source].engine, "hold:1", payload=mb << 20)
+
+    def make_layered(self, base_mb: int, top_mb: int) -> str:
+        """A base of `base_mb` MB imported on every host from the same bytes, and the burst's image
+        on the source: that base plus a `top_mb` MB layer of random data."""
+        rootfs = busybox_rootfs(base_mb << 20)
+        for h in self.hosts.values():
+            h.engine.cli("import", "-", BASE, input=rootfs)
+        source = self.hosts[self.source].engine
+        dockerfile = f"FROM {BASE}\nRUN head -c {top_mb << 20} /dev/urandom > /top\n"
+        build_env = {"DOCKER_BUILDKIT": "0"}
+        source.cli(
+            "build", "--network", "none", "-t", "hold:1", "-", input=dockerfile.encode(), env=build_env
+        )
+        image = source.image_id("hold:1")
+        assert image
+        return image
+
+    def hold(self, name: str, held: str) -> None:
+        """Give receiver `name` the held set `held` (one of HELD_SETS) before a burst; what an
+        earlier burst left (the source's base, a parent that lost its child) goes."""
+        if held not in HELD_SETS:
+            raise ValueError(f"held set {held!r}: one of {', '.join(HELD_SETS)}")
+        engine = self.hosts[name].engine
+        if held != "older":
+            engine.cli("rmi", "-f", "older:1", check=False)
+        if held == "nothing":
+            engine.cli("rmi", "-f", BASE, check=False)
+        engine.cli("image", "prune", "-f", check=False)
+        if held == "older":
+            dockerfile = f"FROM {BASE}\nRUN echo an older build > /top\n"
+            build = ("build", "--network", "none", "-t", "older:1", "-")
+            engine.cli(*build, input=dockerfile.encode(), env={"DOCKER_BUILDKIT": "0"})
 
     def burst(self) -> float:
         """Tag the image burst:1 on the source: the clock starts once the tag exists."""
