@@ -10,7 +10,7 @@ import pytest
 
 from mesh.config import parse_hostport
 from mesh.lab.poll import async_wait_until
-from mesh.net.datagram import DatagramError, Sealer
+from mesh.net.datagram import ClockOffDatagram, DatagramError, Sealer
 from mesh.node.status import build_status
 from mesh.protocol import wire
 from mesh.protocol.datagram import MAX_DATAGRAM, OVERHEAD
@@ -73,6 +73,9 @@ def test_the_receiver_learns_how_far_the_senders_clock_is_from_its_own():
     packet = sealer().seal(b"hello", 1000.0)
     assert sealer().open(packet, 1040.0).clock_offset == 40.0  # the sender is 40 s behind
     assert sealer().open(packet, 990.0).clock_offset == -10.0
+    with pytest.raises(ClockOffDatagram) as refused:  # outside the window: refused, offset kept
+        sealer().open(packet, 1400.0)
+    assert refused.value.offset == 400.0
 
 
 def test_during_a_rotation_both_secrets_open_and_the_receiver_knows_which():

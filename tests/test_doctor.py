@@ -133,6 +133,12 @@ def test_a_healthy_host_passes_every_check():
             "--disk-budget",
         ),
         (replace(FACTS, registry=(0, "connection refused")), "registry", FAIL, "--registry-listen"),
+        (  # beyond the auth window: refused before it is read, so known by address only
+            replace(FACTS, status=status(node={**status()["node"], "clock_refused": {"10.0.0.3": 400.0}})),
+            "clock",
+            FAIL,
+            "NTP",
+        ),
     ],
 )
 def test_each_problem_is_named_with_its_fix(facts: Facts, check: str, level: str, fix_says: str):

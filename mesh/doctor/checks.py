@@ -194,8 +194,10 @@ def _peers(status: Mapping[str, Any], tcp: Mapping[str, str]) -> list[Finding]:
             Finding(
                 "udp",
                 WARN,
-                f"no gossip datagram has arrived from {names}",
-                "open UDP 7611 between the hosts: gossip falls back to TCP, which costs more at scale",
+                f"no gossip datagram has arrived from {names} (as expected only where every node "
+                "runs --no-gossip-datagrams)",
+                "open UDP 7611 between the hosts, or run every node with --no-gossip-datagrams: "
+                "a node whose datagrams are dropped looks dead to its peers",
             )
         )
     return out
@@ -231,6 +233,9 @@ def _clock(status: Mapping[str, Any]) -> list[Finding]:
         for p in status.get("peers") or []
         if isinstance(p.get("clock_offset"), int | float)
     }
+    # Beyond the auth window a peer's gossip is refused before it is read: known by address.
+    for addr, offset in (status.get("node", {}).get("clock_refused") or {}).items():
+        offsets.setdefault(str(addr), float(offset))
     off = {name: o for name, o in offsets.items() if abs(o) > CLOCK_LIMIT}
     if off:
         worst = max(off, key=lambda n: abs(off[n]))

@@ -47,6 +47,14 @@ class DatagramError(Exception):
     """A datagram that is not a sealed gossip message of this cluster. Safe to log."""
 
 
+class ClockOffDatagram(DatagramError):
+    """Sealed by this cluster, but stamped outside the auth window: the clocks disagree."""
+
+    def __init__(self, message: str, offset: float) -> None:
+        super().__init__(message)
+        self.offset = offset  # this node's clock minus the sender's
+
+
 def derive_gossip_key(secret: bytes, cluster: str) -> bytes:
     return HKDF(
         algorithm=hashes.SHA256(), length=32, salt=b"cachemesh/gossip/v1", info=cluster.encode()
@@ -116,8 +124,9 @@ class Sealer:
             raise DatagramError("does not open: altered, or sealed for another cluster name") from None
         (sent_at,) = TIME.unpack(plain[: TIME.size])
         if not abs(now - sent_at) <= self._window:  # `not <=` also refuses NaN
-            raise DatagramError(
-                f"timestamp is {now - sent_at:+.0f}s off this node's clock (window {self._window:.0f}s)"
+            raise ClockOffDatagram(
+                f"timestamp is {now - sent_at:+.0f}s off this node's clock (window {self._window:.0f}s)",
+                now - sent_at,
             )
         if not self._replay.check_and_remember(nonce.hex(), now):
             raise DatagramError("replayed datagram")
@@ -144,6 +153,8 @@ class GossipSocket(asyncio.DatagramProtocol):
         self._family = socket.AF_INET
         self._warned: set[str] = set()
         self._peer_secret: dict[str, int] = {}  # peer address -> the held secret its datagrams use
+        self.clock_off: dict[str, float] = {}
+        """Source address -> its clock offset, for datagrams refused for it (`cachemesh doctor`)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.DatagramTransport, transport)
@@ -155,6 +166,8 @@ class GossipSocket(asyncio.DatagramProtocol):
             envelope = wire.decode(opened.envelope, max_bytes=self._max)
         except (DatagramError, wire.WireError) as exc:
             source = str(addr[0])
+            if isinstance(exc, ClockOffDatagram) and (source in self.clock_off or len(self.clock_off) < 1000):
+                self.clock_off[source] = exc.offset
             self._on_refused(type(exc).__name__)
             if source not in self._warned:
                 self._warned.add(source)

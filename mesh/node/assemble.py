@@ -291,6 +291,7 @@ def assemble(config: Config, engine: Engine, sockets: Sockets) -> Parts:
         tls_peers=tls_peers,
         gossip_secrets=gossip.secrets,
         clock_offsets=gossip.clock_offsets,
+        clock_refused=lambda: gossip.socket.clock_off if gossip.socket is not None else {},
         mdns_found=None if mdns is None else lambda: mdns.found.values(),
         registry=lambda: registry.status(registry_addr),
         disk=disk.status,

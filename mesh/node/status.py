@@ -58,6 +58,7 @@ class StatusFacts:
     tls_peers: TLSObserver
     gossip_secrets: Mapping[str, int]  # node ID -> which held secret sealed its datagrams
     clock_offsets: Mapping[str, float]  # node ID -> this clock minus its, from its datagrams
+    clock_refused: Callable[[], Mapping[str, float]]  # address -> offset of datagrams refused for it
     mdns_found: Callable[[], Iterable[str]] | None  # addresses mDNS found; None: mDNS is off
     registry: Callable[[], RegistryDoc]  # the registry section
     disk: Callable[[], DiskDoc]  # the disk section
@@ -171,6 +172,7 @@ def build_status(facts: StatusFacts) -> StatusDoc:
             "engine": facts.engine,
             "engine_available": facts.local.available,
             "tls": _node_tls(facts),
+            "clock_refused": {a: round(o, 1) for a, o in sorted(facts.clock_refused().items())},
         },
         "discovery": {
             "seeds": list(facts.seeds),

@@ -42,6 +42,7 @@ class NodeDoc(TypedDict):
     engine: str
     engine_available: bool
     tls: NodeTLSDoc
+    clock_refused: dict[str, float]  # source address -> clock offset (s) of gossip refused for it
 
 
 class DiscoveryDoc(TypedDict):
