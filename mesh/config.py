@@ -1,7 +1,8 @@
-"""One frozen configuration for a node, and the one place where flags and env vars map onto it.
+"""One frozen configuration for a node: what the operator set, and the timings its preset picks.
 
-Every timing the protocol uses lives here, so tests pass a config instead of patching modules.
-The defaults are the LAN preset; `Config.local()` is the fast preset for tests and the demo.
+The defaults are the LAN preset; `Config.local()` is the fast preset for tests and the demo. The
+protocol core's own timings are a `Timings` (mesh.protocol.timings) inside it, so the core never
+sees the rest. Below the class: the one place where flags and env vars map onto it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from mesh.protocol.timings import Timings
 
 
 class ConfigError(ValueError):
@@ -32,10 +35,10 @@ class Config:
     seeds: tuple[str, ...] = ()
     """host:port of peers to join through; DNS names are re-resolved, so a seed can be a DNS round robin."""
     mdns: bool = True
+    """Find peers on the local link by multicast DNS."""
     gossip_datagrams: bool = True
     """Send gossip that fits in sealed UDP datagrams on the peer port (the rest goes over TLS).
     Off: everything over the TLS peer API; set it the same on every node (docs/protocol.md)."""
-    """Find peers on the local link by multicast DNS."""
     cluster: str = "default"
     """Cluster name. Nodes only talk within one cluster; the name is mixed into the signing key."""
     secret: bytes = field(default=b"", repr=False)
@@ -85,44 +88,6 @@ class Config:
     disk_check_interval: float = 10.0
     """Seconds between checks of the budget and the watermarks."""
 
-    # --- failure detection (SWIM, Das et al. 2002; Lifeguard, HashiCorp 2018) ----------
-    probe_interval: float = 1.0
-    """Seconds between probes of one random peer. Lower detects faster, costs more messages."""
-    probe_timeout: float = 0.5
-    """Seconds to wait for a direct ack before asking others to probe indirectly. Above the p99 RTT."""
-    indirect_checks: int = 3
-    """Peers asked to probe a silent node. More means fewer false suspicions under loss."""
-    suspicion_mult: int = 4
-    """Suspicion timeout floor = suspicion_mult * log10(n) * probe_interval (memberlist's SuspicionMult)."""
-    suspicion_max_timeout_mult: int = 3
-    """Timeout with no confirmations = this * floor; independent confirmations shrink it towards the floor."""
-    dead_reap_time: float = 600.0
-    """Seconds a dead or left peer is remembered (and retried for reconnection) before it is forgotten."""
-
-    # --- dissemination -----------------------------------------------------------------
-    gossip_interval: float = 0.2
-    """Seconds between gossip rounds. A round sends pending rumours to `gossip_nodes` random peers."""
-    gossip_nodes: int = 3
-    """Fan-out of a gossip round."""
-    gossip_to_dead_time: float = 30.0
-    """Keep gossiping to a dead peer this long, so a falsely-declared node hears it and refutes."""
-    retransmit_mult: int = 4
-    """Each rumour is sent ceil(retransmit_mult * log10(10 * (n + 1))) times by every node that holds it
-    (protocol/formulas.py retransmit_limit)."""
-    push_pull_interval: float = 10.0
-    """Seconds between full-state syncs with one random peer (scaled up past 32 nodes)."""
-    reconnect_interval: float = 5.0
-    """Seconds between syncs with one random dead peer, so partitions heal without a seed."""
-    tombstone_ttl: float = 600.0
-    """Seconds a removed image's tombstone is kept; syncs from older versions become full syncs."""
-    gossip_message_bytes: int = 8 * 1024
-    """Budget for rumours in one gossip message."""
-    rumour_inline_bytes: int = 1024
-    """Manifest changes up to this size travel inside rumours; larger ones as a version notice that
-    each node answers by pulling the delta once."""
-    max_message_bytes: int = 1024 * 1024
-    """Hard cap on one peer message; larger state is split across messages. Larger bodies get 413."""
-
     # --- engine and transfers ----------------------------------------------------------
     rescan_interval: float = 30.0
     """Seconds between full rescans of the engine's images, a safety net behind engine events."""
@@ -161,6 +126,10 @@ class Config:
     join_grace: float = 5.0
     """With no seeds configured, a node that found no peer after this long is ready on its own."""
 
+    # --- the protocol core ----------------------------------------------------------------
+    timings: Timings = field(default_factory=Timings.lan)
+    """Timings and message sizes of the protocol core (failure detection, gossip, anti-entropy)."""
+
     # ---------------------------------------------------------------------------------
     @classmethod
     def lan(cls, **overrides: Any) -> Config:
@@ -171,13 +140,7 @@ class Config:
     def local(cls, **overrides: Any) -> Config:
         """Fast timings for tests and the demo: one machine, sub-millisecond RTT."""
         fast: dict[str, Any] = dict(
-            probe_interval=0.5,
-            probe_timeout=0.25,
-            gossip_interval=0.1,
-            push_pull_interval=2.0,
-            reconnect_interval=1.0,
-            dead_reap_time=60.0,
-            gossip_to_dead_time=10.0,
+            timings=Timings.local(),
             rescan_interval=5.0,
             event_debounce=0.1,
             retry_backoff=0.5,
@@ -190,6 +153,16 @@ class Config:
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
+
+    # The node enforces two of the core's numbers at its own edges (the peer API's body limit, the
+    # pace of its seed lookups): the same numbers, read through here.
+    @property
+    def max_message_bytes(self) -> int:
+        return self.timings.max_message_bytes
+
+    @property
+    def reconnect_interval(self) -> float:
+        return self.timings.reconnect_interval
 
     @property
     def signing_secrets(self) -> tuple[bytes, ...]:
@@ -667,7 +640,7 @@ def validate(config: Config) -> None:
         raise ConfigError("--tls-cert/--tls-key/--tls-ca given with --tls off")
     if not config.cluster or len(config.cluster) > 64:
         raise ConfigError("--cluster must be 1 to 64 characters")
-    if config.probe_timeout >= config.probe_interval:
+    if config.timings.probe_timeout >= config.timings.probe_interval:
         raise ConfigError("probe_timeout must be shorter than probe_interval")
     if config.share not in ("deps", "all"):
         raise ConfigError("--share must be deps or all")

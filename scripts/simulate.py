@@ -26,8 +26,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from mesh.config import Config
 from mesh.protocol.sources import BRANCH, CHAIN_DEPTH
+from mesh.protocol.timings import Timings
 from mesh.sim.fanout import FanoutParams, fanout_ratios
 from mesh.sim.scenario import FleetScenario
 
@@ -91,7 +91,7 @@ def main() -> int:
             loss=args.loss,
             seed=args.seed,
             minutes=args.minutes,
-            config=Config.lan(secret=b"simulated-cluster-secret"),
+            timings=Timings.lan(),
             breakdown=args.breakdown,
         )
         summary.update(scenario.run().summary())

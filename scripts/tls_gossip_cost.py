@@ -27,9 +27,9 @@ from collections import defaultdict
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from mesh.config import Config
 from mesh.protocol import wire
 from mesh.protocol.datagram import fits as datagram_fits
+from mesh.protocol.timings import Timings
 from mesh.sim import simnet
 from mesh.sim.scenario import FleetScenario, _pct
 from mesh.sim.tls_wirecost import TLSWireCost, tls_overhead
@@ -53,9 +53,7 @@ def main() -> int:
 
     simnet.SimNetwork._send = send  # type: ignore[method-assign,assignment]
     gc.set_threshold(200_000, 20, 100)
-    scenario = FleetScenario(
-        args.nodes, loss=args.loss, seed=args.seed, minutes=10, config=Config.lan(secret=b"simulated")
-    )
+    scenario = FleetScenario(args.nodes, loss=args.loss, seed=args.seed, minutes=10, timings=Timings.lan())
     scenario.net.on_deliver = None
     scenario._join_phase()
     scenario._announce_phase()

@@ -102,7 +102,7 @@ def test_hostport_formatting_is_the_inverse_of_parsing(host, text):
 
 
 def test_local_preset_is_faster_and_the_secret_is_not_printed():
-    assert Config.local().probe_interval < Config.lan().probe_interval
+    assert Config.local().timings.probe_interval < Config.lan().timings.probe_interval
     assert SECRET not in repr(Config(secret=SECRET.encode()))
 
 

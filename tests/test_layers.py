@@ -1,10 +1,11 @@
 """The layer rule, enforced: the tree is the architecture only while imports respect it.
 
 The protocol core (and config) must stay pure so the simulator and the node run the same code:
-no asyncio, no sockets, no clocks of their own, no Docker, no mDNS. The I/O packages may use the
-core but not each other upwards (the engine adapter knows nothing of peers, the peer API nothing
-of the node that wires it). No module imports one that imports it back, not even for type hints:
-a part that needs another's object names what it uses in a Protocol.
+no asyncio, no sockets, no clocks of their own, no Docker, no mDNS. The core takes its Timings
+(mesh.protocol.timings), never the operator's Config: config sits above the protocol, not below.
+The I/O packages may use the core but not each other upwards (the engine adapter knows nothing of
+peers, the peer API nothing of the node that wires it). No module imports one that imports it
+back, not even for type hints: a part that needs another's object names what it uses in a Protocol.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mesh"
 
 # For each part, the mesh parts it may import. Anything not listed is forbidden.
 ALLOWED = {
-    "config": set(),
     "allocator": set(),  # the process's malloc settings, for the entry point
-    "protocol": {"config", "protocol"},
+    "protocol": {"protocol"},
+    "config": {"protocol"},  # only for the Timings it carries (see below)
     "engine": {"config", "protocol", "engine"},
     "net": {"config", "protocol", "engine", "net"},
     "discovery": {"config", "discovery"},
@@ -79,6 +80,13 @@ def test_module_respects_its_layer(path: Path) -> None:
         elif part in PURE and (module in IO_MODULES or top in IO_MODULES):
             problems.append(f"line {line}: the pure part {part} imports {module}")
     assert not problems, f"{path.relative_to(PACKAGE)}: " + "; ".join(problems)
+
+
+def test_config_takes_only_the_timings_from_the_protocol() -> None:
+    """Config carries the core's Timings; the rest of the core is none of its business."""
+    config = PACKAGE / "config.py"
+    used = {module for _, module in _imports(config) if module.startswith("mesh.protocol")}
+    assert used == {"mesh.protocol.timings"}
 
 
 def test_every_part_is_classified() -> None:

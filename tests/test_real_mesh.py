@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from mesh.config import Config
 from mesh.lab.nodes import NodeProcess, free_ports
 from mesh.lab.poll import wait_until
+from mesh.protocol.timings import Timings
 from mesh.sim.scenario import FleetScenario
 
 pytestmark = [pytest.mark.slow]
@@ -53,8 +53,8 @@ def mesh(workdir):
             node.stop()
 
 
-def simulated(config: Config) -> dict[str, float]:
-    return FleetScenario(N, loss=0.0, seed=1, minutes=10, config=config).run().summary()
+def simulated(timings: Timings) -> dict[str, float]:
+    return FleetScenario(N, loss=0.0, seed=1, minutes=10, timings=timings).run().summary()
 
 
 def knows(node: NodeProcess, tag: str) -> bool:
@@ -62,9 +62,9 @@ def knows(node: NodeProcess, tag: str) -> bool:
 
 
 def test_convergence_and_failure_detection_stay_within_bounds_of_the_simulator(mesh):
-    config = Config.lan(secret=b"simulated-cluster-secret")
-    sim = simulated(config)
-    sim_converge = sim["rounds_to_converge_p99"] * config.gossip_interval
+    timings = Timings.lan()
+    sim = simulated(timings)
+    sim_converge = sim["rounds_to_converge_p99"] * timings.gossip_interval
     sim_detect = sim["seconds_to_detect_failure_max"]
 
     rng = random.Random(5)

@@ -5,11 +5,12 @@ import pytest
 from mesh.config import Config
 from mesh.protocol import sources
 from mesh.protocol.liveness import State
+from mesh.protocol.timings import Timings
 from mesh.protocol.wire import ImageMeta, Suspect
 from mesh.sim.fanout import FanoutParams, fanout_ratios, fanout_time
 from mesh.sim.simnet import SimNetwork
 
-CONFIG = Config.lan(secret=b"test-secret-0123456789")
+LAN = Timings.lan()
 
 
 def digest(n):
@@ -17,7 +18,7 @@ def digest(n):
 
 
 def cluster(n, *, loss=0.0, seed=7):
-    net = SimNetwork(CONFIG, seed=seed, loss=loss, strict_wire=True)
+    net = SimNetwork(LAN, seed=seed, loss=loss, strict_wire=True)
     nodes = [net.add_node() for _ in range(n)]
 
     def joined():
@@ -249,8 +250,8 @@ def test_large_state_is_split_into_messages_under_the_cap():
     from mesh.protocol import wire
     from mesh.protocol.core import MeshCore
 
-    config = CONFIG.replace(max_message_bytes=32 * 1024)  # the summary (~61 kB) cannot fit one
-    core = MeshCore(config, "me", "me", "10.0.0.1:1", now=0.0)
+    timings = LAN.replace(max_message_bytes=32 * 1024)  # the summary (~61 kB) cannot fit one
+    core = MeshCore(timings, "me", "me", "10.0.0.1:1", now=0.0)
     for i in range(1500):
         address = f"10.1.{i // 250}.{i % 250}:7611"
         core.membership.on_alive(wire.Alive(f"node-{i:05d}", f"host-{i}", address, 1), 0.0)
@@ -259,7 +260,7 @@ def test_large_state_is_split_into_messages_under_the_cap():
     out = core.drain()
     sizes = [len(wire.encode(o.envelope)) for o in out]
     summaries = [m for o in out for m in o.envelope.messages if isinstance(m, wire.SyncSummary)]
-    assert len(out) > 1 and max(sizes) <= config.max_message_bytes
+    assert len(out) > 1 and max(sizes) <= timings.max_message_bytes
     assert sum(len(s.entries) for s in summaries) == 1501
 
 

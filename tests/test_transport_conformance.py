@@ -8,10 +8,10 @@ import asyncio
 
 import pytest
 
-from mesh.config import Config
 from mesh.engine.fake import FakeEngine
 from mesh.lab.poll import async_wait_until
 from mesh.protocol.liveness import State
+from mesh.protocol.timings import Timings
 from mesh.protocol.wire import ImageMeta
 from mesh.sim.simnet import SimNetwork
 from tests.inproc import start_node
@@ -75,7 +75,7 @@ async def run_over_http(workdir) -> dict[str, object]:
 
 
 def run_in_memory() -> dict[str, object]:
-    net = SimNetwork(Config.local(secret=b"transport-conformance!"), seed=3, strict_wire=True)
+    net = SimNetwork(Timings.local(), seed=3, strict_wire=True)
     sims = [net.add_node() for _ in NAMES]
     for sim, name in zip(sims, NAMES, strict=True):
         sim.core.membership.me.name = name

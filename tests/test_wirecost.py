@@ -2,11 +2,11 @@
 for what fits, HTTP requests and responses for the rest, and what TLS adds to them (its handshake
 bytes are measured in tests/test_tls.py)."""
 
-from mesh.config import Config
 from mesh.lab.http_overhead import measure, whole_response
 from mesh.net import datagram
 from mesh.protocol import datagram as layout
 from mesh.protocol import wire
+from mesh.protocol.timings import Timings
 from mesh.sim import wirecost
 from mesh.sim.simnet import SimNetwork
 from mesh.sim.tls_wirecost import (
@@ -40,7 +40,7 @@ def test_a_message_costs_its_body_plus_the_framing():
     assert wirecost.reply_bytes(1000) == 1000 + 234 + 4
 
 
-HTTP_ONLY = Config.lan(secret=b"test-secret-0123456789").replace(gossip_datagrams=False)
+LAN = Timings.lan()
 
 
 def test_the_simulated_datagram_is_the_real_sealed_datagram():
@@ -52,7 +52,7 @@ def test_the_simulated_datagram_is_the_real_sealed_datagram():
 
 
 def test_a_ping_and_its_ack_are_one_datagram_each():
-    net = SimNetwork(Config.lan(secret=b"test-secret-0123456789"), seed=1)
+    net = SimNetwork(LAN, seed=1)
     a, b = net.add_node(), net.add_node()
     sent = []
     net.drop_hook = lambda src, dst, envelope: sent.append((src, len(wire.encode(envelope)))) or False
@@ -66,7 +66,7 @@ def test_a_ping_and_its_ack_are_one_datagram_each():
 
 
 def test_an_envelope_too_big_for_a_datagram_is_an_http_request():
-    net = SimNetwork(Config.lan(secret=b"test-secret-0123456789"), seed=1)
+    net = SimNetwork(LAN, seed=1)
     a, b = net.add_node(), net.add_node()
     sent = []
     net.drop_hook = lambda src, dst, envelope: sent.append((src, len(wire.encode(envelope)))) or False
@@ -83,7 +83,7 @@ def test_an_envelope_too_big_for_a_datagram_is_an_http_request():
 def test_the_simulator_counts_a_request_and_its_response_once():
     """Over HTTP, a ping is a request; the ack travels in its response (not a request of its own),
     and a response is not answered again."""
-    net = SimNetwork(HTTP_ONLY, seed=1)
+    net = SimNetwork(LAN, seed=1, datagrams=False)
     a, b = net.add_node(), net.add_node()
     sent = []
     net.drop_hook = lambda src, dst, envelope: sent.append((src, len(wire.encode(envelope)))) or False
@@ -97,7 +97,7 @@ def test_the_simulator_counts_a_request_and_its_response_once():
 
 
 def test_a_request_with_nothing_to_say_back_costs_an_empty_response():
-    net = SimNetwork(HTTP_ONLY, seed=1)
+    net = SimNetwork(LAN, seed=1, datagrams=False)
     a, b = net.add_node(), net.add_node()
     a.core.out.send(b.addr, wire.Ping(1, "someone-else"))  # not for b: no ack
     net.kick(a)

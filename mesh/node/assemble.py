@@ -112,7 +112,7 @@ def assemble(config: Config, engine: Engine, sockets: Sockets) -> Parts:
     tls_peers = TLSObserver(tls)
 
     core = MeshCore(
-        config,
+        config.timings,
         node_id,
         config.node_name,
         advertise,

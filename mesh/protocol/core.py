@@ -12,7 +12,6 @@ import random
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from mesh.config import Config
 from mesh.protocol.antientropy import DigestCache, SummaryCache, differing, split_by_size
 from mesh.protocol.events import Event, PeerForgotten, PeerStateChanged
 from mesh.protocol.formulas import push_pull_scale, retransmit_limit
@@ -21,6 +20,7 @@ from mesh.protocol.manifests import Manifests
 from mesh.protocol.membership import Member, Membership
 from mesh.protocol.outbox import Outbox, Outgoing
 from mesh.protocol.rumours import BroadcastQueue
+from mesh.protocol.timings import Timings
 from mesh.protocol.view import MeshView
 from mesh.protocol.wire import (
     Ack,
@@ -46,7 +46,7 @@ from mesh.protocol.wire import (
 class MeshCore:
     def __init__(
         self,
-        config: Config,
+        timings: Timings,
         node_id: str,
         name: str,
         addr: str,
@@ -56,30 +56,30 @@ class MeshCore:
         manifest_version: int = 1,
         rng: random.Random | None = None,
     ) -> None:
-        self.config = config
+        self.timings = timings
         self._node_id = node_id
         self.rng = rng or random.Random()
         self.events: list[Event] = []
         self.rumours = BroadcastQueue()
-        self.out = Outbox(node_id, addr, config.max_message_bytes)
+        self.out = Outbox(node_id, addr, timings.max_message_bytes)
         me = Member(node_id, name, addr, incarnation, State.ALIVE, now)
         self.digest = DigestCache()
         self.digest.mark(node_id)
         self.summaries = SummaryCache()
         self.membership = Membership(
-            config, me, self.rng, self.out, self.rumours, self.events, self.digest.mark
+            timings, me, self.rng, self.out, self.rumours, self.events, self.digest.mark
         )
         self.manifests = Manifests(
-            config, node_id, manifest_version, self.out, self.rumours, self.events, self.digest.mark
+            timings, node_id, manifest_version, self.out, self.rumours, self.events, self.digest.mark
         )
         self.view = MeshView(self.membership, self.manifests)  # what the I/O edges may read
         self.synced_with_peer = False
         self._gossip_rounds = 0
         self._push_pulls = 0
         jitter = self.rng.random
-        self._next_gossip = now + jitter() * config.gossip_interval
-        self._next_push_pull = now + config.probe_interval * (1 + jitter())
-        self._next_reconnect = now + config.reconnect_interval * (1 + jitter())
+        self._next_gossip = now + jitter() * timings.gossip_interval
+        self._next_push_pull = now + timings.probe_interval * (1 + jitter())
+        self._next_reconnect = now + timings.reconnect_interval * (1 + jitter())
         self._next_maintenance = now + 1.0
         self._joins: dict[str, float] = {}
         # A node that just started syncs a few times in quick succession: peers that started at the
@@ -136,7 +136,7 @@ class MeshCore:
 
     def join(self, addrs: Iterable[str], now: float) -> None:
         """Contact candidate addresses (seeds, mDNS) that are not live members yet."""
-        retry_before = now - self.config.reconnect_interval
+        retry_before = now - self.timings.reconnect_interval
         for addr in addrs:
             if addr == self.membership.me.addr or self.membership.is_live_addr(addr):
                 continue
@@ -158,7 +158,7 @@ class MeshCore:
         self.membership.tick(now)
         if now >= self._next_gossip and len(self.rumours):
             self._gossip(now)
-            self._next_gossip = max(self._next_gossip + self.config.gossip_interval, now)
+            self._next_gossip = max(self._next_gossip + self.timings.gossip_interval, now)
         if now >= self._next_push_pull:
             revived = self.membership.members.get(self._catch_up or "")
             self._catch_up = None
@@ -170,9 +170,9 @@ class MeshCore:
                 self._push_pulls += 1
             if target and self._bootstrap_syncs > 0:
                 self._bootstrap_syncs -= 1
-                self._next_push_pull = now + self.config.probe_interval
+                self._next_push_pull = now + self.timings.probe_interval
             else:
-                interval = push_pull_scale(self.config.push_pull_interval, self.membership.size)
+                interval = push_pull_scale(self.timings.push_pull_interval, self.membership.size)
                 self._next_push_pull = now + interval * (0.5 + self.rng.random())
         if now >= self._next_reconnect:
             dead = self.membership.dead_ids()
@@ -180,7 +180,7 @@ class MeshCore:
                 # Sync with a node we think is dead: if a partition has healed, the summaries that
                 # follow tell each side it was declared dead, and both refute.
                 self.out.send(self.membership.members[self.rng.choice(dead)].addr, SyncDigest(self._digest()))
-            self._next_reconnect = now + self.config.reconnect_interval * (0.5 + self.rng.random())
+            self._next_reconnect = now + self.timings.reconnect_interval * (0.5 + self.rng.random())
         if now >= self._next_maintenance:
             self._maintenance(now)
             self._next_maintenance = now + 1.0
@@ -201,10 +201,10 @@ class MeshCore:
 
     def _gossip(self, now: float) -> None:
         self._gossip_rounds += 1
-        limit = retransmit_limit(self.config.retransmit_mult, self.membership.size)
+        limit = retransmit_limit(self.timings.retransmit_mult, self.membership.size)
         first: list[Message] = []
-        for target in self.membership.gossip_targets(self.config.gossip_nodes):
-            messages = self.rumours.take(self.config.gossip_message_bytes, limit)
+        for target in self.membership.gossip_targets(self.timings.gossip_nodes):
+            messages = self.rumours.take(self.timings.gossip_message_bytes, limit)
             if not messages:
                 break
             first = first or messages
@@ -218,7 +218,7 @@ class MeshCore:
     def _maintenance(self, now: float) -> None:
         self.manifests.expire(now)
         m = self.membership
-        for source, node, since in self.manifests.gaps_to_repair(now, self.config.probe_interval):
+        for source, node, since in self.manifests.gaps_to_repair(now, self.timings.probe_interval):
             # Ask whoever told us; if it is gone, the origin itself; else anyone live.
             if not m.is_live_addr(source):
                 origin = m.members.get(node)
@@ -230,7 +230,7 @@ class MeshCore:
                         continue
                     source = anyone[0].addr
             self.out.send(source, SyncWant(((node, since),)))
-        self.rumours.prune(retransmit_limit(self.config.retransmit_mult, self.membership.size))
+        self.rumours.prune(retransmit_limit(self.timings.retransmit_mult, self.membership.size))
         asks: dict[str, list[str]] = {}
         for named_by, image in self.manifests.stale_meta_asks(now):
             holder = m.members.get(named_by)
@@ -261,7 +261,7 @@ class MeshCore:
                 # the next periodic push-pull. One catch-up per burst of revivals.
                 if self._catch_up is None:
                     self._next_push_pull = min(
-                        self._next_push_pull, now + self.rng.random() * self.config.probe_interval
+                        self._next_push_pull, now + self.rng.random() * self.timings.probe_interval
                     )
                 self._catch_up = event.node
 
@@ -284,7 +284,7 @@ class MeshCore:
 
     def _summaries(self, buckets: list[int], reply: bool) -> list[SyncSummary]:
         entries = self.summaries.entries(self.membership.members.values(), buckets, self.manifests.version_of)
-        chunks = split_by_size(entries, max(16, self.config.max_message_bytes // 1024))
+        chunks = split_by_size(entries, max(16, self.timings.max_message_bytes // 1024))
         return [SyncSummary(tuple(buckets), tuple(chunk), reply and i == 0) for i, chunk in enumerate(chunks)]
 
     def _on_sync_digest(self, src: str, sender: str, msg: SyncDigest, now: float) -> None:

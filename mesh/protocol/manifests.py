@@ -20,11 +20,11 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from mesh.config import Config
 from mesh.protocol.events import Event, ManifestChanged, MetaLearned
 from mesh.protocol.formulas import backoff
 from mesh.protocol.outbox import Outbox
 from mesh.protocol.rumours import BroadcastQueue
+from mesh.protocol.timings import Timings
 from mesh.protocol.wire import (
     Entry,
     ImageMeta,
@@ -87,7 +87,7 @@ class _MetaAsk:
 class Manifests:
     def __init__(
         self,
-        config: Config,
+        timings: Timings,
         self_id: str,
         initial_version: int,
         outbox: Outbox,
@@ -95,7 +95,7 @@ class Manifests:
         events: list[Event],
         touched: Callable[[str], None] = lambda node: None,
     ) -> None:
-        self.config = config
+        self.timings = timings
         self.self_id = self_id
         self._touched = touched  # a manifest version may have changed (digest upkeep)
         self.replicas: dict[str, Replica] = {self_id: Replica(initial_version, initial_version)}
@@ -148,12 +148,12 @@ class Manifests:
         own.version += 1
         entries = [Entry(image, tags, own.version) for image, tags in changes]
         for entry in entries:
-            own.apply(entry, now, self._expiry, self.config.tombstone_ttl)
+            own.apply(entry, now, self._expiry, self.timings.tombstone_ttl)
         # A small change (an image built or tagged) rides in the rumour itself. A bulk change (a
         # node starting with hundreds of images) is rumoured as a bare version notice: every node
         # then pulls the delta once, instead of every node forwarding kilobytes a dozen times.
         update = ManifestUpdate(self.self_id, prev, own.version, tuple(entries))
-        if encoded_size(update) > self.config.rumour_inline_bytes:
+        if encoded_size(update) > self.timings.rumour_inline_bytes:
             update = ManifestUpdate(self.self_id, prev, own.version, ())
         self._rumours.push(("u", self.self_id, own.version), update)
         self._events.append(ManifestChanged(self.self_id))
@@ -170,7 +170,7 @@ class Manifests:
         first_time = msg.version not in replica.heard
         changed = False
         for entry in msg.changes:
-            changed |= replica.apply(entry, now, self._expiry, self.config.tombstone_ttl)
+            changed |= replica.apply(entry, now, self._expiry, self.timings.tombstone_ttl)
         if msg.changes and msg.prev == replica.version:
             replica.version = msg.version
             self._touched(msg.node)
@@ -257,10 +257,10 @@ class Manifests:
                 keep = {e.image for e in msg.entries}
                 for image in [i for i in replica.entries if i not in keep]:
                     changed |= replica.apply(
-                        Entry(image, None, msg.version), now, self._expiry, self.config.tombstone_ttl
+                        Entry(image, None, msg.version), now, self._expiry, self.timings.tombstone_ttl
                     )
             for entry in msg.entries:
-                changed |= replica.apply(entry, now, self._expiry, self.config.tombstone_ttl)
+                changed |= replica.apply(entry, now, self._expiry, self.timings.tombstone_ttl)
         if msg.full or msg.since <= replica.version:
             # A copy that was behind missed an update, so others may have too: pass on a bare notice
             # so they pull it now rather than at their next sync. A new copy (a node joining) stays
@@ -275,7 +275,7 @@ class Manifests:
             if missed and key not in self._rumours:
                 # Small deltas travel inline, like the original rumour; big ones as a bare notice.
                 update = ManifestUpdate(msg.node, msg.since, msg.version, () if msg.full else msg.entries)
-                if update.changes and encoded_size(update) > self.config.rumour_inline_bytes:
+                if update.changes and encoded_size(update) > self.timings.rumour_inline_bytes:
                     update = ManifestUpdate(msg.node, msg.since, msg.version, ())
                 self._rumours.push(key, update)
         if changed:
@@ -293,9 +293,9 @@ class Manifests:
             if ask is not None and ask.due > now:
                 continue
             if ask is None:
-                self._meta_asks[image] = _MetaAsk(origin, now + 4 * self.config.probe_interval, 1)
+                self._meta_asks[image] = _MetaAsk(origin, now + 4 * self.timings.probe_interval, 1)
             else:
-                ask.due = now + 4 * self.config.probe_interval
+                ask.due = now + 4 * self.timings.probe_interval
             missing.append(image)
         if missing:
             self._out.send(src, MetaWant(tuple(missing)))
@@ -316,7 +316,7 @@ class Manifests:
         for image, ask in self._meta_asks.items():
             if ask.due <= now:
                 ask.attempts += 1
-                ask.due = now + backoff(ask.attempts, 4 * self.config.probe_interval, 60.0)
+                ask.due = now + backoff(ask.attempts, 4 * self.timings.probe_interval, 60.0)
                 stale.append((ask.origin, image))
         return stale
 

@@ -14,7 +14,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mesh.config import Config
 from mesh.protocol.events import Event, PeerForgotten, PeerJoined, PeerStateChanged
 from mesh.protocol.formulas import (
     confirmations_expected,
@@ -25,6 +24,7 @@ from mesh.protocol.formulas import (
 from mesh.protocol.liveness import State
 from mesh.protocol.outbox import Outbox
 from mesh.protocol.rumours import BroadcastQueue
+from mesh.protocol.timings import Timings
 from mesh.protocol.wire import Ack, Alive, Dead, Ping, PingReq, Suspect
 
 
@@ -75,7 +75,7 @@ class _Relay:
 class Membership:
     def __init__(
         self,
-        config: Config,
+        timings: Timings,
         me: Member,
         rng: random.Random,
         outbox: Outbox,
@@ -83,7 +83,7 @@ class Membership:
         events: list[Event],
         touched: Callable[[str], None] = lambda node: None,
     ) -> None:
-        self.config = config
+        self.timings = timings
         self.me = me
         self._touched = touched  # a member's incarnation or state may have changed (digest upkeep)
         self.members: dict[str, Member] = {me.id: me}
@@ -107,7 +107,7 @@ class Membership:
         self._suspicion_due = float("inf")  # earliest suspicion deadline (may be stale-early, never late)
         self._probe_order: list[str] = []
         self._probe_index = 0
-        self._next_probe = me.since + rng.random() * config.probe_interval
+        self._next_probe = me.since + rng.random() * timings.probe_interval
         self._next_housekeeping = me.since + 1.0
 
     # --- views -------------------------------------------------------------------------
@@ -142,7 +142,7 @@ class Membership:
         own side gets falsely suspected. Members heard from in the last few probe intervals are
         almost certainly reachable; fall back to any live member when there are not enough.
         """
-        horizon = now - 5 * self.config.probe_interval
+        horizon = now - 5 * self.timings.probe_interval
         pool = self._live
         picks = self._rng.sample(pool, min(len(pool), 4 * k + 1))
         fresh = [self.members[i] for i in picks if i != exclude and self.members[i].heard >= horizon]
@@ -156,7 +156,7 @@ class Membership:
 
     def _recently_dead(self, node: str, now: float) -> bool:
         m = self.members.get(node)
-        return m is not None and m.state is State.DEAD and m.since > now - self.config.gossip_to_dead_time
+        return m is not None and m.state is State.DEAD and m.since > now - self.timings.gossip_to_dead_time
 
     def recently_dead_target(self, now: float) -> Member | None:
         """One recently dead member, so a falsely-declared node hears of it and refutes
@@ -294,9 +294,9 @@ class Membership:
         m.incarnation = msg.incarnation
         self._set_state(m, State.SUSPECT, now)
         n = self.size
-        k = confirmations_expected(self.config.suspicion_mult, n)
-        low = suspicion_timeout(self.config.suspicion_mult, n, self.config.probe_interval)
-        high = self.config.suspicion_max_timeout_mult * low
+        k = confirmations_expected(self.timings.suspicion_mult, n)
+        low = suspicion_timeout(self.timings.suspicion_mult, n, self.timings.probe_interval)
+        high = self.timings.suspicion_max_timeout_mult * low
         m.suspicion = Suspicion(now, k, low, high, {msg.by}, now + remaining_suspicion(0, k, 0.0, low, high))
         self._suspects[m.id] = None
         self._suspicion_due = min(self._suspicion_due, m.suspicion.deadline)
@@ -348,7 +348,7 @@ class Membership:
 
     def on_ping_req(self, src: str, msg: PingReq, now: float) -> None:
         seq = self._next_seq()
-        self._relays[seq] = _Relay(src, msg.seq, now + self.config.probe_interval)
+        self._relays[seq] = _Relay(src, msg.seq, now + self.timings.probe_interval)
         self._out.send(msg.target_addr, Ping(seq, msg.target))
 
     def _next_probe_target(self) -> Member | None:
@@ -371,7 +371,7 @@ class Membership:
         seq = self._next_seq()
         self.probes_sent += 1
         self._probes[seq] = _Probe(
-            m.id, m.addr, now, now + self.config.probe_timeout, now + self.config.probe_interval
+            m.id, m.addr, now, now + self.timings.probe_timeout, now + self.timings.probe_interval
         )
         self._out.send(m.addr, Ping(seq, m.id))
 
@@ -379,7 +379,7 @@ class Membership:
         for seq, probe in list(self._probes.items()):
             if not probe.indirect_sent and now >= probe.indirect_at:
                 probe.indirect_sent = True
-                for helper in self.probe_helpers(self.config.indirect_checks, probe.target, now):
+                for helper in self.probe_helpers(self.timings.indirect_checks, probe.target, now):
                     self._out.send(helper.addr, PingReq(seq, probe.target, probe.addr))
                 # And a second direct ping, like memberlist's TCP fallback: one lost packet on the
                 # direct path should not be enough to start a suspicion.
@@ -406,7 +406,7 @@ class Membership:
         if now >= self._next_probe:
             if not self.leaving:
                 self._start_probe(now)
-            self._next_probe = max(self._next_probe + self.config.probe_interval, now)
+            self._next_probe = max(self._next_probe + self.timings.probe_interval, now)
         if now >= self._next_housekeeping:
             self._housekeeping(now)
             self._next_housekeeping = now + 1.0
@@ -419,7 +419,7 @@ class Membership:
         recent = self._recent_dead
         while recent and not self._recently_dead(recent[0], now):
             recent.popleft()
-        reap_before = now - self.config.dead_reap_time
+        reap_before = now - self.timings.dead_reap_time
         expired = []
         for node in self._gone:
             if self.members[node].since >= reap_before:

@@ -23,9 +23,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from mesh.config import Config
 from mesh.protocol.events import PeerStateChanged
 from mesh.protocol.liveness import State
+from mesh.protocol.timings import Timings
 from mesh.protocol.wire import ImageMeta
 from mesh.sim.simnet import SimNetwork, SimNode
 
@@ -88,19 +88,19 @@ class FleetScenario:
         loss: float,
         seed: int,
         minutes: float,
-        config: Config | None = None,
+        timings: Timings | None = None,
         breakdown: bool = False,
     ) -> None:
         """`breakdown`: also split the steady-state bytes by message type and report what the
         busiest 1% of node-seconds carried (same run, same figures otherwise)."""
         if minutes < 2:
             raise ValueError("the scenario needs at least 2 simulated minutes")
-        self.config = config or Config.lan(secret=b"simulated-cluster-secret")
+        self.timings = timings or Timings.lan()
         self.n = nodes
         self.rng = random.Random(seed)
         # Bytes are counted (envelopes encoded, HTTP framing added) only in the steady-state window
         # that reports them.
-        self.net = SimNetwork(self.config, seed=seed, loss=loss, count_bytes=False)
+        self.net = SimNetwork(self.timings, seed=seed, loss=loss, count_bytes=False)
         self.net.count_kinds = breakdown
         self.scale = minutes / 10.0
         self.results = Results(nodes)
@@ -193,7 +193,7 @@ class FleetScenario:
         pending_inj: list[tuple[float, str, str]] = []  # injected at, origin ID, image
         pending_crash: dict[str, float] = {}  # node ID -> crashed at
         next_inject, next_crash = start, start + 5
-        gi = self.config.gossip_interval
+        gi = self.timings.gossip_interval
         while net.now < end:
             net.run_until(min(end, net.now + gi / 2))
             quiet = net.now >= end - 35  # let the last injections and crashes resolve before the partition
@@ -270,7 +270,7 @@ class FleetScenario:
             ):
                 elapsed = self.net.now - at
                 self.results.rounds_to_converge.append(
-                    math.ceil(elapsed / self.config.gossip_interval - 1e-9)
+                    math.ceil(elapsed / self.timings.gossip_interval - 1e-9)
                 )
             elif self.net.now - at < 120:
                 still.append((at, origin, image))

@@ -18,11 +18,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mesh.config import Config
 from mesh.protocol import wire
 from mesh.protocol.core import MeshCore
 from mesh.protocol.datagram import fits as datagram_fits
 from mesh.protocol.outbox import Outgoing
+from mesh.protocol.timings import Timings
 from mesh.sim.wirecost import (
     RESPONSE_EMPTY,
     datagram_bytes,
@@ -57,8 +57,9 @@ class Traffic:
 class SimNetwork:
     def __init__(
         self,
-        config: Config,
+        timings: Timings,
         *,
+        datagrams: bool = True,
         seed: int = 0,
         loss: float = 0.0,
         base_latency: float = 0.0005,
@@ -66,7 +67,8 @@ class SimNetwork:
         count_bytes: bool = True,
         strict_wire: bool = False,
     ) -> None:
-        self.config = config
+        self.timings = timings
+        self.datagrams = datagrams  # as the node's --gossip-datagrams: envelopes that fit go as datagrams
         self.rng = random.Random(seed)
         self.loss = loss
         self.base_latency = base_latency
@@ -96,7 +98,7 @@ class SimNetwork:
         addr = addr or f"10.0.{self._next_id // 250}.{self._next_id % 250 + 1}:7611"
         node_id = f"{self.rng.getrandbits(64):016x}"
         core = MeshCore(
-            self.config,
+            self.timings,
             node_id,
             f"n{self._next_id}",
             addr,
@@ -119,7 +121,7 @@ class SimNetwork:
         old = self.nodes.pop(addr)
         node_id = old.core.node_id
         core = MeshCore(
-            self.config,
+            self.timings,
             node_id,
             old.core.membership.me.name,
             addr,
@@ -179,10 +181,10 @@ class SimNetwork:
         traffic = self.traffic
         traffic.messages += 1
         datagram = False
-        if self.count_bytes or self.strict_wire or self.config.gossip_datagrams:
+        if self.count_bytes or self.strict_wire or self.datagrams:
             data = wire.encode(out.envelope)
             # A reply to an HTTP request rides in its response, as the peer API does.
-            datagram = self.config.gossip_datagrams and not as_reply and datagram_fits(len(data))
+            datagram = self.datagrams and not as_reply and datagram_fits(len(data))
             if self.count_bytes:
                 if datagram:
                     size = datagram_bytes(len(data))
@@ -196,7 +198,7 @@ class SimNetwork:
                     how = " in a datagram" if datagram else " in a response" if as_reply else ""
                     traffic.kinds[(node.addr, int(self.now))][kind + how] += size
             envelope = (
-                wire.decode(data, max_bytes=self.config.max_message_bytes)
+                wire.decode(data, max_bytes=self.timings.max_message_bytes)
                 if self.strict_wire
                 else out.envelope
             )
