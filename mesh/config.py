@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mesh.hostport import DEFAULT_PORT, parse_hostport
 from mesh.protocol.timings import Timings
 
 
@@ -197,33 +198,6 @@ def _parse_list(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
-def parse_hostport(raw: str, *, default_port: int | None = None) -> tuple[str, int]:
-    """'host:port', '[v6]:port' or, with a default port, 'host' → (host, port)."""
-    raw = raw.strip()
-    if raw.startswith("["):
-        host, _, rest = raw[1:].partition("]")
-        port_text = rest.removeprefix(":")
-    elif raw.count(":") == 1:
-        host, port_text = raw.split(":")
-    elif ":" not in raw:
-        host, port_text = raw, ""
-    else:
-        raise ValueError(f"{raw!r}: IPv6 addresses need brackets, as in [::1]:7611")
-    if not port_text:
-        if default_port is None:
-            raise ValueError(f"{raw!r}: expected host:port")
-        return host, default_port
-    port = int(port_text)
-    if not 0 <= port <= 65535:
-        raise ValueError(f"{raw!r}: port out of range")
-    return host, port
-
-
-def format_hostport(host: str, port: int) -> str:
-    """(host, port) -> 'host:port', bracketing an IPv6 address: the inverse of parse_hostport."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _parse_hostport_text(raw: str) -> str:
     parse_hostport(raw)
     return raw.strip()
@@ -327,7 +301,7 @@ def parse_fraction(raw: str) -> float:
 def _parse_seeds(raw: str) -> tuple[str, ...]:
     seeds = _parse_list(raw)
     for seed in seeds:
-        parse_hostport(seed, default_port=7611)
+        parse_hostport(seed, default_port=DEFAULT_PORT)
     return seeds
 
 

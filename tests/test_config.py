@@ -4,13 +4,12 @@ from mesh.config import (
     Config,
     ConfigError,
     format_duration,
-    format_hostport,
     parse_duration,
     parse_fraction,
-    parse_hostport,
     parse_size,
     resolve,
 )
+from mesh.hostport import format_hostport, parse_hostport
 
 SECRET = "0123456789abcdef0123456789abcdef"
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from mesh.config import parse_hostport
+from mesh.hostport import parse_hostport
 from mesh.lab.poll import async_wait_until
 from mesh.net.datagram import ClockOffDatagram, DatagramError, Sealer
 from mesh.node.status import build_status

@@ -19,28 +19,29 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mesh"
 
 # For each part, the mesh parts it may import. Anything not listed is forbidden.
 ALLOWED = {
+    "hostport": set(),  # host:port as text: a leaf anything may read
     "allocator": set(),  # the process's malloc settings, for the entry point
     "protocol": {"protocol"},
-    "config": {"protocol"},  # only for the Timings it carries (see below)
+    "config": {"protocol", "hostport"},  # protocol only for the Timings it carries (see below)
     "engine": {"config", "protocol", "engine"},
-    "net": {"config", "protocol", "engine", "net"},
-    "discovery": {"config", "discovery"},
+    "net": {"config", "protocol", "engine", "net", "hostport"},
+    "discovery": {"discovery", "hostport"},
     "registry": {"config", "protocol", "net", "registry", "ui"},
-    "node": {"config", "protocol", "engine", "net", "discovery", "registry", "node", "ui"},
+    "node": {"config", "protocol", "engine", "net", "discovery", "registry", "node", "ui", "hostport"},
     "ui": {"config", "protocol", "ui"},
     "sim": {"config", "protocol", "engine", "sim"},
     # `cachemesh doctor` asks the engine and the node's status page from the command line.
-    "doctor": {"config", "engine", "doctor"},
+    "doctor": {"engine", "doctor", "hostport"},
     # The lab runs whole nodes and engines for the demo and the tests: it may use every part.
     "lab": {"config", "protocol", "engine", "net", "discovery", "registry", "node", "ui", "sim", "lab"}
-    | {"doctor", "cli"},
+    | {"doctor", "cli", "hostport"},
 }
 # Third-party and standard-library modules that mean I/O: never in the pure parts.
 IO_MODULES = {
     "asyncio", "aiohttp", "docker", "zeroconf", "uvloop", "socket", "selectors", "subprocess", "threading",
     "ssl", "urllib.request", "http", "requests", "prometheus_client", "rich",
 }  # fmt: skip
-PURE = {"config", "protocol"}
+PURE = {"config", "protocol", "hostport"}
 
 
 def _part(path: Path) -> str:

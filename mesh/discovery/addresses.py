@@ -6,7 +6,7 @@ import contextlib
 import ipaddress
 import socket
 
-from mesh.config import format_hostport, parse_hostport
+from mesh.hostport import DEFAULT_PORT, format_hostport, parse_hostport
 
 # TEST-NET-1 (RFC 5737): routing a UDP socket towards it picks the default-route interface
 # without sending a packet.
@@ -56,7 +56,7 @@ def derive_advertise(listen: str, seeds: tuple[str, ...]) -> str:
         return listen
     candidates: list[str | None] = []
     for seed in seeds:
-        seed_host, _ = parse_hostport(seed, default_port=7611)
+        seed_host, _ = parse_hostport(seed, default_port=DEFAULT_PORT)
         try:
             resolved = socket.getaddrinfo(seed_host, None, type=socket.SOCK_DGRAM)[0][4][0]
         except (OSError, IndexError):

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from mesh.config import format_hostport, parse_hostport
+from mesh.hostport import format_hostport, parse_hostport
 
 SERVICE_TYPE = "_cachemesh._tcp.local."
 log = logging.getLogger("cachemesh.mdns")

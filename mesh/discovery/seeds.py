@@ -6,7 +6,7 @@ import asyncio
 import logging
 import socket
 
-from mesh.config import format_hostport, parse_hostport
+from mesh.hostport import DEFAULT_PORT, format_hostport, parse_hostport
 
 log = logging.getLogger("cachemesh.discovery")
 
@@ -17,7 +17,7 @@ async def resolve_seeds(seeds: tuple[str, ...]) -> list[str]:
     loop = asyncio.get_running_loop()
     out: list[str] = []
     for seed in seeds:
-        host, port = parse_hostport(seed, default_port=7611)
+        host, port = parse_hostport(seed, default_port=DEFAULT_PORT)
         try:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as exc:

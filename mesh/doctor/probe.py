@@ -11,10 +11,10 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from mesh.config import parse_hostport
 from mesh.doctor.checks import EngineFacts, Facts
 from mesh.engine.base import EngineError
 from mesh.engine.docker_api import DockerEngine
+from mesh.hostport import parse_hostport
 
 TIMEOUT = 3.0
 

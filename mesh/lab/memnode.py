@@ -23,8 +23,8 @@ from typing import Any
 from aiohttp import web
 
 from mesh import cli
-from mesh.config import format_hostport
 from mesh.engine.fake import FakeEngine
+from mesh.hostport import format_hostport
 from mesh.node.sockets import bind_socket
 
 LAB_LISTEN = "CACHEMESH_LAB_LISTEN"

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from mesh.config import parse_hostport
+from mesh.hostport import parse_hostport
 from mesh.net.auth import ReplayGuard
 from mesh.protocol import wire
 from mesh.protocol.datagram import HEADER, MAGIC, MAX_DATAGRAM, OVERHEAD, TIME, VERSION

@@ -18,9 +18,10 @@ from typing import Any
 from aiohttp import web
 
 from mesh import __version__
-from mesh.config import Config, format_hostport, parse_hostport
+from mesh.config import Config
 from mesh.discovery.addresses import derive_advertise
 from mesh.engine.base import Engine
+from mesh.hostport import format_hostport, parse_hostport
 from mesh.net.auth import Signer, derive_key
 from mesh.net.client import PeerClient
 from mesh.net.datagram import Sealer

@@ -17,9 +17,10 @@ import time
 from aiohttp import web
 
 from mesh import __version__
-from mesh.config import Config, format_hostport
+from mesh.config import Config
 from mesh.engine.base import Engine
 from mesh.engine.docker_api import DockerEngine
+from mesh.hostport import format_hostport
 from mesh.net.pki import CERT_RENEW_AFTER
 from mesh.net.tls_contexts import TLSSockSite, limit_tls_read_buffers
 from mesh.node.assemble import Parts, assemble

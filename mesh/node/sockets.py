@@ -9,7 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from mesh.config import Config, parse_hostport
+from mesh.config import Config
+from mesh.hostport import parse_hostport
 from mesh.net.datagram import bind_datagram_socket
 
 
