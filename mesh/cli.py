@@ -18,7 +18,9 @@ import uvloop
 
 from mesh import __version__
 from mesh.allocator import keep_large_buffers_on_the_heap
-from mesh.config import OPTIONS, ConfigError, resolve
+from mesh.config import ConfigError
+from mesh.options import DEFAULT_PRESET, OPTIONS, PRESETS, default, resolve
+from mesh.values import parse_bool
 
 if TYPE_CHECKING:
     from mesh.ui.status_doc import StatusDoc
@@ -29,19 +31,11 @@ Serve = Callable[[Any], Coroutine[Any, Any, int]]
 def _run_parser(sub: Any) -> None:
     run = sub.add_parser("run", help="run a node (every flag also reads a CACHEMESH_* env var)")
     for option in OPTIONS:
-        help_text = f"{option.help} [{option.env}]"
-        if option.field in ("mdns", "gossip_datagrams"):  # on by default: they need a --no-…
-            run.add_argument(
-                option.flag,
-                dest=option.field,
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=help_text,
-            )
-        elif option.field == "insecure":
-            run.add_argument(
-                option.flag, dest=option.field, action="store_true", default=None, help=help_text
-            )
+        help_text = option.help_text.replace("%", "%%")  # argparse formats help with %
+        if option.parse is parse_bool:
+            # A switch that is on by default needs a --no-…; one that is off only its flag.
+            action = argparse.BooleanOptionalAction if option.default else "store_true"
+            run.add_argument(option.flag, dest=option.field, action=action, default=None, help=help_text)
         else:
             run.add_argument(
                 option.flag,
@@ -58,19 +52,20 @@ def _run_parser(sub: Any) -> None:
     )
     run.add_argument(
         "--preset",
-        choices=("lan", "local"),
-        default=os.environ.get("CACHEMESH_PRESET", "lan"),
-        help="timing preset: lan (default) or local (fast, for tests and demos) [CACHEMESH_PRESET]",
+        choices=tuple(PRESETS),
+        default=os.environ.get("CACHEMESH_PRESET", DEFAULT_PRESET),
+        help="timing preset: lan for a build fleet, local (fast) for tests and demos "
+        "(default: %(default)s) [CACHEMESH_PRESET]",
     )
     run.add_argument(
         "--log-level",
         default=os.environ.get("CACHEMESH_LOG_LEVEL", "info"),
-        help="debug, info, warning [CACHEMESH_LOG_LEVEL]",
+        help="debug, info, warning (default: %(default)s) [CACHEMESH_LOG_LEVEL]",
     )
 
 
 def _status_addr(args: argparse.Namespace) -> str:
-    return str(args.status_addr or os.environ.get("CACHEMESH_STATUS_LISTEN") or "127.0.0.1:7612")
+    return str(args.status_addr or os.environ.get("CACHEMESH_STATUS_LISTEN") or default("status_listen"))
 
 
 def _get(addr: str, path: str, timeout: float = 3.0) -> tuple[int, Any]:
@@ -134,7 +129,7 @@ def _doctor(args: argparse.Namespace) -> int:
         args.docker_host
         or os.environ.get("CACHEMESH_DOCKER_HOST")
         or os.environ.get("DOCKER_HOST")
-        or "unix:///var/run/docker.sock"
+        or default("docker_host")
     )
     findings = diagnose(probe(_status_addr(args), docker_host))
     print(render(findings))

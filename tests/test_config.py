@@ -1,15 +1,9 @@
 import pytest
 
-from mesh.config import (
-    Config,
-    ConfigError,
-    format_duration,
-    parse_duration,
-    parse_fraction,
-    parse_size,
-    resolve,
-)
+from mesh.config import Config, ConfigError
 from mesh.hostport import format_hostport, parse_hostport
+from mesh.options import resolve
+from mesh.values import format_duration, parse_duration, parse_fraction, parse_size
 
 SECRET = "0123456789abcdef0123456789abcdef"
 

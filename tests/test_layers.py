@@ -19,29 +19,34 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mesh"
 
 # For each part, the mesh parts it may import. Anything not listed is forbidden.
 ALLOWED = {
-    "hostport": set(),  # host:port as text: a leaf anything may read
+    # Text forms of values (host:port; sizes, durations and the like): leaves anything may read.
+    "hostport": set(),
+    "values": set(),
     "allocator": set(),  # the process's malloc settings, for the entry point
     "protocol": {"protocol"},
-    "config": {"protocol", "hostport"},  # protocol only for the Timings it carries (see below)
+    "config": {"protocol"},  # only for the Timings it carries (see below)
+    # The option table: flags and env vars into a validated Config, for the command line.
+    "options": {"config", "hostport", "values"},
     "engine": {"config", "protocol", "engine"},
     "net": {"config", "protocol", "engine", "net", "hostport"},
     "discovery": {"discovery", "hostport"},
     "registry": {"config", "protocol", "net", "registry", "ui"},
-    "node": {"config", "protocol", "engine", "net", "discovery", "registry", "node", "ui", "hostport"},
+    "node": {"config", "protocol", "engine", "net", "discovery", "registry", "node", "ui"}
+    | {"hostport", "values"},
     "ui": {"config", "protocol", "ui"},
     "sim": {"config", "protocol", "engine", "sim"},
     # `cachemesh doctor` asks the engine and the node's status page from the command line.
     "doctor": {"engine", "doctor", "hostport"},
     # The lab runs whole nodes and engines for the demo and the tests: it may use every part.
     "lab": {"config", "protocol", "engine", "net", "discovery", "registry", "node", "ui", "sim", "lab"}
-    | {"doctor", "cli", "hostport"},
+    | {"doctor", "cli", "hostport", "values", "options"},
 }
 # Third-party and standard-library modules that mean I/O: never in the pure parts.
 IO_MODULES = {
     "asyncio", "aiohttp", "docker", "zeroconf", "uvloop", "socket", "selectors", "subprocess", "threading",
     "ssl", "urllib.request", "http", "requests", "prometheus_client", "rich",
 }  # fmt: skip
-PURE = {"config", "protocol", "hostport"}
+PURE = {"config", "protocol", "hostport", "values", "options"}
 
 
 def _part(path: Path) -> str:

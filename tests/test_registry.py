@@ -465,8 +465,9 @@ async def test_store_survives_leftovers(workdir: Path) -> None:
 
 
 def test_registry_settings() -> None:
-    from mesh.config import ConfigError, resolve
+    from mesh.config import ConfigError
     from mesh.node.sockets import is_loopback
+    from mesh.options import resolve
 
     env = {"CACHEMESH_INSECURE": "1"}
     assert resolve({}, env).registry_listen == "127.0.0.1:7613"

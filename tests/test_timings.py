@@ -10,7 +10,8 @@ import itertools
 
 import pytest
 
-from mesh.config import Config, ConfigError, validate
+from mesh.config import Config, ConfigError
+from mesh.options import validate
 from mesh.protocol import timings as timings_module
 from mesh.protocol.timings import Timings
 

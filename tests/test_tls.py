@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
-from mesh.config import ConfigError, resolve
+from mesh.config import ConfigError
 from mesh.engine.fake import FakeEngine
 from mesh.lab.poll import async_wait_until
 from mesh.net.pki import (
@@ -28,6 +28,7 @@ from mesh.net.pki import (
     pem,
 )
 from mesh.net.tls_contexts import NodeTLS, load_chain
+from mesh.options import resolve
 from mesh.protocol import wire
 from mesh.sim.tls_wirecost import TLS_HANDSHAKE_CLIENT_BYTES, TLS_HANDSHAKE_SERVER_BYTES, tls_overhead
 from tests.inproc import SECRET, client_ssl, has_image, start_node

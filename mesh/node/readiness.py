@@ -18,8 +18,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mesh.config import format_duration
 from mesh.protocol.planner import Plan
+from mesh.values import format_duration
 
 log = logging.getLogger("cachemesh.readiness")
 
