@@ -477,3 +477,19 @@ def test_the_client_checks_the_servers_node_id_against_the_member_it_dialled():
     client.check("10.0.0.9:7611", conn("c"))  # a seed: anyone with a valid certificate may answer
     with pytest.raises(PeerIdentityError, match="not TLS"):
         client.check("10.0.0.2:7611", None)
+
+
+@pytest.mark.parametrize(
+    ("url", "addr"),
+    [
+        ("https://10.0.0.2:7611/v1/gossip", "10.0.0.2:7611"),
+        ("https://[fd00::2]:7611/v1/gossip", "[fd00::2]:7611"),
+    ],
+)
+def test_the_client_names_the_peer_it_dialled_as_members_are_named(url, addr):
+    """An IPv6 peer's members are at "[v6]:port": the certificate check must look them up so."""
+    from yarl import URL
+
+    from mesh.net.tls_peers import peer_addr
+
+    assert peer_addr(URL(url)) == addr

@@ -14,7 +14,7 @@ from typing import Any
 from mesh.doctor.checks import EngineFacts, Facts
 from mesh.engine.base import EngineError
 from mesh.engine.docker_api import DockerEngine
-from mesh.hostport import parse_hostport
+from mesh.hostport import format_hostport, parse_hostport
 
 TIMEOUT = 3.0
 
@@ -50,7 +50,7 @@ def _local(addr: str) -> str:
     host, port = parse_hostport(addr)
     if host in ("", "0.0.0.0", "::"):
         host = "127.0.0.1"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return format_hostport(host, port)
 
 
 def _status(addr: str) -> tuple[dict[str, Any] | None, str]:

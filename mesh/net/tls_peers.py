@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from mesh.hostport import format_hostport
 from mesh.net.pki import PeerCert, parse_peer_certificate
 from mesh.net.tls_contexts import NodeTLS
 
@@ -133,6 +134,12 @@ class TLSObserver:
 # --- the client side: every request of a peer session over TLS, checked --------------------------
 
 
+def peer_addr(url: URL) -> str:
+    """The peer a request went to, as members' addresses are written (an IPv6 host in brackets),
+    so the certificate check finds the members at it."""
+    return format_hostport(url.raw_host or "?", url.port or 0)
+
+
 class PeerIdentityError(aiohttp.ClientError):
     """A peer's certificate names another node than the one this node meant to reach."""
 
@@ -187,7 +194,7 @@ class TLSClient:
 
             async def start(self, connection: Any) -> aiohttp.ClientResponse:
                 self.peer_tls = connection_tls(connection.transport)
-                guard.check(f"{self.url.raw_host}:{self.url.port}", self.peer_tls)
+                guard.check(peer_addr(self.url), self.peer_tls)
                 return await super().start(connection)
 
         async def on_exception(
@@ -195,9 +202,7 @@ class TLSClient:
         ) -> None:
             reason = describe_tls_failure(params.exception)
             if reason is not None:
-                host = params.url.raw_host or "?"
-                addr = f"[{host}]:{params.url.port}" if ":" in host else f"{host}:{params.url.port}"
-                self.observer.failed(addr, reason, time.time())
+                self.observer.failed(peer_addr(params.url), reason, time.time())
 
         trace = aiohttp.TraceConfig()
         trace.on_request_exception.append(on_exception)
