@@ -19,8 +19,9 @@ import uvloop
 from mesh import __version__
 from mesh.allocator import keep_large_buffers_on_the_heap
 from mesh.config import ConfigError
+from mesh.node.persistence import STATUS_ADDR_FILE
 from mesh.options import DEFAULT_PRESET, OPTIONS, PRESETS, default, resolve
-from mesh.values import parse_bool
+from mesh.values import parse_bool, parse_duration
 
 if TYPE_CHECKING:
     from mesh.ui.status_doc import StatusDoc
@@ -65,7 +66,19 @@ def _run_parser(sub: Any) -> None:
 
 
 def _status_addr(args: argparse.Namespace) -> str:
-    return str(args.status_addr or os.environ.get("CACHEMESH_STATUS_LISTEN") or default("status_listen"))
+    """--status-addr, else CACHEMESH_STATUS_LISTEN, else where the node on this host said its status
+    page listens (it writes that into its data dir, so a node started with --status-listen is
+    found too), else the default."""
+    given = args.status_addr or os.environ.get("CACHEMESH_STATUS_LISTEN")
+    if given:
+        return str(given)
+    data_dir = os.environ.get("CACHEMESH_DATA_DIR") or default("data_dir")
+    try:
+        with open(os.path.join(str(data_dir), STATUS_ADDR_FILE)) as fh:
+            written = fh.read().strip()
+    except OSError:
+        written = ""
+    return written or str(default("status_listen"))
 
 
 def _get(addr: str, path: str, timeout: float = 3.0) -> tuple[int, Any]:
@@ -89,7 +102,13 @@ def main(argv: list[str] | None = None, *, serve: Serve | None = None) -> int:
     status = sub.add_parser("status", help="show this host's node: peers, images, transfers")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     wait = sub.add_parser("wait-ready", help="exit 0 once the node is ready (warm), 1 on timeout")
-    wait.add_argument("--timeout", type=float, default=300.0, metavar="S")
+    wait.add_argument(
+        "--timeout",
+        type=parse_duration,
+        metavar="DURATION",
+        help="give up after this long, e.g. 10m (default: the node's own --ready-timeout left, plus "
+        "a minute; 5m while no node answers)",
+    )
     health = sub.add_parser("healthcheck", help="exit 0 if the local node answers /healthz (for HEALTHCHECK)")
     doctor = sub.add_parser("doctor", help="check why this host gets no cache; a fix for each problem")
     doctor.add_argument(
@@ -136,9 +155,19 @@ def _doctor(args: argparse.Namespace) -> int:
     return exit_code(findings)
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
 def _run(args: argparse.Namespace, serve: Serve) -> int:
+    if str(args.log_level).lower() not in LOG_LEVELS:
+        print(
+            f"cachemesh: --log-level / CACHEMESH_LOG_LEVEL {args.log_level!r}: "
+            f"one of {', '.join(LOG_LEVELS)}",
+            file=sys.stderr,
+        )
+        return 2
     logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        level=getattr(logging, str(args.log_level).upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

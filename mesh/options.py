@@ -18,7 +18,6 @@ from mesh.values import (
     format_duration,
     format_fraction,
     format_list,
-    format_seconds,
     format_size,
     parse_bool,
     parse_duration,
@@ -60,6 +59,14 @@ def _parse_registry_listen(raw: str) -> str:
     if raw.strip().lower() == "off":
         return "off"
     return _parse_hostport_text(raw)
+
+
+def _parse_timeout(raw: str) -> float:
+    """A duration that must pass: 30s, 2m, or bare seconds (30); never 0 or off."""
+    seconds = parse_duration(raw)
+    if seconds <= 0:
+        raise ValueError(f"expected a duration above 0, like 30s or 2m, got {raw!r}")
+    return seconds
 
 
 def _parse_zone(raw: str) -> str:
@@ -186,10 +193,10 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "transfer_idle_timeout",
-        float,
-        "seconds without bytes before a pull fails over to another holder",
-        "SECONDS",
-        show=format_seconds,
+        _parse_timeout,
+        "time without bytes before a pull fails over to another holder, e.g. 30s",
+        "DURATION",
+        show=format_duration,
     ),
     Option(
         "registry_warm",
@@ -267,7 +274,9 @@ def resolve(
     )
     if values.get("disk_high") and not values.get("disk_low"):
         values["disk_low"] = max(0.01, values["disk_high"] - DISK_LOW_GAP)
-    preset_of: Callable[..., Config] = PRESETS.get(preset) or Config.lan  # as before: unknown means lan
+    preset_of = PRESETS.get(preset)
+    if preset_of is None:
+        raise ConfigError(f"--preset / CACHEMESH_PRESET {preset!r}: one of {', '.join(PRESETS)}")
     config = preset_of(**values)
     validate(config)
     return config

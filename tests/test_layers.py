@@ -33,7 +33,7 @@ ALLOWED = {
     "registry": {"config", "protocol", "net", "registry", "ui"},
     "node": {"config", "protocol", "engine", "net", "discovery", "registry", "node", "ui"}
     | {"hostport", "values"},
-    "ui": {"config", "protocol", "ui"},
+    "ui": {"config", "protocol", "ui", "values"},
     "sim": {"config", "protocol", "engine", "sim"},
     # `cachemesh doctor` asks the engine and the node's status page from the command line.
     "doctor": {"engine", "doctor", "hostport"},

@@ -56,7 +56,7 @@ SHOWN = {
     "seeds": "none",
     "include": "all tags",
     "advertise": "derived from this host's addresses",
-    "transfer_idle_timeout": "10",
+    "transfer_idle_timeout": "10s",
     "upload_queue": "32",
     "ready_timeout": "30m",
     "disk_budget": "none",

@@ -146,3 +146,23 @@ def test_watch_on_a_terminal_draws_a_bar_with_the_figures():
     text = out.getvalue()
     assert "━" in text and "1/3 images" in text and "5.0 MB/20.0 MB" in text and "ETA 6s" in text
     assert text.rstrip().endswith("ready: warm")
+
+
+def test_without_a_timeout_watch_waits_as_long_as_the_nodes_own_ready_timeout_left_plus_a_minute():
+    clock = Clock()
+    cold = {**STATUS, "warmup": {**STATUS["warmup"], "ready_timeout_left": 120.0}}
+    out, err = io.StringIO(), io.StringIO()
+    code = watch(lambda: cold, timeout=None, out=out, err=err, terminal=False, clock=clock, pause=clock.pause)
+    assert code == 1 and 180.0 <= clock.now <= 181.0  # 120 s the node has left, then one more minute
+    assert err.getvalue().startswith("cachemesh: not ready after 3m:")
+
+
+def test_without_a_timeout_watch_gives_up_on_a_node_that_never_answers_after_five_minutes():
+    clock = Clock()
+
+    def refused() -> StatusDoc:
+        raise OSError("connection refused")
+
+    out, err = io.StringIO(), io.StringIO()
+    assert watch(refused, timeout=None, out=out, err=err, terminal=False, clock=clock, pause=clock.pause) == 1
+    assert clock.now == 300.0

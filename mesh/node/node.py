@@ -130,6 +130,7 @@ class Node:
                 lambda: gossip_socket, sock=sockets.datagrams
             )
         self.status_addr = await self._serve(parts.status_app, sockets.status)
+        parts.state.save_status_addr(self.status_addr)
         if parts.registry_app is not None and sockets.registry is not None:
             self.registry_addr = await self._serve(parts.registry_app, sockets.registry)
             if not is_loopback(self.config.registry_listen):

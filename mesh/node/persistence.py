@@ -27,6 +27,9 @@ class StateError(Exception):
     pass
 
 
+STATUS_ADDR_FILE = "status-addr"
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w") as fh:
@@ -45,6 +48,11 @@ class NodeState:
             raise StateError(f"cannot create data dir {data_dir}: {exc.strerror} (set --data-dir)") from None
         if not os.access(self.dir, os.W_OK):
             raise StateError(f"data dir {data_dir} is not writable (set --data-dir)")
+
+    def save_status_addr(self, addr: str) -> None:
+        """Where the status page listens, for `cachemesh healthcheck`, `status`, `wait-ready` and
+        `doctor` run on this host without --status-addr (mesh.cli reads it back)."""
+        _write_atomic(self.dir / STATUS_ADDR_FILE, addr + "\n")
 
     def node_id(self) -> str:
         path = self.dir / "node-id"

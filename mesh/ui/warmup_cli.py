@@ -7,6 +7,7 @@ view knows nothing of HTTP.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import TextIO
@@ -16,11 +17,14 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from mesh.ui.humanize import warmup_figures
 from mesh.ui.status_doc import StatusDoc
+from mesh.values import format_duration
 
 Fetch = Callable[[], StatusDoc]
 """Returns the status document; raises OSError or ValueError when the node does not answer."""
 
 PLAIN_EVERY = 5.0  # seconds between plain lines while nothing else changes
+NO_NODE_WAIT = 300.0  # seconds to wait for a node to answer at all, when no --timeout is given
+AFTER_READY_TIMEOUT = 60.0  # seconds past the node's own --ready-timeout before giving up
 
 
 def plain_line(status: StatusDoc) -> str:
@@ -37,7 +41,7 @@ def plain_line(status: StatusDoc) -> str:
 def watch(
     fetch: Fetch,
     *,
-    timeout: float,
+    timeout: float | None,
     out: TextIO,
     err: TextIO,
     terminal: bool,
@@ -45,8 +49,12 @@ def watch(
     pause: Callable[[float], None] = time.sleep,
     interval: float = 0.5,
 ) -> int:
-    """Show the warm-up until ready (0) or `timeout` seconds pass (1)."""
-    deadline = clock() + timeout
+    """Show the warm-up until ready (0) or `timeout` seconds pass (1). With `timeout` None, wait
+    as long as the node's own --ready-timeout has left, plus a minute (the node reports ready by
+    then); forever if it has none; and NO_NODE_WAIT while no node answers."""
+    started = clock()
+    deadline = started + (NO_NODE_WAIT if timeout is None else timeout)
+    learned = False  # the deadline from the node's own ready-timeout, once it answered
     view: _View = _Bar(out) if terminal else _Lines(out, clock)
     reason = "no answer yet"
     try:
@@ -54,6 +62,10 @@ def watch(
             try:
                 status = fetch()
                 reason = str(status.get("ready_reason", ""))
+                warmup = status.get("warmup")
+                if timeout is None and warmup and not learned:  # an older node may not say
+                    learned, left = True, warmup["ready_timeout_left"]
+                    deadline = math.inf if left is None else clock() + left + AFTER_READY_TIMEOUT
                 if status.get("ready"):
                     view.show(status)  # the final figures: everything done, or what the timeout left
                     view.close()
@@ -65,7 +77,8 @@ def watch(
                 view.note(reason)
             if clock() >= deadline:
                 view.close()
-                print(f"cachemesh: not ready after {timeout:g}s: {reason}", file=err, flush=True)
+                waited = format_duration(round(clock() - started))
+                print(f"cachemesh: not ready after {waited}: {reason}", file=err, flush=True)
                 return 1
             pause(min(interval, max(0.0, deadline - clock())))
     finally:

@@ -1,0 +1,51 @@
+"""Settings the command line refuses with a clear error, and where the client commands find the
+node's status page."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from mesh import cli
+from mesh.config import ConfigError
+from mesh.node.persistence import NodeState
+from mesh.options import resolve
+
+SECRET = {"CACHEMESH_SECRET": "a-cluster-secret-of-enough-length"}
+
+
+def test_an_unknown_preset_is_refused_not_taken_for_lan():
+    with pytest.raises(ConfigError, match="CACHEMESH_PRESET 'prod': one of lan, local"):
+        resolve({}, SECRET, preset="prod")
+
+
+def test_an_unknown_log_level_is_refused(capsys, monkeypatch):
+    monkeypatch.setenv("CACHEMESH_LOG_LEVEL", "verbose")
+    assert cli.main(["run", "--insecure"]) == 2
+    assert "CACHEMESH_LOG_LEVEL 'verbose': one of debug, info, warning, error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("raw", "seconds"), [("30", 30.0), ("30s", 30.0), ("2m", 120.0), ("1.5", 1.5)])
+def test_the_idle_timeout_takes_durations_and_bare_seconds(raw: str, seconds: float):
+    env = {**SECRET, "CACHEMESH_TRANSFER_IDLE_TIMEOUT": raw}
+    assert resolve({}, env).transfer_idle_timeout == seconds
+
+
+@pytest.mark.parametrize("raw", ["0", "off", "ten"])
+def test_an_idle_timeout_that_never_passes_is_refused(raw: str):
+    with pytest.raises(ConfigError, match="CACHEMESH_TRANSFER_IDLE_TIMEOUT"):
+        resolve({}, {**SECRET, "CACHEMESH_TRANSFER_IDLE_TIMEOUT": raw})
+
+
+def test_client_commands_find_the_status_page_the_node_wrote_down(tmp_path: Path, monkeypatch):
+    args = argparse.Namespace(status_addr=None)
+    monkeypatch.delenv("CACHEMESH_STATUS_LISTEN", raising=False)
+    monkeypatch.setenv("CACHEMESH_DATA_DIR", str(tmp_path))
+    assert cli._status_addr(args) == "127.0.0.1:7612"  # nothing written: the default
+    NodeState(str(tmp_path)).save_status_addr("10.0.0.5:9000")  # a node run with --status-listen
+    assert cli._status_addr(args) == "10.0.0.5:9000"
+    monkeypatch.setenv("CACHEMESH_STATUS_LISTEN", "127.0.0.1:7000")
+    assert cli._status_addr(args) == "127.0.0.1:7000"  # the environment still wins
+    assert cli._status_addr(argparse.Namespace(status_addr="127.0.0.1:1")) == "127.0.0.1:1"
