@@ -1,7 +1,7 @@
 # What the monitoring tests (tests/test_monitoring.py) need: Prometheus and promtool from Debian
 # 12's `prometheus` package (2.42: `promtool check rules`, `promtool test rules`, and a server
-# that scrapes an in-process node), and check-jsonschema from PyPI (the Grafana dashboard against
-# deploy/grafana/dashboard.schema.json). Sourced by scripts/test after setup.sh ($VENV); fails
+# that scrapes an in-process node), check-jsonschema from PyPI (the Grafana dashboard against
+# deploy/grafana/dashboard.schema.json), and PyYAML (the tests read the rules file). Sourced by scripts/test after setup.sh ($VENV); fails
 # loudly if a tool cannot be had, so the monitoring tests never go missing silently.
 #
 # The package is unpacked, not installed: installing it would create a user and, on a host whose
@@ -15,6 +15,7 @@
 CACHEMESH_TOOLS="${CACHEMESH_TOOLS:-/var/cache/cachemesh/tools}"
 export CACHEMESH_TOOLS
 CHECK_JSONSCHEMA_VERSION="0.39.0"
+PYYAML_VERSION="6.0.3"  # installed only if the virtualenv has no PyYAML at all
 
 fetch_prometheus() {
     local dir="$CACHEMESH_TOOLS/prometheus"
@@ -56,5 +57,15 @@ fetch_check_jsonschema() {
     fi
 }
 
+fetch_pyyaml() {
+    if "$VENV/bin/python" -c "import yaml" 2>/dev/null; then
+        return 0
+    fi
+    echo "Installing PyYAML $PYYAML_VERSION into $VENV"
+    "$VENV/bin/pip" install -q "PyYAML==$PYYAML_VERSION"
+    "$VENV/bin/python" -c "import yaml" || { echo "monitoring_tools.sh: PyYAML does not import" >&2; return 1; }
+}
+
 fetch_prometheus
 fetch_check_jsonschema
+fetch_pyyaml
