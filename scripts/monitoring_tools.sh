@@ -26,7 +26,7 @@ fetch_prometheus() {
     rm -rf "$dir/root" "$dir/debs"
     mkdir -p "$dir/debs" "$dir/root"
     apt-get update -qq
-    (cd "$dir/debs" && apt-get -qq download prometheus)
+    (cd "$dir/debs" && apt-get -qq -o APT::Sandbox::User=root download prometheus)
     for deb in "$dir"/debs/*.deb; do
         dpkg -x "$deb" "$dir/root"
     done
