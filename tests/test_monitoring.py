@@ -360,16 +360,17 @@ async def test_prometheus_scrapes_nodes_and_evaluates_the_rules(workdir: Path) -
             }
             assert firing_or_pending == {"CachemeshNoPeers"}, firing_or_pending
 
-            async def recorded() -> list[dict[str, Any]]:
-                found: list[dict[str, Any]] = (
-                    await _api(http, base, "/api/v1/query", query="cachemesh:transfer_bytes:rate5m")
-                )["result"]
-                return found
+            # a rate needs two scrapes of a node: wait for both nodes' series, each direction
+            expected = {(t, d) for t in targets for d in ("in", "out")}
 
-            found = await async_wait_until(recorded, 30, interval=0.2, what="a recording rule's series")
-            assert {(s["metric"]["instance"], s["metric"]["direction"]) for s in found} == {
-                (t, d) for t in targets for d in ("in", "out")
-            }
+            async def recorded() -> bool:
+                data = await _api(http, base, "/api/v1/query", query="cachemesh:transfer_bytes:rate5m")
+                found = {(s["metric"]["instance"], s["metric"]["direction"]) for s in data["result"]}
+                return found == expected
+
+            await async_wait_until(
+                recorded, 30, interval=0.2, what="a recording rule's series for both nodes"
+            )
 
             # Every dashboard query is valid PromQL that Prometheus evaluates, and those that read
             # only gauges every node has get data from these two.
