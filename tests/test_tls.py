@@ -203,6 +203,10 @@ async def test_a_node_with_the_wrong_secret_cannot_complete_a_handshake(workdir)
             lambda: wrong.parts.tls_peers._failed.get(a.peer_addr), 10, what="handshake failure recorded"
         )
         assert "does not verify" in wrong.parts.tls_peers._failed[a.peer_addr][0]
+        failures = wrong.metrics.registry.get_sample_value(
+            "cachemesh_tls_handshake_failures_total", {"kind": "verify"}
+        )
+        assert failures is not None and failures >= 1  # what the TLS alert rule watches
         # ...and a refuses the intruder's certificate, even with requests signed correctly.
         intruder = client_ssl("attacker", b"another-secret-0123456789")
         body = wire.encode(wire.Envelope("attacker", "127.0.0.1:1", (wire.Ping(1, "x"),), 1))
@@ -463,7 +467,7 @@ def test_the_client_checks_the_servers_node_id_against_the_member_it_dialled():
     from mesh.net.tls_peers import ConnectionTLS, PeerIdentityError, TLSClient, TLSObserver
 
     tls = node_tls(SECRET)
-    observer = TLSObserver(tls)
+    observer = TLSObserver(tls, on_failure=lambda kind: None)
     members = {"10.0.0.2:7611": {"b"}}
     client = TLSClient(tls.client, observer, lambda addr: members.get(addr, set()))
 

@@ -83,6 +83,17 @@ def _reason(text: str) -> str:
     return found.group(1).strip() if found else text[-200:]
 
 
+def failure_kind(reason: str) -> str:
+    """The kind of a reason describe_tls_failure gave, for a metric's label."""
+    if "plain HTTP" in reason:
+        return "plain"
+    if "does not verify" in reason:
+        return "verify"
+    if "refused this node's certificate" in reason:
+        return "refused"
+    return "other"
+
+
 # --- what this node has seen of each peer's TLS, for the status page ----------------------------
 
 
@@ -90,8 +101,10 @@ class TLSObserver:
     """Per peer: the last verified connection's TLS facts (by node ID), or the last failure (by
     address). The status page and /api/status show them."""
 
-    def __init__(self, tls: NodeTLS | None) -> None:
+    def __init__(self, tls: NodeTLS | None, *, on_failure: Callable[[str], None]) -> None:
+        """`on_failure(kind)`: a handshake to a peer failed (kind: plain, verify, refused, other)."""
         self.tls = tls
+        self._on_failure = on_failure
         self._seen: dict[str, tuple[ConnectionTLS, float]] = {}
         self._failed: dict[str, tuple[str, float]] = {}
         self._warned: set[str] = set()
@@ -104,6 +117,7 @@ class TLSObserver:
 
     def failed(self, addr: str, reason: str, now: float) -> None:
         self._failed[addr] = (reason, now)
+        self._on_failure(failure_kind(reason))
         if addr not in self._warned:  # once per address: a refused peer is retried every few seconds
             self._warned.add(addr)
             log.warning("peer at %s: %s", addr, reason)

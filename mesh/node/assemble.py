@@ -110,7 +110,8 @@ def assemble(config: Config, engine: Engine, sockets: Sockets) -> Parts:
         key_file=config.tls_key,
         ca_file=config.tls_ca,
     )
-    tls_peers = TLSObserver(tls)
+    metrics = Metrics()
+    tls_peers = TLSObserver(tls, on_failure=metrics.tls_failed)
 
     core = MeshCore(
         config.timings,
@@ -122,7 +123,6 @@ def assemble(config: Config, engine: Engine, sockets: Sockets) -> Parts:
         manifest_version=int(started * 1000),
     )
     view = core.view
-    metrics = Metrics()
     client = PeerClient(
         signer,
         max_message_bytes=config.max_message_bytes,

@@ -176,6 +176,16 @@ class Metrics:
             ["kind", "reason"],
             registry=self.registry,
         )
+        self.tls_handshake_failures = Counter(
+            "cachemesh_tls_handshake_failures",
+            "TLS handshakes with peers that failed, by kind: plain (the peer speaks plain HTTP), "
+            "verify (its certificate does not verify: another secret or CA), refused (it refused "
+            "this node's certificate), other",
+            ["kind"],
+            registry=self.registry,
+        )
+        for kind in ("plain", "verify", "refused", "other"):
+            self.tls_handshake_failures.labels(kind)
         for source in ("local", "peers"):
             self.registry_bytes.labels(source)
         for direction in ("in", "out"):
@@ -189,6 +199,9 @@ class Metrics:
         gauges.register(_Snapshot(lambda: snapshot))
         data: bytes = generate_latest(self.registry) + generate_latest(gauges)
         return data
+
+    def tls_failed(self, kind: str) -> None:
+        self.tls_handshake_failures.labels(kind).inc()
 
     def evicted(self, kind: str, reason: str, size: int) -> None:
         self.evictions.labels(kind, reason).inc()
