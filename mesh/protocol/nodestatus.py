@@ -50,7 +50,7 @@ class NodeStatus:
     uploads: int = 0
     """Uploads in flight plus queued: the load figure source choice weighs."""
     receiving: Mapping[str, str] = field(default_factory=dict)
-    """image -> store of the full stream this node is receiving and relays as it arrives; or
+    """image -> store of the stream this node is receiving and relays as it arrives; or
     registry digest -> "blob" for content it is fetching and relays as it arrives."""
     tagsets: Mapping[str, TagSet] = field(default_factory=dict)
     """tag -> the image this node set it to on purpose, and when (mesh.protocol.tagsets)."""
