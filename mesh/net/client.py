@@ -16,6 +16,7 @@ from mesh.net.contract import (
     CHAIN_HEADER,
     CONTENT_PATH,
     GOSSIP_PATH,
+    HAVE_HEADER,
     MEDIA_TYPE_HEADER,
     MSGPACK,
     RELAY_HEADER,
@@ -57,6 +58,7 @@ class StreamStalled(PeerError):
 FIRST_BYTE_TIMEOUT = 60.0
 """The first chunk may take longer than the idle timeout: the peer's engine starts its save then
 (a stopped peer is noticed sooner by the mesh's failure detector; see mesh/node/puller.py)."""
+MAX_STREAM_HAVE = 1000  # a save request's `have` is at most this (mesh.net.server.MAX_LAYERS)
 
 
 async def _idle_limited(chunks: AsyncIterator[bytes], idle_timeout: float, what: str) -> AsyncIterator[bytes]:
@@ -198,7 +200,7 @@ class PeerClient:
                 raise PeerError(message)
             chain = [c for c in r.headers.get(CHAIN_HEADER, "").split(",") if c]
             chunks = _idle_limited(r.content.iter_chunked(chunk_bytes), idle_timeout, addr)
-            yield SaveStream(chain, chunks)
+            yield SaveStream(chain, chunks, _stream_have(r.headers.get(HAVE_HEADER, "")))
 
     @asynccontextmanager
     async def content(
@@ -242,6 +244,11 @@ async def _pieces(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
     buffered pieces into one bytes object, a copy of every byte the caller then copies again."""
     async for piece, _ in content.iter_chunks():
         yield piece
+
+
+def _stream_have(value: str) -> int | None:
+    """HAVE_HEADER's count, or None when absent (a sender from before it) or not a layer count."""
+    return int(value) if value.isascii() and value.isdigit() and int(value) <= MAX_STREAM_HAVE else None
 
 
 def _retry_after(value: str) -> float:

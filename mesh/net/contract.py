@@ -16,6 +16,10 @@ SAVE_PATH = "/v1/save"
 UNKNOWN_PATHS = "/v1/{tail:.*}"  # anything else under /v1/ is a 404 with an error body
 CHAIN_HEADER = "X-Cachemesh-Chain"  # on a save stream: the image's chain, child first, comma-separated
 RELAY_HEADER = "X-Cachemesh-Relay"  # on a 503 hand-off: the node ID of the relay to ask instead
+# On a save stream: N, every layer file the stream leaves out is among the image's first N (0: a
+# full stream). A receiver that relays the stream serves it to requesters holding at least N
+# (mesh.protocol.sources.covers); from a sender before it, the receiver assumes its own `have`.
+HAVE_HEADER = "X-Cachemesh-Have"
 MSGPACK = "application/msgpack"  # gossip bodies, save requests and every error body
 TAR = "application/x-tar"  # save streams
 SAVE_REQUEST_MAX = 4096  # a save request is {"image": "sha256:..."}: anything longer is refused (413)
@@ -32,9 +36,10 @@ def peer_url(addr: str, path: str) -> str:
 @dataclass(frozen=True)
 class SaveRequest:
     """A `POST /v1/save` body, checked: the image, the requester's held layer count and image
-    store, whether it will relay the stream (spool it and serve it as it arrives; only for a
-    full stream), whether the server may hand it on to a relay instead of serving it, and how
-    many hand-offs the requester has followed in this attempt (mesh.protocol.sources.relay_to)."""
+    store, whether it will relay the stream (spool it and serve it as it arrives, to requesters
+    holding at least `have` layers), whether the server may hand it on to a relay instead of
+    serving it, and how many hand-offs the requester has followed in this attempt
+    (mesh.protocol.sources.relay_to)."""
 
     image: str
     requester: str
@@ -52,6 +57,9 @@ class SaveStream:
 
     chain: list[str]
     chunks: AsyncIterator[bytes]
+    have: int | None = None
+    """Every layer file the stream leaves out is among the image's first `have` (HAVE_HEADER);
+    None: not said (a sender from before it)."""
 
 
 @dataclass

@@ -34,6 +34,7 @@ from mesh.net.contract import (
     CHAIN_HEADER,
     CONTENT_PATH,
     GOSSIP_PATH,
+    HAVE_HEADER,
     MEDIA_TYPE_HEADER,
     MSGPACK,
     OCTET_STREAM,
@@ -252,7 +253,9 @@ class PeerServer:
         except Exception as exc:
             self._handler.count_request("save", 400)
             return _error(400, f"malformed save request: {exc}")
-        save_request = SaveRequest(image, requester, have, store, relay and have == 0, handoff, hops)
+        # `relay` with `have` > 0 (a delta relay) comes from nodes that tag their spool with it;
+        # older ones never send both.
+        save_request = SaveRequest(image, requester, have, store, relay, handoff, hops)
         relay_id = self._handler.handoff(save_request) if handoff else ""
         if relay_id:
             self._handler.count_request("save", 503)
@@ -280,7 +283,10 @@ class PeerServer:
             except SaveRefused as exc:
                 self._handler.count_request("save", exc.status)
                 return _error(exc.status, str(exc))
-            response = web.StreamResponse(headers={CHAIN_HEADER: ",".join(served.chain)})
+            headers = {CHAIN_HEADER: ",".join(served.chain)}
+            if served.have is not None:
+                headers[HAVE_HEADER] = str(served.have)
+            response = web.StreamResponse(headers=headers)
             response.content_type = TAR
             response.enable_chunked_encoding()
             await response.prepare(request)

@@ -50,7 +50,9 @@ class Announcer:
         node_id = self._core.node_id
         entries, metas = self._registry.announcement()
         receiving = {**self._relays.receiving(), **dict.fromkeys(self._registry.relaying(), "blob")}
-        status = NodeStatus(self._zone, self._peer_api.uploads, receiving, self._local.tagsets)
+        status = NodeStatus(
+            self._zone, self._peer_api.uploads, receiving, self._local.tagsets, self._relays.relay_have()
+        )
         shared = {**self._local.shared, **entries, status_key(node_id): announce(status)}
         all_metas = [*self._local.shared_metas.values(), *metas, status_meta(node_id)]
         if self._core.set_local_images(shared, all_metas, time.monotonic()):

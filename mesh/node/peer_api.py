@@ -22,7 +22,7 @@ from mesh.node.relay import RelayBroken, Relays, Spool
 from mesh.node.transfer import Transfer
 from mesh.protocol import wire
 from mesh.protocol.planner import chain_of
-from mesh.protocol.sources import Downstream, relay_to
+from mesh.protocol.sources import Downstream, covers, relay_to
 from mesh.protocol.view import MeshView
 from mesh.ui.metrics import Metrics
 
@@ -68,14 +68,16 @@ class PeerApi:
         self._on_load()
 
     def handoff(self, request: SaveRequest) -> str:
-        """A relay to send the requester to: one this node already streams the image to, in full,
-        for the requester's store, chosen by mesh.protocol.sources.relay_to (a chain, then a
-        tree, by the hand-offs the request has followed)."""
+        """A relay to send the requester to: one this node already streams the image to, for the
+        requester's store, whose stream covers the requester's `have`, chosen by
+        mesh.protocol.sources.relay_to (a chain, then a tree, by the hand-offs the request has
+        followed)."""
         chosen = relay_to(
             request.image,
             request.store,
             request.requester,
             self.sending,
+            have=request.have,
             hops=request.hops,
             routed=self.routed,
         )
@@ -87,7 +89,9 @@ class PeerApi:
     async def open_save(self, request: SaveRequest) -> SaveStream:
         """A save of the image and its chain, leaving out the files of its first `have` layers,
         which the requester holds, where its `store` can load the result (docs/engines.md). An
-        image this node is still receiving is served from its relay spool (mesh/node/relay.py)."""
+        image this node is still receiving is served from its relay spool (mesh/node/relay.py),
+        to a requester of its store that holds at least the layers the spool leaves out; any
+        other is refused, never sent a stream without a layer it lacks."""
         image, requester, have, store = request.image, request.requester, request.have, request.store
         if image not in self._local.shared:
             spool = self._relays.spools.get(image) if self._relays is not None else None
@@ -106,6 +110,9 @@ class PeerApi:
         # The containerd store refuses a legacy-format tar with a layer missing (Engine < 25 writes
         # only that format); and a layer that recurs above `have` must stay in.
         drop = set(layers[:have]) - set(layers[have:]) if info.oci_save or store == "graph" else set()
+        # What the receiver learns (HAVE_HEADER), tags its relay spool with and serves by: every
+        # layer left out is among the first `left`. A format that allows no delta sends all: 0.
+        left = max((i + 1 for i, layer in enumerate(layers) if layer in drop), default=0)
         delta = DeltaReport()
         peer = self._view.peer(requester)
         record = Transfer(
@@ -116,7 +123,7 @@ class PeerApi:
             "out",
             self._local.images[image].meta.size,
         )
-        downstream = Downstream(requester, image, store, request.relay)
+        downstream = Downstream(requester, image, store, request.relay, left)
 
         async def chunks() -> AsyncIterator[bytes]:
             # Registered once streaming starts: a response that never started leaves no trace.
@@ -148,13 +155,20 @@ class PeerApi:
                 self.serving.pop(id(record), None)
                 self._stop_sending(downstream)
 
-        return SaveStream(chain, chunks())
+        return SaveStream(chain, chunks(), left)
 
     async def _open_relay(self, spool: Spool, request: SaveRequest) -> SaveStream:
         try:
             await spool.wait_started(self._relay_start_timeout)
         except RelayBroken as exc:
             raise SaveRefused(503, str(exc)) from None
+        # Once started the spool knows what its stream leaves out (its upstream said so).
+        if not covers(spool.have, request.have):
+            raise SaveRefused(
+                404,
+                f"{spool.image[:19]} is relayed here only to receivers holding its first "
+                f"{spool.have} layers (this one holds {request.have})",
+            )
         peer = self._view.peer(request.requester)
         meta = self._view.metas().get(spool.image)
         record = Transfer(
@@ -166,7 +180,8 @@ class PeerApi:
             meta.size if meta else 0,
             relay=True,
         )
-        downstream = Downstream(request.requester, spool.image, spool.store, request.relay)
+        # The stream leaves out what this spool's does; the receiver tags its own spool so.
+        downstream = Downstream(request.requester, spool.image, spool.store, request.relay, spool.have)
 
         async def chunks() -> AsyncIterator[bytes]:
             self.serving[id(record)] = record
@@ -185,7 +200,7 @@ class PeerApi:
                 self.serving.pop(id(record), None)
                 self._stop_sending(downstream)
 
-        return SaveStream(spool.chain, chunks())
+        return SaveStream(spool.chain, chunks(), spool.have)
 
     def _stop_sending(self, downstream: Downstream) -> None:
         with contextlib.suppress(ValueError):

@@ -12,12 +12,12 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from mesh.config import Config
-from mesh.engine.base import Engine, EngineError, held_prefix
+from mesh.engine.base import Engine, EngineError, chain_ids
 from mesh.net.client import HandedOff, PeerBusy, PeerClient
 from mesh.node.latest_plan import LatestPlan
 from mesh.node.local_images import LocalImages
 from mesh.node.relay import Relays, Spool
-from mesh.node.transfer import Transfer, TransferFailed, pull_image
+from mesh.node.transfer import DeltaRefused, Transfer, TransferFailed, pull_image
 from mesh.node.warmup import RateMeter, WarmupProgress, progress
 from mesh.protocol import planner
 from mesh.protocol.formulas import backoff
@@ -25,6 +25,7 @@ from mesh.protocol.liveness import State
 from mesh.protocol.planner import Failure, Plan, Pull
 from mesh.protocol.sources import Penalty, penalise, worth_relaying
 from mesh.protocol.view import MeshView, PeerInfo
+from mesh.protocol.wire import ImageMeta
 from mesh.ui.metrics import Metrics
 
 log = logging.getLogger("cachemesh.pull")
@@ -37,6 +38,11 @@ MAX_HANDOFFS = 32
 """Hand-offs followed in one attempt; then the last relay is asked to serve. A burst's hand-offs
 make a chain of sources.CHAIN_DEPTH hops and then a binary tree (mesh/protocol/sources.py), so
 32 leaves room for 2^26 receivers and still ends a loop of hand-offs between confused nodes."""
+
+
+class _PlanAgain(Exception):
+    """A refused delta came from a relay the plan chose, and no holder is known here to pull it
+    from in full: end this attempt (not a failure) and let the next plan choose a full source."""
 
 
 class Puller:
@@ -67,6 +73,9 @@ class Puller:
         self.active: dict[str, Transfer] = {}
         self.recent: deque[Transfer] = deque(maxlen=50)
         self.failures: dict[str, Failure] = {}
+        # Images whose delta the engine refused: planned and pulled in full until held.
+        self.full: set[str] = set()
+        self._chains: dict[str, tuple[str, ...]] = {}  # image -> its chain IDs (for `have`)
         self._latest = latest
         # For the warm-up's progress: every image found missing since start, the bytes received.
         self.wanted: set[str] = set()
@@ -93,13 +102,20 @@ class Puller:
         for i, p in view.peers().items():
             status = view.status(i)
             peers[i] = planner.Peer(
-                i, p.state is State.ALIVE, p.rtt, status.zone, status.uploads, status.receiving
+                i,
+                p.state is State.ALIVE,
+                p.rtt,
+                status.zone,
+                status.uploads,
+                status.receiving,
+                status.relay_have,
             )
         remote = {node: view.holdings(node) for node, peer in peers.items() if peer.alive}
         remote_sets = {node: view.status(node).tagsets for node in remote}
         now = time.monotonic()
         self.penalties = {p: penalty for p, penalty in self.penalties.items() if penalty.until > now}
         metas = {**view.metas(), **self.local.metas()}
+        have = self._haves(metas)
 
         def plan(evicted: Mapping[str, str]) -> Plan:
             return planner.plan(
@@ -122,9 +138,11 @@ class Puller:
                 local_sets=self.local.tagsets,
                 remote_sets=remote_sets,
                 brought=self.local.brought.keys(),
+                have=have,
             )
 
         first = plan(self.local.evicted)
+        self.full &= {*first.missing, *self.active}
         # What does not fit the disk budget is treated like an evicted image: not pulled, not waited
         # for. Pulls under way count: they will be held (the budget evicts later if need be).
         skip = {i: v for i, v in self.skip(first.missing).items() if i not in self.active}
@@ -167,16 +185,34 @@ class Puller:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
+    def _haves(self, metas: Mapping[str, ImageMeta]) -> dict[str, int]:
+        """image -> how many of its leading layers this engine holds (by chain ID), for images not
+        held here: what a pull of it asks to be left out, and which relays can serve it. 0 for an
+        image whose delta the engine refused."""
+        held = self.local.held_chains()
+        self._chains = {i: c for i, c in self._chains.items() if i in metas}
+        have: dict[str, int] = {}
+        for image, meta in metas.items():
+            if image in self.local.images or image in self.full:
+                continue
+            chains = self._chains.get(image)
+            if chains is None:
+                chains = self._chains[image] = tuple(chain_ids(meta.layers))
+            # a chain ID names a whole prefix, so the longest one held is the count
+            have[image] = next((n for n in range(len(chains), 0, -1) if chains[n - 1] in held), 0)
+        return have
+
     async def _pull(self, pull: Pull, member: PeerInfo, record: Transfer) -> None:
-        meta = self.view.metas().get(pull.image)
-        have = held_prefix(meta.layers, self.local.held_chains()) if meta else 0
+        have = 0 if pull.image in self.full else pull.have  # what the plan chose the source for
         failure = self.failures.get(pull.image)
-        source = pull.source
+        source, hops = pull.source, 0
         spools: list[Spool] = []
         try:
             # A source may hand this pull on to a relay of the image (a burst's chain, see
             # mesh/protocol/sources.py); after a failure, sources are asked to serve it themselves.
-            for hop in range(MAX_HANDOFFS + 1):
+            # Each turn follows a hand-off (at most MAX_HANDOFFS in a row) or, once, takes a
+            # refused delta back to a source of a full stream.
+            for _turn in range(2 * (MAX_HANDOFFS + 1)):
                 log.info(
                     "pulling %s %s from %s (%s)%s",
                     pull.image[:19],
@@ -196,13 +232,12 @@ class Puller:
                             member.addr,
                             record,
                             have=have,
-                            on_fallback=self.metrics.delta_fallbacks.inc,
                             chunk_bytes=self.config.transfer_chunk_bytes,
                             idle_timeout=self.config.transfer_idle_timeout,
                             on_bytes=self._received,
                             open_spool=functools.partial(self._open_spool, pull.image, source, spools),
-                            handoff=failure is None and hop < MAX_HANDOFFS,
-                            hops=hop,
+                            handoff=failure is None and hops < MAX_HANDOFFS,
+                            hops=hops,
                             queue_wait=self.config.transfer_queue_wait,
                         ),
                     )
@@ -215,15 +250,27 @@ class Puller:
                         "%s handed %s on to %s, which relays it", member.name, pull.image[:19], relay.name
                     )
                     self.metrics.handoffs.inc()
-                    source, member = handed.relay, relay
+                    source, member, hops = handed.relay, relay, hops + 1
                     record.peer, record.peer_name, record.relay = relay.addr, relay.name, True
                     record.done = 0
+                except DeltaRefused as refused:
+                    have = 0
+                    self.full.add(pull.image)
+                    self.metrics.delta_fallbacks.inc()
+                    source, member = self._full_source(pull, source, member, record, refused.reason)
+                    record.peer, record.peer_name, record.relay = member.addr, member.name, False
+                    record.done, hops = 0, 0
+            else:
+                raise TransferFailed(f"{pull.image[:19]}: sources kept handing the pull on")
+        except _PlanAgain as again:
+            record.outcome, record.error = "replanned", str(again)
         except (TransferFailed, PeerBusy) as exc:
             record.outcome, record.error = "failed", str(exc)
             self._failed(pull, source, member.name, exc)
         else:
             record.outcome = "ok"
             self.failures.pop(pull.image, None)
+            self.full.discard(pull.image)
             self.local.note_brought(list(chain), time.time())
             try:
                 await self.local.rescan()  # so the next plan sees the image here, not as missing
@@ -247,6 +294,32 @@ class Puller:
             self.active.pop(pull.image, None)
             self.recent.appendleft(record)
             self.poke()  # plan again: the next pull may start, or this one be retried
+
+    def _full_source(
+        self, pull: Pull, source: str, member: PeerInfo, record: Transfer, reason: str
+    ) -> tuple[str, PeerInfo]:
+        """Where a pull whose delta the engine refused goes in full: the source itself when it
+        holds the image; from a relay (whose stream may leave layers out, and which refuses a
+        requester holding fewer), back to the holder that handed the pull on to it; when the plan
+        chose the relay, the next plan (_PlanAgain), which with `have` 0 weighs only holders and
+        relays of full streams."""
+        if not record.relay:
+            target: tuple[str, PeerInfo] | None = (source, member)
+        elif not pull.via_relay and (holder := self.view.peer(pull.source)) is not None:
+            target = (pull.source, holder)
+        else:
+            target = None
+        where = f"from {target[1].name}" if target else "from a source of a full stream"
+        log.warning(
+            "engine refused a delta of %s from %s (%s); pulling it in full %s",
+            pull.image[:19],
+            member.name,
+            reason,
+            where,
+        )
+        if target is None:
+            raise _PlanAgain(f"the engine refused the delta from relay {member.name}: planned again, in full")
+        return target
 
     def _received(self, n: int) -> None:
         self.metrics.transfer_bytes.labels("in").inc(n)
@@ -290,11 +363,13 @@ class Puller:
             "pull of %s from %s failed (attempt %d): %s", pull.image[:19], name, failure.attempts, exc
         )
 
-    def _open_spool(self, image: str, source: str, spools: list[Spool], store: str) -> Spool | None:
+    def _open_spool(
+        self, image: str, source: str, spools: list[Spool], store: str, have: int
+    ) -> Spool | None:
         others = {p.id: self.view.holdings(p.id).keys() for p in self.view.live_peers()}
         if not worth_relaying(image, source, others):
             return None
-        spool = self.relays.open(image, store)
+        spool = self.relays.open(image, store, have)
         spools.append(spool)
         return spool
 

@@ -8,10 +8,13 @@ key it asked for, so a tampered or truncated stream is refused there and nothing
 Waiting for the relay's own check instead would cost a whole image time per hop, which is the
 star's cost again.
 
-- Only full streams are spooled (the pull asked for no layers to be left out), and a spool is
-  served only to receivers of the same image store, which get exactly the bytes the origin
-  would have sent them. A receiver that holds some layers gets them again: a full stream is
-  always loadable, only larger.
+- A spool is served only to receivers of the same image store, which get exactly the bytes the
+  origin would have sent this node. A spool is tagged with the `have` its pull asked with (the
+  leading layers, by chain ID, its stream may leave out: a delta), and is served only to
+  receivers whose own `have` is at least that (mesh.protocol.sources.covers), which hold every
+  layer left out; any other is refused (mesh/node/peer_api.py), never sent a stream it cannot
+  load. A receiver that holds more layers than the spool leaves out gets those again: such a
+  stream loads, it is only larger. A full spool (`have` 0) serves anyone.
 - When the relay's upstream breaks, or its own load fails, the spool fails: every reader gets an
   error after the bytes already passed on, the peer server aborts the connection, and the
   downstream engine sees a truncated tar and loads nothing.
@@ -41,11 +44,18 @@ class Spool:
     """One image being received and relayed: a file that grows, and readers waiting on it."""
 
     def __init__(
-        self, directory: Path, image: str, store: str, on_change: Callable[[], None] = lambda: None
+        self,
+        directory: Path,
+        image: str,
+        store: str,
+        on_change: Callable[[], None] = lambda: None,
+        have: int = 0,
     ) -> None:
         self.image = image
         self._on_change = on_change
         self.store = store
+        self.have = have
+        """The leading layers the pull asked to be left out: readers must hold at least as many."""
         self.chain: list[str] = []
         self.path = directory / f"relay-{image[7:23]}-{os.getpid()}-{id(self):x}.tar"
         directory.mkdir(parents=True, exist_ok=True)
@@ -57,9 +67,12 @@ class Spool:
         self._changed = asyncio.Event()
         self._started = asyncio.Event()
 
-    def start(self, chain: list[str]) -> None:
-        """The upstream answered: its chain header is what readers are told too."""
+    def start(self, chain: list[str], have: int | None = None) -> None:
+        """The upstream answered: its chain header is what readers are told too, and `have`
+        (when it said) how many leading layers its stream may leave out, which readers must hold."""
         self.chain = list(chain)
+        if have is not None:
+            self.have = have
         self._started.set()
         self._wake()
         self._on_change()
@@ -140,11 +153,11 @@ class Relays:
             for path in self.directory.glob("relay-*.tar"):
                 path.unlink()
 
-    def open(self, image: str, store: str) -> Spool:
+    def open(self, image: str, store: str, have: int = 0) -> Spool:
         previous = self.spools.get(image)
         if previous is not None:
             self.close(previous)
-        spool = Spool(self.directory, image, store, lambda: self.on_change())
+        spool = Spool(self.directory, image, store, lambda: self.on_change(), have)
         self.spools[image] = spool
         return spool
 
@@ -156,4 +169,11 @@ class Relays:
     def receiving(self) -> dict[str, str]:
         """image -> store of the spools growing now (the upstream answered, the stream has not
         ended): what this node announces it relays."""
-        return {i: s.store for i, s in self.spools.items() if s.chain and not s.ended}
+        return {i: s.store for i, s in self._growing()}
+
+    def relay_have(self) -> dict[str, int]:
+        """image -> `have` of the growing spools that are deltas (the rest are full streams)."""
+        return {i: s.have for i, s in self._growing() if s.have}
+
+    def _growing(self) -> list[tuple[str, Spool]]:
+        return [(i, s) for i, s in self.spools.items() if s.chain and not s.ended]

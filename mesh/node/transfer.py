@@ -31,6 +31,16 @@ class TransferFailed(Exception):
     pass
 
 
+class DeltaRefused(Exception):
+    """The engine refused a stream with held layers left out (the containerd store refuses a
+    legacy-format delta): the image must come in full, from a source that can send a full stream
+    (a holder, or a relay of a full stream; a relay of a delta cannot). Not the source's fault."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass
 class Transfer:
     """A transfer in flight or finished, as the status page shows it."""
@@ -93,8 +103,7 @@ async def pull_image(
     chunk_bytes: int,
     idle_timeout: float,
     on_bytes: Callable[[int], None],
-    on_fallback: Callable[[], None] = lambda: None,
-    open_spool: Callable[[str], Spool | None] = lambda store: None,
+    open_spool: Callable[[str, int], Spool | None] = lambda store, have: None,
     handoff: bool = True,
     hops: int = 0,
     queue_wait: float = 300.0,
@@ -103,9 +112,10 @@ async def pull_image(
     HandedOff (ask the relay it names) or PeerBusy (the peer's upload queue is full).
 
     `have` is how many leading layers of the image this engine holds already (by chain ID): the
-    peer leaves them out of the stream. If the engine refuses that delta, the pull is made once
-    more in full, and `on_fallback` counts it. A full stream is teed into the spool that
-    `open_spool(store)` gives (None: no relaying), which peers read as it grows (relay.py)."""
+    peer leaves them out of the stream. If the engine refuses that delta, DeltaRefused: the
+    caller pulls once more in full, from a source that can send a full stream (mesh/node/puller.py).
+    The stream is teed into the spool that `open_spool(store, have)` gives (None: no relaying),
+    which peers read as it grows (relay.py), those holding at least what it leaves out."""
     info = await engine.info()
     before = {i.meta.id for i in await engine.images()}
     stream = _StreamOptions(info.store, chunk_bytes, idle_timeout, handoff, hops, queue_wait, open_spool)
@@ -114,9 +124,7 @@ async def pull_image(
     except _EngineRefused as refused:
         if have == 0:
             raise TransferFailed(refused.reason) from None
-        log.warning("engine refused a delta of %s (%s); pulling it in full", pull.image[:19], refused.reason)
-        on_fallback()
-        report = await _load_from_peer(engine, client, pull, addr, record, 0, stream, on_bytes, before)
+        raise DeltaRefused(refused.reason) from None
     images = {i.meta.id: i for i in await engine.images()}
     if pull.image not in images:
         # The engine verified every layer against its config, so a present key means the stream
@@ -146,7 +154,7 @@ class _StreamOptions:
     handoff: bool
     hops: int
     queue_wait: float
-    open_spool: Callable[[str], Spool | None]
+    open_spool: Callable[[str, int], Spool | None]
 
 
 async def _load_from_peer(
@@ -163,8 +171,9 @@ async def _load_from_peer(
     report = TarReport()
     broke: list[str] = []
     store = options.store
-    # Only a full stream is relayed: it is what the origin would send any receiver of this store.
-    spool = options.open_spool(store) if have == 0 else None
+    # The spool is tagged with `have` until the peer says what its stream leaves out (HAVE_HEADER):
+    # it serves receivers of this store that hold at least that (mesh.protocol.sources.covers).
+    spool = options.open_spool(store, have)
     try:
         async with client.save(
             addr,
@@ -182,7 +191,7 @@ async def _load_from_peer(
                 raise TransferFailed(f"peer offered {stream.chain[:1]} instead of {pull.image[:19]}")
             report.chain = list(stream.chain)
             if spool is not None:
-                spool.start(report.chain)
+                spool.start(report.chain, stream.have if stream.have is not None else have)
             chunks = _counted(stream.chunks, record, on_bytes, broke, spool)
             await engine.load(untagged(chunks, report, verify_blobs=store == "containerd"))
     except Exception as exc:

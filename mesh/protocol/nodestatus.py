@@ -7,8 +7,15 @@ predate it would reject, dropping the whole envelope), each node announces them 
 its own manifest, the way registry content rides it (mesh/protocol/oci.py):
 
     ID   sha256 over a salt and the node ID (never an image ID or a registry key)
-    tags ("oci node-status", "oci zone <zone>", "oci load <n>", "oci recv <image> <store>", ...,
+    tags ("oci node-status", "oci zone <zone>", "oci load <n>", "oci recv <image> <store>" or
+          "oci recv <image> <store> <have>", ...,
           "oci tagset <tag> <image> <unix ms>", ...)
+
+A relay whose stream leaves out the image's first layers (a delta: its pull asked with `have`
+> 0, mesh/protocol/sources.py rule 3) announces `oci recv <image> <store> <have>`; a full stream
+keeps the two-word form. Every parser before `have` checks the store word against STORES and
+skips the item when it is `"<store> <have>"`, so an older node never takes a delta relay for a
+full one, and never takes "graph 3" for a store: it just does not see that relay.
 
 `tagset` items are the node's tag sets (mesh.protocol.tagsets: tags it moved to an older image on
 purpose, or adopted from such a move), at most MAX_TAGSETS of them; a node from before them skips
@@ -34,6 +41,7 @@ MARK = "oci node-status"
 KEY_SALT = b"cachemesh/node-status\0"
 MAX_RECEIVING = MAX_TAGS - 3 - MAX_TAGSETS  # one slot each for the mark, the zone and the load
 STORES = ("graph", "containerd", "blob")  # "blob": registry content being fetched (by digest)
+MAX_HAVE = 1000  # a `have` beyond this is garbage (mesh.net.server.MAX_LAYERS bounds requests alike)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +50,14 @@ class NodeStatus:
     uploads: int = 0
     """Uploads in flight plus queued: the load figure source choice weighs."""
     receiving: Mapping[str, str] = field(default_factory=dict)
-    """image -> store of the full stream this node is receiving and relays as it arrives; or
+    """image -> store of the stream this node is receiving and relays as it arrives; or
     registry digest -> "blob" for content it is fetching and relays as it arrives."""
     tagsets: Mapping[str, TagSet] = field(default_factory=dict)
     """tag -> the image this node set it to on purpose, and when (mesh.protocol.tagsets)."""
+    relay_have: Mapping[str, int] = field(default_factory=dict)
+    """image -> the leading layers its relayed stream leaves out, for images in `receiving`
+    whose stream is a delta; absent (or 0): a full stream. It serves requesters holding at
+    least that many (mesh.protocol.sources.covers)."""
 
 
 def status_key(node_id: str) -> str:
@@ -57,7 +69,10 @@ def status_meta(node_id: str) -> ImageMeta:
 
 
 def announce(status: NodeStatus) -> Tags:
-    receiving = sorted(f"oci recv {image} {store}" for image, store in status.receiving.items())
+    receiving = sorted(
+        f"oci recv {image} {store}" + (f" {have}" if (have := status.relay_have.get(image, 0)) else "")
+        for image, store in status.receiving.items()
+    )
     newest = sorted(status.tagsets.items(), key=lambda item: (item[1].at, item[0]), reverse=True)
     items = [f"oci tagset {tag} {s.image} {s.at}" for tag, s in newest]
     sets = sorted([item for item in items if len(item) <= MAX_NAME][:MAX_TAGSETS])  # too long: left out
@@ -74,7 +89,7 @@ def parse(tags: Tags | None) -> NodeStatus | None:
     if not is_status_entry(tags):
         return None
     assert tags is not None
-    zone, uploads, receiving, tagsets = "", 0, {}, {}
+    zone, uploads, receiving, tagsets, relay_have = "", 0, {}, {}, {}
     for text in tags[1:]:
         kind, _, rest = text.removeprefix("oci ").partition(" ")
         if kind == "zone":
@@ -82,12 +97,17 @@ def parse(tags: Tags | None) -> NodeStatus | None:
         elif kind == "load" and rest.isdigit():
             uploads = int(rest)
         elif kind == "recv":
-            image, _, store = rest.partition(" ")
-            if image.startswith("sha256:") and len(image) == 71 and store in STORES:
-                receiving[image] = store
+            image, _, rest = rest.partition(" ")
+            store, spaced, have = rest.partition(" ")
+            if not (image.startswith("sha256:") and len(image) == 71 and store in STORES):
+                continue
+            if not spaced:
+                receiving[image] = store  # a full stream (the only form before `have`)
+            elif have.isascii() and have.isdigit() and 0 < int(have) <= MAX_HAVE and store != "blob":
+                receiving[image], relay_have[image] = store, int(have)
         elif kind == "tagset":
             tag, _, rest = rest.partition(" ")
             image, _, at = rest.partition(" ")
             if tag and image.startswith("sha256:") and len(image) == 71 and at.isdigit():
                 tagsets[tag] = TagSet(image, int(at))
-    return NodeStatus(zone, uploads, receiving, tagsets)
+    return NodeStatus(zone, uploads, receiving, tagsets, relay_have)

@@ -13,8 +13,9 @@ Policy (the default; a disk budget comes later):
 - Images the operator removed here are not pulled back (they are remembered as evicted) until a
   newer image takes their tag.
 - The source is chosen by `mesh.protocol.sources.rank`: live holders and live relays (peers still
-  receiving the image, cut-through), weighed by RTT, their gossiped uploads, zone and recent
-  failures, ties spread per receiver, so a burst of receivers forms a tree, not a star.
+  receiving the image, cut-through, whose stream covers the layers this node lacks), weighed by
+  RTT, their gossiped uploads, zone and recent failures, ties spread per receiver, so a burst of
+  receivers forms a tree, not a star.
 - An image whose parent chain already brings another wanted image is pulled first, and the other
   waits for it instead of crossing the network twice.
 """
@@ -37,7 +38,8 @@ from mesh.protocol.wire import ImageMeta, Tags
 class Peer:
     """A peer as source choice sees it. `zone`, `uploads` and `receiving` come from the peer's
     gossiped status (mesh.protocol.nodestatus); `receiving` maps images it is receiving and
-    relaying to the image store its stream is for ("graph" or "containerd")."""
+    relaying to the image store its stream is for ("graph" or "containerd"), and `relay_have`
+    those whose stream is a delta to the leading layers it leaves out (absent: a full stream)."""
 
     id: str
     alive: bool
@@ -45,6 +47,7 @@ class Peer:
     zone: str = ""
     uploads: int = 0
     receiving: Mapping[str, str] = field(default_factory=dict)
+    relay_have: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -62,6 +65,9 @@ class Pull:
     size: int
     via_relay: bool = False
     """The source is still receiving the image itself and relays it as it arrives."""
+    have: int = 0
+    """The leading layers of the image this node holds (by chain ID), to be left out of the
+    stream: what the source was chosen for (a relay only if it covers it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +180,7 @@ def plan(
     local_sets: Mapping[str, TagSet] | None = None,
     remote_sets: Mapping[str, Mapping[str, TagSet]] | None = None,
     brought: Collection[str] | None = None,
+    have: Mapping[str, int] | None = None,
 ) -> Plan:
     """Decide pulls and local tag moves.
 
@@ -193,6 +200,11 @@ def plan(
     ones; each counts only while its node tags that image so. `brought`: the local images the
     mesh brought here; the others were built here (all of them when None), and a tag on one newer
     than the tag's winner stays.
+
+    `have`: image -> how many of its leading layers this node holds (by chain ID; absent: 0),
+    which the pull asks the source to leave out. A relay is a candidate only if its stream covers
+    that (`sources.covers`: it leaves out no more than this node holds), and the pull carries it.
+    A caller that wants an image in full (the engine refused its delta) gives 0.
     """
     live_remote = {p: m for p, m in remote.items() if p in peers and peers[p].alive}
     sets = [valid(local_sets or {}, local)]
@@ -223,12 +235,17 @@ def plan(
     for peer, manifest in live_remote.items():
         for image in manifest:
             holders.setdefault(image, []).append(peer)
+    held = have or {}
     relays: dict[str, list[str]] = {}
     if store:
         for peer_id, info in sorted(peers.items()):
             if info.alive and peer_id != me:
                 for image, relay_store in info.receiving.items():
-                    if relay_store == store and peer_id not in holders.get(image, ()):
+                    if (
+                        relay_store == store
+                        and peer_id not in holders.get(image, ())
+                        and sources.covers(info.relay_have.get(image, 0), held.get(image, 0))
+                    ):
                         relays.setdefault(image, []).append(peer_id)
 
     given_up = [i for i in missing if i in failures and failures[i].attempts >= max_attempts]
@@ -275,7 +292,9 @@ def plan(
         )[0]
         sent[best.peer] = sent.get(best.peer, 0) + 1
         size = metas[image].size if image in metas else 0
-        pulls.append(Pull(image, best.peer, tuple(sorted(want_tags[image])), size, best.relay))
+        pulls.append(
+            Pull(image, best.peer, tuple(sorted(want_tags[image])), size, best.relay, held.get(image, 0))
+        )
     return Plan(pulls, tags, missing, given_up, winning, kept)
 
 

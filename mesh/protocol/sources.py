@@ -1,11 +1,13 @@
 """From whom to pull an image, and when a source hands a requester on to a relay. Pure.
 
 A burst (an autoscaler adding hosts at once) must become a tree, not a star: the first holder's
-uplink cannot carry every copy. Two rules make it one, with no tracker:
+uplink cannot carry every copy. Two rules make it one, with no tracker, and a third keeps it
+correct when receivers hold part of the image already:
 
 1. The receiver's choice (`rank`). Every live holder of the image, and every live peer that is
-   still receiving it and can relay it (cut-through, docs/protocol.md), is a candidate. Each gets a
-   cost in "shares of an uplink", lowest first:
+   still receiving it and can relay it (cut-through, docs/protocol.md) with a stream that covers
+   this pull's `have` (3 below), is a candidate. Each gets a cost in "shares of an uplink",
+   lowest first:
 
        cost = (1 + uploads) * zone_factor + rtt / RTT_PER_SHARE + relay + penalties
 
@@ -21,9 +23,10 @@ uplink cannot carry every copy. Two rules make it one, with no tracker:
    on the same information spread over equal sources instead of all taking the first.
 
 2. The source's hand-off (`relay_to`). Gossip lags a burst by a fraction of a second, so receivers
-   deciding together still pick the same holder. A node that is already streaming an image in
-   full to a peer that relays it (same image store, hand-off allowed) may answer a further
-   request for that image with "ask that relay" instead of splitting its uplink. The request
+   deciding together still pick the same holder. A node that is already streaming an image to a
+   peer that relays it (same image store, a stream that covers the request's `have`, see 3,
+   hand-off allowed) may answer a further request for that image with "ask that relay" instead
+   of splitting its uplink. The request
    carries `hops`, the hand-offs its receiver has followed in this attempt, and the node decides
    on that and on what it sends now:
 
@@ -42,6 +45,15 @@ uplink cannot carry every copy. Two rules make it one, with no tracker:
 
    A chain for small bursts because splitting an uplink halves every stream below the split:
    with 4 receivers a chain takes about one image time, a tree about two.
+
+3. Deltas (`have`). A receiver that holds an image's first layers (the base image, an older
+   build) asks with `have`, the count of leading layers it holds by chain ID, and the source
+   leaves those layers out of the stream. A relay's spool of such a stream is tagged with that
+   `have`, and it can serve a requester only when the requester's `have` is at least the spool's:
+   `have` is a prefix count, so then every layer the requester lacks is in the stream; a
+   requester with less would get a stream without a layer it lacks. So a relay is a candidate
+   (`covers`) and a hand-off target only for such requesters; a full stream (`have` 0) covers
+   every one. The relay itself refuses any other (mesh/node/peer_api.py), whatever gossip said.
 """
 
 from __future__ import annotations
@@ -139,15 +151,24 @@ def rank(
     )
 
 
+def covers(relay_have: int, have: int) -> bool:
+    """Whether a relay whose stream leaves out its first `relay_have` layers can serve a
+    requester that holds the first `have`: every layer the requester lacks is in the stream."""
+    return relay_have <= have
+
+
 @dataclass(frozen=True, slots=True)
 class Downstream:
-    """A stream this node is sending now: to whom, of what, for which store, and whether the
-    receiver relays it (a full stream it spools and serves to others as it arrives)."""
+    """A stream this node is sending now: to whom, of what, for which store, whether the
+    receiver relays it (spools it and serves it to others as it arrives), and the `have` it
+    asked with: its spool leaves out at most those leading layers, and serves only requesters
+    that hold at least as many (`covers`)."""
 
     peer: str
     image: str
     store: str
     relays: bool
+    have: int = 0
 
 
 def relay_to(
@@ -156,18 +177,24 @@ def relay_to(
     requester: str,
     sending: Sequence[Downstream],
     *,
+    have: int = 0,
     hops: int = 0,
     routed: Mapping[Downstream, int] | None = None,
 ) -> Downstream | None:
     """The stream whose receiver a request for `image` from `requester` (whose engine uses
-    `store`) is handed to, or None to serve it here. `sending` is this node's streams now, oldest
-    first; `hops` the hand-offs the request has followed in this attempt; `routed` how many
-    requests this node has handed to each of its downstreams so far (absent: none). The caller
-    counts the answer in `routed`. Rule: the module docstring."""
+    `store` and holds the image's first `have` layers) is handed to, or None to serve it here.
+    `sending` is this node's streams now, oldest first; only those whose relay covers `have` are
+    hand-off targets. `hops` the hand-offs the request has followed in this attempt; `routed` how
+    many requests this node has handed to each of its downstreams so far (absent: none). The
+    caller counts the answer in `routed`. Rule: the module docstring."""
     relays = [
         out
         for out in sending
-        if out.image == image and out.relays and out.store == store and out.peer != requester
+        if out.image == image
+        and out.relays
+        and out.store == store
+        and out.peer != requester
+        and covers(out.have, have)
     ]
     if not relays:
         return None
