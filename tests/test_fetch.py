@@ -328,3 +328,39 @@ async def test_a_body_whose_source_died_while_it_waited_goes_to_another_holder(t
         ("a", 0),
         ("b", LANE_FREE_BYTES),
     ]
+
+
+# --- the fake against the real client: one contract ---------------------------------------------
+
+CONTRACT_CASES = [(0, None), (PIECE * 3 + 7, None), (1000, 5000), (len(DATA) - 10, None), (0, 0)]
+
+
+async def content_contract(peers: Any, addr: str) -> None:
+    """What the fetcher relies on of `content`: the whole blob's size whatever the offset, then
+    the bytes from the offset on, at most `limit` of them (0: the size alone)."""
+    for offset, limit in CONTRACT_CASES:
+        async with peers.content(
+            addr, DIGEST, offset=offset, limit=limit, chunk_bytes=PIECE, idle_timeout=5.0
+        ) as stream:
+            assert stream.size == len(DATA)
+            got = b"".join([c async for c in stream.chunks])
+        end = len(DATA) if limit is None else offset + limit
+        assert got == DATA[offset:end], (offset, limit, len(got))
+
+
+async def test_the_scripted_peers_keep_the_real_clients_content_contract():
+    await content_contract(ScriptedPeers({"a": (len(DATA), len(DATA) // PIECE + 1, "end")}), "a")
+
+
+async def test_the_real_client_keeps_the_content_contract(workdir):
+    from tests.inproc import start_node
+
+    a = await start_node(workdir, "a")
+    b = await start_node(workdir, "b", seeds=(a.peer_addr,))
+    try:
+        # put_bytes writes and fsyncs in place (fine for a manifest): off the loop for 1 MiB
+        await asyncio.to_thread(asyncio.run, a.registry.store.put_bytes(DIGEST, DATA))
+        await content_contract(b.parts.client, a.advertise)
+    finally:
+        await b.stop()
+        await a.stop()
