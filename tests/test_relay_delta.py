@@ -16,12 +16,15 @@ import pytest
 
 from mesh.engine.fake import FakeEngine
 from mesh.lab.poll import async_wait_until
-from mesh.net.contract import SaveRequest
+from mesh.net.contract import SaveRequest, SaveStream
 from mesh.net.server import SaveRefused
 from mesh.node.node import Node
 from mesh.node.relay import Spool
 from tests.inproc import has_image, start_node, wait_pulled
+from tests.test_relay import IMAGE, collect, server
 from tests.test_transfer import CountingEngine
+
+__all__ = ["server"]  # the fixture, shared with tests/test_relay.py
 
 # Over 1 MiB each: a legacy-format layer file that big is recognised by its hash and left out
 # (mesh/engine/delta.py; smaller files are sent).
@@ -206,3 +209,52 @@ async def test_a_delta_the_engine_refuses_from_a_relay_is_pulled_in_full_from_th
     # The full retry never went to b1's relay: it served b2 the delta and refused nobody.
     assert [(relay, what) for relay, _, _, _, what in served] == [("b1", "served")]
     await wait_pulled(b1, app, "app:latest", 60, what="app on b1")
+
+
+# --- what a stream says it leaves out (X-Cachemesh-Have) ------------------------------------------
+
+
+@pytest.mark.parametrize("have", [None, 0, 3])
+async def test_a_save_stream_says_what_it_leaves_out_and_a_sender_that_does_not_says_none(server, have):
+    handler, _, (c0, _, _), addr = server
+    opened = handler.open_save
+
+    async def open_save(request: SaveRequest) -> SaveStream:
+        stream = await opened(request)
+        return SaveStream(stream.chain, stream.chunks, have)  # None: as a sender from before it
+
+    handler.open_save = open_save  # type: ignore[method-assign]
+    handler.release.set()
+    async with c0.save(addr, IMAGE, handoff=False, chunk_bytes=1024, idle_timeout=5) as stream:
+        assert stream.have == have
+        assert await collect(stream.chunks) == b"payload"
+
+
+@pytest.mark.parametrize(
+    ("store", "layers", "have", "left"),
+    [
+        ("graph", "base+deps+code", 1, 1),
+        ("graph", "base+deps+code", 2, 2),
+        ("graph", "base+deps+code", 0, 0),
+        # the fake engine writes only the legacy format, which the containerd store refuses with
+        # a layer missing: the stream is full, and says so
+        ("containerd", "base+deps+code", 2, 0),
+        # a held layer that recurs above `have` stays in the stream
+        ("graph", "base+deps+base", 1, 0),
+        ("graph", "base+deps+base", 2, 2),
+    ],
+)
+async def test_a_holder_says_its_stream_leaves_out_only_what_it_can(workdir, store, layers, have, left):
+    engine = FakeEngine()
+    keys = build(engine, new=True)
+    image = keys["new"]
+    if layers == "base+deps+base":
+        image = engine.build("again:1", [BASE_LAYER], parent=keys["deps"], created=400)
+    node = await start_node(workdir, "src", engine=engine)
+    try:
+        await async_wait_until(lambda: image in node.local.shared, 10, what="the image shared")
+        stream = await node.parts.peer_api.open_save(SaveRequest(image, "someone", have=have, store=store))
+        await stream.chunks.aclose()  # type: ignore[attr-defined]
+        assert stream.have == left
+    finally:
+        await node.stop()
