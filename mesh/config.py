@@ -22,8 +22,12 @@ class ConfigError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Config:
     # --- operator settings ---------------------------------------------------------------
+    engine: str = "docker"
+    """"docker": share the local engine's images and serve the registry endpoint. "off": the
+    registry endpoint alone, with no Docker socket (BuildKit's docker-container driver, engine-less
+    runners): the node holds no images, pulls none, and is ready once synced."""
     docker_host: str = "unix:///var/run/docker.sock"
-    """Engine API endpoint of the local Docker Engine (unix:// or tcp://)."""
+    """Engine API endpoint of the local Docker Engine (unix:// or tcp://). Unused with engine off."""
     listen: str = "0.0.0.0:7611"
     """host:port for the peer API (gossip and transfers)."""
     advertise: str = ""

@@ -55,6 +55,13 @@ def _parse_tls(raw: str) -> str:
     raise ValueError(f"expected on or off, got {raw!r}")
 
 
+def _parse_engine(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("docker", "off"):
+        raise ValueError(f"expected docker or off, got {raw!r}")
+    return value
+
+
 def _parse_registry_listen(raw: str) -> str:
     if raw.strip().lower() == "off":
         return "off"
@@ -133,6 +140,12 @@ class Option:
 _HOSTPORT = "HOST:PORT"
 
 OPTIONS: tuple[Option, ...] = (
+    Option(
+        "engine",
+        _parse_engine,
+        "docker: share the engine's images; off: the registry endpoint alone, no Docker socket",
+        "docker|off",
+    ),
     Option("docker_host", str, "Docker Engine endpoint, else $DOCKER_HOST", "URL"),
     Option("listen", _parse_hostport_text, "peer API address", _HOSTPORT),
     Option(
@@ -316,6 +329,13 @@ def validate(config: Config) -> None:
         raise ConfigError("the secret file lists the same secret twice")
     if config.tls not in ("on", "off"):
         raise ConfigError("--tls must be on or off")
+    if config.engine not in ("docker", "off"):
+        raise ConfigError("--engine must be docker or off")
+    if config.engine == "off" and config.registry_listen == "off":
+        raise ConfigError(
+            "--engine off with --registry-listen off leaves nothing to share: an engine-less node "
+            "serves the registry endpoint alone, so give it an address (the default is 127.0.0.1:7613)"
+        )
     if config.tls == "off" and not config.insecure:
         raise ConfigError(
             "--tls off sends image layers in the clear; it is only allowed together with --insecure "

@@ -24,9 +24,13 @@ async def start_node(
     *,
     engine: FakeEngine | None = None,
     seeds: tuple[str, ...] = (),
+    engine_off: bool = False,
     **overrides: Any,
 ) -> Node:
+    """`engine_off`: the node runs with --engine off (and so makes its own engine, NoEngine)."""
     overrides.setdefault("secret", SECRET)
+    if engine_off:
+        overrides["engine"] = "off"
     config = Config.local(
         listen="127.0.0.1:0",
         status_listen="127.0.0.1:0",
@@ -37,7 +41,7 @@ async def start_node(
         seeds=seeds,
         **overrides,
     )
-    node = Node(config, engine or FakeEngine())
+    node = Node(config, None if engine_off else engine or FakeEngine())
     await node.start()
     return node
 

@@ -16,6 +16,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 # field -> (flag, env var): what operators and their deployments already set.
 FLAGS = {
+    "engine": ("--engine", "CACHEMESH_ENGINE"),
     "docker_host": ("--docker-host", "CACHEMESH_DOCKER_HOST"),
     "listen": ("--listen", "CACHEMESH_LISTEN"),
     "advertise": ("--advertise", "CACHEMESH_ADVERTISE"),

@@ -19,9 +19,13 @@ CLOCK_LIMIT = 30.0
 """Seconds of clock offset worth a warning; the auth window (120 s by default) refuses more."""
 
 
+ENGINE_OFF = "off"
+"""The node's engine on its status page when it runs with --engine off (registry only)."""
+
+
 @dataclass(frozen=True)
 class EngineFacts:
-    version: str
+    version: str  # ENGINE_OFF: the node runs without an engine, none was asked
     containerd_store: bool
     error: str = ""  # why the engine could not be asked; "" when it answered
 
@@ -89,6 +93,12 @@ def _version(text: str) -> tuple[int, int, int]:
 
 
 def _engine(engine: EngineFacts) -> Finding:
+    if engine.version == ENGINE_OFF:
+        return Finding(
+            "engine",
+            OK,
+            "no engine (--engine off): the node shares registry content only, through its endpoint",
+        )
     if engine.error:
         return Finding(
             "engine",
@@ -112,6 +122,17 @@ def _builds(engine: EngineFacts) -> list[Finding]:
     """The flags a build needs on this engine to hit the cache the mesh brings."""
     if engine.error:
         return []
+    if engine.version == ENGINE_OFF:
+        return [
+            Finding(
+                "builds",
+                OK,
+                "builds take cache through the registry endpoint: docker buildx build "
+                "--cache-to type=registry,ref=127.0.0.1:7613/cache/app:main,mode=max "
+                "--cache-from type=registry,ref=127.0.0.1:7613/cache/app:main . (the "
+                "docker-container driver needs --driver-opt network=host to reach it)",
+            )
+        ]
     v = _version(engine.version)
     classic = (
         "classic builder (DOCKER_BUILDKIT=0): docker build --cache-from app:main ."

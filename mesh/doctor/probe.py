@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from mesh.doctor.checks import EngineFacts, Facts
+from mesh.doctor.checks import ENGINE_OFF, EngineFacts, Facts
 from mesh.engine.base import EngineError
 from mesh.engine.docker_api import DockerEngine
 from mesh.hostport import format_hostport, parse_hostport
@@ -23,8 +23,10 @@ def probe(status_addr: str, docker_host: str) -> Facts:
     status, status_error = _status(status_addr)
     peers = [] if status is None else [p for p in status.get("peers") or [] if p.get("state") != "left"]
     registry_listen = "off" if status is None else (status.get("registry") or {}).get("listen", "off")
+    engine_off = status is not None and (status.get("node") or {}).get("engine") == ENGINE_OFF
     return Facts(
-        engine=asyncio.run(_engine(docker_host)),
+        # A node without an engine (--engine off) is not asked about one: there is none to ask.
+        engine=EngineFacts(ENGINE_OFF, False) if engine_off else asyncio.run(_engine(docker_host)),
         status=status,
         status_error=status_error,
         status_addr=status_addr,

@@ -21,6 +21,7 @@ from mesh import __version__
 from mesh.config import Config
 from mesh.discovery.addresses import derive_advertise
 from mesh.engine.base import Engine
+from mesh.engine.none import OFF as NO_ENGINE
 from mesh.hostport import format_hostport, parse_hostport
 from mesh.net.auth import Signer, derive_key
 from mesh.net.client import PeerClient
@@ -47,6 +48,7 @@ from mesh.node.status import StatusFacts, build_status
 from mesh.protocol.core import MeshCore
 from mesh.protocol.liveness import State
 from mesh.protocol.oci import is_registry_entry
+from mesh.protocol.planner import Plan
 from mesh.registry.ports import RegistrySettings
 from mesh.registry.router import registry_app
 from mesh.registry.service import Registry
@@ -224,6 +226,11 @@ def assemble(config: Config, engine: Engine, sockets: Sockets) -> Parts:
         peer_api=peer_api,
     )
 
+    # With --engine off the node holds no images and wants none: nothing to pull, so the image
+    # plan never holds its warm-up (the registry's warm-up, --registry-warm, still does).
+    nothing_to_pull = Plan([], [], [], [])
+    pulls_images = config.engine != "off"
+
     def readiness_inputs() -> ReadinessSnapshot:
         live = [p for p in view.live_peers() if p.state is State.ALIVE]
         metas, images = view.metas(), local.images
@@ -239,7 +246,7 @@ def assemble(config: Config, engine: Engine, sockets: Sockets) -> Parts:
             metas_missing=any(
                 i not in metas and i not in images for p in view.live_peers() for i in view.holdings(p.id)
             ),
-            plan=puller.plan,
+            plan=puller.plan if pulls_images else nothing_to_pull,
             registry_pending=registry.warm_reason(),
             since_start=time.monotonic() - started_monotonic,
             ready_timeout=config.ready_timeout,
@@ -279,7 +286,7 @@ def assemble(config: Config, engine: Engine, sockets: Sockets) -> Parts:
         address=advertise,
         cluster=config.cluster,
         version=__version__,
-        engine=config.docker_host,
+        engine=config.docker_host if pulls_images else NO_ENGINE,
         seeds=config.seeds,
         started=started,
         started_monotonic=started_monotonic,

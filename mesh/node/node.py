@@ -20,6 +20,7 @@ from mesh import __version__
 from mesh.config import Config
 from mesh.engine.base import Engine
 from mesh.engine.docker_api import DockerEngine
+from mesh.engine.none import NoEngine
 from mesh.hostport import format_hostport
 from mesh.net.pki import CERT_RENEW_AFTER
 from mesh.net.tls_contexts import TLSSockSite, limit_tls_read_buffers
@@ -47,7 +48,9 @@ class NotStarted(RuntimeError):
 class Node:
     def __init__(self, config: Config, engine: Engine | None = None) -> None:
         self.config = config
-        self.engine: Engine = engine or DockerEngine(config.docker_host)
+        self.engine: Engine = engine or (
+            NoEngine() if config.engine == "off" else DockerEngine(config.docker_host)
+        )
         self._parts: Parts | None = None
         self.peer_addr = self.status_addr = self.registry_addr = ""
         self._tasks: list[asyncio.Task[None]] = []
@@ -150,9 +153,10 @@ class Node:
             self._core_loop(),
             self._changes_loop(),
             parts.local.run(),
-            parts.puller.run(),
             parts.finder.run(),
             parts.disk.run(),
+            # An engine-less node (--engine off) pulls no images: it shares registry content only.
+            *([parts.puller.run()] if self.config.engine != "off" else []),
         )
         for coro in loops:
             self._tasks.append(asyncio.create_task(coro))

@@ -90,6 +90,12 @@ def _gossip_cell(gossip: PeerGossipDoc) -> str:
     return f"<span class=ok>sealed</span> · secret: {escape(gossip.get('secret', ''))}"
 
 
+def _engine_html(engine: str, available: bool) -> str:
+    if engine == "off":  # --engine off: no Docker Engine, the registry endpoint alone
+        return "no engine (registry only)"
+    return f"engine {escape(engine)} ({'reachable' if available else 'UNREACHABLE'})"
+
+
 def _engine_id_cell(engine_id: str | None) -> str:
     """The ID `docker images` shows for it here; the mesh key is another column."""
     return f"<code>{short_id(engine_id)}</code>" if engine_id else "–"
@@ -299,7 +305,7 @@ th{{background:#f4f4f4}} code{{font-size:.95em}} .empty{{color:#777}}
 <h1>cachemesh · {escape(node["name"])} <span class="badge {badge}">{"ready" if s["ready"] else "not ready"}</span></h1>
 <p>{escape(s["ready_reason"])} · node <code>{escape(node["id"])}</code> at {escape(node["address"])} ·
 cluster <b>{escape(node["cluster"])}</b> · incarnation {node["incarnation"]} · up {node["uptime"]:.0f}s ·
-engine {escape(node["engine"])} ({"reachable" if node["engine_available"] else "UNREACHABLE"}) · v{escape(node["version"])} ·
+{_engine_html(node["engine"], node["engine_available"])} · v{escape(node["version"])} ·
 peer TLS: {escape(_tls_mode(node["tls"]))}</p>
 {_warmup_html(s)}
 <h2>Peers ({len(s["peers"])})</h2>{peers}
