@@ -16,6 +16,7 @@ from typing import IO, Any
 import pytest
 
 from mesh.lab.poll import async_wait_until
+from mesh.net.client import HandedOff
 from mesh.net.contract import ContentStream
 from mesh.registry import fetch as fetch_module
 from mesh.registry import store as store_module
@@ -32,15 +33,30 @@ class ScriptedPeers:
     """A PeerClient's `content` for each address: the blob's claimed size, then the pieces from
     the offset asked for, then `after`: "end", "stall" (wait for ever) or an exception."""
 
-    def __init__(self, script: dict[str, tuple[int, int, Any]]) -> None:
+    def __init__(
+        self, script: dict[str, tuple[int, int, Any]], handoffs: dict[str, str] | None = None
+    ) -> None:
         self.script = script  # addr -> (claimed size, pieces to send, after)
+        self.handoffs = handoffs or {}  # addr -> the node ID it hands a request on to, if allowed
         self.asked: list[tuple[str, int]] = []
+        self.hops: list[int | None] = []  # each request's hops, None where it allowed no hand-off
 
     @asynccontextmanager
     async def content(
-        self, addr: str, digest: str, *, offset: int, limit: int | None = None, **_: Any
+        self,
+        addr: str,
+        digest: str,
+        *,
+        offset: int,
+        limit: int | None = None,
+        handoff: bool = False,
+        hops: int = 0,
+        **_: Any,
     ) -> AsyncIterator[ContentStream]:
         self.asked.append((addr, offset))
+        self.hops.append(hops if handoff else None)
+        if handoff and addr in self.handoffs:
+            raise HandedOff(f"{addr}: handed on", self.handoffs[addr])
         size, pieces, after = self.script[addr]
         end = len(DATA) if limit is None else min(len(DATA), offset + limit)
 
@@ -59,9 +75,17 @@ class ScriptedPeers:
         yield ContentStream(size, "", chunks())
 
 
-def fetcher(tmp_path: Path, peers: ScriptedPeers) -> Fetcher:
+def fetcher(tmp_path: Path, peers: ScriptedPeers, addrs: dict[str, str] | None = None) -> Fetcher:
+    """`addrs`: node ID -> address of the peers a hand-off may name."""
     store = Store(tmp_path / "registry")
-    return Fetcher(store, peers, lambda digest: list(peers.script), idle_timeout=5)  # type: ignore[arg-type]
+    holders = [a for a in peers.script if a not in (addrs or {}).values()]  # relays are not holders
+    return Fetcher(
+        store,
+        peers,  # type: ignore[arg-type]
+        lambda digest: holders,
+        addr_of=(addrs or {}).get,
+        idle_timeout=5,
+    )
 
 
 async def read_all(fetcher: Fetcher, start: int = 0, end: int | None = None) -> bytes:
@@ -330,6 +354,35 @@ async def test_a_body_whose_source_died_while_it_waited_goes_to_another_holder(t
     ]
 
 
+# --- hand-offs: a burst of fetches is a chain, not a star -------------------------------------
+
+
+async def test_a_fetch_handed_on_is_read_from_the_relay_it_names(tmp_path: Path) -> None:
+    peers = ScriptedPeers({"a": (len(DATA), 99, "end"), "b": (len(DATA), 99, "end")}, {"a": "node-b"})
+    f = fetcher(tmp_path, peers, {"node-b": "b"})
+    assert await read_all(f) == DATA
+    await async_wait_until(lambda: f.store.has(DIGEST), 5, what="stored")
+    assert peers.asked == [("a", 0), ("b", 0)] and peers.hops == [0, 1]
+
+
+async def test_a_hand_off_to_a_peer_not_known_alive_is_asked_again_without_one(tmp_path: Path) -> None:
+    """Gossip may not know the relay yet (or it died): the holder is asked to serve instead."""
+    peers = ScriptedPeers({"a": (len(DATA), 99, "end")}, {"a": "node-gone"})
+    f = fetcher(tmp_path, peers, {})
+    assert await read_all(f) == DATA
+    assert peers.asked == [("a", 0), ("a", 0)] and peers.hops == [0, None]
+
+
+async def test_a_relay_that_fails_sends_the_fetch_back_to_a_holder_that_serves_it(tmp_path: Path) -> None:
+    """No detour after a failure: the holder is asked with no hand-off, from the offset reached."""
+    peers = ScriptedPeers(
+        {"a": (len(DATA), 99, "end"), "b": (len(DATA), 4, ConnectionResetError("gone"))}, {"a": "node-b"}
+    )
+    f = fetcher(tmp_path, peers, {"node-b": "b"})
+    assert await read_all(f) == DATA
+    assert peers.asked == [("a", 0), ("b", 0), ("a", 4 * PIECE)] and peers.hops == [0, 1, None]
+
+
 # --- the fake against the real client: one contract ---------------------------------------------
 
 CONTRACT_CASES = [(0, None), (PIECE * 3 + 7, None), (1000, 5000), (len(DATA) - 10, None), (0, 0)]
@@ -348,8 +401,21 @@ async def content_contract(peers: Any, addr: str) -> None:
         assert got == DATA[offset:end], (offset, limit, len(got))
 
 
+async def handoff_contract(peers: Any, addr: str, relay: str) -> None:
+    """A holder streaming the digest to `relay` hands a request that allows it on (HandedOff
+    naming that relay's node ID), and serves one that does not."""
+    with pytest.raises(HandedOff) as handed:
+        async with peers.content(addr, DIGEST, offset=0, chunk_bytes=PIECE, idle_timeout=5.0, handoff=True):
+            pass
+    assert handed.value.relay == relay
+    async with peers.content(addr, DIGEST, offset=0, chunk_bytes=PIECE, idle_timeout=5.0) as stream:
+        assert b"".join([c async for c in stream.chunks]) == DATA
+
+
 async def test_the_scripted_peers_keep_the_real_clients_content_contract():
     await content_contract(ScriptedPeers({"a": (len(DATA), len(DATA) // PIECE + 1, "end")}), "a")
+    peers = ScriptedPeers({"a": (len(DATA), len(DATA) // PIECE + 1, "end")}, {"a": "node-x"})
+    await handoff_contract(peers, "a", "node-x")
 
 
 async def test_the_real_client_keeps_the_content_contract(workdir):
@@ -361,6 +427,10 @@ async def test_the_real_client_keeps_the_content_contract(workdir):
         # put_bytes writes and fsyncs in place (fine for a manifest): off the loop for 1 MiB
         await asyncio.to_thread(asyncio.run, a.registry.store.put_bytes(DIGEST, DATA))
         await content_contract(b.parts.client, a.advertise)
+        # a streams the blob to another node now: b, asking with a hand-off allowed, is sent there.
+        with a.registry.streaming(DIGEST, "node-x"):
+            await handoff_contract(b.parts.client, a.advertise, "node-x")
+        assert a.registry.handoff_content(DIGEST, b.node_id, 0) == ""  # that stream ended
     finally:
         await b.stop()
         await a.stop()

@@ -52,6 +52,9 @@ class NoMesh:
     def name(self, node: str) -> str:
         return node
 
+    def addr(self, node: str) -> str | None:
+        return None
+
     def publish(self) -> None:
         self.published += 1
 

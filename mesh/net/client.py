@@ -212,13 +212,19 @@ class PeerClient:
         chunk_bytes: int,
         idle_timeout: float,
         limit: int | None = None,
+        handoff: bool = False,
+        hops: int = 0,
     ) -> AsyncIterator[ContentStream]:
         """Open registry content (a blob or manifest, by digest) on a peer, from `offset` on, at
         most `limit` bytes of it (0: only its size and media type). The body has a Content-Length,
-        so a peer that dies mid-stream is a ClientPayloadError."""
+        so a peer that dies mid-stream is a ClientPayloadError. `handoff`: the peer may send this
+        side to a peer it is streaming the digest to (HandedOff), as for saves; `hops`: hand-offs
+        this side has followed for it."""
         doc: dict[str, object] = {"digest": digest, "offset": offset}
         if limit is not None:
             doc["limit"] = limit
+        if handoff:  # absent: a node that predates hand-offs of content, or one that wants none
+            doc["handoff"], doc["hops"] = True, hops
         body: bytes = msgpack.packb(doc)
         headers = self._signer.sign_request("POST", CONTENT_PATH, body, time.time())
         headers["Content-Type"] = MSGPACK
@@ -230,7 +236,10 @@ class PeerClient:
         ) as r:
             if r.status != 200:
                 reason = error_text(await r.content.read(4096))
-                raise PeerError(f"{addr}: {digest[:19]} refused: {r.status} {reason}")
+                message = f"{addr}: {digest[:19]} refused: {r.status} {reason}"
+                if r.status == 503 and r.headers.get(RELAY_HEADER):
+                    raise HandedOff(message, r.headers[RELAY_HEADER])
+                raise PeerError(message)
             try:
                 size = int(r.headers[SIZE_HEADER])
             except (KeyError, ValueError):

@@ -9,8 +9,8 @@ Every request is read under a size cap and a time limit, then authenticated, the
 - `POST /v1/save` when `max_transfers_out` saves are running waits in a queue of at most
   `upload_queue` requests (first come, first served); past that, 503 with Retry-After, so the
   puller backs off or tries another peer instead of storming this one;
-- a save the node hands on to a relay (mesh.protocol.sources.relay_to): 503, Retry-After: 0 and
-  the relay's node ID in X-Cachemesh-Relay;
+- a save, or registry content, the node hands on to a relay (mesh.protocol.sources.relay_to):
+  503, Retry-After: 0 and the relay's node ID in X-Cachemesh-Relay;
 - a connection that has not delivered its first request's headers within `request_timeout` is
   closed by a sweeper (aiohttp times out idle keep-alive connections, but not a client stuck in its
   first request line, so half-open connections would otherwise pile up until file descriptors run out).
@@ -19,9 +19,11 @@ Every request is read under a size cap and a time limit, then authenticated, the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 import msgpack
@@ -91,6 +93,15 @@ class ContentSource(Protocol):
     """Registry content this node serves to peers (`POST /v1/content`)."""
 
     def open_content(self, digest: str, offset: int) -> ContentStream | None: ...
+
+    def handoff_content(self, digest: str, requester: str, hops: int) -> str:
+        """A peer this node streams `digest` to now, to send this requester to instead, or ""."""
+        ...
+
+    def streaming(self, digest: str, requester: str) -> AbstractContextManager[None]:
+        """Around a whole-rest answer: while it lasts, `requester` is a downstream of `digest`
+        (it fetches it into a file it relays from as the bytes arrive)."""
+        ...
 
 
 def _sha256(value: object, field: str) -> str:
@@ -329,9 +340,22 @@ class PeerServer:
                 raise ValueError("offset must be a non-negative integer")
             if limit is not None and (type(limit) is not int or limit < 0):
                 raise ValueError("limit must be a non-negative integer")
+            handoff, hops = doc.get("handoff", False), doc.get("hops", 0)
+            if type(handoff) is not bool:
+                raise ValueError("handoff must be a boolean")
+            if type(hops) is not int or not 0 <= hops <= MAX_HOPS:
+                raise ValueError(f"hops must be a count from 0 to {MAX_HOPS}")
         except Exception as exc:
             self._handler.count_request("content", 400)
             return _error(400, f"malformed content request: {exc}")
+        relay_id = self._content.handoff_content(digest, requester, hops) if handoff else ""
+        if relay_id:
+            self._handler.count_request("content", 503)
+            return _error(
+                503,
+                f"handed on: {relay_id} relays {digest[:19]}",
+                {RELAY_HEADER: relay_id, "Retry-After": "0"},
+            )
         stream = self._content.open_content(digest, offset)
         if stream is None:
             self._handler.count_request("content", 404)
@@ -348,15 +372,11 @@ class PeerServer:
         response.content_length = count
         await response.prepare(request)
         status = 500
+        # A first part (`limit`) is not a downstream: it stops early and asks again later.
+        downstream = self._content.streaming(digest, requester) if limit is None else contextlib.nullcontext()
         try:
-            if not count:
-                pass
-            elif stream.path and request.transport is not None:
-                with open(stream.path, "rb") as fh:
-                    await send_file(request, response, fh, offset, count)
-                self._handler.count_bytes_out(count)
-            else:
-                await self._relay(response, stream.chunks, count)
+            with downstream:
+                await self._send_content(request, response, stream, offset, count)
             await response.write_eof()
             status = 200
         except (ConnectionResetError, BrokenPipeError) as exc:
@@ -373,6 +393,23 @@ class PeerServer:
         finally:
             self._handler.count_request("content", status)
         return response
+
+    async def _send_content(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        stream: ContentStream,
+        offset: int,
+        count: int,
+    ) -> None:
+        if not count:
+            return
+        if stream.path and request.transport is not None:
+            with open(stream.path, "rb") as fh:
+                await send_file(request, response, fh, offset, count)
+            self._handler.count_bytes_out(count)
+        else:
+            await self._relay(response, stream.chunks, count)
 
     async def _relay(self, response: web.StreamResponse, chunks: AsyncIterator[bytes], count: int) -> None:
         """The first `count` bytes of content still arriving (mesh.registry.fetch.windows)."""

@@ -62,6 +62,10 @@ class RegistryView:
         peer = self._view.peer(node)
         return peer.name if peer is not None else node
 
+    def addr(self, node: str) -> str | None:
+        peer = self._view.peer(node)
+        return peer.addr if peer is not None and peer.state in (State.ALIVE, State.SUSPECT) else None
+
     def publish(self) -> None:
         self._publish()
 

@@ -8,8 +8,11 @@
   came after it (mesh.registry.lane). Small blobs never wait, and neither do a large one's
   size and first part. A body waiting for its turn holds no connection to the source.
 - Sources are the live holders, and peers still fetching it (relays), best first: load, RTT
-  and zone (mesh.protocol.sources.rank). If one fails mid-blob, the fetch asks the next
-  holder for the rest from the offset reached; the hash runs on over the whole.
+  and zone (mesh.protocol.sources.rank). A source already streaming a large blob to a peer
+  may hand the fetch on to that peer (the saves' rule, mesh.protocol.sources.relay_to), so a
+  burst of nodes fetching one blob at once becomes a chain, then a tree, not a star. If one
+  fails mid-blob, the fetch asks the next holder for the rest from the offset reached (what it
+  has is never fetched again); the hash runs on over the whole.
 - Peers that ask for it meanwhile get what has arrived, as it arrives (Registry.open_content);
   `on_change` tells the node when a fetch can be relayed (its size is known) and when it ends.
 - At the end the digest is checked, and only then is the file renamed into the store. A mismatch
@@ -31,7 +34,7 @@ from typing import IO
 
 import aiohttp
 
-from mesh.net.client import PeerError
+from mesh.net.client import HandedOff, PeerError
 from mesh.net.contract import ContentStream
 from mesh.registry.errors import RegistryError
 from mesh.registry.lane import Lane, Turn
@@ -42,6 +45,8 @@ log = logging.getLogger("cachemesh.registry")
 
 # Bodies up to this size skip the lane: a config or a manifest never waits behind a layer.
 LANE_FREE_BYTES = 1024 * 1024
+# Hand-offs one fetch follows before it asks to be served (the puller's cap for saves, too).
+MAX_HANDOFFS = 32
 # How long a source that sent content not matching its digest is not asked for that digest again.
 SUSPECT_SECONDS = 600.0
 
@@ -83,6 +88,7 @@ class Fetcher:
         client: PeerContent,
         holders: Callable[[str], list[str]],
         *,
+        addr_of: Callable[[str], str | None] = lambda node: None,
         idle_timeout: float,
         rank: Callable[[str], tuple[float, ...]] = lambda digest: (),
         on_bytes: Callable[[int], None] = lambda n: None,
@@ -92,6 +98,7 @@ class Fetcher:
         self.store = store
         self.client = client
         self.holders = holders  # digest -> addresses of live holders and relays, best first
+        self.addr_of = addr_of  # node ID -> its address, for a relay a source hands a fetch on to
         self.idle_timeout = idle_timeout
         self.rank = rank  # digest -> how soon a client needs it (mesh.registry.lane)
         self.on_bytes = on_bytes
@@ -143,9 +150,12 @@ class Fetcher:
             # Unbuffered: readers read the file, so each piece must be in it, not in a buffer; and
             # after a failed write no buffer is left to flush (and fail again) on close.
             with open(fetch.temp, "wb", buffering=0) as fh:
+                target = ""  # the relay the last source handed this fetch on to
+                hops = 0  # hand-offs followed; at MAX_HANDOFFS, sources are asked to serve
                 while fetch.size is None or fetch.written < fetch.size:
                     sources = [a for a in self._sources(fetch.digest) if a not in failed]
-                    if not sources:
+                    addr, target = target or (sources[0] if sources else ""), ""
+                    if not addr:
                         raise RegistryError(
                             "BLOB_UNKNOWN",
                             f"{fetch.digest}: no live holder could send it"
@@ -153,20 +163,28 @@ class Fetcher:
                         )
                     before = fetch.written
                     try:
-                        await self._from(sources[0], fetch, fh, hasher)
+                        await self._from(addr, fetch, fh, hasher, hops)
+                    except HandedOff as handed:
+                        relay = self.addr_of(handed.relay)
+                        if relay is None or relay in failed or relay == addr:
+                            hops = MAX_HANDOFFS  # ask again, and be served this time
+                        else:
+                            target, hops = relay, hops + 1
+                            log.debug("%s handed %s on to %s", addr, fetch.digest[:19], relay)
                     except (PeerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-                        failed.append(sources[0])
+                        failed.append(addr)
+                        hops = MAX_HANDOFFS  # after a failure, the next source serves: no more detours
                         log.warning(
                             "fetch of %s from %s failed at byte %d: %s; %s",
                             fetch.digest[:19],
-                            sources[0],
+                            addr,
                             fetch.written,
                             exc,
                             "trying the next holder" if len(sources) > 1 else "no other holder",
                         )
                     finally:
                         if fetch.written > before:  # only who sent bytes can have sent wrong ones
-                            sent.append(sources[0])
+                            sent.append(addr)
                 if "sha256:" + hasher.hexdigest() != fetch.digest:
                     # Which of them sent the wrong bytes cannot be told: none is asked for this
                     # digest again for a while, so the next request goes to another holder.
@@ -215,7 +233,7 @@ class Fetcher:
                 del self._suspects[key]
         return [a for a in self.holders(digest) if (digest, a) not in self._suspects]
 
-    async def _from(self, addr: str, fetch: Fetch, fh: IO[bytes], hasher: hashlib._Hash) -> None:
+    async def _from(self, addr: str, fetch: Fetch, fh: IO[bytes], hasher: hashlib._Hash, hops: int) -> None:
         """The rest of `fetch` from `addr`. A large body is read only while it holds the source's
         turn (mesh.registry.lane), and waits for it holding no connection: the peer keeps no
         sender parked for it (a thread, on a plain socket) and sees a dead source at once when the
@@ -232,7 +250,7 @@ class Fetcher:
                     if addr not in self._sources(fetch.digest):  # it died (or erred) meanwhile
                         raise PeerError(f"{addr} is no longer a live holder")
                 limit = LANE_FREE_BYTES if turn is None and lane.busy else None
-                async with self._open(addr, fetch, limit) as stream:
+                async with self._open(addr, fetch, limit, hops) as stream:
                     assert fetch.size is not None  # set by _open
                     if turn is None and limit is None and fetch.size - fetch.written > LANE_FREE_BYTES:
                         if lane.busy:
@@ -244,8 +262,11 @@ class Fetcher:
                         raise PeerError(f"{addr} ended at byte {fetch.written} of {fetch.size}")
 
     @contextlib.asynccontextmanager
-    async def _open(self, addr: str, fetch: Fetch, limit: int | None) -> AsyncIterator[ContentStream]:
-        """An answer for `fetch` from its offset; the first one tells the size, later ones must agree."""
+    async def _open(
+        self, addr: str, fetch: Fetch, limit: int | None, hops: int
+    ) -> AsyncIterator[ContentStream]:
+        """An answer for `fetch` from its offset; the first one tells the size, later ones must
+        agree. The source may hand the fetch on to a relay instead (HandedOff)."""
         async with self.client.content(
             addr,
             fetch.digest,
@@ -253,6 +274,8 @@ class Fetcher:
             chunk_bytes=CHUNK,
             idle_timeout=self.idle_timeout,
             limit=limit,
+            handoff=hops < MAX_HANDOFFS,
+            hops=hops,
         ) as stream:
             if stream.size < 0:
                 raise PeerError(f"{addr} claims a size of {stream.size} bytes")

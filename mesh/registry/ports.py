@@ -58,6 +58,10 @@ class MeshView(Protocol):
         """A node's name, for people."""
         ...
 
+    def addr(self, node: str) -> str | None:
+        """The address of a live peer (one a hand-off names), or None if it is not one."""
+        ...
+
     def publish(self) -> None:
         """The registry's announcement changed: put it into the local manifest."""
         ...
@@ -75,9 +79,12 @@ class PeerContent(Protocol):
         chunk_bytes: int,
         idle_timeout: float,
         limit: int | None = None,
+        handoff: bool = False,
+        hops: int = 0,
     ) -> AbstractAsyncContextManager[ContentStream]:
         """The peer at `addr`'s copy of `digest` from `offset` on, at most `limit` bytes of it
-        (0: only its size and media type); raises mesh.net.client.PeerError if it will not serve."""
+        (0: only its size and media type); raises mesh.net.client.PeerError if it will not serve,
+        HandedOff (a PeerError naming a relay's node ID) if `handoff` and it sends this node on."""
         ...
 
 

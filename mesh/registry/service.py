@@ -13,13 +13,14 @@ import fnmatch
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import IO
 
 from mesh.net.contract import ContentStream
 from mesh.protocol import oci
 from mesh.protocol.budget import Item
 from mesh.protocol.oci import TagState
+from mesh.protocol.sources import Downstream, relay_to
 from mesh.protocol.wire import ImageMeta, Tags
 from mesh.registry import upkeep
 from mesh.registry.errors import RegistryError
@@ -33,6 +34,12 @@ from mesh.registry.store import CHUNK, Store, Upload
 from mesh.ui.status_doc import RegistryDoc
 
 log = logging.getLogger("cachemesh.registry")
+
+HANDOFF_MIN_BYTES = 256 * 1024
+"""Blobs smaller than this are served, never handed on: on a LAN a hand-off's extra round trip
+costs more than sending them (256 KiB take 10 ms at 200 Mbit/s)."""
+CONTENT_STORE = "oci"
+"""The `store` of registry content streams for the hand-off rule: any node can relay any blob."""
 
 
 class Registry:
@@ -51,12 +58,17 @@ class Registry:
             self.store,
             client,
             self._holder_addrs,
+            addr_of=view.addr,
             idle_timeout=settings.idle_timeout,
             rank=self._fetch_rank,
             on_bytes=self.counters.fetched,
             on_stored=lambda digest: self.changed(),
             on_change=lambda: self.view.publish(),
         )
+        # Content streams going out to peers now, oldest first, and the requests handed to each
+        # (mesh.protocol.sources.relay_to's `sending` and `routed`).
+        self._sending: list[Downstream] = []
+        self._routed: dict[Downstream, int] = {}
         self._parsed: dict[str, Parsed] = {}
         self._served: deque[str] = deque(maxlen=64)  # manifests clients read lately, oldest first
         self._served_count = 0
@@ -335,6 +347,35 @@ class Registry:
         await self.store.put_bytes(digest, data, parsed.media_type)
         self._parsed[digest] = parsed
         self.changed()
+
+    def handoff_content(self, digest: str, requester: str, hops: int) -> str:
+        """The peer to send a requester of `digest` to instead of serving it here, or "": one
+        this node streams it to now, by the hand-off rule of saves (mesh.protocol.sources.relay_to),
+        which makes a burst of fetches a chain, then a tree. Every fetch relays what it has
+        received (its file grows as bytes arrive), so every downstream can serve. A small blob is
+        served here: a hand-off costs a round trip, more than sending it."""
+        size = self.store.size(digest)
+        if size is None:
+            fetch = self.fetcher.active.get(digest)
+            size = fetch.size if fetch is not None else None
+        if size is None or size < HANDOFF_MIN_BYTES:
+            return ""
+        chosen = relay_to(digest, CONTENT_STORE, requester, self._sending, hops=hops, routed=self._routed)
+        if chosen is None:
+            return ""
+        self._routed[chosen] = self._routed.get(chosen, 0) + 1
+        return chosen.peer
+
+    @contextlib.contextmanager
+    def streaming(self, digest: str, requester: str) -> Iterator[None]:
+        downstream = Downstream(requester, digest, CONTENT_STORE, relays=True)
+        self._sending.append(downstream)
+        try:
+            yield
+        finally:
+            self._sending.remove(downstream)
+            if downstream not in self._sending:
+                self._routed.pop(downstream, None)
 
     def open_content(self, digest: str, offset: int) -> ContentStream | None:
         """For peers: content held here, from `offset` on (sent with sendfile from `path`); or
