@@ -10,6 +10,11 @@ hold first is --held:
   mixed: the same image; receivers hold, in turn, nothing, the base, an older build on the base,
        the base;
   nothing: a one-layer image of --mb MB that no receiver holds any of (the old case).
+--registry: the same burst through the registry path instead, as `docker pull` through each
+host's own node at the same moment (BuildKit cache imports take the same path). The source pushes
+the base and the image to its node; receivers that hold the base pulled it once before, through
+their own node. Each way is timed from the moment every receiver's node knows the tag to the end
+of the last pull, and the source's bytes sent are printed as copies of the layer.
 The image is made on the source under a tag the mesh does not share; each way is timed from the
 moment the source tags it `burst:1` to the moment the last receiver's engine shows `burst:1`:
   one:   the source and one receiver run nodes;
@@ -22,7 +27,8 @@ way uses a receiver that holds the base (in every mode but `nothing`): the ratio
 common case, not the hardest one.
 
     sudo .venv/bin/python scripts/bench_fanout.py [--held base|mixed|nothing] [--mb 64] \\
-        [--base-mb 8] [--receivers 4] [--mbit 200] [--engine 28.5-overlay2] [--rounds 1]
+        [--base-mb 8] [--receivers 4] [--mbit 200] [--engine 28.5-overlay2] [--rounds 1] \\
+        [--registry]
 """
 
 from __future__ import annotations
@@ -87,7 +93,10 @@ def main() -> int:
     parser.add_argument("--mbit", type=int, default=200)
     parser.add_argument("--engine", choices=sorted(KINDS), default="28.5-overlay2")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--registry", action="store_true", help="pull through each host's node")
     args = parser.parse_args()
+    if args.registry and args.held == "nothing":
+        parser.error("--registry needs a base to build on: --held base or mixed")
     reason = available()
     if reason:
         print(f"cannot run: {reason}", file=sys.stderr)
@@ -112,6 +121,8 @@ def main() -> int:
             else:
                 lab.make_layered(args.base_mb, args.mb)
             held = held_sets(args.held, receivers)
+            if args.registry:
+                lab.prepare_registry(receivers, held)
             single = next((r for r in receivers if held[r] == "base"), receivers[0])
             one: list[float] = []
             burst: list[float] = []
@@ -119,6 +130,12 @@ def main() -> int:
             for round_ in range(args.rounds):
                 ways = [("one", [single]), ("burst", receivers)]
                 for way, names in ways if round_ % 2 == 0 else ways[::-1]:
+                    if args.registry:
+                        elapsed, copies = lab.registry_burst(names, held, args.mb << 20)
+                        (one if way == "one" else burst).append(elapsed)
+                        said = f"the source sent {copies:.2f} copies of the layer"
+                        print(f"round {round_ + 1} {way}: {elapsed:.2f}s  [{said}]", flush=True)
+                        continue
                     elapsed, used = run_once(lab, names, held, timeout)
                     (one if way == "one" else burst).append(elapsed)
                     tree = ", ".join(
@@ -139,6 +156,7 @@ def main() -> int:
             network.destroy()
     t1, tn = statistics.median(one), statistics.median(burst)
     print(
+        f"{'registry path, ' if args.registry else ''}"
         f"held {args.held}: {args.mb} MB to carry, {args.mbit} Mbit/s links, engine {kind.name}: "
         f"1 receiver {t1:.2f}s, {args.receivers} receivers {tn:.2f}s, ratio {tn / t1:.2f}"
     )

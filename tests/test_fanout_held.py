@@ -2,7 +2,8 @@
 
 The case an autoscaler makes: new hosts hold the base and want the layers on top. The stream each
 gets is a delta, and relays must still spread it (a receiver relays to those its delta covers),
-so a burst of four is served mostly by relays, not by the source four times. A mixed burst (some
+so a burst of four is served mostly by relays, not by the source four times. The same on the
+registry path, where every host pulls through its own node at the same moment. A mixed burst (some
 hold the base, some nothing, some an older build) must leave every receiver with the whole image:
 a stream that left out a layer the receiver lacks would not load, so the image being there, with
 the source's ID, is the check.
@@ -113,3 +114,22 @@ def test_a_mixed_burst_leaves_every_receiver_whole(lab: BurstLab) -> None:
     # relay that served it must itself have spooled everything (else its image would not load).
     assert all(p for p in pulls.values()), pulls
     assert any(relay for p in pulls.values() for _, relay in p), pulls  # not a star
+
+
+def test_pulls_through_each_hosts_node_at_once_are_served_mostly_by_relays(lab: BurstLab) -> None:
+    """The registry path: four `docker pull`s through their own nodes at the same moment. The
+    source's node sends the 24 MB layer about once, not four times: the others come from the
+    peers it handed the fetches on to. Each engine checked every blob's digest as it pulled."""
+    lab.make_layered(8, 24)
+    held = dict.fromkeys(RECEIVERS, "base")
+    try:
+        lab.prepare_registry(list(RECEIVERS), held)
+        elapsed, copies = lab.registry_burst(list(RECEIVERS), held, 24 << 20)
+    finally:
+        print(lab.logs())
+        lab.hosts["src"].engine.cli("rmi", "-f", "hold:1", check=False)
+    print(
+        f"{lab.kind.name}: 4 pulls through their own nodes in {elapsed:.1f}s; "
+        f"the source sent {copies:.2f} copies"
+    )
+    assert copies <= 2.0  # a star sends 4

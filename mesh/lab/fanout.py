@@ -10,10 +10,14 @@ base image and want the layers on top. `make_layered` imports one base, the same
 host (so its chain ID matches everywhere, as a base pulled from one registry does), and builds the
 burst's image on it at the source; `hold` then sets each receiver's held set: nothing, the base,
 or an older build on the base. `make_image` is the one-layer image no receiver holds any of.
+
+The registry path (`prepare_registry`, `registry_burst`): the same image pushed to the source's
+node, then `docker pull` through each receiver's own node at the same moment.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import re
 import shutil
 import signal
@@ -33,6 +37,9 @@ TAG = "burst:1"
 BASE = "base:1"  # not shared: each receiver's own
 HELD_SETS = ("nothing", "base", "older")
 """What a receiver may hold before a burst: nothing, the base, or an older build on the base."""
+REGISTRY = "127.0.0.1:7613"  # each host's own node, on its own loopback (the registry path)
+PUSHED_BASE = f"{REGISTRY}/burst/base:1"
+PUSHED = f"{REGISTRY}/burst/app:1"
 PULLED = re.compile(r"pulled (sha256:[0-9a-f]+) .* from (\S+?)( \(a relay\))?$", re.MULTILINE)
 
 
@@ -183,3 +190,79 @@ class BurstLab:
             if h.node is not None:
                 out.append(f"--- node {h.node.name}'s log ---\n{h.node.tail(120)}")
         return "\n".join(out)
+
+    # --- the registry path --------------------------------------------------------------------
+
+    def registry_tags(self, name: str) -> set[str]:
+        node = self.hosts[name].node
+        assert node is not None
+        section = node.api()["registry"]
+        return {f"{r['name']}:{t['tag']}" for r in section["repositories"] for t in r["tags"]}
+
+    def bytes_out(self, name: str) -> float:
+        """What host `name`'s node has sent peers: saves and registry content."""
+        node = self.hosts[name].node
+        assert node is not None
+        for line in node.get("/metrics")[1].decode().splitlines():
+            if line.startswith('cachemesh_transfer_bytes_total{direction="out"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    def _wait_tag(self, name: str, tag: str) -> None:
+        wait_until(lambda: tag in self.registry_tags(name), 20, 0.05, what=f"{name}'s node knows {tag}")
+
+    def start_registry_nodes(self, names: list[str]) -> None:
+        for name in names:
+            self.start(name, CACHEMESH_REGISTRY_LISTEN=REGISTRY)
+        self.wait_joined(names)
+
+    def prepare_registry(self, receivers: list[str], held: dict[str, str]) -> None:
+        """After make_layered: the base pushed to the source's node and pulled once, through their
+        own nodes, by the receivers that hold it, so their engines know its blob, as after any
+        earlier pull. Nodes stopped after."""
+        source = self.hosts[self.source].engine
+        source.cli("tag", BASE, PUSHED_BASE)
+        source.cli("tag", "hold:1", PUSHED)
+        self.start_registry_nodes([self.source, *receivers])
+        source.cli("push", PUSHED_BASE)
+        for name in receivers:
+            if held[name] != "nothing":
+                self._wait_tag(name, "burst/base:1")
+                self.hosts[name].engine.cli("pull", PUSHED_BASE)
+        for name in [self.source, *receivers]:
+            self.stop(name)
+
+    def registry_burst(
+        self, receivers: list[str], held: dict[str, str], layer_bytes: int
+    ) -> tuple[float, float]:
+        """Fresh nodes (no receiver's node holds any of it), the image pushed to the source's,
+        and once every receiver's node knows the tag, `docker pull` on each at once. (Seconds to
+        the end of the last pull, copies of `layer_bytes` the source's node sent.) Nodes stopped
+        and the image off the receivers after."""
+        for name in receivers:
+            if held[name] == "nothing":
+                self.hosts[name].engine.cli("rmi", "-f", PUSHED_BASE, BASE, check=False)
+                self.hosts[name].engine.cli("image", "prune", "-f", check=False)
+        names = [self.source, *receivers]
+        self.start_registry_nodes(names)
+        try:
+            self.hosts[self.source].engine.cli("push", PUSHED_BASE)
+            self.hosts[self.source].engine.cli("push", PUSHED)
+            for name in receivers:
+                self._wait_tag(name, "burst/app:1")
+            sent_before = self.bytes_out(self.source)
+            started = time.monotonic()
+
+            def pull(name: str) -> float:
+                self.hosts[name].engine.cli("pull", PUSHED)
+                return time.monotonic() - started
+
+            with concurrent.futures.ThreadPoolExecutor(len(receivers)) as pool:
+                elapsed = max(pool.map(pull, receivers))
+            copies = (self.bytes_out(self.source) - sent_before) / layer_bytes
+        finally:
+            for name in names:
+                self.stop(name)
+            for name in receivers:
+                self.hosts[name].engine.cli("rmi", "-f", PUSHED, check=False)
+        return elapsed, copies
