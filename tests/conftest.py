@@ -3,7 +3,9 @@
 - Async tests fail if a callback blocks the event loop for more than 0.25 s, or if they leave
   tasks running.
 - Real engines and network namespaces come from mesh.lab; tests that need them are marked
-  `docker` / `netns` and skip with the reason on a machine that cannot run them. scripts/test
+  `docker` / `netns` and skip with the reason on a machine that cannot run them. The marks are
+  the tiers, and they are enforced: a test not marked `docker` that starts a real engine, or not
+  marked `netns` that makes a network of namespaces, fails and says which mark it lacks. scripts/test
   installs everything they need and runs them all. Under CI=true any skip fails the run
   (tests/ci_skips.py).
 """
@@ -121,6 +123,30 @@ async def _loop_guard(request: pytest.FixtureRequest):  # type: ignore[no-untype
     for task in leaked:
         task.cancel()
     assert not leaked, f"tasks leaked: {[t.get_stack(limit=3) for t in leaked][:2]}"
+
+
+# The tiers: what a test without each mark may not start. A fixture of a wider scope (a module's
+# lab) is made before this guard is in place; the tests that use it carry the mark anyway.
+TIER_GUARDS = {
+    "docker": (dockerd_mod.Dockerd, "start", "starts a real dockerd"),
+    "netns": (Network, "__init__", "makes network namespaces"),
+}
+
+
+def tier_refusal(test: str, mark: str, what: str) -> str:
+    return f"{test} {what} but is not marked {mark}: add pytest.mark.{mark} (docs/testing.md, Tiers)"
+
+
+@pytest.fixture(autouse=True)
+def _tiers_are_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    for mark, (cls, method, what) in TIER_GUARDS.items():
+        if request.node.get_closest_marker(mark) is None:
+            message = tier_refusal(request.node.nodeid, mark, what)
+
+            def refuse(*args: object, _message: str = message, **kwargs: object) -> None:
+                pytest.fail(_message, pytrace=False)
+
+            monkeypatch.setattr(cls, method, refuse)
 
 
 @pytest.fixture(scope="session", autouse=True)
