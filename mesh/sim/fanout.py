@@ -218,14 +218,12 @@ class FanoutResult:
     streamed: dict[str, float] = field(default_factory=dict)
     """Receiver -> the bytes of the stream it loaded."""
     left: dict[str, int] = field(default_factory=dict)
-    """Receiver -> what the stream it loaded left out (its `left`), and its own `have`: `have`."""
+    """Receiver -> the `left` of the stream it loaded: every layer it left out is among the first
+    that many (sources.covers(left, have) says the receiver held them all)."""
     have: dict[str, int] = field(default_factory=dict)
+    """Receiver -> the leading layers it held before the burst, by chain ID."""
     whole: dict[str, bool] = field(default_factory=dict)
     """Receiver -> whether it ended holding every layer of the image."""
-
-    @property
-    def first_holder_bytes(self) -> float:
-        return sum(b for r, b in self.streamed.items() if self.parent[r] == "n0")
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -250,7 +248,7 @@ class FanoutSim:
         everything = set(range(len(params.layers)))
         origin = self.nodes["n0"]
         origin.received, origin.holder_since, origin.done_at = float(params.size), -INF, 0.0
-        origin.layers, origin.have, origin.held = set(everything), len(everything), "image"
+        origin.layers, origin.have, origin.held = set(everything), len(everything), "the image"
         for i in range(1, params.receivers + 1):
             node = self.nodes[f"n{i}"]
             node.held = params.held[(i - 1) % len(params.held)]
