@@ -5,11 +5,18 @@
 
 A human-readable summary goes to stderr; with --json the last line of stdout is one JSON object
 with nodes, rounds_to_converge_p99, seconds_to_detect_failure_max, false_dead,
-bytes_per_node_per_second_p99, seconds_to_converge_after_heal, and fanout_ratio_10,
-fanout_ratio_100 and fanout_ratio_1000: the time for one 64 MB image to reach that many new hosts
-at once over the time for one, on equal 200 Mbit/s links, with the real planner choosing sources
-and relays forwarding as they receive (mesh/sim/fanout.py). `--fanout 10,100` picks the counts,
-`--fanout-only` skips the fleet scenario. See mesh/sim/scenario.py for the
+bytes_per_node_per_second_p99, seconds_to_converge_after_heal, and the fan-out figures: the time
+for one image to reach N new hosts at once over the time for one, on equal 200 Mbit/s links, with
+the real planner choosing sources, the node's hand-off and delta rules answering, and relays
+forwarding as they receive (mesh/sim/fanout.py), in three cases:
+  fanout_ratio_N          receivers hold the base: 64 MB of new layers on an 8 MB base (the
+                          realistic default, what an autoscaler's new hosts meet);
+  fanout_mixed_ratio_N    receivers hold, in turn, nothing, the base, an older build, the base
+                          (against one receiver holding the base);
+  fanout_nothing_ratio_N  the old case: a one-layer 64 MB image nobody holds any of.
+Each against one receiver with the same held set in the same run, with the seconds, the tree's
+depth and the copies the first holder sent (`_first_holder_copies_N`). `--fanout 10,100` picks
+the counts, `--fanout-only` skips the fleet scenario. See mesh/sim/scenario.py for the
 timeline. Bytes are what a real node would put on the wire: each envelope as a signed HTTP request and
 its signed response, with the HTTP overhead measured from the real client and server (mesh/sim/wirecost.py).
 False deaths are counted over the whole run.
@@ -28,7 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from mesh.protocol.sources import BRANCH, CHAIN_DEPTH
 from mesh.protocol.timings import Timings
-from mesh.sim.fanout import FanoutParams, fanout_ratios
+from mesh.sim.fanout import FanoutParams, fanout_cases
 from mesh.sim.scenario import FleetScenario
 
 TARGETS = {
@@ -37,8 +44,14 @@ TARGETS = {
     "false_dead": 0,
     "bytes_per_node_per_second_p99": 10_240,
     "seconds_to_converge_after_heal": 30,
-    "fanout_ratio_100": 3,
-    "fanout_ratio_1000": 5,
+    # issue 21: receivers holding the base (the node sends each one copy of the new layers), and
+    # the first holder's uplink; the mixed and one-layer cases have no target of their own here
+    "fanout_ratio_100": 2.5,
+    "fanout_ratio_1000": 4,
+    "fanout_first_holder_copies_100": 2,
+    "fanout_first_holder_copies_1000": 2,
+    "fanout_mixed_first_holder_copies_100": 2,
+    "fanout_mixed_first_holder_copies_1000": 2,
 }
 
 
@@ -102,7 +115,7 @@ def main() -> int:
         )
     if counts:
         summary.update(
-            fanout_ratios(
+            fanout_cases(
                 counts,
                 relay=not args.no_relay,
                 relay_chunk=args.relay_chunk,
@@ -111,7 +124,9 @@ def main() -> int:
             )
         )
         print(
-            f"fan-out: one 64 MB image to {', '.join(map(str, counts))} new hosts at once against 1, "
+            f"fan-out: 64 MB of new layers to {', '.join(map(str, counts))} new hosts at once against 1: "
+            f"receivers holding the base (fanout_), mixed held sets (fanout_mixed_), and a one-layer "
+            f"image nobody holds (fanout_nothing_); "
             f"equal 200 Mbit/s links, {'no relaying' if args.no_relay else 'relays'} "
             f"(chunk {args.relay_chunk} B), "
             f"hand-offs by sources.relay_to (a chain of {CHAIN_DEPTH}, then a {BRANCH}-ary tree) "
@@ -127,7 +142,7 @@ def main() -> int:
         if target is not None:
             ok = isinstance(value, int | float) and value <= target
             verdict = f"  (target <= {target}: {'ok' if ok else 'MISSED'})"
-        print(f"  {key:34} {value}{verdict}", file=sys.stderr)
+        print(f"  {key:40} {value}{verdict}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary))
     sys.stdout.flush()

@@ -1,6 +1,8 @@
 """Relays for deltas, the pure rules: a relay whose stream leaves out its first `have` layers
 serves only requesters that hold at least as many (mesh/protocol/sources.py, rule 3), in the
-hand-off (relay_to), in the planner's relay candidates, and in the node status that announces it."""
+hand-off (relay_to), in the planner's relay candidates, and in the node status that announces it;
+what a holder leaves out (left_out), and when it sends a relaying requester the image in full
+(cut_for), so that a burst of mixed held sets costs it two copies, not one per held set."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import pytest
 
 from mesh.protocol import nodestatus
 from mesh.protocol.planner import Peer, plan
-from mesh.protocol.sources import CHAIN_DEPTH, Downstream, covers, relay_to
+from mesh.protocol.sources import CHAIN_DEPTH, Downstream, LeftOut, covers, cut_for, left_out, relay_to
 from mesh.protocol.wire import ImageMeta
 
 
@@ -176,3 +178,53 @@ def parse_before_have(tags: tuple[str, ...]) -> dict[str, str]:
 def test_an_older_node_sees_full_relays_and_skips_delta_ones_rather_than_misread_their_store():
     status = nodestatus.NodeStatus("", 0, {APP: "graph", d(4): "containerd"}, relay_have={d(4): 1})
     assert parse_before_have(nodestatus.announce(status)) == {APP: "graph"}
+
+
+L = (d(101), d(102), d(103))
+
+
+@pytest.mark.parametrize(
+    ("layers", "have", "possible", "drop", "left"),
+    [
+        (L, 0, True, set(), 0),
+        (L, 1, True, {d(101)}, 1),
+        (L, 2, True, {d(101), d(102)}, 2),
+        (L, 2, False, set(), 0),  # a format that takes no delta: a full stream
+        # a held layer that recurs above `have` stays in, and lowers `left`
+        ((d(101), d(102), d(101)), 2, True, {d(102)}, 2),
+        ((d(101), d(102), d(102)), 2, True, {d(101)}, 1),
+    ],
+)
+def test_a_holder_leaves_out_held_layers_that_do_not_recur_and_says_what_it_left_out(
+    layers, have, possible, drop, left
+):
+    assert left_out(layers, have, possible=possible) == LeftOut(frozenset(drop), left)
+
+
+@pytest.mark.parametrize(
+    ("sending", "have", "relays", "expected"),
+    [
+        ([], 1, True, 1),  # the first stream of a burst: the requester's own delta
+        ([out("base", 1)], 1, True, 1),  # a relay that covers it exists (it was not handed on: hops)
+        ([out("base", 1)], 2, True, 2),
+        ([out("old", 2)], 1, True, 0),  # the relay so far cannot serve it: in full, to cover the rest
+        ([out("base", 1)], 0, True, 0),
+        ([out("old", 2)], 1, False, 1),  # a requester that does not relay: its own delta
+        ([out("old", 2, relays=False)], 1, True, 1),  # a downstream that relays nothing
+        ([out("old", 2, store="containerd")], 1, True, 1),  # another store's relay serves none here
+        ([out("full", 0), out("old", 2)], 1, True, 0),
+    ],
+)
+def test_a_holder_sends_in_full_a_relaying_requester_its_relays_cannot_serve(sending, have, relays, expected):
+    assert cut_for(APP, "graph", have, relays=relays, sending=sending) == expected
+
+
+def test_a_burst_of_falling_held_sets_costs_a_holder_two_copies_not_one_per_held_set():
+    # older build, base, nothing, base, arriving in that order at the holder: each stream the
+    # holder starts, and which requests the ones before could serve (relay_to is asked first)
+    sending: list[Downstream] = []
+    for peer, have in (("older", 2), ("base", 1), ("none", 0), ("base2", 1)):
+        if relay_to(APP, "graph", peer, sending, have=have) is None:
+            cut = cut_for(APP, "graph", have, relays=True, sending=sending)
+            sending.append(out(peer, left_out(L, cut, possible=True).left))
+    assert sending == [out("older", 2), out("base", 0)]

@@ -19,7 +19,9 @@ def test_one_transfer_of_s_bytes_over_b_bytes_per_second_takes_s_over_b():
     share([alone], *links("a", "b"))
     assert alone.rate == B
     # the same through the simulator's clock, with no latency: S/B exactly
-    result = fanout_time(FanoutParams(1, size=S, bandwidth=B, latency=0.0, latency_spread=0.0))
+    result = fanout_time(
+        FanoutParams(1, layers=(S,), held=("nothing",), bandwidth=B, latency=0.0, latency_spread=0.0)
+    )
     assert result.seconds == pytest.approx(S / B, rel=1e-9)
 
 
@@ -62,7 +64,9 @@ def test_a_caught_up_relay_forwards_no_faster_than_it_receives():
 
 def test_a_chain_of_relays_adds_about_one_chunk_time_per_hop():
     chunk = 1 << 20
-    quiet = dict(size=S, bandwidth=B, latency=0.0, latency_spread=0.0, relay_chunk=chunk)
+    quiet = dict(
+        layers=(S,), held=("nothing",), bandwidth=B, latency=0.0, latency_spread=0.0, relay_chunk=chunk
+    )
     one = fanout_time(FanoutParams(1, **quiet)).seconds
     nine = fanout_time(FanoutParams(9, **quiet))
     assert nine.depth == 9  # the hand-off rule made a chain (8 hand-offs, below sources.CHAIN_DEPTH)

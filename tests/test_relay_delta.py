@@ -20,6 +20,7 @@ from mesh.net.contract import SaveRequest, SaveStream
 from mesh.net.server import SaveRefused
 from mesh.node.node import Node
 from mesh.node.relay import Spool
+from mesh.protocol.sources import Downstream
 from tests.inproc import has_image, start_node, wait_pulled
 from tests.test_relay import IMAGE, collect, server
 from tests.test_transfer import CountingEngine
@@ -256,5 +257,25 @@ async def test_a_holder_says_its_stream_leaves_out_only_what_it_can(workdir, sto
         stream = await node.parts.peer_api.open_save(SaveRequest(image, "someone", have=have, store=store))
         await stream.chunks.aclose()  # type: ignore[attr-defined]
         assert stream.have == left
+    finally:
+        await node.stop()
+
+
+@pytest.mark.parametrize(("relay", "left"), [(True, 0), (False, 1)])
+async def test_a_holder_sends_in_full_a_relaying_requester_its_relays_cannot_serve(workdir, relay, left):
+    # Streaming the image already to a relay of an older build's delta (have 2), which cannot
+    # serve a receiver holding only the base: that receiver, if it relays, gets the image in full,
+    # so that later receivers holding anything can take it from its spool (sources.cut_for).
+    engine = FakeEngine()
+    image = build(engine, new=True)["new"]
+    node = await start_node(workdir, "src", engine=engine)
+    try:
+        await async_wait_until(lambda: image in node.local.shared, 10, what="the image shared")
+        api = node.parts.peer_api
+        api.sending.append(Downstream("older", image, "graph", True, 2))
+        stream = await api.open_save(SaveRequest(image, "base", have=1, store="graph", relay=relay))
+        body = await collect(stream.chunks)
+        assert stream.have == left
+        assert len(body) > FULL if relay else len(body) < FULL
     finally:
         await node.stop()

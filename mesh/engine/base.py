@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -140,10 +140,13 @@ def chain_ids(diff_ids: Sequence[str]) -> list[str]:
     return out
 
 
-def held_prefix(diff_ids: Sequence[str], held: set[str]) -> int:
-    """How many leading layers of an image an engine holding these chain IDs has already."""
-    count = 0
-    for index, chain in enumerate(chain_ids(diff_ids)):
-        if chain in held:
-            count = index + 1
-    return count
+def held_prefix(diff_ids: Sequence[str], held: Container[str]) -> int:
+    """How many leading layers of an image an engine holding these chain IDs has already: the
+    `have` a pull asks with (the node's puller, and the simulator's receivers)."""
+    return prefix_held(chain_ids(diff_ids), held)
+
+
+def prefix_held(chains: Sequence[str], held: Container[str]) -> int:
+    """`held_prefix` from the image's chain IDs (a caller that keeps them): the longest chain ID
+    held names a whole prefix, so it is the count."""
+    return next((n for n in range(len(chains), 0, -1) if chains[n - 1] in held), 0)

@@ -22,7 +22,7 @@ from mesh.node.relay import RelayBroken, Relays, Spool
 from mesh.node.transfer import Transfer
 from mesh.protocol import wire
 from mesh.protocol.planner import chain_of
-from mesh.protocol.sources import Downstream, covers, relay_to
+from mesh.protocol.sources import Downstream, covers, cut_for, left_out, relay_to
 from mesh.protocol.view import MeshView
 from mesh.ui.metrics import Metrics
 
@@ -108,11 +108,14 @@ class PeerApi:
             raise SaveRefused(503, f"engine unavailable: {exc}") from None
         layers = self._local.images[image].meta.layers
         # The containerd store refuses a legacy-format tar with a layer missing (Engine < 25 writes
-        # only that format); and a layer that recurs above `have` must stay in.
-        drop = set(layers[:have]) - set(layers[have:]) if info.oci_save or store == "graph" else set()
-        # What the receiver learns (HAVE_HEADER), tags its relay spool with and serves by: every
-        # layer left out is among the first `left`. A format that allows no delta sends all: 0.
-        left = max((i + 1 for i, layer in enumerate(layers) if layer in drop), default=0)
+        # only that format). `left` is what the receiver learns (HAVE_HEADER), tags its relay spool
+        # with and serves by (the simulator's holders cut their streams by the same rule).
+        cut = left_out(
+            layers,
+            cut_for(image, store, have, relays=request.relay, sending=self.sending),
+            possible=info.oci_save or store == "graph",
+        )
+        drop, left = cut.drop, cut.left
         delta = DeltaReport()
         peer = self._view.peer(requester)
         record = Transfer(

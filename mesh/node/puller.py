@@ -12,7 +12,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from mesh.config import Config
-from mesh.engine.base import Engine, EngineError, chain_ids
+from mesh.engine.base import Engine, EngineError, chain_ids, prefix_held
 from mesh.net.client import HandedOff, PeerBusy, PeerClient
 from mesh.node.latest_plan import LatestPlan
 from mesh.node.local_images import LocalImages
@@ -198,8 +198,7 @@ class Puller:
             chains = self._chains.get(image)
             if chains is None:
                 chains = self._chains[image] = tuple(chain_ids(meta.layers))
-            # a chain ID names a whole prefix, so the longest one held is the count
-            have[image] = next((n for n in range(len(chains), 0, -1) if chains[n - 1] in held), 0)
+            have[image] = prefix_held(chains, held)
         return have
 
     async def _pull(self, pull: Pull, member: PeerInfo, record: Transfer) -> None:

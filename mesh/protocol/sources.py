@@ -54,6 +54,13 @@ correct when receivers hold part of the image already:
    requester with less would get a stream without a layer it lacks. So a relay is a candidate
    (`covers`) and a hand-off target only for such requesters; a full stream (`have` 0) covers
    every one. The relay itself refuses any other (mesh/node/peer_api.py), whatever gossip said.
+   In a burst of mixed held sets that would make the holder a star again: receivers arriving
+   with less and less (an older build, then the base, then nothing) each find no relay that
+   covers them, and each takes another copy of the holder's uplink. So a holder that already
+   streams the image to a relay that does not cover a relaying requester sends that one the
+   image in full (`cut_for`): its spool covers every later requester, whatever it holds, and the
+   holder sends at most two copies. It resends the requester what it holds (the base: 8 MB of
+   72, say); in a burst where all hold the same the first relay covers all, and nothing changes.
 """
 
 from __future__ import annotations
@@ -149,6 +156,39 @@ def rank(
             spread(me, c.peer, image),
         ),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class LeftOut:
+    """What a holder's stream of an image leaves out for a requester: `drop`, the layers (diff
+    IDs) whose files it omits, and `left`, the count of leading layers every one of them is
+    among, which the stream is tagged with (X-Cachemesh-Have) and a relay of it serves by."""
+
+    drop: frozenset[str]
+    left: int
+
+
+def left_out(layers: Sequence[str], have: int, *, possible: bool) -> LeftOut:
+    """The delta a holder sends a requester holding the first `have` of `layers` (bottom first).
+    A layer that recurs above `have` stays in (the requester's engine needs its files there), and
+    lowers `left`; a format that takes no delta (`possible` false) leaves nothing out: left 0."""
+    drop = frozenset(layers[:have]) - frozenset(layers[have:]) if possible else frozenset()
+    left = max((i + 1 for i, layer in enumerate(layers) if layer in drop), default=0)
+    return LeftOut(drop, left)
+
+
+def cut_for(image: str, store: str, have: int, *, relays: bool, sending: Sequence[Downstream]) -> int:
+    """The `have` a holder cuts its stream to a requester by (`left_out`): the requester's own,
+    or 0, a full stream, when the requester relays and this node already streams the image to a
+    relay of that store whose stream does not cover the requester (rule 3's burst case, the module
+    docstring). Without it each requester holding less than every relay so far (an older build,
+    then the base, then nothing) costs the holder another copy of its uplink; a full stream covers
+    every later one, so a holder sends at most two copies to the first receivers of a burst."""
+    behind = any(
+        out.image == image and out.store == store and out.relays and not covers(out.have, have)
+        for out in sending
+    )
+    return 0 if relays and behind else have
 
 
 def covers(relay_have: int, have: int) -> bool:
