@@ -235,6 +235,10 @@ async def serve_node(
         print(f"cachemesh: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         await node.stop(leave=False)
         return 2
+    except ValueError as exc:  # a file the settings name that cannot be used (a trust key, a token)
+        print(f"cachemesh: {exc}", file=sys.stderr)
+        await node.stop(leave=False)
+        return 2
     cleanup = await on_start(node) if on_start is not None else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
