@@ -110,6 +110,10 @@ def build_status(facts: StatusFacts) -> StatusDoc:
     view = facts.view
     members = view.peers()
     holdings = view.all_holdings()
+    if facts.trust is not None and facts.trust.enabled:
+        # The tags this node believes: a claim it refused names nothing here (the trust section
+        # lists it, with why).
+        holdings = {node: facts.trust.holdings(node) for node in holdings}
     ready, reason = facts.readiness()
     peers: list[PeerDoc] = []
     for member_id, m in sorted(members.items(), key=lambda kv: kv[1].name):
