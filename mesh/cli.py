@@ -1,4 +1,4 @@
-"""`cachemesh run | status | wait-ready | version`."""
+"""`cachemesh run | status | wait-ready | doctor | healthcheck | keygen | version`."""
 
 from __future__ import annotations
 
@@ -118,6 +118,10 @@ def main(argv: list[str] | None = None, *, serve: Serve | None = None) -> int:
         client.add_argument(
             "--status-addr", metavar="HOST:PORT", help="the node's status address [CACHEMESH_STATUS_LISTEN]"
         )
+    keygen = sub.add_parser(
+        "keygen", help="write a trust key pair: trust.key for trusted publishers, trust.pub for every host"
+    )
+    keygen.add_argument("--out", metavar="DIR", default=".", help="where to write them (default: .)")
     sub.add_parser("version", help="print the version")
     args = parser.parse_args(argv)
 
@@ -130,6 +134,8 @@ def main(argv: list[str] | None = None, *, serve: Serve | None = None) -> int:
         return _wait_ready(args)
     if args.command == "doctor":
         return _doctor(args)
+    if args.command == "keygen":
+        return _keygen(args)
     if args.command == "healthcheck":
         try:
             code, _ = _get(_status_addr(args), "/healthz", timeout=3.0)
@@ -138,6 +144,28 @@ def main(argv: list[str] | None = None, *, serve: Serve | None = None) -> int:
             return 1
         return 0 if code == 200 else 1
     return _run(args, serve or serve_node)
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mesh.net.trust_keys import write_pair
+
+    out = Path(args.out)
+    private, public = out / "trust.key", out / "trust.pub"
+    for path in (private, public):
+        if path.exists():
+            print(f"cachemesh: {path} exists; not overwriting a key", file=sys.stderr)
+            return 1
+    try:
+        fingerprint = write_pair(private, public)
+    except OSError as exc:
+        print(f"cachemesh: cannot write the key pair in {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {private} (private: trusted publishers only, --trust-key)")
+    print(f"wrote {public} (public: every host, --trust-pub)")
+    print(f"key fingerprint {fingerprint}")
+    return 0
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -205,6 +233,10 @@ async def serve_node(
         await node.start()
     except OSError as exc:
         print(f"cachemesh: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        await node.stop(leave=False)
+        return 2
+    except ValueError as exc:  # a file the settings name that cannot be used (a trust key, a token)
+        print(f"cachemesh: {exc}", file=sys.stderr)
         await node.stop(leave=False)
         return 2
     cleanup = await on_start(node) if on_start is not None else None

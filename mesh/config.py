@@ -72,6 +72,18 @@ class Config:
     Loopback needs no credentials: it is this host's builds talking to their own node."""
     registry_warm: tuple[str, ...] = ()
     """Registry `repo:tag` globs a new node fetches whole before it reports ready, e.g. `cache/*`."""
+    registry_push_token_file: str = ""
+    """A file holding the token a push to the local registry must present (docker login's password,
+    or Basic auth); pulls stay open. Empty: pushes need no credentials."""
+    trust_key: str = ""
+    """Trust classes: the private Ed25519 key (PEM) of a trusted publisher. This host signs its tag
+    claims with it and believes only signed claims (mesh.protocol.trust)."""
+    trust_pub: str = ""
+    """Trust classes: the public key(s) (PEM; two during a rotation, new first) every host verifies
+    claims with. Given alone, this host is untrusted: it believes signed claims and its own class's."""
+    protect: tuple[str, ...] = ()
+    """Tag and `repo:tag` globs only signed claims may set, on every host (e.g. `*:main`). Needs a
+    trust key."""
     ready_timeout: float = 1800.0
     """Seconds after start when /readyz says ready even if the warm-up is not done, and says why
     (0: wait for the warm-up however long it takes). The cache only speeds builds up: past half an

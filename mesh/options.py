@@ -7,6 +7,7 @@ an operator would type it, so the two cannot drift apart.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -218,6 +219,33 @@ OPTIONS: tuple[Option, ...] = (
         "GLOBS",
     ),
     Option(
+        "registry_push_token_file",
+        str,
+        "file with the token a push to the local registry must present (docker login's password); "
+        "pulls stay open",
+        "FILE",
+    ),
+    Option(
+        "trust_key",
+        str,
+        "private Ed25519 key (PEM) of a trusted publisher: sign this host's tag claims, "
+        "believe only signed ones",
+        "FILE",
+    ),
+    Option(
+        "trust_pub",
+        str,
+        "public trust key(s) (PEM; two during a rotation, new first) that claims are verified with",
+        "FILE",
+    ),
+    Option(
+        "protect",
+        parse_list,
+        "tag and repo:tag globs only trusted (signed) claims may set, on every host, "
+        "e.g. '*:main,cache/*:main'",
+        "GLOBS",
+    ),
+    Option(
         "ready_timeout",
         parse_duration,
         "report ready this long after start even if the warm-up is not done, e.g. 10m; "
@@ -368,3 +396,15 @@ def validate(config: Config) -> None:
         raise ConfigError("--upload-queue must be 0 or more")
     if config.transfer_idle_timeout <= 0:
         raise ConfigError("--transfer-idle-timeout must be positive")
+    if config.protect and not (config.trust_pub or config.trust_key):
+        raise ConfigError(
+            "--protect needs a trust key: protected names are set only by signed claims, so give every "
+            "host --trust-pub FILE (and trusted publishers --trust-key FILE; `cachemesh keygen` makes them)"
+        )
+    for flag, path in (
+        ("--trust-key", config.trust_key),
+        ("--trust-pub", config.trust_pub),
+        ("--registry-push-token-file", config.registry_push_token_file),
+    ):
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"{flag} {path}: no such file")

@@ -4,6 +4,7 @@ node's status page."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,52 @@ def test_client_commands_find_the_status_page_the_node_wrote_down(tmp_path: Path
     monkeypatch.setenv("CACHEMESH_STATUS_LISTEN", "127.0.0.1:7000")
     assert cli._status_addr(args) == "127.0.0.1:7000"  # the environment still wins
     assert cli._status_addr(argparse.Namespace(status_addr="127.0.0.1:1")) == "127.0.0.1:1"
+
+
+def test_trust_settings_come_as_files_from_flags_or_env(tmp_path: Path):
+    from mesh.net.trust_keys import write_pair
+
+    write_pair(tmp_path / "trust.key", tmp_path / "trust.pub")
+    (tmp_path / "token").write_text("a-push-token-of-enough-length\n")
+    env = {
+        **SECRET,
+        "CACHEMESH_TRUST_PUB": str(tmp_path / "trust.pub"),
+        "CACHEMESH_PROTECT": "*:main, cache/*:main",
+        "CACHEMESH_REGISTRY_PUSH_TOKEN_FILE": str(tmp_path / "token"),
+    }
+    config = resolve({"trust_key": str(tmp_path / "trust.key")}, env)
+    assert config.trust_pub == str(tmp_path / "trust.pub") and config.trust_key == str(tmp_path / "trust.key")
+    assert config.protect == ("*:main", "cache/*:main")
+    assert config.registry_push_token_file == str(tmp_path / "token")
+
+
+def test_protected_names_without_a_trust_key_are_refused():
+    with pytest.raises(ConfigError, match="--protect needs a trust key"):
+        resolve({}, {**SECRET, "CACHEMESH_PROTECT": "*:main"})
+
+
+@pytest.mark.parametrize("flag", ["trust_key", "trust_pub", "registry_push_token_file"])
+def test_a_missing_key_or_token_file_is_refused_by_its_flag(tmp_path: Path, flag: str):
+    with pytest.raises(ConfigError, match=f"--{flag.replace('_', '-')} .*missing: no such file"):
+        resolve({flag: str(tmp_path / "missing")}, SECRET)
+
+
+def test_a_node_with_a_garbled_key_file_exits_2_with_why(tmp_path: Path, capsys):
+    from mesh.config import Config
+    from mesh.engine.fake import FakeEngine
+
+    bad = tmp_path / "trust.pub"
+    bad.write_text("-----BEGIN PUBLIC KEY-----\ngarbage\n-----END PUBLIC KEY-----\n")
+    config = Config.local(
+        secret=b"a-cluster-secret-of-enough-length",
+        listen="127.0.0.1:0",
+        status_listen="127.0.0.1:0",
+        registry_listen="127.0.0.1:0",
+        data_dir=str(tmp_path / "data"),
+        mdns=False,
+        trust_pub=str(bad),
+    )
+    # Run as `cachemesh run` would (the start's key derivation is no work for a test's loop).
+    assert asyncio.run(cli.serve_node(config, engine=FakeEngine())) == 2
+    err = capsys.readouterr().err
+    assert "--trust-pub file" in err and "key 1 does not parse" in err

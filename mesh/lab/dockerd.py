@@ -93,7 +93,10 @@ class Dockerd:
         env: dict[str, str] | None = None,
         input: bytes | None = None,
         timeout: float = 300.0,
+        prefix: list[str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
+        """`prefix`: run the CLI through it, e.g. the host's nsenter, where the client itself must
+        reach the host's loopback (BuildKit's session fetches registry tokens in the CLI)."""
         full_env = {
             **os.environ,
             "DOCKER_HOST": self.host,
@@ -102,7 +105,7 @@ class Dockerd:
         }
         full_env.pop("DOCKER_CONTEXT", None)
         result = subprocess.run(
-            [self.kind.cli_path, *args],
+            [*(prefix or []), self.kind.cli_path, *args],
             env=full_env,
             input=input.decode("latin-1") if input is not None else None,
             capture_output=True,

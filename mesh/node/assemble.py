@@ -29,6 +29,7 @@ from mesh.net.datagram import Sealer
 from mesh.net.server import PeerServer
 from mesh.net.tls_contexts import NodeTLS, node_tls
 from mesh.net.tls_peers import TLSClient, TLSObserver
+from mesh.net.trust_keys import TrustKeys
 from mesh.node.announcer import Announcer
 from mesh.node.changes import Changes
 from mesh.node.disk import DiskKeeper
@@ -45,11 +46,13 @@ from mesh.node.registry_view import RegistryCounters, RegistryView
 from mesh.node.relay import Relays
 from mesh.node.sockets import Sockets
 from mesh.node.status import StatusFacts, build_status
+from mesh.node.trust_view import TrustView
 from mesh.protocol.core import MeshCore
 from mesh.protocol.liveness import State
 from mesh.protocol.oci import is_registry_entry
 from mesh.protocol.planner import Plan
 from mesh.registry.ports import RegistrySettings
+from mesh.registry.push_auth import PushAuth
 from mesh.registry.router import registry_app
 from mesh.registry.service import Registry
 from mesh.ui.metrics import Metrics
@@ -114,6 +117,8 @@ def assemble(config: Config, engine: Engine, sockets: Sockets) -> Parts:
     )
     metrics = Metrics()
     tls_peers = TLSObserver(tls, on_failure=metrics.tls_failed)
+    trust_keys = TrustKeys.load(config.cluster, config.trust_key, config.trust_pub)
+    registry_settings = RegistrySettings.from_config(config)
 
     core = MeshCore(
         config.timings,
@@ -123,8 +128,10 @@ def assemble(config: Config, engine: Engine, sockets: Sockets) -> Parts:
         now=started_monotonic,
         incarnation=incarnation,
         manifest_version=int(started * 1000),
+        sign=trust_keys.sign if trust_keys is not None and trust_keys.trusted else None,
     )
     view = core.view
+    trust = TrustView(view, trust_keys, config.protect, on_refused=metrics.claim_refused)
     client = PeerClient(
         signer,
         max_message_bytes=config.max_message_bytes,
@@ -158,9 +165,9 @@ def assemble(config: Config, engine: Engine, sockets: Sockets) -> Parts:
         winning_sets=latest_plan.tagsets,
     )
     registry = Registry(
-        RegistrySettings.from_config(config),
+        registry_settings,
         client,
-        RegistryView(view, zone=config.zone, publish=changes.manifest_changed),
+        RegistryView(view, zone=config.zone, publish=changes.manifest_changed, trust=trust),
         RegistryCounters(metrics),
     )
     peer_api = PeerApi(
@@ -205,6 +212,7 @@ def assemble(config: Config, engine: Engine, sockets: Sockets) -> Parts:
         relays=relays,
         latest=latest_plan,
         skip=disk.skip,
+        trust=trust,
     )
     finder = PeerFinder(
         core,
@@ -278,6 +286,7 @@ def assemble(config: Config, engine: Engine, sockets: Sockets) -> Parts:
         }
 
     mdns = finder.mdns
+    push_auth = PushAuth(registry_settings.push_token) if registry_settings.push_token else None
     registry_addr = _address(sockets.registry) if sockets.registry is not None else "off"
     status_facts = StatusFacts(
         view=view,
@@ -303,6 +312,9 @@ def assemble(config: Config, engine: Engine, sockets: Sockets) -> Parts:
         mdns_found=None if mdns is None else lambda: mdns.found.values(),
         registry=lambda: registry.status(registry_addr),
         disk=disk.status,
+        trust=trust,
+        trust_fingerprints=trust_keys.fingerprints if trust_keys is not None else (),
+        push_token=bool(registry_settings.push_token),
     )
     sources = StatusSources(
         status=lambda: build_status(status_facts),
@@ -339,7 +351,7 @@ def assemble(config: Config, engine: Engine, sockets: Sockets) -> Parts:
         status_facts=status_facts,
         metrics_snapshot=metrics_snapshot,
         status_app=status_app(sources),
-        registry_app=registry_app(registry) if sockets.registry is not None else None,
+        registry_app=registry_app(registry, push_auth) if sockets.registry is not None else None,
     )
 
 

@@ -139,8 +139,11 @@ class Node:
             if not is_loopback(self.config.registry_listen):
                 log.warning(
                     "the registry endpoint listens on %s, beyond loopback: anyone who reaches it can "
-                    "push and pull without credentials",
+                    "pull, and %s",
                     self.registry_addr,
+                    "push with its token"
+                    if self.config.registry_push_token_file
+                    else "push without credentials",
                 )
         await parts.registry.start()
         parts.announcer.publish()

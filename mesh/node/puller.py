@@ -18,6 +18,7 @@ from mesh.node.latest_plan import LatestPlan
 from mesh.node.local_images import LocalImages
 from mesh.node.relay import Relays, Spool
 from mesh.node.transfer import DeltaRefused, Transfer, TransferFailed, pull_image
+from mesh.node.trust_view import TrustView
 from mesh.node.warmup import RateMeter, WarmupProgress, progress
 from mesh.protocol import planner
 from mesh.protocol.formulas import backoff
@@ -58,10 +59,13 @@ class Puller:
         relays: Relays,
         latest: LatestPlan,
         skip: Callable[[list[str]], Mapping[str, str]],
+        trust: TrustView | None = None,
     ) -> None:
         """`latest`: where each plan goes once made; `skip`: of the images a plan wants, those not
-        to pull (they do not fit the disk budget)."""
+        to pull (they do not fit the disk budget); `trust`: the tag claims this node believes
+        (mesh.node.trust_view; none: every claim)."""
         self.config = config
+        self.trust = trust or TrustView(view, None)
         self.relays = relays
         self.penalties: dict[str, Penalty] = {}  # peer -> its recent failures (any image)
         self.store = ""  # the engine's image store, once known: relays serve only their own
@@ -110,8 +114,11 @@ class Puller:
                 status.receiving,
                 status.relay_have,
             )
-        remote = {node: view.holdings(node) for node, peer in peers.items() if peer.alive}
-        remote_sets = {node: view.status(node).tagsets for node in remote}
+        trust = self.trust
+        remote = {node: trust.holdings(node) for node, peer in peers.items() if peer.alive}
+        remote_sets = {node: trust.tagsets(node) for node in remote}
+        local_tags = self.local.tags()
+        local_claims = trust.local_claims(local_tags)
         now = time.monotonic()
         self.penalties = {p: penalty for p, penalty in self.penalties.items() if penalty.until > now}
         metas = {**view.metas(), **self.local.metas()}
@@ -119,7 +126,8 @@ class Puller:
 
         def plan(evicted: Mapping[str, str]) -> Plan:
             return planner.plan(
-                local=self.local.tags(),
+                local=local_tags,
+                local_claims=local_claims,
                 remote=remote,
                 metas=metas,
                 peers=peers,
@@ -135,7 +143,7 @@ class Puller:
                 zone=self.config.zone,
                 store=self.store,
                 penalties=self.penalties,
-                local_sets=self.local.tagsets,
+                local_sets=trust.local_sets(self.local.tagsets),
                 remote_sets=remote_sets,
                 brought=self.local.brought.keys(),
                 have=have,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from mesh.node.trust_view import TrustView
 from mesh.protocol.liveness import State
 from mesh.protocol.oci import is_registry_entry
 from mesh.protocol.sources import Candidate, rank
@@ -16,10 +17,19 @@ from mesh.ui.metrics import Metrics
 
 
 class RegistryView:
-    def __init__(self, view: MeshView, *, zone: str, publish: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        view: MeshView,
+        *,
+        zone: str,
+        publish: Callable[[], None],
+        trust: TrustView | None = None,
+    ) -> None:
         """`view`: the core's read-only view; `zone`: this node's zone (same-zone sources first);
-        `publish`: put the registry's announcement into the local manifest."""
+        `publish`: put the registry's announcement into the local manifest; `trust`: the tag
+        claims this node believes (none: every claim)."""
         self._view = view
+        self._trust = trust or TrustView(view, None)
         self._zone = zone
         self._publish = publish
 
@@ -29,7 +39,8 @@ class RegistryView:
         for peer in view.live_peers():
             if peer.state is not State.ALIVE:
                 continue
-            entries = {i: tags for i, tags in view.holdings(peer.id).items() if is_registry_entry(tags)}
+            held = self._trust.holdings(peer.id)
+            entries = {i: tags for i, tags in held.items() if is_registry_entry(tags)}
             if entries:
                 out[peer.id] = entries
         return out
@@ -68,6 +79,9 @@ class RegistryView:
 
     def publish(self) -> None:
         self._publish()
+
+    def may_push(self, ref: str) -> bool:
+        return self._trust.may_push(ref)
 
 
 class RegistryCounters:

@@ -14,6 +14,7 @@ from mesh.protocol.liveness import State
 from mesh.protocol.oci import is_registry_entry
 from mesh.protocol.view import MeshView
 from mesh.ui.status_doc import (
+    ClaimDoc,
     DiskDoc,
     ImageDoc,
     NodeTLSDoc,
@@ -23,6 +24,7 @@ from mesh.ui.status_doc import (
     RegistryDoc,
     StatusDoc,
     TransferDoc,
+    TrustDoc,
     WarmupDoc,
 )
 
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from mesh.node.local_images import LocalImages
     from mesh.node.puller import Puller
     from mesh.node.transfer import Transfer
+    from mesh.node.trust_view import TrustView
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,9 @@ class StatusFacts:
     mdns_found: Callable[[], Iterable[str]] | None  # addresses mDNS found; None: mDNS is off
     registry: Callable[[], RegistryDoc]  # the registry section
     disk: Callable[[], DiskDoc]  # the disk section
+    trust: TrustView | None = None  # the claims this node believes (None: trust classes unknown here)
+    trust_fingerprints: tuple[str, ...] = ()
+    push_token: bool = False  # the registry takes pushes only with a token
 
 
 def _transfer(t: Transfer) -> TransferDoc:
@@ -104,6 +110,10 @@ def build_status(facts: StatusFacts) -> StatusDoc:
     view = facts.view
     members = view.peers()
     holdings = view.all_holdings()
+    if facts.trust is not None and facts.trust.enabled:
+        # The tags this node believes: a claim it refused names nothing here (the trust section
+        # lists it, with why).
+        holdings = {node: facts.trust.holdings(node) for node in holdings}
     ready, reason = facts.readiness()
     peers: list[PeerDoc] = []
     for member_id, m in sorted(members.items(), key=lambda kv: kv[1].name):
@@ -160,7 +170,7 @@ def build_status(facts: StatusFacts) -> StatusDoc:
             }
         )
     plan = facts.puller.plan
-    return {
+    doc: StatusDoc = {
         "node": {
             "id": facts.node_id,
             "name": facts.name,
@@ -197,6 +207,40 @@ def build_status(facts: StatusFacts) -> StatusDoc:
             for tag, s in sorted(facts.local.tagsets.items())
         ],
         "tags_kept": [] if plan is None else plan.kept,
+    }
+    if facts.trust is not None:
+        doc["trust"] = _trust(facts)
+    return doc
+
+
+def _trust(facts: StatusFacts) -> TrustDoc:
+    trust = facts.trust
+    assert trust is not None
+    policy = trust.policy
+    members = facts.view.peers()
+    alive = [i for i, m in sorted(members.items(), key=lambda kv: kv[1].name) if m.state is State.ALIVE]
+    names = {i: m.name for i, m in members.items()} | {facts.node_id: facts.name}
+    claims: list[ClaimDoc] = [
+        {
+            "kind": row.kind,
+            "name": row.name,
+            "target": row.target,
+            "publisher": names.get(row.publisher, row.publisher),
+            "publisher_id": row.publisher,
+            "trust_class": row.klass,
+            "believed": row.believed,
+            "reason": row.reason,
+        }
+        for row in trust.rows([facts.node_id, *alive])
+    ]
+    claims.sort(key=lambda c: (c["name"], c["kind"], not c["believed"], c["publisher"]))
+    return {
+        "mode": "off" if not policy.enabled else policy.own_class,
+        "keys": list(facts.trust_fingerprints),
+        "protected": list(policy.protected),
+        "push_token": facts.push_token,
+        "refused": dict(sorted(trust.refused.items())),
+        "claims": claims,
     }
 
 

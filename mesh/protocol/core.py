@@ -16,7 +16,7 @@ from mesh.protocol.antientropy import DigestCache, SummaryCache, differing, spli
 from mesh.protocol.events import Event, PeerForgotten, PeerStateChanged
 from mesh.protocol.formulas import push_pull_scale, retransmit_limit
 from mesh.protocol.liveness import State
-from mesh.protocol.manifests import Manifests
+from mesh.protocol.manifests import Manifests, Sign
 from mesh.protocol.membership import Member, Membership
 from mesh.protocol.outbox import Outbox, Outgoing
 from mesh.protocol.rumours import BroadcastQueue
@@ -55,7 +55,9 @@ class MeshCore:
         incarnation: int = 1,
         manifest_version: int = 1,
         rng: random.Random | None = None,
+        sign: Sign | None = None,
     ) -> None:
+        """`sign`: this node is a trusted publisher, and signs its manifest entries with it."""
         self.timings = timings
         self._node_id = node_id
         self.rng = rng or random.Random()
@@ -70,7 +72,7 @@ class MeshCore:
             timings, me, self.rng, self.out, self.rumours, self.events, self.digest.mark
         )
         self.manifests = Manifests(
-            timings, node_id, manifest_version, self.out, self.rumours, self.events, self.digest.mark
+            timings, node_id, manifest_version, self.out, self.rumours, self.events, self.digest.mark, sign
         )
         self.view = MeshView(self.membership, self.manifests)  # what the I/O edges may read
         self.synced_with_peer = False

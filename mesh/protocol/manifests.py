@@ -47,6 +47,7 @@ class Replica:
     version: int = 0
     floor: int = 0
     entries: dict[str, tuple[Tags, int]] = field(default_factory=dict)
+    sigs: dict[str, bytes] = field(default_factory=dict)  # entries' trust signatures (signed ones only)
     tombs: dict[str, int] = field(default_factory=dict)
     heard: set[int] = field(default_factory=set)  # rumoured versions above `version`
     gap_since: float | None = None
@@ -67,6 +68,7 @@ class Replica:
         if entry.stamp <= self.stamp_of(entry.image):
             return False
         self.revision += 1
+        self.sigs.pop(entry.image, None)
         if entry.tags is None:
             self.entries.pop(entry.image, None)
             self.tombs[entry.image] = entry.stamp
@@ -74,7 +76,14 @@ class Replica:
         else:
             self.tombs.pop(entry.image, None)
             self.entries[entry.image] = (entry.tags, entry.stamp)
+            if entry.sig:
+                self.sigs[entry.image] = entry.sig
         return True
+
+    def entry(self, image: str) -> Entry | None:
+        """The entry as held, with its signature, as a delta would carry it."""
+        held = self.entries.get(image)
+        return None if held is None else Entry(image, held[0], held[1], self.sigs.get(image, b""))
 
 
 @dataclass(slots=True)
@@ -82,6 +91,10 @@ class _MetaAsk:
     origin: str  # whose manifest named the image: it holds the image, so it has the metadata
     due: float  # ask again then if nothing came
     attempts: int
+
+
+Sign = Callable[[str, str, Tags, int], bytes]
+"""(publisher, image, tags, stamp) -> the entry's trust signature (mesh.net.trust_keys)."""
 
 
 class Manifests:
@@ -94,8 +107,11 @@ class Manifests:
         rumours: BroadcastQueue,
         events: list[Event],
         touched: Callable[[str], None] = lambda node: None,
+        sign: Sign | None = None,
     ) -> None:
+        """`sign`: on a trusted publisher, signs every entry of the local manifest as it changes."""
         self.timings = timings
+        self._sign = sign
         self.self_id = self_id
         self._touched = touched  # a manifest version may have changed (digest upkeep)
         self.replicas: dict[str, Replica] = {self_id: Replica(initial_version, initial_version)}
@@ -146,7 +162,13 @@ class Manifests:
         own = self.own
         prev = own.version
         own.version += 1
-        entries = [Entry(image, tags, own.version) for image, tags in changes]
+        sign = self._sign
+        entries = [
+            Entry(image, tags, own.version, sign(self.self_id, image, tags, own.version) if sign else b"")
+            if tags is not None
+            else Entry(image, None, own.version)  # a removal is never believed, only obeyed: unsigned
+            for image, tags in changes
+        ]
         for entry in entries:
             own.apply(entry, now, self._expiry, self.timings.tombstone_ttl)
         # A small change (an image built or tagged) rides in the rumour itself. A bulk change (a
@@ -234,9 +256,17 @@ class Manifests:
     @staticmethod
     def _build_delta(node: str, replica: Replica, since: int) -> ManifestDelta:
         if since < replica.floor:
-            entries = tuple(Entry(i, tags, stamp) for i, (tags, stamp) in replica.entries.items())
+            sigs = replica.sigs
+            entries = tuple(
+                Entry(i, tags, stamp, sigs.get(i, b"")) for i, (tags, stamp) in replica.entries.items()
+            )
             return ManifestDelta(node, 0, replica.version, True, replica.floor, entries)
-        changed = [Entry(i, tags, stamp) for i, (tags, stamp) in replica.entries.items() if stamp > since]
+        sigs = replica.sigs
+        changed = [
+            Entry(i, tags, stamp, sigs.get(i, b""))
+            for i, (tags, stamp) in replica.entries.items()
+            if stamp > since
+        ]
         changed.extend(Entry(i, None, stamp) for i, stamp in replica.tombs.items() if stamp > since)
         return ManifestDelta(node, since, replica.version, False, replica.floor, tuple(changed))
 
@@ -250,6 +280,7 @@ class Manifests:
         if msg.full and not replica.entries and not replica.tombs:
             # A first full copy (a node joining learns every manifest this way): nothing to reconcile.
             replica.entries = {e.image: (e.tags, e.stamp) for e in msg.entries if e.tags is not None}
+            replica.sigs = {e.image: e.sig for e in msg.entries if e.tags is not None and e.sig}
             replica.revision += 1
             changed = bool(replica.entries)
         else:

@@ -181,6 +181,7 @@ def plan(
     remote_sets: Mapping[str, Mapping[str, TagSet]] | None = None,
     brought: Collection[str] | None = None,
     have: Mapping[str, int] | None = None,
+    local_claims: Mapping[str, Tags] | None = None,
 ) -> Plan:
     """Decide pulls and local tag moves.
 
@@ -205,16 +206,21 @@ def plan(
     which the pull asks the source to leave out. A relay is a candidate only if its stream covers
     that (`sources.covers`: it leaves out no more than this node holds), and the pull carries it.
     A caller that wants an image in full (the engine refused its delta) gives 0.
+
+    `local_claims`: the tags here that count as this node's claims (None: all of `local`). Under
+    trust classes (mesh.protocol.trust) an untrusted host's tag on a protected name is no claim:
+    it neither competes for the tag nor keeps it from the mesh's winner.
     """
     live_remote = {p: m for p, m in remote.items() if p in peers and peers[p].alive}
-    sets = [valid(local_sets or {}, local)]
+    claims = local if local_claims is None else local_claims
+    sets = [valid(local_sets or {}, claims)]
     sets += [valid((remote_sets or {}).get(p, {}), m) for p, m in live_remote.items()]
-    here = tag_map(local)
+    here = tag_map(claims)
     want_tags: dict[str, set[str]] = {}
     winning: dict[str, TagSet] = {}
     kept: list[str] = []
     for tag, (image, tagset) in sorted(
-        decide([local, *live_remote.values()], metas, include, exclude, sets).items()
+        decide([claims, *live_remote.values()], metas, include, exclude, sets).items()
     ):
         if _built_here_newer(here.get(tag), image, metas, brought):
             kept.append(tag)  # the mesh's older image never moves a newer build of this host's

@@ -78,6 +78,15 @@ class MeshView:
             return {}
         return {i: tags for i, (tags, _) in replica.entries.items() if not is_status_entry(tags)}
 
+    def entries(self, node: str) -> dict[str, tuple[Tags, int, bytes]]:
+        """Every entry of `node`'s manifest as known here, its status entry included: image ID ->
+        (tags, stamp, trust signature or b""), for the trust check (mesh.node.trust_view)."""
+        replica = self._manifests.replicas.get(node)
+        if replica is None:
+            return {}
+        sigs = replica.sigs
+        return {i: (tags, stamp, sigs.get(i, b"")) for i, (tags, stamp) in replica.entries.items()}
+
     def status(self, node: str) -> NodeStatus:
         """`node`'s gossiped transfer status (zone, load, relays); empty until one is known."""
         replica = self._manifests.replicas.get(node)

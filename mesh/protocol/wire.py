@@ -154,23 +154,41 @@ class ImageMeta:
 Tags: TypeAlias = tuple[str, ...]
 
 
+SIGNATURE_BYTES = 64
+"""An Ed25519 signature (mesh.net.trust_keys), the most an entry's `sig` field may carry."""
+BAD_SIGNATURE = b"\0"
+"""What an entry's `sig` field that is not bytes becomes: a signature that never verifies."""
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One image in one node's manifest. `tags` is None for a tombstone (the image was removed).
-    `stamp` is the origin's manifest version when this entry last changed."""
+    `stamp` is the origin's manifest version when this entry last changed.
+
+    `sig` (appended field, protocol 3): the origin's trust-key signature over the entry
+    (mesh.net.trust_keys.claim_bytes), b"" when unsigned. Unsigned entries encode as before, so
+    a fleet without a trust key sends the same bytes as older nodes; an older node ignores the
+    field, and relays the entry without it. A malformed one is kept as it came, and refused by
+    the trust check (mesh.protocol.trust), not by the decoder: one bad entry must not cost the
+    whole envelope."""
 
     image: str
     tags: Tags | None
     stamp: int
+    sig: bytes = b""
 
     def to_wire(self) -> list[Any]:
-        return [digest_to_wire(self.image), None if self.tags is None else list(self.tags), self.stamp]
+        wire = [digest_to_wire(self.image), None if self.tags is None else list(self.tags), self.stamp]
+        if self.sig:
+            wire.append(self.sig)
+        return wire
 
     @classmethod
     def from_wire(cls, items: Any) -> Entry:
         f = _fields(items, "manifest entry", 3)
         tags = None if f[1] is None else tuple(_str(t, "tag") for t in _list(f[1], "tags", MAX_TAGS))
-        return cls(digest_from_wire(f[0], "entry image"), tags, _int(f[2], "entry stamp"))
+        sig = b"" if len(f) <= 3 else f[3] if type(f[3]) is bytes and f[3] else BAD_SIGNATURE
+        return cls(digest_from_wire(f[0], "entry image"), tags, _int(f[2], "entry stamp"), sig)
 
 
 def _entries(value: Any) -> tuple[Entry, ...]:

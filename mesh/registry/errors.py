@@ -29,16 +29,26 @@ STATUS = {
 class RegistryError(Exception):
     """Raised anywhere below the router; the router turns it into the spec's JSON answer."""
 
-    def __init__(self, code: str, message: str, *, status: int | None = None, detail: Any = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int | None = None,
+        detail: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.status = status or STATUS[code]
         self.detail = detail
+        self.headers = headers or {}
+        """Sent with the answer (an UNAUTHORIZED's WWW-Authenticate challenge)."""
 
 
 def error_response(exc: RegistryError, *, head: bool = False) -> web.Response:
     body = json.dumps({"errors": [{"code": exc.code, "message": str(exc), "detail": exc.detail}]}).encode()
-    headers = {"Docker-Distribution-API-Version": "registry/2.0"}
+    headers = {"Docker-Distribution-API-Version": "registry/2.0", **exc.headers}
     if head:  # a HEAD answer has no body; Content-Length still says what GET would send
         return web.Response(status=exc.status, headers=headers)
     return web.Response(status=exc.status, body=body, content_type="application/json", headers=headers)

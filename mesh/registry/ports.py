@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -26,6 +26,8 @@ class RegistrySettings:
     """A fetch from a peer that sends nothing for this long moves on to the next holder."""
     warm: tuple[str, ...] = ()
     """repo:tag globs whose manifests and blobs are fetched ahead of any client (--registry-warm)."""
+    push_token: bytes = field(default=b"", repr=False)
+    """What a push must present (--registry-push-token-file); b"": pushes need no credentials."""
 
     @classmethod
     def from_config(cls, config: Config) -> RegistrySettings:
@@ -33,7 +35,25 @@ class RegistrySettings:
             root=Path(config.data_dir) / "registry",
             idle_timeout=config.transfer_idle_timeout,
             warm=config.registry_warm,
+            push_token=read_push_token(config.registry_push_token_file),
         )
+
+
+def read_push_token(path: str) -> bytes:
+    """The token in --registry-push-token-file (surrounding whitespace dropped); b"" for none."""
+    if not path:
+        return b""
+    try:
+        with open(path, "rb") as fh:
+            token = fh.read(4097).strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read --registry-push-token-file {path}: {exc.strerror}") from None
+    if len(token) < 16 or len(token) > 4096:
+        raise ValueError(
+            f"--registry-push-token-file {path}: the token must be 16 to 4096 bytes "
+            "(e.g. `openssl rand -hex 32`)"
+        )
+    return token
 
 
 class MeshView(Protocol):
@@ -64,6 +84,11 @@ class MeshView(Protocol):
 
     def publish(self) -> None:
         """The registry's announcement changed: put it into the local manifest."""
+        ...
+
+    def may_push(self, ref: str) -> bool:
+        """Whether a push to `repo:tag` here may be taken: not a protected name on an untrusted
+        host (mesh.protocol.trust), since no host would believe it."""
         ...
 
 

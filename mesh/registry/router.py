@@ -34,6 +34,7 @@ from mesh.registry.names import (
     valid_digest,
     valid_tag,
 )
+from mesh.registry.push_auth import PushAuth
 from mesh.registry.store import Upload
 
 log = logging.getLogger("cachemesh.registry")
@@ -89,10 +90,24 @@ class RegistryApi(Protocol):
 
     async def push_tag(self, name: str, tag: str, digest: str) -> None: ...
 
+    def may_push(self, ref: str) -> bool:
+        """Whether a push to `repo:tag` may be taken here (not a protected name on an untrusted
+        host: mesh.protocol.trust)."""
+        ...
 
-def registry_app(registry: RegistryApi) -> web.Application:
+
+PUSHES = {(Kind.UPLOAD, "POST"), (Kind.UPLOAD, "PATCH"), (Kind.UPLOAD, "PUT"), (Kind.MANIFEST, "PUT")}
+"""Requests that write: with a push token, only these need it (uploads' status and cancel
+name an upload a push started, so they need none of their own)."""
+
+
+def registry_app(registry: RegistryApi, auth: PushAuth | None = None) -> web.Application:
+    """`auth`: pushes need the token it holds (--registry-push-token-file); None: open."""
     app = web.Application(client_max_size=MAX_MANIFEST)
-    router = Router(registry)
+    router = Router(registry, auth)
+    if auth is not None:
+        app.router.add_route("GET", "/v2/token", auth.token)
+        app.router.add_route("POST", "/v2/token", auth.token)
     app.router.add_route("*", "/v2", router.handle)
     app.router.add_route("*", "/v2/{tail:.*}", router.handle)
     return app
@@ -120,8 +135,9 @@ def _check_digest(digest: str, code: str = "DIGEST_INVALID") -> str:
 
 
 class Router:
-    def __init__(self, registry: RegistryApi) -> None:
+    def __init__(self, registry: RegistryApi, auth: PushAuth | None = None) -> None:
         self.registry = registry
+        self.auth = auth
         self.routes: dict[tuple[Kind, str], Handler] = {
             (Kind.BASE, "GET"): self.base,
             (Kind.CATALOG, "GET"): self.catalog,
@@ -152,6 +168,8 @@ class Router:
             handler = self.routes.get((route.kind, method))
             if handler is None:
                 raise RegistryError("UNSUPPORTED", f"{request.method} is not supported here")
+            if (route.kind, method) in PUSHES:
+                self._check_push(request, route)
             response = await handler(request, route)
         except _Refused as refused:
             response = refused.response
@@ -167,7 +185,36 @@ class Router:
     # --- base ------------------------------------------------------------------------------------
 
     async def base(self, request: web.Request, route: Route) -> web.StreamResponse:
+        auth = self.auth
+        if auth is not None and not auth.knows(request):
+            # What a token-auth registry answers, so that docker login and docker pull learn the
+            # token endpoint (pulls then go with an anonymous token, which this registry ignores).
+            raise RegistryError(
+                "UNAUTHORIZED",
+                "this registry takes pushes with a token; pulls need none",
+                headers={"WWW-Authenticate": auth.challenge(request)},
+            )
         return web.json_response({}, headers=API_HEADERS)
+
+    def _check_push(self, request: web.Request, route: Route) -> None:
+        auth = self.auth
+        if auth is not None and not auth.may_push(request):
+            raise RegistryError(
+                "UNAUTHORIZED",
+                f"pushing to {route.name} on this node needs its push token "
+                f"(--registry-push-token-file): docker login {request.host} -u cachemesh "
+                "--password-stdin < TOKEN_FILE, or Basic auth with the token as the password",
+                headers={"WWW-Authenticate": auth.challenge(request, f"repository:{route.name}:pull,push")},
+            )
+        if route.kind is Kind.MANIFEST and not is_digest(route.reference):
+            ref = f"{route.name}:{route.reference}"
+            if not self.registry.may_push(ref):
+                raise RegistryError(
+                    "DENIED",
+                    f"{ref[:200]} is a protected name (--protect): only trusted hosts publish it, and "
+                    "this host holds no trust key, so no host would believe this push. Push to "
+                    "another tag (a branch's own), or publish from a trusted host",
+                )
 
     async def unsupported(self, request: web.Request, route: Route) -> web.StreamResponse:
         raise RegistryError("UNSUPPORTED", "deletion is not supported: the mesh keeps content by digest")

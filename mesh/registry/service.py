@@ -177,6 +177,9 @@ class Registry:
         await self.store.set_tag(name, tag, TagState(pushed, digest))
         self.changed()
 
+    def may_push(self, ref: str) -> bool:
+        return self.view.may_push(ref)
+
     async def merge_tags(self) -> bool:
         """Adopt tags the mesh moved: a newer push elsewhere wins over this node's table."""
         own = self.store.all_tags()

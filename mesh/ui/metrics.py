@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from mesh.protocol.trust import REFUSALS
 from mesh.ui.status_doc import MetricsSnapshot
 
 
@@ -184,6 +185,16 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.claims_refused = Counter(
+            "cachemesh_trust_claims_refused",
+            "Tag claims from the mesh this node did not believe, counted once per claim, by reason: "
+            "unsigned (a trusted host, an unsigned claim), protected (a protected name, unsigned), "
+            "bad-signature (forged, garbled or moved), replayed (older than one signed since)",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in REFUSALS:
+            self.claims_refused.labels(reason)
         for kind in ("plain", "verify", "refused", "other"):
             self.tls_handshake_failures.labels(kind)
         for source in ("local", "peers"):
@@ -199,6 +210,9 @@ class Metrics:
         gauges.register(_Snapshot(lambda: snapshot))
         data: bytes = generate_latest(self.registry) + generate_latest(gauges)
         return data
+
+    def claim_refused(self, reason: str) -> None:
+        self.claims_refused.labels(reason).inc()
 
     def tls_failed(self, kind: str) -> None:
         self.tls_handshake_failures.labels(kind).inc()

@@ -63,6 +63,26 @@ def print_status(s: StatusDoc, console: Console | None = None) -> None:
                 size_text(t["rate"]) + "/s",
             )
         console.print(transfers)
+    trust = s.get("trust")
+    if trust and trust["mode"] != "off":
+        refused = ", ".join(f"{reason} {n}" for reason, n in trust["refused"].items()) or "none"
+        protected = ", ".join(trust["protected"]) or "none"
+        table = Table(
+            title=f"Trust: this host is {trust['mode']}, protected {protected}, refused claims: {refused}",
+            title_justify="left",
+        )
+        for column in ("name", "kind", "names", "publisher", "class", "believed"):
+            table.add_column(column)
+        for c in trust["claims"]:
+            table.add_row(
+                c["name"],
+                c["kind"],
+                short_id(c["target"]),
+                c["publisher"],
+                c["trust_class"],
+                "yes" if c["believed"] else f"no: {c['reason']}",
+            )
+        console.print(table)
     registry = s.get("registry")
     if registry:
         rows = [(r["name"], tag) for r in registry["repositories"] for tag in r["tags"]]

@@ -9,7 +9,7 @@ the CLIs read them. They live here, in mesh/ui, because the layer rule lets the 
 registry import mesh/ui but not mesh/ui import the node.
 
 The CLIs read the document from a node over HTTP, maybe one of another version: the sections that
-came later (`warmup`, `registry`, `disk`) are NotRequired, so readers check for them. This version's
+came later (`warmup`, `registry`, `disk`, `trust`) are NotRequired, so readers check for them. This version's
 node always sends them.
 """
 
@@ -221,6 +221,28 @@ class DiskDoc(TypedDict):
 # --- the document -----------------------------------------------------------------------------
 
 
+class ClaimDoc(TypedDict):
+    """One tag claim in the mesh and what this node made of it (mesh.protocol.trust)."""
+
+    kind: str  # image, registry, tagset
+    name: str  # the tag or repo:tag
+    target: str  # the image (mesh key) or registry manifest digest it names
+    publisher: str  # the name of the node whose manifest carries it
+    publisher_id: str
+    trust_class: str  # trusted (a valid signature) or untrusted
+    believed: bool
+    reason: str  # why not believed: unsigned, protected, bad-signature, replayed; "" if believed
+
+
+class TrustDoc(TypedDict):
+    mode: str  # off (no trust key), trusted (signs its claims), untrusted (public key only)
+    keys: list[str]  # fingerprints of the public keys claims are verified with
+    protected: list[str]  # --protect globs
+    push_token: bool  # the registry takes pushes only with the token
+    refused: dict[str, int]  # claims refused since start, by reason
+    claims: list[ClaimDoc]  # this node's and live peers' claims (at most 500)
+
+
 class StatusDoc(TypedDict):
     node: NodeDoc
     discovery: DiscoveryDoc
@@ -234,6 +256,7 @@ class StatusDoc(TypedDict):
     recent_transfers: list[TransferDoc]
     registry: NotRequired[RegistryDoc]
     disk: NotRequired[DiskDoc]
+    trust: NotRequired[TrustDoc]
     tag_sets: list[TagSetDoc]  # tags set back on purpose (rollbacks), here or adopted
     tags_kept: list[str]  # tags the mesh would move, kept on a newer image built here
 

@@ -21,6 +21,7 @@ from mesh.ui.status_doc import (
     RegistryDoc,
     ShareDoc,
     StatusDoc,
+    TrustDoc,
 )
 
 
@@ -119,6 +120,38 @@ def _tls_mode(tls: NodeTLSDoc) -> str:
             " (rotation: current + previous)" if len(secrets) > 1 else ""
         )
     return "TLS 1.3, operator CA"
+
+
+def _trust_html(t: TrustDoc | None) -> str:
+    if not t:
+        return ""
+    if t["mode"] == "off":
+        return (
+            "<h2>Trust classes</h2><p>off: no trust key here, so every host may move every tag"
+            f"{' (pushes need the token)' if t['push_token'] else ''}.</p>"
+        )
+    refused = ", ".join(f"{reason} {n}" for reason, n in t["refused"].items()) or "none"
+    claims = _table(
+        ["name", "kind", "names", "publisher", "class", "believed here"],
+        [
+            [
+                escape(c["name"]),
+                escape(c["kind"]),
+                f"<code>{short_id(c['target'])}</code>",
+                escape(c["publisher"]),
+                escape(c["trust_class"]),
+                "yes" if c["believed"] else f"<span class=failed>no: {escape(c['reason'])}</span>",
+            ]
+            for c in t["claims"]
+        ],
+        "No tag claims yet.",
+    )
+    return (
+        f"<h2>Trust classes</h2><p>this host is <b>{escape(t['mode'])}</b> · keys "
+        f"{escape(', '.join(t['keys']))} · protected {escape(', '.join(t['protected']) or 'none')} · "
+        f"registry pushes {'need the token' if t['push_token'] else 'open'} · refused claims: "
+        f"{escape(refused)}</p>{claims}"
+    )
 
 
 def _registry_html(r: RegistryDoc | None) -> str:
@@ -290,7 +323,7 @@ def render_html(s: StatusDoc) -> str:
         ],
         "None yet.",
     )
-    registry = _registry_html(s.get("registry")) + _disk_html(s.get("disk"))
+    registry = _registry_html(s.get("registry")) + _trust_html(s.get("trust")) + _disk_html(s.get("disk"))
     return f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><meta http-equiv=refresh content=2>
 <title>cachemesh · {escape(node["name"])}</title>
