@@ -10,7 +10,17 @@ import pytest
 
 from mesh.protocol import nodestatus
 from mesh.protocol.planner import Peer, plan
-from mesh.protocol.sources import CHAIN_DEPTH, Downstream, LeftOut, covers, cut_for, left_out, relay_to
+from mesh.protocol.sources import (
+    CHAIN_DEPTH,
+    Downstream,
+    LeftOut,
+    common_prefix,
+    covers,
+    cut_for,
+    left_out,
+    relay_to,
+    widen_for,
+)
 from mesh.protocol.wire import ImageMeta
 
 
@@ -228,3 +238,36 @@ def test_a_burst_of_falling_held_sets_costs_a_holder_two_copies_not_one_per_held
             cut = cut_for(APP, "graph", have, relays=True, sending=sending)
             sending.append(out(peer, left_out(L, cut, possible=True).left))
     assert sending == [out("older", 2), out("base", 0)]
+
+
+MB = 1_000_000
+# An image of three layers: an 8 MB base, 48 MB, 16 MB; known prefixes: the base and the image.
+PREFIX = {0: 0, 1: 8 * MB, 3: 72 * MB}
+
+
+@pytest.mark.parametrize(
+    ("have", "lacking", "prefix", "relays", "first", "expected"),
+    [
+        (1, [0, 1], PREFIX, True, True, 0),  # a peer holding nothing: the base goes in (8 of 64)
+        (1, [1, 1], PREFIX, True, True, 1),  # every peer lacking it holds the base: nothing added
+        (1, [], PREFIX, True, True, 1),  # nobody else lacks it
+        (1, [0], PREFIX, False, True, 1),  # a requester that does not relay serves nobody
+        (1, [0], PREFIX, True, False, 1),  # not the first stream: cut_for's rule, not this one
+        (1, [0], {0: 0, 1: 40 * MB, 3: 72 * MB}, True, True, 1),  # a base of 40 MB on 32: too dear
+        (1, [0], {0: 0, 3: 72 * MB}, True, True, 1),  # the base's size unknown: nothing widened
+        (2, [0, 1], {0: 0, 1: 8 * MB, 2: 56 * MB, 3: 72 * MB}, True, True, 2),  # 48 MB on 16: no
+        (2, [1], {0: 0, 1: 8 * MB, 2: 60 * MB, 3: 272 * MB}, True, True, 1),  # 52 on 212: yes
+        (0, [0], PREFIX, True, True, 0),  # already full
+    ],
+)
+def test_a_first_stream_is_widened_to_cover_the_peers_still_lacking_it_when_that_is_cheap(
+    have, lacking, prefix, relays, first, expected
+):
+    assert widen_for(have, lacking, prefix, relays=relays, first=first) == expected
+
+
+def test_what_a_peer_holds_of_an_image_is_the_layers_its_images_share_from_the_bottom():
+    assert common_prefix(("a", "b", "c"), ("a", "b", "x")) == 2
+    assert common_prefix(("a", "b"), ("a", "b", "c")) == 2
+    assert common_prefix(("a",), ("b",)) == 0
+    assert common_prefix((), ("a",)) == 0

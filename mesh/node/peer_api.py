@@ -21,8 +21,9 @@ from mesh.node.local_images import LocalImages
 from mesh.node.relay import RelayBroken, Relays, Spool
 from mesh.node.transfer import Transfer
 from mesh.protocol import wire
+from mesh.protocol.oci import is_registry_entry
 from mesh.protocol.planner import chain_of
-from mesh.protocol.sources import Downstream, covers, cut_for, left_out, relay_to
+from mesh.protocol.sources import Downstream, common_prefix, covers, cut_for, left_out, relay_to, widen_for
 from mesh.protocol.view import MeshView
 from mesh.ui.metrics import Metrics
 
@@ -86,6 +87,32 @@ class PeerApi:
         self.routed[chosen] = self.routed.get(chosen, 0) + 1
         return chosen.peer
 
+    def _lacking(self, image: str, requester: str) -> list[int]:
+        """What each other live peer that lacks `image` holds of it, in leading layers, by the
+        images its gossip says it holds (mesh.protocol.sources.widen_for)."""
+        metas = self._view.metas()
+        meta = metas.get(image) or self._local.images[image].meta
+        out = []
+        for peer in self._view.live_peers():
+            if peer.id == requester:
+                continue
+            holdings = self._view.holdings(peer.id)
+            if image in holdings:
+                continue
+            held = [metas[i].layers for i in holdings if i in metas and not is_registry_entry(holdings[i])]
+            out.append(max((common_prefix(meta.layers, layers) for layers in held), default=0))
+        return out
+
+    def _prefix_bytes(self, layers: tuple[str, ...]) -> dict[int, int]:
+        """Bytes of each leading run of `layers` that an image here consists of (a base it was
+        built on, an older build), from the engine's sizes: what widening a stream would add."""
+        out = {0: 0}
+        for local in self._local.images.values():
+            n = len(local.meta.layers)
+            if n <= len(layers) and tuple(local.meta.layers) == tuple(layers[:n]):
+                out[n] = local.meta.size
+        return out
+
     async def open_save(self, request: SaveRequest) -> SaveStream:
         """A save of the image and its chain, leaving out the files of its first `have` layers,
         which the requester holds, where its `store` can load the result (docs/engines.md). An
@@ -110,11 +137,13 @@ class PeerApi:
         # The containerd store refuses a legacy-format tar with a layer missing (Engine < 25 writes
         # only that format). `left` is what the receiver learns (HAVE_HEADER), tags its relay spool
         # with and serves by (the simulator's holders cut their streams by the same rule).
-        cut = left_out(
-            layers,
-            cut_for(image, store, have, relays=request.relay, sending=self.sending),
-            possible=info.oci_save or store == "graph",
-        )
+        have = cut_for(image, store, have, relays=request.relay, sending=self.sending)
+        first = not any(out.image == image and out.store == store for out in self.sending)
+        if first and request.relay and have:
+            have = widen_for(
+                have, self._lacking(image, requester), self._prefix_bytes(layers), relays=True, first=True
+            )
+        cut = left_out(layers, have, possible=info.oci_save or store == "graph")
         drop, left = cut.drop, cut.left
         delta = DeltaReport()
         peer = self._view.peer(requester)

@@ -61,6 +61,10 @@ correct when receivers hold part of the image already:
    image in full (`cut_for`): its spool covers every later requester, whatever it holds, and the
    holder sends at most two copies. It resends the requester what it holds (the base: 8 MB of
    72, say); in a burst where all hold the same the first relay covers all, and nothing changes.
+   Two copies are still one too many when a base holder reaches the holder first, so the first
+   stream is widened (`widen_for`): cut by the least `have` among the live peers that lack the
+   image (as their gossiped holdings show), when what that adds is at most WIDEN_MAX_EXTRA of
+   the stream. Its spool then covers them all, and the holder sends one copy.
 """
 
 from __future__ import annotations
@@ -189,6 +193,45 @@ def cut_for(image: str, store: str, have: int, *, relays: bool, sending: Sequenc
         for out in sending
     )
     return 0 if relays and behind else have
+
+
+WIDEN_MAX_EXTRA = 0.25
+"""A first stream is widened only when the layers it adds are at most this share of its bytes:
+resending a small base to one receiver saves the holder a second copy; resending a large one to
+every receiver of a burst (they all get the first relay's stream) would cost more than it saves."""
+
+
+def widen_for(
+    have: int, lacking: Iterable[int], prefix_bytes: Mapping[int, int], *, relays: bool, first: bool
+) -> int:
+    """The `have` to cut the first stream of an image to a relaying requester by: the least
+    `have` among `lacking` (what the live peers that lack the image hold of it, by their
+    gossiped holdings) whose added layers cost at most WIDEN_MAX_EXTRA of the stream, else the
+    requester's own. `prefix_bytes` maps a count of leading layers to their bytes, where known
+    (0 to 0, every layer to the image's size); without both ends known nothing is widened. Not
+    the first stream, or a requester that does not relay: its own `have`."""
+    if not relays or not first or have == 0:
+        return have
+    total = max(prefix_bytes.items(), default=(0, 0))[1]
+    held = prefix_bytes.get(have)
+    if held is None or total <= held:
+        return have
+    for target in sorted({h for h in lacking if 0 <= h < have}):
+        base = prefix_bytes.get(target)
+        if base is not None and held - base <= WIDEN_MAX_EXTRA * (total - held):
+            return target
+    return have
+
+
+def common_prefix(a: Sequence[str], b: Sequence[str]) -> int:
+    """How many leading layers two layer lists share: what a peer holding an image of layers `b`
+    holds of one of layers `a` (equal diff IDs in order are equal chain IDs)."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def covers(relay_have: int, have: int) -> bool:

@@ -402,6 +402,12 @@ class FanoutSim:
         if src.done_at is not None:
             sending = [s.downstream for s in sorted(src.outflows, key=lambda s: s.seq)]
             have = sources.cut_for(IMAGE, STORE, dst.have, relays=relays, sending=sending)
+            # The node's first-stream widening, with gossip showing what each receiver holds (in a
+            # fleet that shares its base images) and the holder knowing the size of each leading run of
+            # layers (the node knows those of the images it holds: the base, older builds).
+            wanting = [n.have for n in self.nodes.values() if n.done_at is None and n.id != receiver]
+            prefix = {n: sum(self.p.layers[:n]) for n in range(len(self.p.layers) + 1)}
+            have = sources.widen_for(have, wanting, prefix, relays=relays, first=not sending)
             cut = sources.left_out(self.layer_ids, have, possible=True)
             carried = frozenset(i for i, layer in enumerate(self.layer_ids) if layer not in cut.drop)
             size = float(sum(self.p.layers[i] for i in carried))
