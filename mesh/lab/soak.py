@@ -32,6 +32,7 @@ from mesh.lab.dockerd import Dockerd, busybox_rootfs
 from mesh.lab.engines import EngineKind
 from mesh.lab.netns import Host, Network, ip
 from mesh.lab.nodes import NodeProcess
+from mesh.lab.poll import wait_until
 from mesh.lab.procstat import family
 from mesh.lab.soak_invariants import (
     Convergence,
@@ -42,6 +43,7 @@ from mesh.lab.soak_invariants import (
     differences,
     health,
     own,
+    retags,
     tagged,
 )
 from mesh.lab.soak_schedule import SETTLING, Event, Plan, budget_slots
@@ -49,6 +51,7 @@ from mesh.lab.soak_schedule import SETTLING, Event, Plan, budget_slots
 SHARED = "soak/*"
 BASE = "base:1"  # every host's own import of the same bytes: not shared
 REGISTRY = "127.0.0.1:7613"  # each node's registry, on its own namespace's loopback
+TAGGED = re.compile(r"tagged (sha256:[0-9a-f]+) as (\S+) ")
 PUSHED = re.compile(r"digest: (sha256:[0-9a-f]{64})")
 NO_WHEEL = "rolling upgrade: no previous release wheel"
 NO_NETEM = (
@@ -107,12 +110,16 @@ class Soak:
         *,
         budget_mb: int = 32,
         poll_every: float = 4.0,
+        mbit: int = 100,
         log: Callable[[str], None] = print,
     ) -> None:
+        """`mbit`: every host's link speed, each way (a transfer then lasts long enough for a
+        fault to land in it); 0 leaves the veths unshaped."""
         self.workdir = workdir
         self.plan = plan
         self.log = log
         self.poll_every = poll_every
+        self.mbit = mbit
         small = set(budget_slots(plan.hosts))
         self.slots = [
             Slot(i, kinds[i % len(kinds)], (budget_mb << 20) if i in small else 0) for i in range(plan.hosts)
@@ -231,6 +238,8 @@ class Soak:
     def _bring_up(self, slot: Slot) -> None:
         assert self.network is not None
         slot.host = self.network.add_host(slot.name)
+        if self.mbit:
+            self.network.limit(slot.host, self.mbit)
         slot.engine = Dockerd(
             self.workdir / f"engine-{slot.name}", slot.host.netns, slot.name, slot.kind
         ).start()
@@ -275,10 +284,14 @@ class Soak:
         engine, not a shutdown."""
         assert slot.engine is not None and slot.engine.proc is not None
         proc = slot.engine.proc
-        for pid in family(proc.pid):
+        doomed = family(proc.pid)
+        for pid in doomed:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         proc.wait(timeout=30)
+        # Started again while its containerd still exits, dockerd 20.10 waits a minute for it
+        # and gives up ("timeout waiting for containerd to start").
+        wait_until(lambda: not any(Path(f"/proc/{p}").exists() for p in doomed), 30, what="engine gone")
 
     def close(self) -> None:
         for slot in self.slots:
@@ -409,7 +422,7 @@ class Soak:
             for dev, netns in devices:
                 _tc(netns, "qdisc", "replace", "dev", dev, "root", *rule)
         else:
-            queue = ["tbf", "rate", "4mbit", "burst", "32k", "latency", f"{event.delay_ms}ms"]
+            queue = ["tbf", "rate", "4mbit", "burst", "32k", "latency", f"{max(event.delay_ms, 50)}ms"]
             for dev, netns in devices:
                 _tc(netns, "qdisc", "replace", "dev", dev, "root", *queue)
             drop = [
@@ -433,6 +446,8 @@ class Soak:
             for dev, netns in devices:
                 _tc(netns, "qdisc", "del", "dev", dev, "root", check=False)
             _iptables(host, "-F", "SOAKLOSS", check=False)
+            if self.mbit and self.network is not None and slot.host is host:
+                self.network.limit(host, self.mbit)  # the link as it was
 
         return clear
 
@@ -470,24 +485,35 @@ class Soak:
                 node, epoch, engine = slot.node, slot.epoch, slot.engine
             if node is None or engine is None:
                 continue
+            built = dict(slot.built)  # as it was before the look: a build may end during it
             sample = self._sample(slot, node, engine)
             with self.lock:
                 if slot.epoch != epoch or slot.node is not node:
                     continue  # the soak touched this node meanwhile
             if sample is not None:
-                samples.append((slot, sample))
+                samples.append((slot, sample, built, node))
         if not samples:
             return
         published = dict(self.published)
-        for slot, s in samples:
-            self._record(health(s) + tagged(s, published) + own(s, dict(slot.built)) + attempts(s))
-        live = [s for _, s in samples]
+        for _, s, built, node in samples:
+            self._record(
+                health(s) + tagged(s, published) + own(s, built) + attempts(s) + self._retags(s, node)
+            )
+        live = [s for _, s, _, _ in samples]
         complete = len(live) == len(self.slots)
         agreed = complete and converged(live, published)
         why = differences(live, published) if not agreed else []
         if not complete:
             why = [f"{len(self.slots) - len(live)} nodes not watched this round", *why]
         self._record(self.convergence.observe(self.now(), agreed, why))
+
+    def _retags(self, s: Sample, node: NodeProcess) -> list[Violation]:
+        """Tag moves of one image to one tag by this node run, from its log: a node that keeps
+        tagging what it already tagged is in a loop (the engine's tag events come from it)."""
+        counts: dict[tuple[str, str], int] = {}
+        for image, tag in TAGGED.findall(node.log.read_text(errors="replace")) if node.log.exists() else ():
+            counts[(image, tag)] = counts.get((image, tag), 0) + 1
+        return retags(s, counts)
 
     def _record(self, found: list[Violation]) -> None:
         for v in found:

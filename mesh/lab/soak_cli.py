@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--budget", type=int, default=32, help="the small --disk-budget of every third node, MB"
     )
     parser.add_argument("--poll", type=parse_duration, default=4.0, help="how often every node is looked at")
+    parser.add_argument(
+        "--mbit", type=int, default=100, help="each host's link, Mbit/s each way (0: unshaped)"
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="where logs go (default: a new temp dir)")
     args = parser.parse_args(argv)
     unknown = [k for k in args.kinds.split(",") if k not in KINDS]
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"{time.strftime('%H:%M:%S')} {line}", markup=False, highlight=False)
 
     signal.signal(signal.SIGTERM, _interrupted)
-    soak = Soak(workdir, plan, kinds, budget_mb=args.budget, poll_every=args.poll, log=log)
+    soak = Soak(workdir, plan, kinds, budget_mb=args.budget, poll_every=args.poll, mbit=args.mbit, log=log)
     outcome = soak.run()
     summary = summary_of(outcome)
     render(summary, console)

@@ -10,6 +10,7 @@ The invariants:
   same layers, created at the same instant), so nothing partial or unverified is ever tagged;
 - own: every image built on a host is still there under its tag while that host lives;
 - attempts: no image has failed more than `ATTEMPTS_BOUND` pulls in a row on any node;
+- retags: no node run tags one image with one tag more than `RETAG_BOUND` times (a tag loop);
 - converged: after each fault (once it ends), every live node holds the same view, and it is the
   published one, within that fault's bound (`BOUNDS`);
 - flat: each node's RSS and open fds do not grow over its life (`leaks`).
@@ -120,6 +121,20 @@ def attempts(s: Sample, bound: int = ATTEMPTS_BOUND) -> list[Violation]:
     return [
         Violation(s.t, "attempts", s.host, f"{image[:19]} failed {n} pulls in a row (bound {bound})")
         for image, n in sorted(s.attempts.items())
+        if n > bound
+    ]
+
+
+RETAG_BOUND = 6
+"""Times one node run may tag one image with one tag: the pull's tags, and retags after the
+operator or an engine restart took it. More is a loop."""
+
+
+def retags(s: Sample, counts: Mapping[tuple[str, str], int], bound: int = RETAG_BOUND) -> list[Violation]:
+    """`counts`: (image, tag) -> times this node run tagged it so."""
+    return [
+        Violation(s.t, "retags", s.host, f"{s.run} tagged {image[:19]} as {tag} {n} times (bound {bound})")
+        for (image, tag), n in sorted(counts.items())
         if n > bound
     ]
 

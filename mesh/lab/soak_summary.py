@@ -15,7 +15,7 @@ from rich.table import Table
 from mesh.lab.soak_invariants import BOUNDS, Violation, leaks, percentile, slope
 from mesh.lab.soak_schedule import ACTIONS, FAULTS
 
-INVARIANTS = ("healthz", "readyz", "tagged", "own", "attempts", "converged", "flat")
+INVARIANTS = ("healthz", "readyz", "tagged", "own", "attempts", "retags", "converged", "flat")
 
 
 @dataclass(frozen=True)
