@@ -219,3 +219,11 @@ def test_without_a_tag_or_wheel_the_upgrade_says_so(tmp_path: Path):
     (tmp_path / "CHANGELOG.md").write_text("# Changelog\n\n## 0.2.0 (unreleased)\n\n## 0.1.0 (2026-11-29)\n")
     note = previous_release_note(tmp_path)
     assert note.startswith(NO_WHEEL) and "git tags: none" in note and "0.1.0" in note
+
+
+def test_a_node_tagging_one_image_over_and_over_is_a_loop():
+    from mesh.lab.soak_invariants import RETAG_BOUND, retags
+
+    assert retags(sample(), {(A, "soak/b1:1"): RETAG_BOUND}) == []
+    found = retags(sample(), {(A, "soak/b1:1"): 122})
+    assert [v.invariant for v in found] == ["retags"] and "122 times" in found[0].detail
