@@ -2,6 +2,7 @@
 
 import asyncio
 
+import aiohttp
 import pytest
 
 from mesh.engine.base import EngineError, EngineUnavailable
@@ -161,6 +162,31 @@ async def test_only_missing_layers_cross_and_a_refused_delta_is_pulled_once_in_f
             assert fallbacks == 0
             assert source.metrics.layers_left_out._value.get() >= 1
         assert node.metrics.transfers.labels("in", "failed")._value.get() == 0
+    finally:
+        await node.stop()
+        await source.stop()
+
+
+async def test_failing_pulls_show_their_attempts_in_the_status(workdir):
+    """A pull that keeps failing is counted where an operator (and the soak) can see it: the image,
+    its failed attempts, the sources that failed it, and whether readiness gave up on it."""
+    evil = EvilEngine("truncate")
+    image = evil.build("app:1", [b"layer one " * 500])
+    source = await start_node(workdir, "evil", engine=evil)
+    node = await start_node(workdir, "victim", engine=FakeEngine(), seeds=(source.peer_addr,), max_attempts=2)
+    try:
+
+        async def failing() -> list:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://{node.status_addr}/api/status") as r,
+            ):
+                doc = await r.json()
+            return [f for f in doc["pull_failures"] if f["image"] == image and f["attempts"] >= 2]
+
+        found = await async_wait_until(failing, 20, what="two failed attempts in /api/status")
+        assert found[0]["sources"] == ["evil"] and found[0]["given_up"] is True
+        assert found[0]["retry_in"] >= 0
     finally:
         await node.stop()
         await source.stop()

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -53,6 +53,7 @@ class DockerEngine:
         self._base = ""
         self._inspected: dict[str, _Inspected] = {}  # by engine ID: its content never changes
         self._native: dict[str, str] = {}  # mesh key -> engine ID, from the last listing
+        self._duplicates: dict[str, list[str]] = {}  # mesh key -> its other engine IDs, if any
         self._info: EngineInfo | None = None
         self._history: dict[str, list[tuple[str, int, str, str]]] = {}  # by engine ID, as reported
 
@@ -175,6 +176,7 @@ class DockerEngine:
             tags = tuple(sorted(t for t in item.get("RepoTags") or () if t != "<none>:<none>"))
             engine_id = item["Id"] if item["Id"] != seen.key else ""
             out.append(LocalImage(meta, tags, engine_id, seen.labels))
+        out, self._duplicates = _one_per_key(out)
         self._native = {i.meta.id: i.native for i in out}
         for stale in [i for i in self._inspected if i not in keys]:
             del self._inspected[stale]
@@ -194,7 +196,11 @@ class DockerEngine:
         await self._call("tag", await self._engine_id(image_id), repo, tag, force=True)
 
     async def remove(self, image_id: str) -> None:
-        await self._call("remove_image", await self._engine_id(image_id), noprune=True)
+        native = await self._engine_id(image_id)
+        for other in self._duplicates.get(image_id, ()):
+            with contextlib.suppress(EngineError):  # the same image to the mesh: it goes too
+                await self._call("remove_image", other, noprune=True)
+        await self._call("remove_image", native, noprune=True)
 
     async def history(self, image_id: str) -> list[Step]:
         native = await self._engine_id(image_id)
@@ -307,3 +313,28 @@ def _engine_message(body: bytes) -> str:
         return str(json.loads(body).get("message", body[:200]))
     except ValueError:
         return body[:200].decode(errors="replace")
+
+
+def _one_per_key(images: list[LocalImage]) -> tuple[list[LocalImage], dict[str, list[str]]]:
+    """One image per mesh key, and the other engine IDs of keys the engine holds more than once.
+
+    The containerd image store can hold one image under two engine IDs (two manifests of the
+    same config and layers: a graph-driver source's save stream and a BuildKit one, or what a
+    failed load left and the load that followed). Listed as two, the one a dict kept was not
+    always the one `tag` went to, so the node tagged it again on every round (the soak saw 122
+    tag moves of one image on one node). The one kept is the tagged one, else the lowest ID: the
+    same choice on every listing; it carries every tag of them all."""
+    by_key: dict[str, list[LocalImage]] = {}
+    for image in images:
+        by_key.setdefault(image.meta.id, []).append(image)
+    out: list[LocalImage] = []
+    others: dict[str, list[str]] = {}
+    for key, same in by_key.items():
+        if len(same) == 1:
+            out.append(same[0])
+            continue
+        same.sort(key=lambda i: (not i.tags, i.native))
+        tags = tuple(sorted({t for i in same for t in i.tags}))
+        out.append(replace(same[0], tags=tags))
+        others[key] = [i.native for i in same[1:]]
+    return out, others

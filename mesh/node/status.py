@@ -21,6 +21,7 @@ from mesh.ui.status_doc import (
     PeerDoc,
     PeerGossipDoc,
     PeerTLSDoc,
+    PullFailureDoc,
     RegistryDoc,
     StatusDoc,
     TransferDoc,
@@ -198,6 +199,7 @@ def build_status(facts: StatusFacts) -> StatusDoc:
         "transfers": [_transfer(t) for t in facts.puller.active.values()]
         + [_transfer(t) for t in facts.serving()],
         "recent_transfers": [_transfer(t) for t in facts.puller.recent],
+        "pull_failures": _pull_failures(facts, {i: m.name for i, m in members.items()}),
         "registry": facts.registry(),
         "disk": facts.disk(),
         # Tags set back to an older image on purpose, here or adopted from the mesh (rollbacks), and
@@ -242,6 +244,23 @@ def _trust(facts: StatusFacts) -> TrustDoc:
         "refused": dict(sorted(trust.refused.items())),
         "claims": claims,
     }
+
+
+def _pull_failures(facts: StatusFacts, names: Mapping[str, str]) -> list[PullFailureDoc]:
+    """The images whose pulls keep failing, and how often: a retry loop shows here, not only in
+    the log (the soak bounds the attempts per image with it)."""
+    now = time.monotonic()
+    limit = facts.puller.config.max_attempts
+    return [
+        {
+            "image": image,
+            "attempts": failure.attempts,
+            "retry_in": round(max(0.0, failure.retry_at - now), 1),
+            "sources": sorted(names.get(s, s) for s in failure.bad_sources),
+            "given_up": failure.attempts >= limit,
+        }
+        for image, failure in sorted(facts.puller.failures.items())
+    ]
 
 
 def _rounded(offset: float | None) -> float | None:

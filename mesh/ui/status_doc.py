@@ -140,6 +140,16 @@ class TransferDoc(TypedDict):
     relay: bool  # in: the source was still receiving it; out: served as it arrived
 
 
+class PullFailureDoc(TypedDict):
+    """An image whose pulls have failed and not succeeded since (mesh.protocol.planner.Failure)."""
+
+    image: str
+    attempts: int  # failed pulls of it so far; reset when one succeeds
+    retry_in: float  # s until the planner may try it again (0: it may now)
+    sources: list[str]  # the peers (names) that failed it, ranked last next time
+    given_up: bool  # attempts reached --max-attempts: readiness no longer waits for it
+
+
 class TagSetDoc(TypedDict):
     tag: str
     image: str
@@ -254,6 +264,7 @@ class StatusDoc(TypedDict):
     images: list[ImageDoc]
     transfers: list[TransferDoc]
     recent_transfers: list[TransferDoc]
+    pull_failures: NotRequired[list[PullFailureDoc]]  # later than the rest: older nodes lack it
     registry: NotRequired[RegistryDoc]
     disk: NotRequired[DiskDoc]
     trust: NotRequired[TrustDoc]
