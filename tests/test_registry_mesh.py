@@ -346,3 +346,38 @@ async def test_an_answer_its_asker_closes_counts_499_not_a_failure(pair) -> None
         await anext(stream.chunks)  # one piece, then the answer is closed
     await async_wait_until(lambda: content_requests(a, "499") == 1, 5, what="a counts the closed answer")
     assert content_requests(a, "500") == 0
+
+
+async def test_a_tag_whose_publisher_left_is_kept_only_where_its_content_is(workdir: Path) -> None:
+    """Every node adopts the mesh's tags into its own table, but announces only manifests it holds
+    whole. After the publisher leaves, a tag nobody holds the content of must go from every view
+    (a node joining later could never learn it); one a survivor pulled whole stays, and a node
+    joining later learns it from that survivor."""
+    a = await start_node(workdir, "a")
+    b = await start_node(workdir, "b", seeds=(a.advertise,))
+    c = None
+    session = aiohttp.ClientSession()
+    try:
+        await async_wait_until(lambda: a.node_id in b.core.membership.live_ids(), 10, what="b sees a")
+        kept = await push(session, a, "kept/app:1", [b"{}", b"pulled whole by b"])
+        await push(session, a, "lost/app:1", [b"{}", b"held by a alone"])
+        await async_wait_until(lambda: b.registry.store.tag("lost/app", "1") is not None, 10, what="b adopts")
+        async with session.get(f"http://{b.registry_addr}/v2/kept/app/manifests/1") as r:
+            assert digest_of(await r.read()) == kept
+        await get_blob(session, b, digest_of(b"pulled whole by b"))
+        await get_blob(session, b, digest_of(b"{}"))
+        await async_wait_until(lambda: b.registry.complete(kept) is not None, 10, what="b holds kept whole")
+        await a.stop()
+        await async_wait_until(lambda: "lost/app:1" not in b.registry.resolve(), 20, what="b drops lost")
+        assert b.registry.store.tag("lost/app", "1") is not None  # still in its table, just not shown
+        assert b.registry.resolve()["kept/app:1"].digest == kept
+        c = await start_node(workdir, "c", seeds=(b.advertise,))
+        await async_wait_until(lambda: "kept/app:1" in c.registry.resolve(), 10, what="c learns kept")
+        assert "lost/app:1" not in c.registry.resolve()
+    finally:
+        await session.close()
+        for node in (c, b):
+            if node is not None:
+                await node.stop()
+        with contextlib.suppress(Exception):
+            await a.stop()

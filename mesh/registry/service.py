@@ -154,10 +154,14 @@ class Registry:
     # --- tags ---------------------------------------------------------------------------------
 
     def resolve(self) -> dict[str, TagState]:
-        """repo:tag -> state: this node's table merged with every live peer's announcements."""
+        """repo:tag -> state: every live peer's announcements, and this node's table where it
+        announces the tag too (the manifest is held whole here). A tag adopted from a publisher
+        that has left, whose manifest no live node holds whole, is announced by nobody: a node
+        that joins later never learns it, so no node shows it (the mesh cannot serve it either)."""
         merged = oci.resolve(self.view.live_manifests().values())
+        announced = self.announcement()[0]
         for ref, state in self.store.all_tags().items():
-            if ref not in merged or state > merged[ref]:
+            if (ref not in merged or state > merged[ref]) and oci.entry_key(state.digest) in announced:
                 merged[ref] = state
         return merged
 
