@@ -202,6 +202,8 @@ def test_untrusted_hosts_cannot_move_trusted_tags(network, engines, workdir, kin
                 120,
                 what=f"app:main on {site.node.name}",
             )
+        # The base travels as an image of its own, which may land after app:main: U builds on it.
+        wait_until(lambda: u.engine.image_id("base:1") is not None, 120, what="base:1 on u")  # type: ignore[union-attr]
         # A fork's pull request on U: a newer app:main, and its own branch's tag.
         build(u.engine, workdir, "app:main-poison", APP.format(who="poison"))
         u.engine.cli("tag", "app:main-poison", "app:main")
