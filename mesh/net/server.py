@@ -104,6 +104,12 @@ class ContentSource(Protocol):
         ...
 
 
+def _handed_on(relay_id: str, what: str) -> web.Response:
+    """A hand-off (saves and content alike): ask `relay_id`, which receives `what` and relays it."""
+    headers = {RELAY_HEADER: relay_id, "Retry-After": "0"}
+    return _error(503, f"handed on: {relay_id} relays {what[:19]}", headers)
+
+
 def _sha256(value: object, field: str) -> str:
     """A request's `sha256:<64 hex>` field, or ValueError saying which field is wrong."""
     if not wire.is_sha256(value):
@@ -270,11 +276,7 @@ class PeerServer:
         relay_id = self._handler.handoff(save_request) if handoff else ""
         if relay_id:
             self._handler.count_request("save", 503)
-            return _error(
-                503,
-                f"handed on: {relay_id} relays {image[:19]}",
-                {RELAY_HEADER: relay_id, "Retry-After": "0"},
-            )
+            return _handed_on(relay_id, image)
         if self._saves.locked() and self.queued >= self._upload_queue:
             self._handler.count_request("save", 503)
             return _error(
@@ -351,11 +353,7 @@ class PeerServer:
         relay_id = self._content.handoff_content(digest, requester, hops) if handoff else ""
         if relay_id:
             self._handler.count_request("content", 503)
-            return _error(
-                503,
-                f"handed on: {relay_id} relays {digest[:19]}",
-                {RELAY_HEADER: relay_id, "Retry-After": "0"},
-            )
+            return _handed_on(relay_id, digest)
         stream = self._content.open_content(digest, offset)
         if stream is None:
             self._handler.count_request("content", 404)
