@@ -8,7 +8,8 @@ import asyncio
 import errno
 import hashlib
 import os
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -41,6 +42,8 @@ class ScriptedPeers:
         self.asked: list[tuple[str, int]] = []
         self.hops: list[int | None] = []  # each request's hops, None where it allowed no hand-off
 
+    blocking = False  # answers offer read_into, as the real client's do (the `reading` fixture)
+
     @asynccontextmanager
     async def content(
         self,
@@ -72,7 +75,36 @@ class ScriptedPeers:
             elif isinstance(after, BaseException):
                 raise after
 
-        yield ContentStream(size, "", chunks())
+        if not self.blocking:
+            yield ContentStream(size, "", chunks())
+            return
+        # As the real client's answer: a blocking read for a worker thread (mesh.net.bulk).
+        cut = threading.Event()
+        at, left = offset, pieces
+
+        def read_into(buffer: memoryview) -> int:
+            nonlocal at, left
+            if left and at < end:
+                piece = DATA[at : min(at + PIECE, end)]
+                buffer[: len(piece)] = piece
+                at, left = at + PIECE, left - 1
+                return len(piece)
+            if after == "stall":
+                cut.wait()
+                raise ConnectionResetError("the answer was cut")
+            if isinstance(after, BaseException):
+                raise after
+            return 0
+
+        yield ContentStream(size, "", chunks(), read_into=read_into, abort=cut.set)
+
+
+@pytest.fixture(autouse=True, params=["on the loop", "in a thread"])
+def reading(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test twice: bodies read as chunks on the loop, and read in a worker thread."""
+    ScriptedPeers.blocking = request.param == "in a thread"
+    yield
+    ScriptedPeers.blocking = False
 
 
 def fetcher(tmp_path: Path, peers: ScriptedPeers, addrs: dict[str, str] | None = None) -> Fetcher:

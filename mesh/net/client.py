@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import aiohttp
@@ -12,6 +13,7 @@ import msgpack
 
 from mesh.net.auth import HEADER_NONCE, AuthError, Signer
 from mesh.net.body import read_capped
+from mesh.net.bulk import BulkClient, BulkError
 from mesh.net.contract import (
     CHAIN_HEADER,
     CONTENT_PATH,
@@ -27,7 +29,7 @@ from mesh.net.contract import (
     error_text,
     peer_url,
 )
-from mesh.net.tls_peers import TLSClient
+from mesh.net.tls_peers import TLSClient, describe_tls_failure
 from mesh.protocol import wire
 
 
@@ -91,6 +93,7 @@ class PeerClient:
         # turn (mesh.registry.lane). In one bounded pool, open streams would hold every slot and
         # the next probe or fetch would time out waiting for one: a live peer taken for dead.
         self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._bulk = BulkClient(tls, connect_timeout=timeout)  # registry content bodies
 
     def _http(self, pool: str = "control") -> aiohttp.ClientSession:
         session = self._sessions.get(pool)
@@ -114,6 +117,7 @@ class PeerClient:
         sessions, self._sessions = list(self._sessions.values()), {}
         for session in sessions:
             await session.close()
+        self._bulk.close()
 
     async def exchange(self, addr: str, envelope: wire.Envelope) -> wire.Envelope | None:
         """POST one envelope; return the peer's reply envelope (None when it has nothing to say)."""
@@ -228,31 +232,58 @@ class PeerClient:
         body: bytes = msgpack.packb(doc)
         headers = self._signer.sign_request("POST", CONTENT_PATH, body, time.time())
         headers["Content-Type"] = MSGPACK
-        timeout = aiohttp.ClientTimeout(total=None, connect=self._timeout, sock_read=idle_timeout)
-        # A larger read buffer than aiohttp's 64 KiB: fewer pauses of the socket per blob.
-        url = peer_url(addr, CONTENT_PATH)
-        async with self._http("streams").post(
-            url, data=body, headers=headers, timeout=timeout, read_bufsize=chunk_bytes
-        ) as r:
-            if r.status != 200:
-                reason = error_text(await r.content.read(4096))
-                message = f"{addr}: {digest[:19]} refused: {r.status} {reason}"
-                if r.status == 503 and r.headers.get(RELAY_HEADER):
-                    raise HandedOff(message, r.headers[RELAY_HEADER])
+        # On a blocking socket read in a thread, not on the loop: mesh.net.bulk says why.
+        try:
+            answer = await self._bulk.open(addr, CONTENT_PATH, body, headers, read_timeout=idle_timeout)
+        except ssl.SSLError as exc:
+            raise PeerError(f"{addr}: {describe_tls_failure(exc) or exc}") from None
+        except BulkError as exc:
+            raise PeerError(str(exc)) from None
+        try:
+            if answer.status != 200:
+                preview = await asyncio.get_running_loop().run_in_executor(self._bulk.pool, answer.preview)
+                message = f"{addr}: {digest[:19]} refused: {answer.status} {error_text(preview)}"
+                if answer.status == 503 and answer.headers.get(RELAY_HEADER):
+                    raise HandedOff(message, answer.headers[RELAY_HEADER])
                 raise PeerError(message)
             try:
-                size = int(r.headers[SIZE_HEADER])
-            except (KeyError, ValueError):
+                size = int(answer.headers[SIZE_HEADER])
+            except (KeyError, TypeError, ValueError):
                 raise PeerError(f"{addr}: no {SIZE_HEADER} header") from None
-            media_type = r.headers.get(MEDIA_TYPE_HEADER, "")
-            yield ContentStream(size, media_type, _pieces(r.content))
+            media_type = answer.headers.get(MEDIA_TYPE_HEADER, "")
+            yield ContentStream(
+                size,
+                media_type,
+                self._pieces(addr, answer.read_into, chunk_bytes),
+                read_into=self._checked(addr, answer.read_into),
+                abort=answer.abort,
+            )
+        finally:
+            answer.close()
 
+    def _checked(self, addr: str, read_into: Callable[[memoryview], int]) -> Callable[[memoryview], int]:
+        """`read_into` raising PeerError (with the peer named) where the body breaks HTTP."""
 
-async def _pieces(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
-    """A body as the pieces the connection delivered. iter_chunked(n) and iter_any() join
-    buffered pieces into one bytes object, a copy of every byte the caller then copies again."""
-    async for piece, _ in content.iter_chunks():
-        yield piece
+        def read(buffer: memoryview) -> int:
+            try:
+                return read_into(buffer)
+            except BulkError as exc:
+                raise PeerError(f"{addr}: {exc}") from None
+
+        return read
+
+    async def _pieces(
+        self, addr: str, read_into: Callable[[memoryview], int], size: int
+    ) -> AsyncIterator[bytes]:
+        """The body as bytes pieces, for a reader on the loop (the fetcher reads in a thread)."""
+        loop = asyncio.get_running_loop()
+        read = self._checked(addr, read_into)
+        while True:
+            buffer = bytearray(size)
+            n = await loop.run_in_executor(self._bulk.pool, read, memoryview(buffer))
+            if not n:
+                return
+            yield bytes(buffer[:n])
 
 
 def _stream_have(value: str) -> int | None:

@@ -6,7 +6,7 @@ docs/protocol.md describes the same contract for people; the signing headers are
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import msgpack
@@ -72,6 +72,11 @@ class ContentStream:
     chunks: AsyncIterator[bytes]
     path: str = ""
     """Where the content is on disk, when it is: the server then sends it with sendfile."""
+    read_into: Callable[[memoryview], int] | None = None
+    """On the client, blocking, for a worker thread: the next bytes of the body into a buffer, 0
+    at its end (mesh.net.bulk). A reader takes either this or `chunks`, not both."""
+    abort: Callable[[], None] = lambda: None
+    """From any thread: cut the answer, so a blocked `read_into` returns at once."""
 
 
 def error_body(message: str) -> bytes:

@@ -40,8 +40,11 @@ def connection_tls(transport: Any) -> ConnectionTLS | None:
     if transport is None:
         return None
     ssl_object = transport.get_extra_info("ssl_object")
-    if ssl_object is None:
-        return None
+    return None if ssl_object is None else ssl_facts(ssl_object)
+
+
+def ssl_facts(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> ConnectionTLS:
+    """TLS facts of a connection's SSL object (an event loop's) or SSL socket (a thread's)."""
     der = ssl_object.getpeercert(binary_form=True)
     cipher = ssl_object.cipher()
     return ConnectionTLS(

@@ -27,8 +27,10 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
@@ -110,11 +112,15 @@ class Fetcher:
         self._suspects: dict[tuple[str, str], float] = {}
         self._lanes: dict[str, Lane] = {}  # source address -> its lane
         self._tasks: set[asyncio.Task[None]] = set()
+        # Bodies read on blocking sockets (ContentStream.read_into) are stored in these threads,
+        # not asyncio's default pool: a read may block for the idle timeout.
+        self._pool = ThreadPoolExecutor(16, thread_name_prefix="fetch")
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._pool.shutdown(wait=False)
 
     def start(self, digest: str) -> Fetch:
         """The running fetch of `digest`, or a new one. Raises BLOB_UNKNOWN at once if no live peer
@@ -299,6 +305,9 @@ class Fetcher:
     ) -> None:
         """Store and hash what `stream` brings, until it ends or a more wanted body waits for the turn."""
         assert fetch.size is not None
+        if stream.read_into is not None:
+            await self._read_in_thread(addr, fetch, fh, hasher, stream, turn)
+            return
         async for chunk in stream.chunks:
             if fetch.written + len(chunk) > fetch.size:
                 raise PeerError(f"{addr} sent more than {fetch.size} bytes")
@@ -316,6 +325,63 @@ class Fetcher:
             fetch._notify()
             if turn is not None and turn.wanted_elsewhere():
                 return
+
+    async def _read_in_thread(
+        self,
+        addr: str,
+        fetch: Fetch,
+        fh: IO[bytes],
+        hasher: hashlib._Hash,
+        stream: ContentStream,
+        turn: Turn | None,
+    ) -> None:
+        """As _read, for a body read on a blocking socket: read, store and hash one piece after
+        another in a worker thread (each releases the GIL), so the loop goes on serving what has
+        arrived. The loop learns of each piece as it is stored, and asks the thread to stop at the
+        next piece when a more wanted body waits for the turn."""
+        assert fetch.size is not None and stream.read_into is not None
+        read_into, size, start = stream.read_into, fetch.size, fetch.written
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+
+        def stored(n: int) -> None:  # on the loop, in the order the thread stored them
+            fetch.written += n
+            self.on_bytes(n)
+            fetch._notify()
+            if turn is not None and turn.wanted_elsewhere():
+                stop.set()
+
+        def pump() -> None:  # in the thread
+            buffer = memoryview(bytearray(CHUNK))
+            written = start
+            while not stop.is_set():
+                n = read_into(buffer)
+                if not n:
+                    return
+                if written + n > size:
+                    raise PeerError(f"{addr} sent more than {size} bytes")
+                piece = buffer[:n]
+                try:
+                    write_all(fh, piece)
+                except OSError as exc:  # this node's disk, not the peer (see _read)
+                    raise RegistryError(
+                        "BLOB_UNKNOWN", f"this node could not store {fetch.digest}: {exc}", status=500
+                    ) from None
+                hasher.update(piece)
+                written += n
+                loop.call_soon_threadsafe(stored, n)
+
+        work = loop.run_in_executor(self._pool, pump)
+        try:
+            await asyncio.shield(work)
+        except asyncio.CancelledError:
+            # The file and the hash are the thread's until it returns: cut the answer, wait for it.
+            stop.set()
+            stream.abort()
+            with contextlib.suppress(Exception):
+                await work
+            raise
+        # Every `stored` the thread queued ran before this: the future's result came after them.
 
 
 async def windows(

@@ -278,7 +278,7 @@ def _read_tag(path: Path) -> TagState | None:
     return None
 
 
-def write_all(fh: IO[bytes], data: bytes) -> None:
+def write_all(fh: IO[bytes], data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         written = fh.write(view) or 0
