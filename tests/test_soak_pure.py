@@ -227,3 +227,23 @@ def test_a_node_tagging_one_image_over_and_over_is_a_loop():
     assert retags(sample(), {(A, "soak/b1:1"): RETAG_BOUND}) == []
     found = retags(sample(), {(A, "soak/b1:1"): 122})
     assert [v.invariant for v in found] == ["retags"] and "122 times" in found[0].detail
+
+
+def test_an_older_commit_stands_in_for_the_previous_release(tmp_path: Path):
+    from mesh.lab.soak import prepare_previous
+
+    repo = tmp_path / "repo"
+    (repo / "mesh").mkdir(parents=True)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "mesh" / "__init__.py").write_text("RELEASE = 'old'\n")
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "old"], check=True)
+    (repo / "mesh" / "__init__.py").write_text("RELEASE = 'new'\n")
+    subprocess.run([*git, "commit", "-qam", "new"], check=True)
+    previous = prepare_previous("HEAD~1", tmp_path / "work", repo)
+    assert previous.label.startswith("commit ") and (previous.code / "mesh" / "__init__.py").read_text() == (
+        "RELEASE = 'old'\n"
+    )
+    with pytest.raises(subprocess.CalledProcessError):
+        prepare_previous("no-such-rev", tmp_path / "work2", repo)

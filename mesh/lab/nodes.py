@@ -72,7 +72,10 @@ class NodeProcess:
         prefix: list[str] | None = None,
         status: str,
         lab: str | None = None,
+        code: Path = REPO,
     ) -> None:
+        """`code`: the directory holding the `mesh` package this node runs (an older commit's, for
+        a soak's rolling upgrade); the dependencies are this Python's."""
         self.name = name
         self.lab = lab
         self.workdir = workdir
@@ -90,7 +93,7 @@ class NodeProcess:
             # Many nodes share one loopback in tests: a free port unless the test names one.
             "CACHEMESH_REGISTRY_LISTEN": "127.0.0.1:0",
             "CACHEMESH_PRESET": "local",
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": str(code),
             "CACHEMESH_LOG_LEVEL": "info",
             **env,
             **({"CACHEMESH_LAB_LISTEN": lab} if lab else {}),
@@ -103,7 +106,7 @@ class NodeProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                cwd=str(REPO),
+                cwd=str(code),
             )
 
     def get(self, path: str, timeout: float = 3.0) -> tuple[int, Any]:

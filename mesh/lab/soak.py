@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -31,7 +32,7 @@ from mesh.engine.base import image_key
 from mesh.lab.dockerd import Dockerd, busybox_rootfs
 from mesh.lab.engines import EngineKind
 from mesh.lab.netns import Host, Network, ip
-from mesh.lab.nodes import NodeProcess
+from mesh.lab.nodes import REPO, NodeProcess
 from mesh.lab.poll import wait_until
 from mesh.lab.procstat import family
 from mesh.lab.soak_invariants import (
@@ -72,6 +73,7 @@ class Slot:
     runs: int = 0
     epoch: int = 0  # bumped whenever the soak touches the node: a sample across a bump is dropped
     built: dict[str, str] = field(default_factory=dict)  # tag -> key of what this host built
+    previous: bool = False  # its node runs the previous release until the rolling upgrade
 
     @property
     def name(self) -> str:
@@ -111,11 +113,14 @@ class Soak:
         budget_mb: int = 32,
         poll_every: float = 4.0,
         mbit: int = 100,
+        previous: Previous | None = None,
         log: Callable[[str], None] = print,
     ) -> None:
         """`mbit`: every host's link speed, each way (a transfer then lasts long enough for a
-        fault to land in it); 0 leaves the veths unshaped."""
+        fault to land in it); 0 leaves the veths unshaped. `previous`: the release the first
+        rolling upgrade's half of the fleet runs until that upgrade."""
         self.workdir = workdir
+        self.previous = previous
         self.plan = plan
         self.log = log
         self.poll_every = poll_every
@@ -144,7 +149,7 @@ class Soak:
     # --- the run ------------------------------------------------------------------------------
 
     def run(self) -> Outcome:
-        note = previous_release_note()
+        note = previous_release_note() if self.previous is None else self._start_on_previous()
         self.log(note)
         try:
             self._setup()
@@ -173,6 +178,19 @@ class Soak:
 
     def now(self) -> float:
         return time.monotonic() - self.t0
+
+    def _start_on_previous(self) -> str:
+        """Marks the slots of the first upgrade to start on the previous release."""
+        assert self.previous is not None
+        first = next((e for e in self.plan.events if e.kind == "upgrade"), None)
+        group = first.group if first is not None else ()
+        for index in group:
+            self.slots[index].previous = True
+        names = ", ".join(self.slots[i].name for i in group) or "none (the schedule has no upgrade)"
+        return (
+            f"rolling upgrade: {names} start on {self.previous.label} and are upgraded to this "
+            "commit one by one at the first upgrade; the rest run this commit throughout"
+        )
 
     def _setup(self) -> None:
         self.network = Network()
@@ -263,8 +281,14 @@ class Soak:
             **({"CACHEMESH_SEEDS": ",".join(seeds)} if seeds else {}),
             **({"CACHEMESH_DISK_BUDGET": str(slot.budget)} if slot.budget else {}),
         }
+        code = self.previous.code if self.previous is not None and slot.previous else REPO
         node = NodeProcess(
-            run, self.workdir, env=env, prefix=slot.host.nsenter(), status=f"{slot.host.address}:7612"
+            run,
+            self.workdir,
+            env=env,
+            prefix=slot.host.nsenter(),
+            status=f"{slot.host.address}:7612",
+            code=code,
         )
         node.wait_up(timeout=90)
         with self.lock:
@@ -457,14 +481,23 @@ class Soak:
 
     def _do_upgrade(self, event: Event, slot: Slot) -> None:
         """Half the fleet, one host at a time: the node stopped as an operator's upgrade stops it
-        and started again on its data dir. With no previous release's wheel both runs are this
-        commit: the restart half of an upgrade, said so in the summary."""
-        self.log(f"    {NO_WHEEL}: restarting {len(event.group)} nodes on this commit")
+        and started again on its data dir, on this commit. At the first upgrade, with --previous,
+        those nodes ran the previous release until now; otherwise (and at later upgrades) both
+        runs are this commit: the restart half of an upgrade, said so in the summary."""
+        upgraded = [i for i in event.group if self.slots[i].previous]
+        if upgraded:
+            self.log(
+                f"    upgrading {len(upgraded)} nodes from {self.previous.label if self.previous else '?'}"
+            )
+        else:
+            why = NO_WHEEL if self.previous is None else "already upgraded"
+            self.log(f"    {why}: restarting {len(event.group)} nodes on this commit")
         for index in event.group:
             target = self.slots[index]
             node = self._take_node(target)
             if node is not None:
                 node.stop(signal.SIGTERM)
+            target.previous = False
             self._start_node(target)
 
     # --- watching -----------------------------------------------------------------------------
@@ -680,6 +713,37 @@ def _event_args(event: Event) -> str:
     if event.down:
         parts.append(f"down {event.down:g}s")
     return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Previous:
+    """The release a rolling upgrade starts from: its `mesh` package under `code`."""
+
+    label: str
+    code: Path
+
+
+def prepare_previous(spec: str, workdir: Path, repo: Path = REPO) -> Previous:
+    """`spec`: a cachemesh wheel, or a git revision of this repository (until a release has a
+    wheel, an older commit stands in for it). Unpacked under `workdir`; its dependencies are this
+    Python's."""
+    code = workdir / "previous"
+    code.mkdir(parents=True, exist_ok=True)
+    if spec.endswith(".whl"):
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(code), spec],
+            check=True,
+        )
+        return Previous(Path(spec).name, code)
+    rev = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--short", f"{spec}^{{commit}}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", rev, "mesh"], capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(code)], input=archive.stdout, check=True)
+    return Previous(f"commit {rev}", code)
 
 
 def previous_release_note(repo: Path | None = None) -> str:

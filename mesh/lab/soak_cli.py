@@ -21,7 +21,7 @@ from rich.console import Console
 
 from mesh.lab.dockerd import available
 from mesh.lab.engines import KINDS
-from mesh.lab.soak import Outcome, Soak
+from mesh.lab.soak import Outcome, Soak, prepare_previous
 from mesh.lab.soak_schedule import make_plan
 from mesh.lab.soak_summary import Summary, render, summarise
 from mesh.values import parse_duration
@@ -51,6 +51,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--mbit", type=int, default=100, help="each host's link, Mbit/s each way (0: unshaped)"
     )
     parser.add_argument("--workdir", type=Path, default=None, help="where logs go (default: a new temp dir)")
+    parser.add_argument(
+        "--previous",
+        default=None,
+        metavar="WHEEL|REV",
+        help="the release half the fleet runs until the first rolling upgrade: a cachemesh wheel, "
+        "or a git revision of this repository (default: none; the upgrade restarts on this commit)",
+    )
     args = parser.parse_args(argv)
     unknown = [k for k in args.kinds.split(",") if k not in KINDS]
     if unknown:
@@ -104,7 +111,17 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"{time.strftime('%H:%M:%S')} {line}", markup=False, highlight=False)
 
     signal.signal(signal.SIGTERM, _interrupted)
-    soak = Soak(workdir, plan, kinds, budget_mb=args.budget, poll_every=args.poll, mbit=args.mbit, log=log)
+    previous = prepare_previous(args.previous, workdir) if args.previous else None
+    soak = Soak(
+        workdir,
+        plan,
+        kinds,
+        budget_mb=args.budget,
+        poll_every=args.poll,
+        mbit=args.mbit,
+        previous=previous,
+        log=log,
+    )
     outcome = soak.run()
     summary = summary_of(outcome)
     render(summary, console)
