@@ -9,6 +9,7 @@ in full from a source that can send a full stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -277,5 +278,58 @@ async def test_a_holder_sends_in_full_a_relaying_requester_its_relays_cannot_ser
         body = await collect(stream.chunks)
         assert stream.have == left
         assert len(body) > FULL if relay else len(body) < FULL
+    finally:
+        await node.stop()
+
+
+async def test_a_stream_counts_as_sending_from_the_moment_it_is_promised(workdir, monkeypatch):
+    """Two relaying requests a moment apart: the second must be handed on to the first, even
+    while the first waits for the engine before its first byte (else the source sends twice)."""
+    from mesh.node import peer_api as peer_api_module
+
+    engine = FakeEngine()
+    image = build(engine, new=True)["new"]
+    node = await start_node(workdir, "src", engine=engine)
+    try:
+        await async_wait_until(lambda: image in node.local.shared, 10, what="the image shared")
+        api = node.parts.peer_api
+        gate, info = asyncio.Event(), engine.info
+
+        async def slow_info():  # type: ignore[no-untyped-def]
+            await gate.wait()
+            return await info()
+
+        monkeypatch.setattr(engine, "info", slow_info)
+        first = SaveRequest(image, "r1", have=1, store="graph", relay=True, handoff=True)
+        assert api.handoff(first) == ""
+        opening = asyncio.create_task(api.open_save(first))
+        await asyncio.sleep(0)  # the first request now waits for the engine, promised
+        assert api.handoff(SaveRequest(image, "r2", have=1, store="graph", relay=True, handoff=True)) == "r1"
+        gate.set()
+        stream = await opening
+        chunks = stream.chunks
+        await anext(chunks)  # streaming: the stream takes its promise's place, and its count
+        [sending] = api.sending
+        assert sending.peer == "r1" and api.routed == {sending: 1}
+        await chunks.aclose()  # type: ignore[attr-defined]
+        assert api.sending == [] and api.routed == {}
+
+        # A promise whose open failed is dropped at once; one whose response never started, in time.
+        gate.clear()
+        failing = asyncio.create_task(api.open_save(SaveRequest(image, "r3", store="graph", relay=True)))
+        await asyncio.sleep(0)
+        assert [s.peer for s in api.sending] == ["r3"]
+        failing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await failing
+        assert api.sending == []
+        gate.set()
+        never = await api.open_save(SaveRequest(image, "r4", store="graph", relay=True))
+        assert [s.peer for s in api.sending] == ["r4"]
+        for promise in api._promised:  # as if it were made longer ago than a promise lasts
+            api._promised[promise] -= peer_api_module.PROMISE_SECONDS + 1
+        assert api.handoff(SaveRequest(image, "r5", store="graph", relay=True, handoff=True)) == ""
+        assert api.sending == []
+        await never.chunks.aclose()  # type: ignore[attr-defined]
     finally:
         await node.stop()

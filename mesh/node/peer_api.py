@@ -29,6 +29,9 @@ from mesh.ui.metrics import Metrics
 
 log = logging.getLogger("cachemesh.node")
 
+# A promised stream (PeerApi._promise) that has not started by then never will: its requester went.
+PROMISE_SECONDS = 30.0
+
 
 class PeerApi:
     def __init__(
@@ -63,6 +66,7 @@ class PeerApi:
         self.sending: list[Downstream] = []  # streams going out now, oldest first
         # requests handed to each stream's receiver while it lasts (sources.relay_to's `routed`)
         self.routed: dict[Downstream, int] = {}
+        self._promised: dict[Downstream, float] = {}  # streams promised, not started (_promise)
 
     def uploads_changed(self, uploads: int) -> None:
         self.uploads = uploads
@@ -73,6 +77,7 @@ class PeerApi:
         requester's store, whose stream covers the requester's `have`, chosen by
         mesh.protocol.sources.relay_to (a chain, then a tree, by the hand-offs the request has
         followed)."""
+        self._expire_promises(time.monotonic())
         chosen = relay_to(
             request.image,
             request.store,
@@ -119,12 +124,22 @@ class PeerApi:
         image this node is still receiving is served from its relay spool (mesh/node/relay.py),
         to a requester of its store that holds at least the layers the spool leaves out; any
         other is refused, never sent a stream without a layer it lacks."""
-        image, requester, have, store = request.image, request.requester, request.have, request.store
+        image, store = request.image, request.store
         if image not in self._local.shared:
             spool = self._relays.spools.get(image) if self._relays is not None else None
             if spool is not None and spool.store == store and not spool.ended:
                 return await self._open_relay(spool, request)
             raise SaveRefused(404, f"{image[:19]} is not shared by this node")
+        promise = self._promise(request)
+        try:
+            return await self._open_shared(request, promise)
+        except BaseException:
+            self._break_promise(promise)
+            raise
+
+    async def _open_shared(self, request: SaveRequest, promise: Downstream | None) -> SaveStream:
+        image, requester, have, store = request.image, request.requester, request.have, request.store
+        others = [out for out in self.sending if out is not promise]
         # The containerd store records no parent links for loaded images (a classic build finds
         # its cache through --cache-from and the image's history there), and it does not load
         # several unnamed images from one tar reliably: send it the image alone.
@@ -137,8 +152,8 @@ class PeerApi:
         # The containerd store refuses a legacy-format tar with a layer missing (Engine < 25 writes
         # only that format). `left` is what the receiver learns (HAVE_HEADER), tags its relay spool
         # with and serves by (the simulator's holders cut their streams by the same rule).
-        have = cut_for(image, store, have, relays=request.relay, sending=self.sending)
-        first = not any(out.image == image and out.store == store for out in self.sending)
+        have = cut_for(image, store, have, relays=request.relay, sending=others)
+        first = not any(out.image == image and out.store == store for out in others)
         if first and request.relay and have:
             have = widen_for(
                 have, self._lacking(image, requester), self._prefix_bytes(layers), relays=True, first=True
@@ -158,9 +173,10 @@ class PeerApi:
         downstream = Downstream(requester, image, store, request.relay, left)
 
         async def chunks() -> AsyncIterator[bytes]:
-            # Registered once streaming starts: a response that never started leaves no trace.
+            # Registered once streaming starts: a response that never started leaves no trace
+            # (but its promise, which expires).
             self.serving[id(record)] = record
-            self.sending.append(downstream)
+            self._keep_promise(promise, downstream)
             saved = self._engine.save(chain)
             try:
                 async for chunk in without_layers(
@@ -233,6 +249,41 @@ class PeerApi:
                 self._stop_sending(downstream)
 
         return SaveStream(spool.chain, chunks(), spool.have)
+
+    def _promise(self, request: SaveRequest) -> Downstream | None:
+        """A relaying request this node will serve counts as sending from now, not from its first
+        byte: between the two the engine is asked about its save formats and the response starts,
+        and a request arriving then would get a second copy from here instead of being handed
+        on to the first (whose spool opened before it asked, and waits for its stream to start)."""
+        if not request.relay:
+            return None
+        promise = Downstream(request.requester, request.image, request.store, True, request.have)
+        self.sending.append(promise)
+        self._promised[promise] = time.monotonic()
+        return promise
+
+    def _keep_promise(self, promise: Downstream | None, downstream: Downstream) -> None:
+        """The stream starts: it takes its promise's place (and the requests handed to it)."""
+        if promise is None or self._promised.pop(promise, None) is None:
+            self.sending.append(downstream)
+            return
+        try:
+            self.sending[self.sending.index(promise)] = downstream
+        except ValueError:
+            self.sending.append(downstream)
+        handed = self.routed.pop(promise, 0)
+        if handed:
+            self.routed[downstream] = self.routed.get(downstream, 0) + handed
+
+    def _break_promise(self, promise: Downstream | None) -> None:
+        if promise is not None and self._promised.pop(promise, None) is not None:
+            self._stop_sending(promise)
+
+    def _expire_promises(self, now: float) -> None:
+        """Promises whose stream never started (the requester went away first)."""
+        for promise, since in list(self._promised.items()):
+            if now - since > PROMISE_SECONDS:
+                self._break_promise(promise)
 
     def _stop_sending(self, downstream: Downstream) -> None:
         with contextlib.suppress(ValueError):
