@@ -368,10 +368,17 @@ class PeerServer:
         # 0 brings the headers alone).
         count = stream.size - offset if limit is None else min(limit, stream.size - offset)
         response.content_length = count
-        await response.prepare(request)
+        # A downstream from before the first await: a request arriving meanwhile is handed on to
+        # it, not sent a second copy. A first part (`limit`) is none: it stops early, asks again.
+        downstream = contextlib.ExitStack()
+        if limit is None:
+            downstream.enter_context(self._content.streaming(digest, requester))
+        try:
+            await response.prepare(request)
+        except BaseException:
+            downstream.close()
+            raise
         status = 500
-        # A first part (`limit`) is not a downstream: it stops early and asks again later.
-        downstream = self._content.streaming(digest, requester) if limit is None else contextlib.nullcontext()
         try:
             with downstream:
                 await self._send_content(request, response, stream, offset, count)
