@@ -93,6 +93,7 @@ async def test_a_peer_that_is_not_tls_is_named_as_such(pair, workdir: Path) -> N
     try:
         with pytest.raises(PeerError, match="plain HTTP"):
             await read_body(b.parts.client, plain.advertise)
+        assert "plain HTTP" in b.parts.client._tls.observer.refused()[plain.advertise]  # status page
     finally:
         await plain.stop()
 

@@ -10,9 +10,9 @@ CPU-seconds against 1.76 (docs/benchmarks.md, registry pulls). Plain connections
 same path.
 
 One request per connection at a time; a connection whose answer was read to its end goes back to a
-small idle pool per peer (keep-alive: a blob after a blob costs no handshake). Identity is checked as
-on the aiohttp session (mesh.net.tls_peers.TLSClient.check), and a failed handshake is recorded
-with its reason the same way.
+small idle pool per peer (keep-alive: a blob after a blob costs no handshake). The peer's identity
+is checked on every answer as on the aiohttp session (mesh.net.tls_peers.TLSClient.check), and a
+failed handshake is recorded with its reason the same way, both on the loop.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from mesh.hostport import parse_hostport
-from mesh.net.tls_peers import TLSClient, describe_tls_failure, ssl_facts
+from mesh.net.tls_peers import ConnectionTLS, TLSClient, describe_tls_failure, ssl_facts
 
 IDLE_PER_PEER = 4  # idle keep-alive connections kept per peer
 IDLE_SECONDS = 20.0  # under aiohttp's server keep-alive of 75 s: a kept connection is rarely dead
@@ -50,6 +50,7 @@ class Answer:
     _response: http.client.HTTPResponse
     _conn: http.client.HTTPConnection
     _release: Callable[[http.client.HTTPConnection, bool], None]
+    tls: ConnectionTLS | None = None  # the connection's, checked on the loop (BulkClient.open)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _closed: bool = False
 
@@ -107,11 +108,25 @@ class BulkClient:
         loop = asyncio.get_running_loop()
         work = loop.run_in_executor(self.pool, self.open_blocking, addr, path, body, headers, read_timeout)
         try:
-            return await asyncio.shield(work)
+            answer = await asyncio.shield(work)
         except asyncio.CancelledError:
             # The thread goes on until its timeouts; its answer, if one comes, is not wanted.
             work.add_done_callback(_close_unwanted)
             raise
+        except OSError as exc:  # ssl.SSLError among them
+            reason = describe_tls_failure(exc) if self._tls is not None else None
+            if reason is not None:
+                assert self._tls is not None
+                self._tls.observer.failed(addr, reason, time.time())
+            raise
+        if self._tls is not None:
+            # Here, not in the thread: the members at an address are the loop's to read.
+            try:
+                self._tls.check(addr, answer.tls)
+            except Exception:
+                answer.close()
+                raise
+        return answer
 
     def open_blocking(
         self, addr: str, path: str, body: bytes, headers: dict[str, str], read_timeout: float
@@ -130,7 +145,9 @@ class BulkClient:
                 if isinstance(exc, http.client.HTTPException) and not isinstance(exc, OSError):
                     raise BulkError(f"{addr}: malformed answer: {exc!r}") from None
                 raise
-            return Answer(response.status, response.headers, response, conn, self._release_to(addr))
+            sock = conn.sock
+            tls = ssl_facts(sock) if isinstance(sock, ssl.SSLSocket) else None
+            return Answer(response.status, response.headers, response, conn, self._release_to(addr), tls)
         raise AssertionError("unreachable: the last connection tried is always new")
 
     def _connections(self, addr: str):  # type: ignore[no-untyped-def]
@@ -160,21 +177,8 @@ class BulkClient:
         conn = http.client.HTTPSConnection(
             host, port, timeout=self._connect_timeout, context=self._tls.context
         )
-        try:
-            conn.connect()
-        except (OSError, ssl.SSLError) as exc:
-            reason = describe_tls_failure(exc)
-            if reason is not None:
-                self._tls.observer.failed(addr, reason, time.time())
-            raise
-        sock = conn.sock
-        assert isinstance(sock, ssl.SSLSocket)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            self._tls.check(addr, ssl_facts(sock))
-        except Exception:
-            conn.close()
-            raise
+        conn.connect()
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return conn
 
     def _release_to(self, addr: str) -> Callable[[http.client.HTTPConnection, bool], None]:
