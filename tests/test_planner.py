@@ -101,6 +101,13 @@ def test_evicted_in_flight_filters_and_concurrency():
     assert [x.image for x in run(remote=remote, include=("app:*",)).pulls] == [APP2]
 
 
+def test_an_evicted_image_the_engine_still_lists_is_not_tagged_back():
+    remote = {"a": {OTHER: ("tool:1",)}}
+    assert [(t.image, t.tag) for t in run(local={OTHER: ()}, remote=remote).tags] == [(OTHER, "tool:1")]
+    evicting = run(local={OTHER: ()}, remote=remote, evicted={OTHER: "tool:1"})
+    assert evicting.tags == [] and evicting.pulls == [] and evicting.missing == []
+
+
 def test_images_without_metadata_wait_and_held_images_make_a_node_warm():
     remote = {"a": {d(77): ("mystery:1",)}}
     assert run(remote=remote).pulls == []

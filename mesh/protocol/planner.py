@@ -232,9 +232,14 @@ def plan(
     tags: list[TagAction] = []
     missing: list[str] = []
     for image, wanted in sorted(want_tags.items()):
+        if image in evicted:
+            # Not tagged either while the engine still lists it: an eviction is under way (the
+            # containerd store lists an image for a moment after its last tag went), and a tag
+            # given back would be evicted again, and again (found by the soak: 7 in 1.5 s).
+            continue
         if image in local:
             tags.extend(TagAction(image, tag) for tag in sorted(wanted - set(local[image])))
-        elif image not in evicted:
+        else:
             missing.append(image)
 
     holders: dict[str, list[str]] = {}
