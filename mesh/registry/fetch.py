@@ -309,22 +309,16 @@ class Fetcher:
             await self._read_in_thread(addr, fetch, fh, hasher, stream, turn)
             return
         async for chunk in stream.chunks:
-            if fetch.written + len(chunk) > fetch.size:
-                raise PeerError(f"{addr} sent more than {fetch.size} bytes")
-            try:
-                write_all(fh, chunk)
-            except OSError as exc:
-                # This node's disk, not the peer: resuming from another holder would append after
-                # bytes the hash never saw. The fetch fails; nothing is stored.
-                raise RegistryError(
-                    "BLOB_UNKNOWN", f"this node could not store {fetch.digest}: {exc}", status=500
-                ) from None
-            hasher.update(chunk)
-            fetch.written += len(chunk)
-            self.on_bytes(len(chunk))
-            fetch._notify()
+            _store_piece(addr, fetch.digest, fetch.size, fetch.written, fh, hasher, chunk)
+            self._stored(fetch, len(chunk))
             if turn is not None and turn.wanted_elsewhere():
                 return
+
+    def _stored(self, fetch: Fetch, n: int) -> None:
+        """`n` more bytes of `fetch` are in its file: readers may have them."""
+        fetch.written += n
+        self.on_bytes(n)
+        fetch._notify()
 
     async def _read_in_thread(
         self,
@@ -345,9 +339,7 @@ class Fetcher:
         stop = threading.Event()
 
         def stored(n: int) -> None:  # on the loop, in the order the thread stored them
-            fetch.written += n
-            self.on_bytes(n)
-            fetch._notify()
+            self._stored(fetch, n)
             if turn is not None and turn.wanted_elsewhere():
                 stop.set()
 
@@ -358,16 +350,7 @@ class Fetcher:
                 n = read_into(buffer)
                 if not n:
                     return
-                if written + n > size:
-                    raise PeerError(f"{addr} sent more than {size} bytes")
-                piece = buffer[:n]
-                try:
-                    write_all(fh, piece)
-                except OSError as exc:  # this node's disk, not the peer (see _read)
-                    raise RegistryError(
-                        "BLOB_UNKNOWN", f"this node could not store {fetch.digest}: {exc}", status=500
-                    ) from None
-                hasher.update(piece)
+                _store_piece(addr, fetch.digest, size, written, fh, hasher, buffer[:n])
                 written += n
                 loop.call_soon_threadsafe(stored, n)
 
@@ -382,6 +365,28 @@ class Fetcher:
                 await work
             raise
         # Every `stored` the thread queued ran before this: the future's result came after them.
+
+
+def _store_piece(
+    addr: str,
+    digest: str,
+    size: int,
+    written: int,
+    fh: IO[bytes],
+    hasher: hashlib._Hash,
+    piece: bytes | memoryview,
+) -> None:
+    """One piece from `addr` written after the `written` bytes already in `fh`, and hashed."""
+    if written + len(piece) > size:
+        raise PeerError(f"{addr} sent more than {size} bytes")
+    try:
+        write_all(fh, piece)
+    except OSError as exc:
+        # This node's disk, not the peer: resuming from another holder would append after bytes
+        # the hash never saw. The fetch fails; nothing is stored.
+        message = f"this node could not store {digest}: {exc}"
+        raise RegistryError("BLOB_UNKNOWN", message, status=500) from None
+    hasher.update(piece)
 
 
 async def windows(
