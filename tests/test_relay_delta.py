@@ -267,17 +267,24 @@ async def test_a_holder_sends_in_full_a_relaying_requester_its_relays_cannot_ser
     # Streaming the image already to a relay of an older build's delta (have 2), which cannot
     # serve a receiver holding only the base: that receiver, if it relays, gets the image in full,
     # so that later receivers holding anything can take it from its spool (sources.cut_for).
-    engine = FakeEngine()
-    image = build(engine, new=True)["new"]
-    node = await start_node(workdir, "src", engine=engine)
-    try:
-        await async_wait_until(lambda: image in node.local.shared, 10, what="the image shared")
+    async with holder_of_new(workdir) as (_, node, image):
         api = node.parts.peer_api
         api.sending.append(Downstream("older", image, "graph", True, 2))
         stream = await api.open_save(SaveRequest(image, "base", have=1, store="graph", relay=relay))
         body = await collect(stream.chunks)
         assert stream.have == left
         assert len(body) > FULL if relay else len(body) < FULL
+
+
+@contextlib.asynccontextmanager
+async def holder_of_new(workdir):  # type: ignore[no-untyped-def]
+    """A node on a fake engine sharing build()'s "new" image: (engine, node, image)."""
+    engine = FakeEngine()
+    image = build(engine, new=True)["new"]
+    node = await start_node(workdir, "src", engine=engine)
+    try:
+        await async_wait_until(lambda: image in node.local.shared, 10, what="the image shared")
+        yield engine, node, image
     finally:
         await node.stop()
 
@@ -287,11 +294,7 @@ async def test_a_stream_counts_as_sending_from_the_moment_it_is_promised(workdir
     while the first waits for the engine before its first byte (else the source sends twice)."""
     from mesh.node import peer_api as peer_api_module
 
-    engine = FakeEngine()
-    image = build(engine, new=True)["new"]
-    node = await start_node(workdir, "src", engine=engine)
-    try:
-        await async_wait_until(lambda: image in node.local.shared, 10, what="the image shared")
+    async with holder_of_new(workdir) as (engine, node, image):
         api = node.parts.peer_api
         gate, info = asyncio.Event(), engine.info
 
@@ -331,5 +334,3 @@ async def test_a_stream_counts_as_sending_from_the_moment_it_is_promised(workdir
         assert api.handoff(SaveRequest(image, "r5", store="graph", relay=True, handoff=True)) == ""
         assert api.sending == []
         await never.chunks.aclose()  # type: ignore[attr-defined]
-    finally:
-        await node.stop()
