@@ -148,6 +148,11 @@ class DockerEngine:
                     detail = await self._call("inspect_image", engine_id)
                 except EngineError:
                     continue  # removed between list and inspect
+                if not (detail.get("Os") and detail.get("Architecture")):
+                    # The containerd store answers for a listed, even tagged, image with an empty
+                    # detail while it is being written or removed. Not an image (yet, or any more):
+                    # its key would be that of nothing, the next listing sees it settled.
+                    continue
                 layers = tuple(detail.get("RootFS", {}).get("Layers") or ())
                 key = image_key(
                     str(detail.get("Created") or ""),

@@ -611,8 +611,10 @@ class Soak:
                         continue
                     key = self._inspected.get(item["Id"])
                     if key is None:
-                        key = _key(client.inspect_image(item["Id"]))
-                        self._inspected[item["Id"]] = key
+                        detail = client.inspect_image(item["Id"])
+                        if not (detail.get("Os") and detail.get("Architecture")):
+                            continue  # being written or removed (the containerd store): not yet
+                        key = self._inspected[item["Id"]] = _key(detail)
                     out.update(dict.fromkeys(tags, key))
                 return out
             finally:
