@@ -108,6 +108,14 @@ def test_an_evicted_image_the_engine_still_lists_is_not_tagged_back():
     assert evicting.tags == [] and evicting.pulls == [] and evicting.missing == []
 
 
+def test_an_image_its_pull_has_loaded_but_not_yet_checked_is_left_for_the_pull_to_tag():
+    remote = {"a": {OTHER: ("tool:1",)}}
+    loading = run(local={OTHER: ()}, remote=remote, in_flight={OTHER: "a"})
+    assert loading.tags == [] and loading.pulls == [] and loading.missing == []
+    done = run(local={OTHER: ()}, remote=remote)
+    assert [(t.image, t.tag) for t in done.tags] == [(OTHER, "tool:1")]
+
+
 def test_images_without_metadata_wait_and_held_images_make_a_node_warm():
     remote = {"a": {d(77): ("mystery:1",)}}
     assert run(remote=remote).pulls == []
