@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from mesh.config import Config
 from mesh.engine.base import Engine, EngineError, LocalImage, chain_ids
@@ -59,6 +60,7 @@ class LocalImages:
         self._histories: dict[str, list[Step]] = {}
         self._chains: dict[str, tuple[str, ...]] = {}
         self._evicted_at: dict[str, float] = {}
+        self._tagged: dict[str, tuple[str, float]] = {}  # tag -> (image, when this node set it)
         self._scan_lock = asyncio.Lock()
         self.scanned = False
         self.available = False
@@ -91,6 +93,11 @@ class LocalImages:
         started = time.monotonic()
         images = await self.engine.images()
         self.images = {i.meta.id: i for i in images}
+        # A listing that began before one of this node's own tags does not show it yet.
+        self._tagged = {tag: set_at for tag, set_at in self._tagged.items() if set_at[1] >= started}
+        for tag, (tagged, _) in self._tagged.items():
+            self.images = _with_tag(self.images, tagged, tag)
+        images = list(self.images.values())
         self._note_tag_moves()  # before any await: a plan must never see a rollback without its set
         if self.config.share == "deps":
             for image in images:
@@ -167,6 +174,13 @@ class LocalImages:
             exclude=self.config.exclude,
             previous=self.decisions,
         )
+
+    def note_tagged(self, image: str, tag: str) -> None:
+        """This node tagged `image` so: the plans that follow see it at once. A scan waits for a
+        quiet spell after a burst of engine events, and on a busy host the plans in between tagged
+        the image again and again (the soak: 7 times in a second)."""
+        self._tagged[tag] = (image, time.monotonic())
+        self.images = _with_tag(self.images, image, tag)
 
     def note_brought(self, images: list[str], now: float) -> None:
         """The mesh brought these images here (a pull and its chain)."""
@@ -245,3 +259,15 @@ class LocalImages:
             pending.cancel()
             await asyncio.gather(pending, return_exceptions=True)
             await events.aclose()  # type: ignore[attr-defined]
+
+
+def _with_tag(images: dict[str, LocalImage], image: str, tag: str) -> dict[str, LocalImage]:
+    """`images` with `tag` on `image` (and on no other: a name is on one image)."""
+    if image not in images or tag in images[image].tags:
+        return images
+    out = {
+        key: replace(held, tags=tuple(t for t in held.tags if t != tag)) if tag in held.tags else held
+        for key, held in images.items()
+    }
+    out[image] = replace(out[image], tags=tuple(sorted((*out[image].tags, tag))))
+    return out

@@ -174,6 +174,7 @@ class Puller:
             for action in plan.tags:
                 try:
                     await self.engine.tag(action.image, action.tag)
+                    self.local.note_tagged(action.image, action.tag)
                     why = "rollback of" if action.tag in plan.tagsets else "newest for"
                     log.info("tagged %s as %s (the mesh's %s that tag)", action.image[:19], action.tag, why)
                 except EngineError as exc:
