@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mesh.protocol.budget import Item, built_on, fit, image_items, watermark_budget
+from mesh.protocol.budget import Item, built_on, fit, image_items, size_scale, watermark_budget
 from mesh.protocol.wire import ImageMeta
 
 MB = 1_000_000
@@ -101,3 +101,35 @@ def test_watermark_budget_frees_what_brings_the_filesystem_under_low():
     assert watermark_budget(used=90, total=100, low=0.7, mesh_bytes=50) == 30
     assert watermark_budget(used=90, total=100, low=0.7, mesh_bytes=10) == 0
     assert watermark_budget(used=60, total=100, low=0.7, mesh_bytes=10) == 10
+
+
+def test_a_wanted_image_is_costed_in_this_stores_terms_so_it_is_not_pulled_to_be_evicted():
+    # This engine (the containerd store) counts what it holds about twice what the graph driver
+    # that announced it counted: base 4 MB to the mesh is 8 MB here, and so will the next image be.
+    base_mesh, base_here = meta("base", "b", 4 * MB, 1), meta("base", "b", 8 * MB, 1)
+    wanted = meta("next", "bx", 9 * MB, 5)  # 5 MB over base to the mesh: 10 MB here
+    scale = size_scale({"base": base_here}, {"base": base_mesh, "next": wanted}, ["base"])
+    assert scale == 2.0
+
+    def costed(scale: float) -> Item:
+        items = image_items(
+            brought={"base": 100.0},
+            wanted=["next"],
+            metas={"base": base_mesh, "next": wanted},
+            local={"base": base_here},
+            tagged={"base"},
+            pinned={},
+            wanted_scale=scale,
+        )
+        return next(i for i in items if i.id == "next")
+
+    assert costed(1.0).parts == {"next": 1 * MB}  # the mesh's 9 MB less the 8 MB base here
+    assert costed(scale).parts == {"next": 10 * MB}
+    assert fit([costed(scale), item("base", 8 * MB, 1)], 12 * MB).skip == {"next"}
+    assert fit([costed(1.0), item("base", 8 * MB, 1)], 12 * MB).skip == set()
+
+
+def test_the_size_scale_is_one_until_something_was_brought_and_never_below_one():
+    small = meta("a", "a", 5 * MB, 1)
+    assert size_scale({}, {}, []) == 1.0
+    assert size_scale({"a": small}, {"a": meta("a", "a", 10 * MB, 1)}, ["a"]) == 1.0

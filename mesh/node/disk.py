@@ -123,14 +123,15 @@ class DiskKeeper:
         return pins
 
     def items(self, wanted: Iterable[str] = ()) -> list[Item]:
-        local = self.local.metas()
+        local, mesh = self.local.metas(), self._metas()
         images = budget.image_items(
             brought={i: t for i, t in self.local.brought.items() if i in local},
             wanted=wanted,
-            metas=self._metas(),
+            metas=mesh,
             local=local,
             tagged={i for i, image in self.local.images.items() if image.tags},
             pinned=self._pinned(),
+            wanted_scale=budget.size_scale(local, mesh, self.local.brought),
         )
         return [*images, *self._registry_items]
 
