@@ -148,11 +148,8 @@ class DockerEngine:
                     detail = await self._call("inspect_image", engine_id)
                 except EngineError:
                     continue  # removed between list and inspect
-                if not (detail.get("Os") and detail.get("Architecture")):
-                    # The containerd store answers for a listed, even tagged, image with an empty
-                    # detail while it is being written or removed. Not an image (yet, or any more):
-                    # its key would be that of nothing, the next listing sees it settled.
-                    continue
+                if settling(detail):
+                    continue  # its key would be that of nothing; the next listing sees it settled
                 layers = tuple(detail.get("RootFS", {}).get("Layers") or ())
                 key = image_key(
                     str(detail.get("Created") or ""),
@@ -311,6 +308,13 @@ class DockerEngine:
                         yield json.loads(line)
         except aiohttp.ClientError as exc:
             raise EngineUnavailable(f"event stream broken: {exc}") from None
+
+
+def settling(detail: dict[str, Any]) -> bool:
+    """Whether an inspect answered for an image being written or removed: the containerd store
+    lists such an image, even tagged, and answers with an empty detail. Not an image (yet, or any
+    more): every image config names its platform."""
+    return not (detail.get("Os") and detail.get("Architecture"))
 
 
 def _engine_message(body: bytes) -> str:

@@ -29,6 +29,7 @@ from typing import Any
 import docker
 
 from mesh.engine.base import image_key
+from mesh.engine.docker_api import settling
 from mesh.lab.dockerd import Dockerd, busybox_rootfs
 from mesh.lab.engines import EngineKind
 from mesh.lab.netns import Host, Network, ip
@@ -612,8 +613,8 @@ class Soak:
                     key = self._inspected.get(item["Id"])
                     if key is None:
                         detail = client.inspect_image(item["Id"])
-                        if not (detail.get("Os") and detail.get("Architecture")):
-                            continue  # being written or removed (the containerd store): not yet
+                        if settling(detail):
+                            continue  # being written or removed: not an image yet
                         key = self._inspected[item["Id"]] = _key(detail)
                     out.update(dict.fromkeys(tags, key))
                 return out
